@@ -1,0 +1,267 @@
+"""The timing harness the whole course uses.
+
+- `time_callable`: the cold (first) call apart, warm-up, then repeats; median, p90, min, max.
+- `RequestTiming` + `summarize`: LLM serving metrics exactly as vLLM's serving benchmark defines them:
+  TTFT, TPOT = (E2E - TTFT) / (output tokens - 1), ITL (every gap between consecutive tokens), E2E;
+  request throughput, output tokens/s, total tokens/s over the benchmark's duration; percentiles with numpy.
+- `compare`: A and B run alternately in one process; the speed-up is the median of pair-by-pair ratios.
+- `generate_timed`: per-token timestamps from Hugging Face `generate` through a streamer.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+def _sync(device) -> None:
+    if device is None:
+        return
+    import torch
+
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+@dataclass
+class Timing:
+    """Seconds. `cold_s` is the very first call (includes one-time costs); the rest is steady state."""
+
+    cold_s: float
+    times_s: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.times_s))
+
+    @property
+    def p90_s(self) -> float:
+        return float(np.percentile(self.times_s, 90))
+
+    @property
+    def min_s(self) -> float:
+        return float(min(self.times_s))
+
+    @property
+    def max_s(self) -> float:
+        return float(max(self.times_s))
+
+    @property
+    def cold_over_warm(self) -> float:
+        """How many times slower the first call was than the steady-state median."""
+        return self.cold_s / self.median_s
+
+    def to_dict(self) -> dict:
+        return {"cold_s": self.cold_s, "median_s": self.median_s, "p90_s": self.p90_s, "min_s": self.min_s,
+                "max_s": self.max_s, "repeats": len(self.times_s), "cold_over_warm": self.cold_over_warm,
+                "times_s": list(self.times_s)}
+
+
+def time_callable(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5, device=None) -> Timing:
+    """Time `fn()`: the first call is timed as the cold start; `warmup - 1` more calls are discarded;
+    then `repeats` timed calls. Synchronizes CUDA around every timed call when `device` is a GPU."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    if warmup < 1:
+        raise ValueError("warmup must be >= 1 (the first call is the cold start and never counts)")
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    cold = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return Timing(cold_s=cold, times_s=times)
+
+
+@dataclass
+class Comparison:
+    """B against A, measured alternately. `speedup` = median over pairs of time_A / time_B (> 1: B faster)."""
+
+    name_a: str
+    name_b: str
+    times_a: list[float]
+    times_b: list[float]
+    cold_a: float
+    cold_b: float
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.times_a, self.times_b)]
+
+    @property
+    def speedup(self) -> float:
+        return float(statistics.median(self.ratios))
+
+    def to_dict(self) -> dict:
+        return {"a": self.name_a, "b": self.name_b, "speedup": self.speedup, "ratios": self.ratios,
+                "median_a_s": float(np.median(self.times_a)), "median_b_s": float(np.median(self.times_b)),
+                "cold_a_s": self.cold_a, "cold_b_s": self.cold_b}
+
+    def __str__(self) -> str:
+        r = self.ratios
+        return (f"{self.name_b} vs {self.name_a}: {self.speedup:.2f}x "
+                f"(pairs {min(r):.2f}..{max(r):.2f}, n={len(r)}; "
+                f"median {np.median(self.times_a) * 1e3:.1f} ms -> {np.median(self.times_b) * 1e3:.1f} ms)")
+
+
+def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
+            names: tuple[str, str] = ("A", "B"), device=None) -> Comparison:
+    """Run A and B alternately in this process (ABBA order, so slow drift cancels) and pair the times."""
+    ta_cold = time_callable(a, warmup=warmup, repeats=1, device=device)
+    tb_cold = time_callable(b, warmup=warmup, repeats=1, device=device)
+    times_a, times_b = [], []
+    for i in range(repeats):
+        order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
+        for name, fn in order:
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            (times_a if name == "a" else times_b).append(time.perf_counter() - t0)
+    return Comparison(names[0], names[1], times_a, times_b, ta_cold.cold_s, tb_cold.cold_s)
+
+
+# ---------------------------------------------------------------- serving metrics (vLLM definitions)
+
+@dataclass
+class RequestTiming:
+    """One request: when it was sent and when each output token arrived (perf_counter seconds)."""
+
+    start: float
+    token_times: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.token_times)
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.start
+
+    @property
+    def e2e(self) -> float:
+        return self.token_times[-1] - self.start
+
+    @property
+    def tpot(self) -> float | None:
+        """(E2E - TTFT) / (output tokens - 1); undefined for a one-token output (vLLM skips those)."""
+        n = self.output_tokens
+        return (self.e2e - self.ttft) / (n - 1) if n > 1 else None
+
+    @property
+    def itls(self) -> list[float]:
+        t = self.token_times
+        return [t[i] - t[i - 1] for i in range(1, len(t))]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dist(values_s: Sequence[float], prefix: str) -> dict:
+    """mean/median/std and percentiles, in milliseconds, as vLLM reports them."""
+    if len(values_s) == 0:
+        return {f"{prefix}_mean_ms": None, f"{prefix}_median_ms": None, f"{prefix}_std_ms": None,
+                **{f"{prefix}_p{p}_ms": None for p in PERCENTILES}}
+    v = np.asarray(values_s, dtype=float) * 1e3
+    out = {f"{prefix}_mean_ms": float(v.mean()), f"{prefix}_median_ms": float(np.median(v)),
+           f"{prefix}_std_ms": float(v.std())}
+    for p in PERCENTILES:
+        out[f"{prefix}_p{p}_ms"] = float(np.percentile(v, p))
+    return out
+
+
+def summarize(requests: Sequence[RequestTiming], duration_s: float | None = None,
+              slo_ms: dict | None = None) -> dict:
+    """Aggregate serving metrics over completed requests (those with at least one token).
+
+    duration_s defaults to first send -> last token. `slo_ms` like {"ttft": 500, "tpot": 50} adds goodput:
+    requests per second that met every stated SLO (vLLM's definition)."""
+    done = [r for r in requests if r.output_tokens > 0]
+    if not done:
+        raise ValueError("no completed requests to summarize")
+    if duration_s is None:
+        duration_s = max(r.token_times[-1] for r in done) - min(r.start for r in done)
+    if duration_s <= 0:
+        raise ValueError("duration must be positive")
+    out_tok = sum(r.output_tokens for r in done)
+    in_tok = sum(r.prompt_tokens for r in done)
+    m = {
+        "completed": len(done),
+        "duration_s": duration_s,
+        "total_input_tokens": in_tok,
+        "total_output_tokens": out_tok,
+        "request_throughput": len(done) / duration_s,
+        "output_throughput": out_tok / duration_s,
+        "total_token_throughput": (in_tok + out_tok) / duration_s,
+    }
+    m.update(_dist([r.ttft for r in done], "ttft"))
+    m.update(_dist([r.tpot for r in done if r.tpot is not None], "tpot"))
+    m.update(_dist([x for r in done for x in r.itls], "itl"))
+    m.update(_dist([r.e2e for r in done], "e2e"))
+    if slo_ms:
+        unknown = set(slo_ms) - {"ttft", "tpot", "e2e"}
+        if unknown:
+            raise ValueError(f"unknown SLO keys {sorted(unknown)}; use ttft, tpot, e2e")
+
+        def ok(r: RequestTiming) -> bool:
+            vals = {"ttft": r.ttft, "tpot": r.tpot or 0.0, "e2e": r.e2e}
+            return all(vals[k] * 1e3 <= lim for k, lim in slo_ms.items())
+
+        m["goodput"] = sum(ok(r) for r in done) / duration_s
+        m["slo_ms"] = dict(slo_ms)
+    return m
+
+
+# ---------------------------------------------------------------- per-token timestamps from HF generate
+
+class TimestampStreamer:
+    """A transformers streamer that records when each new token arrives. The first `put` is the prompt."""
+
+    def __init__(self, device=None):
+        self.device = device
+        self.times: list[float] = []
+        self._seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        value.tolist()  # forces the device to finish computing this token before we stamp it
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def generate_timed(model, input_ids, max_new_tokens: int, **generate_kwargs) -> tuple[RequestTiming, object]:
+    """Greedy `model.generate` of exactly `max_new_tokens` tokens (EOS ignored, like vLLM's benchmark)
+    with per-token timestamps. Batch size must be 1 (the streamer follows one sequence)."""
+    import torch
+
+    if input_ids.shape[0] != 1:
+        raise ValueError("generate_timed times one request; pass input_ids of batch size 1")
+    streamer = TimestampStreamer()
+    kw = {"do_sample": False, "min_new_tokens": max_new_tokens, "max_new_tokens": max_new_tokens,
+          "attention_mask": torch.ones_like(input_ids)}
+    kw.update(generate_kwargs)
+    _sync(input_ids.device)
+    start = time.perf_counter()
+    out = model.generate(input_ids=input_ids, streamer=streamer, **kw)
+    rt = RequestTiming(start=start, token_times=streamer.times, prompt_tokens=int(input_ids.shape[1]))
+    return rt, out

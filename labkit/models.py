@@ -1,0 +1,255 @@
+"""Models for the course: the embedded trained model, shape-faithful random models, or the learner's own.
+
+- `load("stdlib-llama-16m")`: the embedded model under data/models/, trained by labkit.train_tiny. Quality
+  is measured on it.
+- `build("llama-2-13b", layers=2)`: the published dimensions of a real model with fewer layers and seeded
+  random weights (initialised as transformers does). Speed is measured on it; `ShapeSpec` gives the full
+  model's parameter count and bytes, so a notebook can project the full model from the layers it built.
+- `load("/path/to/checkpoint")` or `load("org/name")`: a learner's own model. Safetensors only unless
+  `allow_pickle=True`; `trust_remote_code` stays off unless passed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from labkit import DATA
+
+EMBEDDED = "stdlib-llama-16m"
+MODELS_DIR = DATA / "models"
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(DTYPES))}") from None
+
+
+class ModelError(ValueError):
+    """A model could not be loaded or built; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """Published dimensions of a real model (from its config.json on the Hugging Face Hub)."""
+
+    name: str
+    model_type: str  # "llama" or "qwen2"
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rope_theta: float
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2 has biases on q, k, v
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer (attention + SwiGLU MLP + two RMSNorms)."""
+        h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
+        attn = h * h + 2 * h * kv + h * h
+        if self.attention_bias:
+            attn += h + 2 * kv
+        mlp = 3 * h * self.intermediate_size
+        return attn + mlp + 2 * h
+
+    def embedding_params(self) -> int:
+        emb = self.vocab_size * self.hidden_size
+        return emb if self.tie_word_embeddings else 2 * emb
+
+    def params(self, layers: int | None = None) -> int:
+        """Total parameters with `layers` decoder layers (all of them by default)."""
+        n = self.num_hidden_layers if layers is None else layers
+        return self.embedding_params() + n * self.layer_params() + self.hidden_size  # + final norm
+
+    def kv_bytes_per_token(self, bytes_per_elem: float = 2, layers: int | None = None) -> float:
+        """2 (K and V) x layers x KV heads x head dim x bytes."""
+        n = self.num_hidden_layers if layers is None else layers
+        return 2 * n * self.num_key_value_heads * self.head_dim * bytes_per_elem
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "head_dim": self.head_dim, "params": self.params(),
+                "layer_params": self.layer_params()}
+
+
+SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
+    ShapeSpec("llama-2-7b", "llama", 4096, 11008, 32, 32, 32, 32000, 4096, 10000.0),
+    ShapeSpec("llama-2-13b", "llama", 5120, 13824, 40, 40, 40, 32000, 4096, 10000.0),
+    ShapeSpec("llama-3-8b", "llama", 4096, 14336, 32, 32, 8, 128256, 8192, 500000.0),
+    ShapeSpec("tinyllama-1.1b", "llama", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0),
+    ShapeSpec("qwen2.5-0.5b", "qwen2", 896, 4864, 24, 14, 2, 151936, 32768, 1000000.0,
+              tie_word_embeddings=True, attention_bias=True),
+]}
+
+
+def shape(name: str) -> ShapeSpec:
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise ModelError(f"unknown shape {name!r}; choose one of {sorted(SHAPES)}") from None
+
+
+def _config_for(spec: ShapeSpec, layers: int):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+                  intermediate_size=spec.intermediate_size, num_hidden_layers=layers,
+                  num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+                  max_position_embeddings=spec.max_position_embeddings,
+                  tie_word_embeddings=spec.tie_word_embeddings,
+                  rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if spec.model_type == "qwen2":
+        return Qwen2Config(**common)
+    return LlamaConfig(**common, attention_bias=spec.attention_bias)
+
+
+def build(name: str, layers: int | None = None, dtype="fp32", device="cpu", seed: int = 0,
+          attn_implementation: str = "sdpa"):
+    """A shape-faithful model: `name`'s published dimensions with `layers` decoder layers (default: 2) and
+    seeded random weights, initialised as transformers initialises a new model. In eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    spec = shape(name)
+    layers = 2 if layers is None else int(layers)
+    if not 1 <= layers <= spec.num_hidden_layers:
+        raise ModelError(f"layers must be between 1 and {spec.num_hidden_layers} for {name}, got {layers}")
+    cfg = _config_for(spec, layers)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=as_dtype(dtype),
+                                                 attn_implementation=attn_implementation)
+    model.eval()
+    model.labkit_shape = spec  # so callers can project to the full model
+    return model
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or "\\" in s or Path(s).exists() or s.count("/") > 1
+
+
+def check_safetensors(path: Path) -> None:
+    """Fail clearly on a truncated or corrupted .safetensors file before transformers reads it."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{path} is truncated (only {size} bytes): download or copy it again")
+        (n,) = struct.unpack("<Q", head)
+        if n <= 0 or 8 + n > size:
+            raise ModelError(f"{path} has a corrupted header (says {n} header bytes, file has {size}): "
+                             "download or copy it again")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelError(f"{path} has a corrupted header (not JSON): download or copy it again") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ModelError(f"{path} is truncated: its header describes {8 + n + end} bytes but the file has "
+                         f"{size}; download or copy it again")
+
+
+def resolve(name_or_path: str) -> Path | str:
+    """The local folder for the embedded name or a path; the hub id unchanged otherwise."""
+    if name_or_path == EMBEDDED or (MODELS_DIR / name_or_path).is_dir():
+        return MODELS_DIR / name_or_path
+    if _looks_like_path(name_or_path):
+        p = Path(name_or_path).expanduser()
+        if not p.exists():
+            raise ModelError(f"no model at {p}: check the path (embedded model: {EMBEDDED!r}; "
+                             f"shape models: {sorted(SHAPES)})")
+        return p
+    return name_or_path
+
+
+def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implementation: str = "sdpa",
+         layers: int | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+         seed: int = 0):
+    """Load any model the course supports (see the module docstring). Returns the model in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    if name_or_path in SHAPES:
+        return build(name_or_path, layers=layers, dtype=dtype, device=device, seed=seed,
+                     attn_implementation=attn_implementation)
+    where = resolve(name_or_path)
+    kw = dict(dtype=as_dtype(dtype), attn_implementation=attn_implementation,
+              trust_remote_code=trust_remote_code)
+    if isinstance(where, Path):
+        st = sorted(where.glob("*.safetensors"))
+        pickles = sorted(where.glob("*.bin")) + sorted(where.glob("*.pt")) + sorted(where.glob("*.pth"))
+        if not st and pickles and not allow_pickle:
+            raise ModelError(f"{where} has only pickle weights ({pickles[0].name}); pickles can run code when "
+                             "loaded. Convert them to safetensors, or pass allow_pickle=True if you trust "
+                             "the source")
+        if not st and not pickles:
+            raise ModelError(f"{where} has no weights (*.safetensors); is it a model folder?")
+        for f in st:
+            check_safetensors(f)
+        kw["use_safetensors"] = bool(st)
+        model = AutoModelForCausalLM.from_pretrained(where, **kw)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, use_safetensors=not allow_pickle, **kw)
+        except OSError as e:
+            raise ModelError(
+                f"could not load {where!r} from the Hugging Face Hub ({e.__class__.__name__}). Offline? "
+                f"Download it once where you have a connection (`hf download {where}`) and pass the local "
+                f"folder, or use the embedded model {EMBEDDED!r} or a shape model {sorted(SHAPES)}") from e
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(name_or_path: str = EMBEDDED):
+    from transformers import AutoTokenizer
+
+    if name_or_path in SHAPES:
+        raise ModelError(f"{name_or_path!r} is a shape model with random weights: it has no tokenizer; "
+                         "use labkit.models.prompt_ids() for token ids")
+    return AutoTokenizer.from_pretrained(resolve(name_or_path))
+
+
+def prompt_ids(n_tokens: int, batch: int = 1, vocab_size: int = 32000, seed: int = 0,
+               tokenizer=None) -> torch.Tensor:
+    """Prompt token ids of exactly `n_tokens` (the guide's method uses 512). With a tokenizer: real
+    held-out text, a different excerpt per row; without: seeded random ids (for shape models)."""
+    if n_tokens < 1:
+        raise ValueError("n_tokens must be >= 1")
+    if tokenizer is None:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(3, vocab_size, (batch, n_tokens), generator=g)
+    text = (DATA / "eval" / "heldout.txt").read_text(encoding="utf-8")
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
+    if ids.numel() < n_tokens * batch:
+        raise ValueError(f"held-out text has only {ids.numel()} tokens, need {n_tokens * batch}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - n_tokens, (batch,), generator=g).tolist()
+    return torch.stack([ids[s : s + n_tokens] for s in starts])
+
+
+def weight_bytes(model) -> int:
+    """Bytes of parameters and buffers as stored in memory (what decode streams per token)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
