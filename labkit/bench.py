@@ -122,18 +122,29 @@ class Comparison:
 def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
             names: tuple[str, str] = ("A", "B"), device=None) -> Comparison:
     """Run A and B alternately in this process (ABBA order, so slow drift cancels) and pair the times."""
-    ta_cold = time_callable(a, warmup=warmup, repeats=1, device=device)
-    tb_cold = time_callable(b, warmup=warmup, repeats=1, device=device)
+    if repeats < 1 or warmup < 1:
+        raise ValueError("repeats and warmup must be >= 1")
+
+    def timed(fn) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    cold_a, cold_b = timed(a), timed(b)
+    for _ in range(warmup - 1):
+        a()
+        b()
     times_a, times_b = [], []
     for i in range(repeats):
-        order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
-        for name, fn in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            (times_a if name == "a" else times_b).append(time.perf_counter() - t0)
-    return Comparison(names[0], names[1], times_a, times_b, ta_cold.cold_s, tb_cold.cold_s)
+        if i % 2 == 0:
+            times_a.append(timed(a))
+            times_b.append(timed(b))
+        else:
+            times_b.append(timed(b))
+            times_a.append(timed(a))
+    return Comparison(names[0], names[1], times_a, times_b, cold_a, cold_b)
 
 
 # ---------------------------------------------------------------- serving metrics (vLLM definitions)
@@ -265,3 +276,20 @@ def generate_timed(model, input_ids, max_new_tokens: int, **generate_kwargs) -> 
     out = model.generate(input_ids=input_ids, streamer=streamer, **kw)
     rt = RequestTiming(start=start, token_times=streamer.times, prompt_tokens=int(input_ids.shape[1]))
     return rt, out
+
+
+def measure_requests(model, prompts, max_new_tokens: int, repeats: int = 3, progress: bool = True,
+                     **generate_kwargs) -> tuple[RequestTiming, list[RequestTiming]]:
+    """One request at a time through `generate`: the first call is the cold start (returned apart), then
+    `repeats` passes over `prompts` (a tensor [n, prompt_len] or a list of [1, len] tensors) in steady state.
+    """
+    from tqdm.auto import tqdm
+
+    rows = [p.unsqueeze(0) if p.dim() == 1 else p for p in prompts]
+    cold, _ = generate_timed(model, rows[0], max_new_tokens, **generate_kwargs)
+    warm = []
+    todo = [r for _ in range(repeats) for r in rows]
+    for ids in tqdm(todo, desc="requests", disable=not progress, mininterval=2):
+        rt, _ = generate_timed(model, ids, max_new_tokens, **generate_kwargs)
+        warm.append(rt)
+    return cold, warm

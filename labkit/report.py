@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from labkit.records import reports_dir
 
 
-def figures_dir() -> Path:
-    d = reports_dir() / "figures"
+def figures_dir(root: Path | None = None) -> Path:
+    d = (Path(root) if root is not None else reports_dir()) / "figures"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -22,3 +23,63 @@ def save_figure(fig, name: str) -> Path:
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     tmp.replace(path)
     return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _summary_rows(reports: Path, limit: int = 14) -> list[str]:
+    """One small table per experiment: the scalar metrics of its latest record."""
+    from labkit.records import read_records
+
+    latest: dict[str, dict] = {}
+    for r in read_records(reports / "results"):
+        latest[r["experiment"]] = r
+    parts = []
+    for name, r in sorted(latest.items()):
+        scal = [(k, v) for k, v in r["metrics"].items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+        if not scal:
+            continue
+        cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in scal[:limit])
+        more = f"<tr><td colspan=2>… {len(scal) - limit} more in the record</td></tr>" if len(scal) > limit else ""
+        parts.append(f"<h3>{html.escape(name)}</h3><p class=meta>{html.escape(r['time'])} · "
+                     f"{html.escape(str(r['fingerprint'].get('cpu')))}</p><table>{cells}{more}</table>")
+    return parts
+
+
+def write_index(reports: Path | None = None, run=None) -> Path:
+    """reports/index.html: the executed notebooks, their figures and the latest result of each experiment."""
+    from labkit.hardware import describe, fingerprint
+
+    reports = Path(reports) if reports is not None else reports_dir()
+    reports.mkdir(parents=True, exist_ok=True)
+    nb_dir = reports / "notebooks"
+    items = []
+    for p in sorted(nb_dir.glob("*.ipynb")) if nb_dir.exists() else []:
+        h = p.with_suffix(".html")
+        link = f'<a href="notebooks/{h.name}">{html.escape(p.stem)}</a>' if h.exists() else html.escape(p.stem)
+        items.append(f'<li>{link} (<a href="notebooks/{p.name}">ipynb</a>)</li>')
+    status = ""
+    if run is not None:
+        rows = "".join(
+            f"<tr><td>{html.escape(r.name)}</td><td>{'ok' if not r.error else 'FAILED'}</td>"
+            f"<td>{r.seconds:.0f} s</td><td>{html.escape(r.error or '')}</td></tr>" for r in run.runs)
+        status = f"<h2>This run (preset {html.escape(run.preset)})</h2><table>{rows}</table>"
+    figs = "".join(f'<figure><img src="figures/{f.name}" width=480><figcaption>{html.escape(f.stem)}'
+                   f"</figcaption></figure>" for f in sorted(figures_dir(reports).glob("*.png")))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>labkit course report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margin:8px}}.meta{{color:#666}}</style>
+</head><body><h1>Local LLM speed course: report</h1>
+<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
+{status}<h2>Executed notebooks</h2><ul>{''.join(items) or '<li>none yet</li>'}</ul>
+<h2>Results (latest record of each experiment)</h2>{''.join(_summary_rows(reports)) or '<p>none yet</p>'}
+<h2>Figures</h2>{figs or '<p>none yet</p>'}</body></html>"""
+    out = reports / "index.html"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out

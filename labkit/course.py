@@ -1,0 +1,222 @@
+"""The course runner: executes the notebooks headlessly with papermill into reports/.
+
+    python -m labkit course                  # every notebook, preset "ci"
+    python -m labkit course --preset full --only 00,02
+
+Executed notebooks go to a temporary folder first and are moved into reports/notebooks/ only when they
+succeed, so a failing run leaves nothing half-written in reports/. A failure names the notebook and the
+failing cell with its error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit import ROOT
+from labkit.params import PRESETS, ParamError, check_preset
+from labkit.records import reports_dir
+
+NOTEBOOKS_DIR = ROOT / "notebooks"
+KERNEL_NAME = "labkit"
+
+
+class CourseError(RuntimeError):
+    """A notebook failed or the run was asked for something that does not exist."""
+
+
+@dataclass
+class NotebookRun:
+    id: str
+    name: str
+    seconds: float
+    output: Path | None = None
+    html: Path | None = None
+    error: str | None = None
+    failed_copy: Path | None = None
+
+
+@dataclass
+class CourseRun:
+    preset: str
+    runs: list[NotebookRun] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.error is None for r in self.runs)
+
+
+def notebooks() -> dict[str, Path]:
+    """Notebook id ("00", "01", ...) -> path, in teaching order."""
+    out = {}
+    for p in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")):
+        out[p.name[:2]] = p
+    return out
+
+
+def select(only: str | list[str] | None) -> list[str]:
+    """Validate a notebook selection like "00,02" and return the ids in teaching order."""
+    available = notebooks()
+    if not available:
+        raise CourseError(f"no notebooks found in {NOTEBOOKS_DIR}")
+    if only is None or only == "" or only == []:
+        return list(available)
+    ids = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
+    ids = [i.zfill(2) if i.isdigit() else i for i in ids]
+    unknown = [i for i in ids if i not in available]
+    if unknown:
+        raise CourseError(f"unknown notebook id(s) {unknown}; valid ids: {', '.join(available)} "
+                          f"({', '.join(p.stem for p in available.values())})")
+    return [i for i in available if i in ids]
+
+
+def notebook_parameters(path: Path) -> dict:
+    """The names and defaults declared in a notebook's cell tagged 'parameters'."""
+    import papermill
+
+    return {k: v.get("default") for k, v in papermill.inspect_notebook(str(path)).items()}
+
+
+def ensure_kernel() -> str:
+    """Register this interpreter as a Jupyter kernel inside its own prefix, so papermill runs the
+    notebooks with the same Python (and the same venv) as the course runner."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+        if spec.argv and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL_NAME
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL_NAME, display_name="Python (labkit)", prefix=sys.prefix)
+    return KERNEL_NAME
+
+
+def _kernel_env(reports: Path) -> None:
+    os.environ["LABKIT_REPORTS"] = str(reports)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p and p != str(ROOT)])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _failure_message(nb_id: str, path: Path, exc: Exception) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        src = exc.source.strip().splitlines()
+        first = src[0] if src else ""
+        return (f"notebook {nb_id} ({path.name}) failed in cell {exc.cell_index} "
+                f"(execution count {exc.exec_count}, starting `{first[:80]}`): {exc.ename}: {exc.evalue}")
+    return f"notebook {nb_id} ({path.name}) failed: {exc.__class__.__name__}: {exc}"
+
+
+def to_html(ipynb: Path, html: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
+    tmp = html.with_suffix(".tmp")
+    tmp.write_text(body, encoding="utf-8")
+    tmp.replace(html)
+    return html
+
+
+def run_notebook(nb_id: str, preset: str = "ci", params: dict | None = None, reports: Path | None = None,
+                 timeout_s: int | None = None, progress: bool = True) -> NotebookRun:
+    """Execute one notebook; on success its executed copy (and HTML) lands in <reports>/notebooks/."""
+    check_preset(preset)
+    path = notebooks()[select([nb_id])[0]]
+    reports = Path(reports) if reports is not None else reports_dir()
+    declared = notebook_parameters(path)
+    if not declared:
+        raise CourseError(f"{path.name} has no cell tagged 'parameters'")
+    parameters = {"preset": preset, **(params or {})}
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ParamError(f"{path.name} has no parameter(s) {unknown}; it takes: {', '.join(declared)}")
+    _kernel_env(reports)
+    kernel = ensure_kernel()
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"labkit-{nb_id}-"))
+    out_tmp = tmpdir / path.name
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(path), str(out_tmp), parameters=parameters, kernel_name=kernel,
+                                   cwd=str(NOTEBOOKS_DIR), progress_bar=progress,
+                                   execution_timeout=timeout_s)
+    except (PapermillExecutionError, RuntimeError, TimeoutError) as e:
+        return NotebookRun(nb_id, path.stem, time.perf_counter() - t0, error=_failure_message(nb_id, path, e),
+                           failed_copy=out_tmp if out_tmp.exists() else None)
+    seconds = time.perf_counter() - t0
+    dest = reports / "notebooks"
+    dest.mkdir(parents=True, exist_ok=True)
+    final = dest / path.name
+    shutil.move(str(out_tmp), final)
+    html = to_html(final, final.with_suffix(".html"))
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    return NotebookRun(nb_id, path.stem, seconds, output=final, html=html)
+
+
+def run_course(preset: str = "ci", only: str | list[str] | None = None, params: dict | None = None,
+               reports: Path | None = None, stop_on_error: bool = True) -> CourseRun:
+    """Run the selected notebooks in teaching order, then write reports/index.html."""
+    check_preset(preset)
+    ids = select(only)
+    reports = Path(reports) if reports is not None else reports_dir()
+    run = CourseRun(preset)
+    for k, nb_id in enumerate(ids, 1):
+        name = notebooks()[nb_id].stem
+        print(f"[{k}/{len(ids)}] {name} (preset {preset}) ...", flush=True)
+        r = run_notebook(nb_id, preset, params_for(nb_id, params), reports)
+        run.runs.append(r)
+        if r.error:
+            print(f"      FAILED after {r.seconds:.0f} s: {r.error}", flush=True)
+            if r.failed_copy:
+                print(f"      the executed copy with the traceback: {r.failed_copy}", flush=True)
+            if stop_on_error:
+                break
+        else:
+            print(f"      done in {r.seconds:.0f} s -> {r.output.relative_to(reports.parent) if reports.parent in r.output.parents else r.output}", flush=True)
+    from labkit.report import write_index
+
+    write_index(reports, run)
+    return run
+
+
+def params_for(nb_id: str, params: dict | None) -> dict:
+    """Parameters for one notebook: the shared ones, overridden by those under its id ({"05": {...}})."""
+    params = params or {}
+    shared = {k: v for k, v in params.items() if not (k.isdigit() and isinstance(v, dict))}
+    return {**shared, **params.get(nb_id, {})}
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """'name=value' with value read as JSON when it parses (numbers, true/false, null, lists), else a string."""
+    if "=" not in text:
+        raise ParamError(f"parameter {text!r} must look like name=value")
+    k, v = text.split("=", 1)
+    try:
+        return k.strip(), json.loads(v)
+    except json.JSONDecodeError:
+        return k.strip(), v
+
+
+def load_params_file(path: Path) -> dict:
+    """A JSON file of notebook parameters (ci/params.json holds CI's)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ParamError(f"{path} must hold a JSON object of parameters")
+    return data
+
+
+__all__ = ["PRESETS", "CourseError", "run_course", "run_notebook", "notebooks", "select"]

@@ -1,0 +1,126 @@
+"""The harness's definitions, checked against synthetic timestamps with known answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from labkit import bench
+from labkit.bench import RequestTiming, summarize
+
+
+class FakeClock:
+    """Replaces time.perf_counter: each fake call advances it by a known cost."""
+
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", c)
+    return c
+
+
+def test_time_callable_separates_cold_start(clock):
+    costs = iter([5.0, 1.0, 2.0, 3.0, 4.0, 9.0])  # cold, 1 discarded warm-up, then 4 repeats
+
+    def fn():
+        clock.t += next(costs)
+
+    t = bench.time_callable(fn, warmup=2, repeats=4)
+    assert t.cold_s == 5.0
+    assert t.times_s == [2.0, 3.0, 4.0, 9.0]
+    assert t.median_s == 3.5 and t.min_s == 2.0 and t.max_s == 9.0
+    assert t.p90_s == pytest.approx(np.percentile([2, 3, 4, 9], 90))
+    assert t.cold_over_warm == pytest.approx(5.0 / 3.5)
+    d = t.to_dict()
+    assert d["repeats"] == 4 and d["cold_s"] == 5.0
+
+
+def test_time_callable_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        bench.time_callable(lambda: None, repeats=0)
+    with pytest.raises(ValueError):
+        bench.time_callable(lambda: None, warmup=0)
+
+
+def test_compare_alternates_and_pairs_ratios(clock):
+    log = []
+
+    def a():
+        log.append("a")
+        clock.t += 2.0
+
+    def b():
+        log.append("b")
+        clock.t += 0.5
+
+    c = bench.compare(a, b, repeats=4, names=("slow", "fast"))
+    assert log == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # cold a, cold b, then ABBA pairs
+    assert c.ratios == [4.0] * 4
+    assert c.speedup == 4.0
+    assert "fast vs slow: 4.00x" in str(c)
+
+
+def test_request_metrics_follow_vllm_definitions():
+    r = RequestTiming(start=10.0, token_times=[10.5, 10.6, 10.8, 11.1], prompt_tokens=512)
+    assert r.ttft == pytest.approx(0.5)
+    assert r.e2e == pytest.approx(1.1)
+    assert r.tpot == pytest.approx((1.1 - 0.5) / 3)
+    assert r.itls == pytest.approx([0.1, 0.2, 0.3])
+    assert RequestTiming(start=0.0, token_times=[1.0]).tpot is None  # one token: TPOT undefined
+
+
+def test_summarize_aggregates_and_percentiles():
+    reqs = [RequestTiming(start=0.0, token_times=[1.0, 2.0, 3.0], prompt_tokens=10),
+            RequestTiming(start=1.0, token_times=[3.0, 3.5], prompt_tokens=20),
+            RequestTiming(start=2.0, token_times=[], prompt_tokens=5)]  # never produced a token
+    m = summarize(reqs)
+    assert m["completed"] == 2
+    assert m["duration_s"] == pytest.approx(3.5)
+    assert m["total_output_tokens"] == 5 and m["total_input_tokens"] == 30
+    assert m["output_throughput"] == pytest.approx(5 / 3.5)
+    assert m["request_throughput"] == pytest.approx(2 / 3.5)
+    assert m["total_token_throughput"] == pytest.approx(35 / 3.5)
+    assert m["ttft_mean_ms"] == pytest.approx(1500.0)  # TTFTs 1.0 and 2.0 s
+    assert m["ttft_p99_ms"] == pytest.approx(np.percentile([1000, 2000], 99))
+    assert m["tpot_median_ms"] == pytest.approx(np.median([1000.0, 500.0]))
+    assert m["itl_mean_ms"] == pytest.approx(np.mean([1000, 1000, 500]))  # every gap of every request
+    assert m["e2e_p50_ms"] == pytest.approx(np.median([3000, 2500]))
+
+
+def test_goodput_counts_requests_within_slo():
+    reqs = [RequestTiming(0.0, [0.1, 0.2]), RequestTiming(0.0, [0.9, 1.0])]
+    m = summarize(reqs, duration_s=2.0, slo_ms={"ttft": 500})
+    assert m["goodput"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown SLO"):
+        summarize(reqs, slo_ms={"latency": 1})
+
+
+def test_summarize_needs_a_completed_request():
+    with pytest.raises(ValueError):
+        summarize([RequestTiming(0.0, [])])
+
+
+def test_generate_timed_stamps_every_token_and_matches_generate(tiny_llama):
+    ids = torch.randint(3, 256, (1, 20), generator=torch.Generator().manual_seed(1))
+    rt, out = bench.generate_timed(tiny_llama, ids, max_new_tokens=7)
+    ref = tiny_llama.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                              max_new_tokens=7, min_new_tokens=7)
+    assert torch.equal(out, ref)
+    assert rt.output_tokens == 7 and rt.prompt_tokens == 20
+    assert all(b >= a for a, b in zip(rt.token_times, rt.token_times[1:]))
+    assert rt.token_times[0] >= rt.start
+    with pytest.raises(ValueError):
+        bench.generate_timed(tiny_llama, ids.repeat(2, 1), 3)
+
+
+def test_measure_requests_returns_cold_apart(tiny_llama):
+    prompts = torch.randint(3, 256, (2, 12), generator=torch.Generator().manual_seed(2))
+    cold, warm = bench.measure_requests(tiny_llama, prompts, 4, repeats=2, progress=False)
+    assert cold.output_tokens == 4
+    assert len(warm) == 4 and all(r.output_tokens == 4 and r.prompt_tokens == 12 for r in warm)

@@ -1,0 +1,82 @@
+"""The papermill runner: selection, parameter checks, and failures that name the notebook and cell."""
+
+import nbformat
+import pytest
+
+from labkit import course
+from labkit.__main__ import main
+from labkit.params import ParamError
+
+
+def _nb(path, code_cells):
+    cells = [nbformat.v4.new_code_cell('preset = "ci"\nn = 1')]
+    cells[0].metadata["tags"] = ["parameters"]
+    cells += [nbformat.v4.new_code_cell(c) for c in code_cells]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def fake_course(tmp_path, monkeypatch):
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _nb(d / "00_ok.ipynb", ["from labkit.params import check_preset\ncheck_preset(preset)", "print(n * 2)"])
+    _nb(d / "01_broken.ipynb", ["x = 1", "raise ValueError('deliberate failure')"])
+    monkeypatch.setattr(course, "NOTEBOOKS_DIR", d)
+    return d
+
+
+def test_selection_validates_ids(fake_course):
+    assert course.select(None) == ["00", "01"]
+    assert course.select("1") == ["01"]
+    with pytest.raises(course.CourseError, match="valid ids: 00, 01"):
+        course.select("00,07")
+
+
+def test_real_course_has_numbered_notebooks_with_parameters():
+    nbs = course.notebooks()
+    assert "00" in nbs
+    for path in nbs.values():
+        assert "preset" in course.notebook_parameters(path), path.name
+
+
+def test_successful_run_lands_in_reports(fake_course, reports):
+    r = course.run_notebook("00", "ci", {"n": 21}, reports, progress=False)
+    assert r.error is None
+    assert r.output == reports / "notebooks" / "00_ok.ipynb" and r.html.exists()
+    out = nbformat.read(str(r.output), as_version=4)
+    assert "42" in out.cells[-1].outputs[0]["text"]  # the parameter reached the notebook
+
+
+def test_failure_names_notebook_and_cell_and_writes_nothing(fake_course, reports):
+    run = course.run_course("ci", "01", reports=reports)
+    assert not run.ok
+    err = run.runs[0].error
+    assert "01_broken.ipynb" in err and "cell" in err and "ValueError: deliberate failure" in err
+    assert not (reports / "notebooks").exists()  # nothing half-written
+    assert (reports / "index.html").exists() and "FAILED" in (reports / "index.html").read_text()
+
+
+def test_unknown_parameter_and_preset_are_refused(fake_course, reports):
+    with pytest.raises(ParamError, match="it takes: preset, n"):
+        course.run_notebook("00", "ci", {"batch": 3}, reports)
+    with pytest.raises(ParamError, match="choose one of"):
+        course.run_notebook("00", "huge", None, reports)
+
+
+def test_params_for_merges_per_notebook_overrides():
+    p = {"device": "cpu", "05": {"requests": 8}}
+    assert course.params_for("05", p) == {"device": "cpu", "requests": 8}
+    assert course.params_for("00", p) == {"device": "cpu"}
+
+
+def test_cli_exit_codes(fake_course, reports, capsys):
+    assert main(["course", "--only", "09", "--reports", str(reports)]) == 2
+    assert "valid ids" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["course", "--preset", "huge"])
+    assert e.value.code == 2
+    assert main(["course", "--only", "01", "--reports", str(reports)]) == 1
+    assert main(["course", "--only", "00", "-p", "n=5", "--reports", str(reports)]) == 0
+    assert "1 notebook(s) ran, 0 failed" in capsys.readouterr().out

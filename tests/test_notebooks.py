@@ -1,0 +1,28 @@
+"""Every notebook of the course, executed headlessly with the ci preset, in teaching order.
+
+They share one reports folder (like a real run), so later lessons find the records earlier ones wrote.
+"""
+
+import json
+
+import pytest
+
+from labkit import course
+
+NOTEBOOKS = list(course.notebooks())
+
+
+@pytest.fixture(scope="module")
+def shared_reports(tmp_path_factory):
+    return tmp_path_factory.mktemp("course") / "reports"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("nb_id", NOTEBOOKS)
+def test_notebook_runs_with_ci_preset(nb_id, shared_reports, monkeypatch):
+    monkeypatch.setenv("LABKIT_REPORTS", str(shared_reports))
+    params = json.loads((course.ROOT / "ci" / "params.json").read_text())
+    r = course.run_notebook(nb_id, "ci", course.params_for(nb_id, params), shared_reports, progress=False)
+    assert r.error is None, r.error
+    assert r.output.exists() and r.html.exists()
+    assert list((shared_reports / "results").glob("*/*.json")), "the notebook stored no result record"
