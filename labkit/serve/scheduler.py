@@ -1,0 +1,263 @@
+"""Iteration-level scheduling (continuous batching): every step decides afresh which sequences run.
+
+Policy, as in nano-vllm and vLLM's default before chunked prefill:
+- Prefill first. If waiting requests can be admitted (first come, first served; stop at the first that does
+  not fit) under the sequence budget (`max_num_seqs` running), the token budget (`max_num_batched_tokens`
+  uncached prompt tokens this step) and the free blocks, the step prefills exactly those. New requests thus
+  get their first token soon (low TTFT), at the price of one stalled decode step for the running ones.
+- Otherwise decode: every running sequence computes its last token. When a sequence needs a new block and
+  none is free, the newest running sequence is preempted (its blocks freed; it goes back to the front of the
+  waiting queue and is recomputed on readmission, output kept), down to the sequence itself if it is alone.
+- A request that can never run is rejected at `add` with a reason, never truncated: an empty prompt, a
+  prompt longer than `max_model_len`, or one that alone would need more blocks than the whole cache. So the
+  oldest running sequence can always make progress and no request is stuck or lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from labkit.serve.blocks import BlockManager
+from labkit.serve.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Budgets and cache geometry. `num_blocks * block_size` is how many tokens the KV cache holds in all.
+
+    `max_num_batched_tokens >= max_model_len` is required because a prefill is never split: any admitted
+    request, even one recomputing prompt + output after preemption, must fit one step."""
+
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    num_blocks: int = 256
+    max_model_len: int = 2048
+    eos_token_id: int | None = None
+    enable_prefix_caching: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+                             f"({self.max_model_len}): a prefill is not split across steps")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                             f"({self.max_num_seqs}): every running sequence decodes one token per step")
+
+
+@dataclass
+class ScheduledSeq:
+    """One sequence's work this step: compute positions `[start, end)` and store their KV in `slot_mapping`.
+
+    Attention for these positions reads the whole context `[0, end)` through `block_table`; the logits of
+    the last position (`end - 1`) give the next token."""
+
+    seq: Sequence
+    start: int
+    end: int
+    slot_mapping: list[int]
+    block_table: list[int]
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The input tokens for positions `[start, end)`."""
+        return self.seq.token_ids[self.start:self.end]
+
+    @property
+    def positions(self) -> range:
+        return range(self.start, self.end)
+
+    @property
+    def num_new_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def context_len(self) -> int:
+        """Tokens in the cache once this step has run (what attention spans)."""
+        return self.end
+
+
+@dataclass
+class SchedulerOutput:
+    """What the model runner needs for one step. A step is all-prefill or all-decode (`is_prefill`)."""
+
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    is_prefill: bool = False
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def seqs(self) -> list[Sequence]:
+        return [s.seq for s in self.scheduled]
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    """Owns the waiting and running queues and the block manager. Driven by the engine:
+    `add` / `cancel` at any time between steps, then per step `schedule()` -> run the model ->
+    `postprocess(output.seqs, next_token_ids, now)`."""
+
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()  # admission order: the newest is at the right
+        self._live: dict[int, Sequence] = {}
+
+    # ------------------------------------------------------------------ requests in and out
+    def add(self, seq: Sequence) -> bool:
+        """Queue a new request. Returns False, with the sequence marked REJECTED and the reason in
+        `finish_reason`, when it could never run; the scheduler then forgets it."""
+        if seq.status is not SequenceStatus.WAITING or seq.block_table:
+            raise ValueError(f"only a new waiting sequence can be added, got {seq!r}")
+        if seq.seq_id in self._live:
+            raise ValueError(f"sequence id {seq.seq_id} is already queued or running")
+        reason = self.reject_reason(seq)
+        if reason is not None:
+            seq.finish(SequenceStatus.REJECTED, f"rejected: {reason}")
+            return False
+        self.waiting.append(seq)
+        self._live[seq.seq_id] = seq
+        return True
+
+    def reject_reason(self, seq: Sequence) -> str | None:
+        """Why `seq` could never complete here, or None. The KV of the very last token is never computed, so
+        a request needs slots for at most `final_len - 1` tokens."""
+        cfg = self.config
+        n = seq.num_prompt_tokens
+        if n == 0:
+            return "empty prompt"
+        if n > cfg.max_model_len:
+            return f"prompt has {n} tokens, more than max_model_len={cfg.max_model_len}"
+        final_len = min(n + seq.sampling_params.max_tokens, max(cfg.max_model_len, n + 1))
+        need = self.block_manager.blocks_for(final_len - 1)
+        if need > cfg.num_blocks:
+            return (f"needs up to {need} KV blocks ({final_len - 1} tokens), more than the whole cache "
+                    f"({cfg.num_blocks} blocks of {cfg.block_size} tokens)")
+        return None
+
+    def cancel(self, seq_id: int) -> Sequence | None:
+        """Stop a waiting or running request now and free its blocks. Returns it (CANCELLED), or None if the
+        id is not live (unknown, finished, rejected or already cancelled)."""
+        seq = self._live.pop(seq_id, None)
+        if seq is None:
+            return None
+        (self.running if seq.status is SequenceStatus.RUNNING else self.waiting).remove(seq)
+        self.block_manager.free(seq)
+        seq.finish(SequenceStatus.CANCELLED, "cancelled")
+        return seq
+
+    def get(self, seq_id: int) -> Sequence | None:
+        """The live (waiting or running) sequence with this id."""
+        return self._live.get(seq_id)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._live)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    # ------------------------------------------------------------------ one step
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's work: a prefill of newly admitted sequences if any fit, else a decode of all
+        running ones (preempting the newest while blocks are short). Empty only when nothing is live."""
+        admitted = self._admit()
+        if admitted:
+            return SchedulerOutput([self._work(s) for s in admitted], is_prefill=True)
+        return self._decode()
+
+    def _admit(self) -> list[Sequence]:
+        cfg, bm = self.config, self.block_manager
+        admitted: list[Sequence] = []
+        budget = cfg.max_num_batched_tokens
+        while self.waiting and len(self.running) < cfg.max_num_seqs:
+            seq = self.waiting[0]
+            if seq.num_tokens - bm.cached_prefix_len(seq) > budget or not bm.can_allocate(seq):
+                break  # first come, first served: no overtaking, so a long request is not starved
+            self.waiting.popleft()
+            bm.allocate(seq)
+            budget -= seq.num_tokens - seq.num_cached_tokens
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            admitted.append(seq)
+        return admitted
+
+    def _decode(self) -> SchedulerOutput:
+        bm = self.block_manager
+        scheduled: list[Sequence] = []
+        preempted: list[Sequence] = []
+        while self.running:
+            seq = self.running.popleft()  # oldest first
+            while not bm.can_append(seq):
+                victim = self.running.pop() if self.running else seq  # newest; the sequence itself if alone
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                bm.append_slot(seq)
+                scheduled.append(seq)
+        self.running.extend(scheduled)
+        return SchedulerOutput([self._work(s) for s in scheduled], is_prefill=False, preempted=preempted)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free the blocks and queue the sequence first in line; its KV is recomputed when readmitted.
+        Victims are taken newest first, so queuing each at the front keeps them in admission order."""
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def _work(self, seq: Sequence) -> ScheduledSeq:
+        start, end = seq.num_cached_tokens, seq.num_tokens
+        return ScheduledSeq(seq, start, end, self.block_manager.slot_mapping(seq, start, end), list(seq.block_table))
+
+    # ------------------------------------------------------------------ after the model ran
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int], now: float | None = None) -> list[Sequence]:
+        """Append each sequence's new token with its timestamp, finish those that hit `max_tokens`,
+        `max_model_len` ("length") or EOS / a stop token ("stop"), and free their blocks. Sequences cancelled
+        since `schedule` are skipped. Returns the sequences that finished in this step."""
+        if len(seqs) != len(token_ids):
+            raise ValueError(f"{len(seqs)} sequences but {len(token_ids)} token ids")
+        now = time.perf_counter() if now is None else now
+        finished: list[Sequence] = []
+        for seq, token_id in zip(seqs, token_ids, strict=True):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.num_cached_tokens = seq.num_tokens  # this step computed the KV of every token it had
+            seq.append_token(token_id, now)
+            self.block_manager.cache_computed_blocks(seq)
+            reason = self._stop_reason(seq, int(token_id))
+            if reason is not None:
+                self.running.remove(seq)
+                del self._live[seq.seq_id]
+                self.block_manager.free(seq)
+                seq.finish(SequenceStatus.FINISHED, reason)
+                finished.append(seq)
+        return finished
+
+    def _stop_reason(self, seq: Sequence, token_id: int) -> str | None:
+        params = seq.sampling_params
+        if token_id in params.stop_token_ids:
+            return "stop"
+        if not params.ignore_eos and self.config.eos_token_id is not None and token_id == self.config.eos_token_id:
+            return "stop"
+        if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            return "length"
+        return None

@@ -1,0 +1,139 @@
+"""One request as the engine sees it: its sampling parameters, its tokens, its place in the KV cache.
+
+A `Sequence` is plain bookkeeping (no tensors): the scheduler moves it between queues, the block manager
+fills in its block table, the engine appends the tokens the model produced and the time each arrived.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from labkit.bench import RequestTiming
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick and when to stop. temperature 0 is greedy (the course's correctness tests use it).
+
+    `ignore_eos` keeps generating past the model's EOS (vLLM's benchmark does this so every request produces
+    exactly `max_tokens`); `stop_token_ids` end the request even then, as in vLLM."""
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class SequenceStatus(Enum):
+    """WAITING (queued, holds no blocks) -> RUNNING (holds blocks) -> one of the three terminal states.
+    A preempted sequence goes from RUNNING back to WAITING."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (SequenceStatus.FINISHED, SequenceStatus.REJECTED, SequenceStatus.CANCELLED)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request and its progress. Compared by identity; `seq_id` is chosen by the caller (the engine).
+
+    `num_cached_tokens` counts the leading tokens whose keys/values are already in the KV cache (prefix-cache
+    hits at admission, then everything computed in earlier steps). A step computes the tokens
+    `[num_cached_tokens, num_tokens)`: the whole uncached prompt in a prefill, the last sampled token in a
+    decode. Preemption drops the blocks and resets it to 0, so the prompt *and the output so far* are
+    recomputed on readmission; the output tokens and their timestamps are kept, nothing is emitted twice.
+    """
+
+    seq_id: int
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams = field(default_factory=SamplingParams)
+    arrival_time: float = field(default_factory=time.perf_counter)
+    output_token_ids: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    block_table: list[int] = field(default_factory=list)
+    num_cached_tokens: int = 0
+    token_times: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        self.prompt_token_ids = list(self.prompt_token_ids)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Prompt then output: what a recompute after preemption feeds the model."""
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    def num_blocks(self, block_size: int) -> int:
+        """KV blocks needed to hold all `num_tokens` tokens."""
+        return math.ceil(self.num_tokens / block_size)
+
+    def block_token_ids(self, i: int, block_size: int) -> list[int]:
+        """The tokens that live in the sequence's i-th block (the last one may be partly filled)."""
+        return self.token_ids[i * block_size:(i + 1) * block_size]
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_finished(self) -> bool:
+        """True in any terminal state: finished, rejected or cancelled."""
+        return self.status in TERMINAL
+
+    def append_token(self, token_id: int, now: float) -> None:
+        """Record one generated token and when it became available (perf_counter seconds)."""
+        self.output_token_ids.append(int(token_id))
+        self.token_times.append(now)
+
+    def finish(self, status: SequenceStatus, reason: str) -> None:
+        """Enter a terminal state. The blocks must be freed first, so no block can leak with a dead request."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not a terminal state")
+        if self.block_table:
+            raise RuntimeError(f"sequence {self.seq_id} still holds blocks {self.block_table}; free them first")
+        self.status = status
+        self.finish_reason = reason
+
+    def to_request_timing(self) -> RequestTiming:
+        """The request's timing as `labkit.bench.summarize` expects it (TTFT, TPOT, ITL, E2E)."""
+        return RequestTiming(start=self.arrival_time, token_times=list(self.token_times),
+                             prompt_tokens=self.num_prompt_tokens)
+
+    def __repr__(self) -> str:
+        return (f"Sequence(id={self.seq_id}, {self.status.value}, prompt={self.num_prompt_tokens}, "
+                f"output={self.num_output_tokens}, cached={self.num_cached_tokens}, "
+                f"blocks={self.block_table}, reason={self.finish_reason!r})")
