@@ -11,3 +11,22 @@ __version__ = "0.1.0"
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 REPORTS = ROOT / "reports"
+
+
+def _quiet_known_noise() -> None:
+    """Drop two harmless log lines that every import of transformers prints on a CPU-only machine: torchao
+    failing to load its CUDA-only kernels (mxfp8, cutlass), and torch's deprecation note about torchao's
+    enums. Everything else torchao or torch logs still shows."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            msg = record.getMessage()
+            cuda_only = "Failed to load" in msg and ("_C_mxfp8" in msg or "_C_cutlass" in msg)
+            return not (cuda_only or "is an Enum subclass and is now natively supported" in msg)
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).addFilter(_Drop())
+
+
+_quiet_known_noise()

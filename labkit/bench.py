@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class Comparison:
 
     @property
     def ratios(self) -> list[float]:
-        return [a / b for a, b in zip(self.times_a, self.times_b)]
+        return [a / b for a, b in zip(self.times_a, self.times_b, strict=True)]
 
     @property
     def speedup(self) -> float:

@@ -186,7 +186,7 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
             if stop_on_error:
                 break
         else:
-            print(f"      done in {r.seconds:.0f} s -> {r.output.relative_to(reports.parent) if reports.parent in r.output.parents else r.output}", flush=True)
+            print(f"      done in {r.seconds:.0f} s -> {r.output}", flush=True)
     from labkit.report import write_index
 
     write_index(reports, run)

@@ -61,7 +61,7 @@ def make_record(experiment: str, config: dict, metrics: dict, fingerprint: dict 
         "metrics": metrics,
         "fingerprint": fingerprint,
         "versions": fingerprint.get("versions", {}),
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
 
 
