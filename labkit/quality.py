@@ -25,7 +25,7 @@ def perplexity(model, tokenizer, text: str, window: int = 512, stride: int = 256
     """
     if stride <= 0 or stride > window:
         raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
-    ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if ids.numel() < 2:

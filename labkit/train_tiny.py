@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from labkit import DATA
 from labkit.corpus import EOT, join_documents, stdlib_files
+from labkit.hardware import cpu_model
 
 
 @dataclass
@@ -46,6 +46,16 @@ class TinyRecipe:
     eval_chars: int = 300_000
     calib_chars: int = 120_000
     tokenizer_train_chars: int = 12_000_000
+
+
+SAMPLE_PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    for name in argv:\n        if "
+
+
+def sample_continuation(model, tok, prompt: str = SAMPLE_PROMPT, new_tokens: int = 48) -> str:
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False)
+    return tok.decode(ids[0], skip_special_tokens=False)
 
 
 def _bf16_ok() -> bool:
@@ -159,11 +169,8 @@ def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
 
     ppl = perplexity(model, tok, eval_text)
     uni = unigram_perplexity(ids, eval_ids, r.vocab_size)
-    prompt = "def fibonacci(n):\n    "
-    enc = tok(prompt, return_tensors="pt")
-    with torch.no_grad():
-        sample_ids = model.generate(**enc, max_new_tokens=48, do_sample=False)
-    sample = tok.decode(sample_ids[0], skip_special_tokens=False)
+    prompt = SAMPLE_PROMPT
+    sample = sample_continuation(model, tok, prompt)
     info = {
         "recipe": asdict(r), "parameters": n_params, "training_tokens": r.steps * r.batch_size * r.seq_len,
         "corpus_tokens": int(ids.numel()), "train_seconds": round(train_s, 1),
@@ -171,7 +178,7 @@ def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
         "final_loss_avg50": sum(losses[-50:]) / len(losses[-50:]), "heldout_perplexity": ppl["perplexity"],
         "heldout_tokens_scored": ppl["tokens"], "unigram_perplexity": uni, "sample_prompt": prompt,
         "sample": sample, "python": sys.version.split()[0], "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "machine": cpu_model(), "threads": torch.get_num_threads(),
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.md").write_text(model_card(info))
@@ -196,7 +203,7 @@ measure *quality* (not just speed) offline. It is not a useful assistant; it wri
 | corpus | CPython {info['python']} standard library `.py` files; split by a hash of each file's path (1 in 40 held out) |
 | training | {r['steps']} steps x {r['batch_size']} x {r['seq_len']} tokens = {info['training_tokens']:,} tokens, AdamW, cosine LR peak {r['lr']}, seed {r['seed']} |
 | precision | {'bf16 autocast' if info['bf16_autocast'] else 'fp32'}; weights stored in fp32 (safetensors) |
-| training time | {info['train_seconds'] / 60:.1f} min on {info['threads']} CPU threads ({info['machine']}), torch {info['torch']} |
+| training time | {info['train_seconds'] / 60:.1f} min on {info['threads']} CPU threads ({info['machine']}), torch {info['torch']}{info.get('time_note', '')} |
 | held-out perplexity | **{info['heldout_perplexity']:.3f}** on `data/eval/heldout.txt` ({info['heldout_tokens_scored']:,} tokens, strided 512-token windows) |
 | unigram baseline | {info['unigram_perplexity']:.1f} (a model that ignores context) |
 
