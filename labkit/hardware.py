@@ -9,10 +9,15 @@ import importlib.metadata
 import os
 import platform
 import re
+import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from labkit.bench import Timing, time_callable
 
 # ISA features that decide CPU LLM speed, as Linux /proc/cpuinfo names them.
 ISA_FLAGS = {
@@ -120,7 +125,8 @@ def describe(fp: dict | None = None) -> str:
     fp = fp or fingerprint()
     isa = ", ".join(k for k, v in fp["isa"].items() if v) or "none detected"
     lines = [
-        f"CPU     {fp['cpu']} ({fp['machine']}), {fp['usable_cores']} usable cores, torch threads {fp['torch_threads']}",
+        f"CPU     {fp['cpu']} ({fp['machine']}), {fp['usable_cores']} usable cores, "
+        f"torch threads {fp['torch_threads']}",
         f"ISA     {isa}  (torch kernels: {fp['torch_cpu_capability']})",
         f"Matrix  bf16 units: {'yes' if fp['matrix_units']['bf16'] else 'no'}, "
         f"int8 units: {'yes' if fp['matrix_units']['int8'] else 'no'}",
@@ -134,3 +140,429 @@ def describe(fp: dict | None = None) -> str:
     v = fp["versions"]
     lines.append("Versions " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + f", python {fp['python']}")
     return "\n".join(lines)
+
+
+# ================================================================ probes: what this machine can do
+# Measured, never looked up: memory bandwidth, matrix throughput per dtype at LLM shapes, disk and model
+# load speed, and the baseline model's decode and prefill. Datasheet numbers live in labkit.roofline.
+
+PROBE_DTYPES = ("fp32", "bf16", "fp16", "int8")
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+MiB = 2**20
+
+
+@dataclass
+class Probe:
+    """One measured kernel: the bytes it moved and FLOPs it did, and its timing (median of repeats).
+
+    `skipped` holds the reason when the probe cannot run here (no CUDA, dtype unsupported); then no
+    timing and no rate: a missing number is reported as missing, never guessed."""
+
+    name: str  # "copy", "triad", "read", "matvec", "matmul"
+    device: str
+    dtype: str
+    shape: str
+    bytes_moved: int
+    flops: int
+    timing: Timing | None = None
+    skipped: str | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return self.timing.median_s if self.timing else None
+
+    @property
+    def gb_per_s(self) -> float | None:
+        return self.bytes_moved / self.seconds / 1e9 if self.timing else None
+
+    @property
+    def gflop_per_s(self) -> float | None:
+        return self.flops / self.seconds / 1e9 if self.timing and self.flops else None
+
+    def to_dict(self) -> dict:
+        t = self.timing
+        return {"probe": self.name, "device": self.device, "dtype": self.dtype, "shape": self.shape,
+                "bytes": self.bytes_moved, "flops": self.flops, "median_ms": t.median_s * 1e3 if t else None,
+                "min_ms": t.min_s * 1e3 if t else None, "max_ms": t.max_s * 1e3 if t else None,
+                "GB/s": self.gb_per_s, "GFLOP/s": self.gflop_per_s, "skipped": self.skipped}
+
+
+def device_skip_reason(device: str) -> str | None:
+    """Why probes cannot run on `device` here, or None when they can."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        return "CUDA not available (no NVIDIA GPU, or a CPU-only torch build)"
+    return None
+
+
+def _timed(fn, repeats: int, device: str, min_time_s: float, warmup: int = 2) -> Timing:
+    """time_callable with at least `repeats` repeats, more for a fast kernel so the timed calls add up to
+    `min_time_s` (a median of 3 calls of 10 ms is at the mercy of one hiccup); 100 at most."""
+    import math
+
+    probe = time_callable(fn, warmup=1, repeats=1, device=device)
+    n = max(repeats, min(100, math.ceil(min_time_s / max(probe.min_s, 1e-6))))
+    return time_callable(fn, warmup=warmup, repeats=n, device=device)
+
+
+def probe_bandwidth(mib: int = 256, device: str = "cpu", repeats: int = 5, min_time_s: float = 0.3) -> list[Probe]:
+    """Streaming memory bandwidth on all cores through torch, STREAM-style, on fp32 arrays of `mib` MiB
+    (use several times the last-level cache so the caches cannot serve it).
+
+    read:  src.sum()             bytes = N (what decode mostly does: stream the weights once)
+    copy:  dst.copy_(src)        bytes = 2N (read + write)
+    triad: a = b + 3 * c         bytes = 3N (two reads + one write)
+    Write-allocate traffic is not counted, as in STREAM, so the rates are what a program can rely on."""
+    n = mib * MiB // 4
+    shape = f"{mib} MiB fp32 x{{}}"
+    reason = device_skip_reason(device)
+    if reason:
+        return [Probe(k, device, "fp32", shape.format(c), c * n * 4, 0, skipped=reason)
+                for k, c in (("read", 1), ("copy", 2), ("triad", 3))]
+    a = torch.empty(n, dtype=torch.float32, device=device)
+    b = torch.rand(n, dtype=torch.float32, device=device)
+    c = torch.rand(n, dtype=torch.float32, device=device)
+    return [
+        Probe("read", device, "fp32", shape.format(1), n * 4, n,
+              _timed(lambda: b.sum(), repeats, device, min_time_s)),
+        Probe("copy", device, "fp32", shape.format(2), 2 * n * 4, 0,
+              _timed(lambda: a.copy_(b), repeats, device, min_time_s)),
+        Probe("triad", device, "fp32", shape.format(3), 3 * n * 4, 2 * n,
+              _timed(lambda: torch.add(b, c, alpha=3.0, out=a), repeats, device, min_time_s)),
+    ]
+
+
+def _rand(shape: tuple[int, ...], dtype: str, device: str, g: torch.Generator) -> torch.Tensor:
+    if dtype == "int8":
+        return torch.randint(-127, 128, shape, generator=g, dtype=torch.int8).to(device)
+    return (torch.randn(shape, generator=g) * 0.02).to(device=device, dtype=_TORCH_DTYPES[dtype])
+
+
+def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", repeats: int = 3,
+                 min_weight_mib: int = 0, seed: int = 0, min_time_s: float = 0.3) -> Probe:
+    """Throughput of `tokens` x k activations times an n x k weight, as nn.Linear does it (F.linear);
+    int8 x int8 -> int32 through torch._int_mm, the kernel int8 dynamic quantization calls.
+
+    tokens=1 is one decode step (matrix-vector: memory-bound, read it as GB/s); tokens=512 is a prefill
+    (matrix-matrix: compute-bound, read it as GFLOP/s). Fast kernels get more repeats (see `_timed`).
+    With `min_weight_mib`, the probe cycles through
+    enough distinct weights to stream that many MiB per call, so the caches cannot hold them, as in a
+    real decode step that reads every layer once."""
+    if dtype not in PROBE_DTYPES:
+        raise ValueError(f"unknown probe dtype {dtype!r}; choose one of {list(PROBE_DTYPES)}")
+    name = "matvec" if tokens == 1 else "matmul"
+    m = tokens
+    if dtype == "int8" and str(device).startswith("cuda") and m <= 16:
+        m = 32  # torch._int_mm on CUDA needs more than 16 rows; the time of 32 rows ~ 1 row when memory-bound
+    elt = 1 if dtype == "int8" else _TORCH_DTYPES[dtype].itemsize
+    copies = max(1, -(-min_weight_mib * MiB // (n * k * elt))) if min_weight_mib else 1
+    shape = f"{m}x{k} @ ({n}x{k})^T" + (f" x{copies} weights" if copies > 1 else "")
+    out_elt = 4 if dtype == "int8" else elt
+    nbytes = copies * (n * k * elt + m * k * elt + m * n * out_elt)
+    flops = copies * 2 * m * k * n
+    reason = device_skip_reason(device)
+    if reason:
+        return Probe(name, device, dtype, shape, nbytes, flops, skipped=reason)
+    g = torch.Generator().manual_seed(seed)
+    x = _rand((m, k), dtype, device, g)
+    ws = [_rand((n, k), dtype, device, g) for _ in range(copies)]
+    if dtype == "int8":
+        def step():
+            for w in ws:
+                torch._int_mm(x, w.t())
+    else:
+        def step():
+            for w in ws:
+                torch.nn.functional.linear(x, w)
+    try:
+        with torch.inference_mode():
+            timing = _timed(step, repeats, device, min_time_s, warmup=1)
+    except RuntimeError as e:  # a dtype this build or device has no kernel for
+        return Probe(name, device, dtype, shape, nbytes, flops, skipped=f"{type(e).__name__}: {e}"[:200])
+    return Probe(name, device, dtype, shape, nbytes, flops, timing)
+
+
+def run_probes(devices: tuple[str, ...] = ("cpu", "cuda"), bandwidth_mib: int = 256, k: int = 4096,
+               n: int = 11008, prefill_tokens: int = 512, dtypes: tuple[str, ...] = PROBE_DTYPES,
+               repeats: int = 3, progress: bool = True, min_time_s: float = 0.3) -> list[Probe]:
+    """Every probe on every device: bandwidth, then matvec and matmul for each dtype. A device that is
+    absent gives skipped probes with the reason. The matvec streams at least `bandwidth_mib` of weights."""
+    from tqdm.auto import tqdm
+
+    jobs = []
+    for dev in devices:
+        jobs.append(("bandwidth", dev, None, 0))
+        jobs += [("matrix", dev, dt, t) for dt in dtypes for t in (1, prefill_tokens)]
+    out: list[Probe] = []
+    for kind, dev, dt, t in tqdm(jobs, desc="probes", disable=not progress):
+        if kind == "bandwidth":
+            out += probe_bandwidth(bandwidth_mib, dev, repeats=max(repeats, 5), min_time_s=min_time_s)
+        else:
+            out.append(probe_matrix(dt, t, k, n, dev, repeats=repeats, min_time_s=min_time_s,
+                                    min_weight_mib=bandwidth_mib if t == 1 else 0))
+    return out
+
+
+def probe_agreement(first: list[Probe], second: list[Probe]) -> list[dict]:
+    """Two runs of the same probes side by side: the second's rate over the first's (1.0 = identical).
+    The course's bar for a trustworthy probe is agreement within +-15%."""
+    if len(first) != len(second):
+        raise ValueError("probe lists differ in length; run the same probes twice")
+    rows = []
+    for a, b in zip(first, second, strict=True):
+        if (a.name, a.device, a.dtype, a.shape) != (b.name, b.device, b.dtype, b.shape):
+            raise ValueError("probe lists differ; run the same probes twice")
+        if a.skipped or b.skipped:
+            continue
+        ra, rb = (a.gflop_per_s, b.gflop_per_s) if a.name == "matmul" else (a.gb_per_s, b.gb_per_s)
+        rows.append({"probe": a.name, "device": a.device, "dtype": a.dtype, "run 1": ra, "run 2": rb,
+                     "ratio": rb / ra, "within 15%": abs(rb / ra - 1) <= 0.15})
+    return rows
+
+
+def summarize_probes(probes: list[Probe]) -> dict:
+    """The rates later lessons need, per device: best streaming bandwidth (max of read/copy/triad, GB/s),
+    matrix-vector GB/s and matrix-matrix GFLOP/s per dtype. Repeated probes (two runs) are averaged."""
+    acc: dict = {}
+    for p in probes:
+        if p.skipped:
+            continue
+        rate = p.gflop_per_s if p.name == "matmul" else p.gb_per_s
+        acc.setdefault(p.device, {}).setdefault((p.name, p.dtype), []).append(rate)
+    out = {}
+    for dev, d in acc.items():
+        mean = {key: sum(v) / len(v) for key, v in d.items()}
+        bw = {name: mean[(name, "fp32")] for name in ("read", "copy", "triad") if (name, "fp32") in mean}
+        out[dev] = {
+            "bandwidth_gbps": {**bw, "best": max(bw.values())} if bw else {},
+            "matvec_gbps": {dt: r for (name, dt), r in mean.items() if name == "matvec"},
+            "matmul_gflops": {dt: r for (name, dt), r in mean.items() if name == "matmul"},
+        }
+    skipped = sorted({f"{p.device}: {p.skipped}" for p in probes if p.skipped})
+    if skipped:
+        out["skipped"] = skipped
+    return out
+
+
+# ---------------------------------------------------------------- generation speed of a real model
+
+def probe_generation(model, prompt_ids: torch.Tensor, new_tokens: int = 16, repeats: int = 3) -> dict:
+    """Baseline speed of `model` with transformers `generate` (greedy, batch 1): prefill as the time of
+    one forward over the prompt with the last token's logits only (what generate computes), decode as
+    TPOT of a timed generation (vLLM's definition), each a median over `repeats` after a cold call."""
+    import statistics
+
+    from labkit.bench import generate_timed
+
+    if new_tokens < 2:
+        raise ValueError("new_tokens must be >= 2: TPOT needs at least two output tokens")
+    dev = next(model.parameters()).device
+    ids = prompt_ids.to(dev)
+    with torch.inference_mode():
+        prefill = time_callable(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1),
+                                warmup=1, repeats=repeats, device=dev)
+        cold, *warm = [generate_timed(model, ids, new_tokens)[0] for _ in range(repeats + 1)]
+    return {"prompt_tokens": int(ids.shape[1]), "new_tokens": new_tokens, "prefill_s": prefill.median_s,
+            "prefill_cold_s": prefill.cold_s, "ttft_s": statistics.median(r.ttft for r in warm),
+            "tpot_s": statistics.median(r.tpot for r in warm), "tpot_cold_run_s": cold.tpot,
+            "decode_context": int(ids.shape[1]) + new_tokens // 2}
+
+
+# ---------------------------------------------------------------- storage: disk and model loading (claim C4)
+
+def _evict(path: Path) -> bool:
+    """Ask the kernel to drop `path` from the page cache (no root needed for clean pages), so the next read
+    comes from the disk. False where the OS has no posix_fadvise. Under a VM the host may still cache it."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _read_all(path: Path, chunk: int = 16 * MiB) -> int:
+    buf = bytearray(chunk)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while (got := f.readinto(buf)) > 0:
+            total += got
+    return total
+
+
+def probe_disk(folder: Path, mib: int = 256, repeats: int = 3) -> dict:
+    """Write a `mib` MiB file of random bytes in `folder` (fsync'd), read it back after evicting it from the
+    page cache (cold: the disk) and again from the page cache (warm: memory). The file is deleted after."""
+    import tempfile
+
+    folder = Path(folder)
+    block = os.urandom(MiB)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".labkit-disk-probe-")
+    path = Path(name)
+    try:
+        t0 = time.perf_counter()
+        with os.fdopen(fd, "wb") as f:
+            for _ in range(mib):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        write_s = time.perf_counter() - t0
+        cold = []
+        for _ in range(repeats):
+            evicted = _evict(path)
+            t0 = time.perf_counter()
+            _read_all(path)
+            cold.append(time.perf_counter() - t0)
+        warm = time_callable(lambda: _read_all(path), warmup=1, repeats=repeats)
+    finally:
+        path.unlink(missing_ok=True)
+    nbytes = mib * MiB
+    cold_s = float(np.median(cold))
+    return {"folder": str(folder), "bytes": nbytes, "write_gbps": nbytes / write_s / 1e9,
+            "cold_read_gbps": nbytes / cold_s / 1e9, "warm_read_gbps": nbytes / warm.median_s / 1e9,
+            "evicted_with_fadvise": evicted}
+
+
+LOAD_METHODS = ("mmap", "pread", "read")
+
+
+def _proc_status_kib(field: str) -> int:
+    m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(m.group(1)) if m else 0
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); ru_maxrss cannot be reset
+    and, after fork + exec, still holds the parent's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # then VmHWM counts from process start: still a peak, only less tight
+
+
+def _touch(tensors: dict) -> None:
+    """Read one byte of every 4 KiB page of every tensor: a lazily mapped file is really loaded after this."""
+    for t in tensors.values():
+        flat = t.reshape(-1).view(torch.uint8) if t.numel() else t
+        flat[::4096].sum()
+
+
+def load_in_this_process(path: str, method: str, repeats: int = 3) -> dict:
+    """Load a .safetensors file `repeats + 1` times with `method`, touching every page each time:
+    the first after evicting the file from the page cache (cold, from disk), then warm. Memory growth is
+    read from /proc: anonymous memory is a private copy of the weights, file-backed memory is the page
+    cache mapped in place (shared, no copy); the peak is the RSS high-water mark above the start. Run it in a
+    fresh process: see `probe_loading`."""
+    import gc
+
+    from safetensors.torch import load, load_file
+
+    def do_load():
+        if method == "mmap":
+            return load_file(path)
+        if method == "pread":
+            return load_file(path, backend="pread")
+        if method == "read":
+            with open(path, "rb") as f:
+                return load(f.read())
+        raise ValueError(f"unknown load method {method!r}; choose one of {list(LOAD_METHODS)}")
+
+    _reset_peak_rss()
+    rss0, anon0, file0 = _proc_status_kib("VmRSS"), _proc_status_kib("RssAnon"), _proc_status_kib("RssFile")
+    times = []
+    for i in range(repeats + 1):
+        if i == 0:
+            _evict(Path(path))
+        t0 = time.perf_counter()
+        sd = do_load()
+        _touch(sd)
+        times.append(time.perf_counter() - t0)
+        if i == 0:
+            anon, filem = _proc_status_kib("RssAnon") - anon0, _proc_status_kib("RssFile") - file0
+        del sd
+        gc.collect()
+    peak = _proc_status_kib("VmHWM") - rss0
+    return {"method": method, "file_bytes": os.path.getsize(path), "first_s": times[0],
+            "repeat_s": float(np.median(times[1:])), "anon_growth_bytes": anon * 1024,
+            "file_mapped_bytes": filem * 1024, "peak_rss_growth_bytes": peak * 1024}
+
+
+def probe_loading(path: Path, methods: tuple[str, ...] = LOAD_METHODS, repeats: int = 3) -> list[dict]:
+    """Load time of a safetensors file per method, each in a fresh Python process so that peak memory and
+    the cold first load are its own (claim C4). Bytes copied in user memory: mmap 0 (pages are mapped),
+    pread 1 (file -> tensors), read 2 (file -> bytes object -> tensors)."""
+    import json
+    import subprocess
+    import sys
+
+    from labkit import ROOT
+
+    copies = {"mmap": 0, "pread": 1, "read": 2}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = []
+    for method in methods:
+        code = ("import json; from labkit.hardware import load_in_this_process as f; "
+                f"print(json.dumps(f({str(path)!r}, {method!r}, {repeats})))")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"loading {path} with {method} failed:\n{res.stderr[-2000:]}")
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        row["user_copies"] = copies[method]
+        out.append(row)
+    return out
+
+
+def weights_file_for_loading(tmpdir: Path, fallback_shape: str = "tinyllama-1.1b", layers: int = 1) -> Path:
+    """The embedded model's model.safetensors when it exists; otherwise a shape-faithful model's weights
+    (seeded random, bf16) written to `tmpdir` with safetensors' save_file."""
+    from labkit.models import EMBEDDED, MODELS_DIR, build
+
+    embedded = MODELS_DIR / EMBEDDED / "model.safetensors"
+    if embedded.exists():
+        return embedded
+    from safetensors.torch import save_file
+
+    model = build(fallback_shape, layers=layers, dtype="bf16")
+    path = Path(tmpdir) / f"{fallback_shape}-{layers}l.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+# ---------------------------------------------------------------- the profile card later lessons read
+
+PROFILE_EXPERIMENT = "hardware_profile"
+
+
+def load_profile(root: Path | None = None) -> dict:
+    """The latest stored profile card (metrics of the 'hardware_profile' record) of notebook 01.
+    Later notebooks print predicted vs measured from it."""
+    from labkit.records import latest
+
+    rec = latest(PROFILE_EXPERIMENT, root)
+    if rec is None:
+        raise FileNotFoundError("no hardware profile stored yet: run notebooks/01_hardware_profiling.ipynb "
+                                "first (python -m papermill ... or the course runner)")
+    return rec["metrics"]
+
+
+def plot_probes(probes: list[Probe]):
+    """Two panels: GB/s of the streaming and matrix-vector probes (decode's currency) and GFLOP/s of the
+    matrix-matrix probes (prefill's), per device and dtype. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    done = [p for p in probes if not p.skipped]
+    bw = [p for p in done if p.name != "matmul"]
+    mm = [p for p in done if p.name == "matmul"]
+    left.barh([f"{p.device} {p.name} {p.dtype}" for p in bw], [p.gb_per_s for p in bw], color="tab:blue")
+    left.set_xlabel("GB/s (bytes read + written per second)")
+    left.set_title("memory-bound: streaming and matrix-vector")
+    right.barh([f"{p.device} {p.dtype}" for p in mm], [p.gflop_per_s for p in mm], color="tab:orange")
+    right.set_xlabel("GFLOP/s (int8: GOP/s)")
+    right.set_title(f"compute-bound: matrix-matrix ({mm[0].shape if mm else ''})", fontsize=9)
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
