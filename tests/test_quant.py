@@ -1,0 +1,204 @@
+"""labkit.quant: every method on a small seeded Llama (shape kept, bytes shrink, logits close to fp32), and
+the property that defines GPTQ and AWQ: lower layer-output error than round-to-nearest on the calibration
+activations, at the same bits and group size. No timing assertions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from labkit import quant
+from labkit.models import EMBEDDED, MODELS_DIR
+
+GROUP = 64
+# Relative L2 error of the logits against fp32 that each method must stay under, on the seeded model below.
+# 8-bit grids lose ~1-4% here (per-tensor legacy the most); 4-bit ones ~15-20%; bf16 alone ~1%.
+TOL = {"int8-weight-only": 0.05, "int8-dynamic": 0.05, "int8-dynamic-legacy": 0.08, "bnb-int8": 0.05,
+       "bnb-nf4": 0.3, "int4-rtn": 0.3, "rtn": 0.3, "gptq": 0.3, "awq": 0.3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are tiny: with two threads on two shared cores, OpenMP's waiting makes each small op
+    ~100x slower whenever another process is busy. One thread keeps the file fast; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def small():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(cfg).eval()
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+    return model, x, calib, ref
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("method", [m for m in quant.METHODS if m != "gptqmodel"])
+def test_method_keeps_shape_shrinks_and_stays_close(small, method):
+    model, x, calib, ref = small
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    base = copy.deepcopy(model).to(torch.bfloat16) if method == "int4-rtn" else model  # its CPU kernel is bf16
+    try:
+        q = quant.quantize(base, method, calib=calib, group_size=GROUP)
+    except quant.QuantSkipped as e:
+        pytest.skip(f"skipped here: {e}")
+    with torch.no_grad():
+        out = q(input_ids=x).logits
+    assert out.shape == ref.shape
+    assert _rel(out, ref) < TOL[method], f"{method}: logits moved {_rel(out, ref):.3f} from fp32"
+    info = q.labkit_quant
+    # codes plus scales: on these 128-wide rows a per-row fp32 scale and zero point add up to 0.5 bit
+    assert info.bits_per_weight <= (8.5 if "int8" in method else 4.75), info
+    if not info.fake:
+        assert info.bytes < quant.stored_bytes(model)
+    assert info.seconds >= 0
+    for k, v in model.state_dict().items():  # the input model is left as it was
+        assert torch.equal(v, before[k]), k
+
+
+def test_bad_inputs_fail_clearly(small):
+    model, _, calib, _ = small
+    with pytest.raises(ValueError, match="unknown method"):
+        quant.quantize(model, "int3-magic")
+    with pytest.raises(ValueError, match="calibration"):
+        quant.quantize(model, "gptq")
+    with pytest.raises(quant.QuantSkipped, match="bf16"):
+        quant.quantize(model, "int4-rtn")
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        quant.fake_quant(torch.randn(4, 100), group_size=64)
+
+
+def test_gptqmodel_is_optional(small):
+    model, _, calib, _ = small
+    try:
+        import gptqmodel  # noqa: F401
+    except ImportError:
+        with pytest.raises(quant.QuantSkipped, match="GPTQModel is not installed"):
+            quant.quantize(model, "gptqmodel", calib=calib)
+    else:
+        pytest.skip("GPTQModel is installed")
+
+
+def test_fake_quant_grid():
+    w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+    q = quant.fake_quant(w, bits=4, group_size=32)
+    for g in q.reshape(8, 4, 32).reshape(32, 32):
+        assert g.unique().numel() <= 16
+    assert torch.allclose(quant.fake_quant(q, bits=4, group_size=32), q, atol=1e-5)  # already on the grid
+    assert (q - w).abs().max() < (w.max() - w.min()) / 15
+
+
+def _seeded_layer(seed: int = 0, n_in: int = 256, n_out: int = 128, tokens: int = 1024):
+    """A linear layer and calibration activations like an LLM's: a few input channels much larger than the
+    rest, and channels correlated with each other."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_out, n_in, generator=g) / n_in**0.5
+    mix = torch.eye(n_in) + 0.3 * torch.randn(n_in, n_in, generator=g) / n_in**0.5
+    x = (torch.randn(tokens, n_in, generator=g) * torch.exp(torch.randn(n_in, generator=g))) @ mix
+    return w, x
+
+
+def _out_err(w: torch.Tensor, wq: torch.Tensor, x: torch.Tensor) -> float:
+    return float((x @ wq.T - x @ w.T).pow(2).mean())
+
+
+@pytest.mark.parametrize("group_size", [GROUP, None])
+@pytest.mark.parametrize("bits", [3, 4])
+def test_gptq_and_awq_beat_rtn_on_calibration_activations(bits, group_size):
+    w, x = _seeded_layer()
+    rtn = _out_err(w, quant.fake_quant(w, bits, group_size), x)
+    gptq = _out_err(w, quant.gptq_weight(w, 2 * x.T @ x / x.shape[0], bits, group_size), x)
+    s = quant.awq_scales([w], x, bits, group_size)
+    awq = _out_err(w, quant.fake_quant(w * s, bits, group_size) / s, x)
+    assert gptq < 0.8 * rtn, (gptq, rtn)
+    assert awq < rtn, (awq, rtn)
+
+
+def test_gptq_and_awq_through_the_model(small):
+    """Wired into the model, the first layer's projections (whose inputs no earlier quantized layer changes)
+    have lower output error on the calibration activations than RTN's."""
+    model, _, calib, _ = small
+    qs = {m: quant.quantize(model, m, calib=calib, group_size=GROUP) for m in ("rtn", "gptq", "awq")}
+    inputs = quant._layer_inputs(model, model.model.layers[0], calib, ("lm_head",), 4096)
+    errs = {m: {} for m in qs}
+    for name, (lin, x, _) in inputs.items():
+        for m, q in qs.items():
+            errs[m][name] = _out_err(lin.weight, q.model.layers[0].get_submodule(name).weight, x)
+    for name in inputs:
+        assert errs["gptq"][name] < errs["rtn"][name], name
+        assert errs["awq"][name] <= errs["rtn"][name], name
+    assert sum(errs["awq"].values()) < sum(errs["rtn"].values())
+
+
+def test_stored_bytes_counts_packed_tensors():
+    lin = nn.Sequential(nn.Linear(256, 128, bias=False))
+    assert quant.stored_bytes(lin) == 256 * 128 * 4
+    q = quant.quantize(lin, "int8-weight-only", skip=())
+    # int8 codes, plus one scale (and zero point) per output row
+    assert 256 * 128 <= q.labkit_quant.linear_bytes <= 256 * 128 + 128 * 16
+    assert quant.saved_bytes(q) > q.labkit_quant.linear_bytes
+
+
+def test_calibration_ids_are_seeded_windows():
+    class Tok:  # one id per character: enough to check windows and seeding
+        def __call__(self, text, return_tensors=None, verbose=None):
+            return {"input_ids": torch.tensor([[ord(c) % 1000 for c in text]])}
+
+    a = quant.calibration_ids(Tok(), n_samples=3, seq_len=50, seed=0)
+    b = quant.calibration_ids(Tok(), n_samples=3, seq_len=50, seed=0)
+    assert a.shape == (3, 50) and torch.equal(a, b)
+    assert not torch.equal(a, quant.calibration_ids(Tok(), n_samples=3, seq_len=50, seed=1))
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    if not (MODELS_DIR / EMBEDDED).is_dir():
+        pytest.skip("the embedded model is not trained yet (python -m labkit train-tiny)")
+    from labkit import DATA, models
+    from labkit.quality import perplexity
+
+    model, tok = models.load(EMBEDDED), models.load_tokenizer(EMBEDDED)
+    text = (DATA / "eval" / "heldout.txt").read_text(encoding="utf-8")
+    return model, tok, text, perplexity(model, tok, text, max_tokens=512)["perplexity"]
+
+
+# Held-out perplexity may rise at most this much over fp32 (512 tokens): 1% for 8 bits (the issue's target),
+# 5% for 4 bits (measured here: under 1%).
+PPL_BOUND = {"int8-weight-only": 0.01, "int8-dynamic": 0.01, "int8-dynamic-legacy": 0.02, "bnb-int8": 0.01,
+             "bnb-nf4": 0.05, "int4-rtn": 0.05, "rtn": 0.05, "gptq": 0.05, "awq": 0.05}
+
+
+@pytest.mark.parametrize("method", list(PPL_BOUND))
+def test_embedded_model_keeps_perplexity(embedded, method):
+    from labkit.quality import perplexity
+
+    model, tok, text, base = embedded
+    src = copy.deepcopy(model).to(torch.bfloat16) if method == "int4-rtn" else model
+    calib = quant.calibration_ids(tok, n_samples=4, seq_len=128) if method in ("gptq", "awq") else None
+    try:
+        q = quant.quantize(src, method, calib=calib)
+    except quant.QuantSkipped as e:
+        pytest.skip(f"skipped here: {e}")
+    ids = torch.tensor([tok(text[:2000])["input_ids"][:64]])
+    with torch.no_grad():
+        assert q(input_ids=ids).logits.shape == model(input_ids=ids).logits.shape
+    if not q.labkit_quant.fake:
+        assert q.labkit_quant.bytes < quant.stored_bytes(model)
+    ppl = perplexity(q, tok, text, max_tokens=512)["perplexity"]
+    assert ppl / base - 1 < PPL_BOUND[method], (method, ppl, base)
