@@ -281,6 +281,19 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
     return Probe(name, device, dtype, shape, nbytes, flops, timing)
 
 
+def spin_up(device: str = "cpu", seconds: float = 0.5, mib: int = 64) -> None:
+    """Keep every core busy streaming memory for `seconds`, untimed, before the first probe: an idle CPU
+    (or GPU) takes a moment to reach its working clocks, and the first probe of a run otherwise reads low."""
+    if device_skip_reason(device):
+        return
+    x = torch.ones(mib * MiB // 4, device=device)
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        x.sum()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def run_probes(devices: tuple[str, ...] = ("cpu", "cuda"), bandwidth_mib: int = 256, k: int = 4096,
                n: int = 11008, prefill_tokens: int = 512, dtypes: tuple[str, ...] = PROBE_DTYPES,
                repeats: int = 3, progress: bool = True, min_time_s: float = 0.3) -> list[Probe]:
@@ -295,6 +308,7 @@ def run_probes(devices: tuple[str, ...] = ("cpu", "cuda"), bandwidth_mib: int = 
     out: list[Probe] = []
     for kind, dev, dt, t in tqdm(jobs, desc="probes", disable=not progress):
         if kind == "bandwidth":
+            spin_up(dev)
             out += probe_bandwidth(bandwidth_mib, dev, repeats=max(repeats, 5), min_time_s=min_time_s)
         else:
             out.append(probe_matrix(dt, t, k, n, dev, repeats=repeats, min_time_s=min_time_s,
