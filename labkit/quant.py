@@ -495,12 +495,17 @@ def _plain_linear(model: nn.Module) -> tuple[int, int]:
 
 
 def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int = 32, new_tokens: int = 16,
-                      repeats: int = 3, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+                      repeats: int = 3, seed: int = 0, progress: bool = True,
+                      compiled: tuple[str, ...] = ()) -> pd.DataFrame:
     """Speed of each method on a (shape-faithful) fp32 model: prefill (time to first token) and decode
     (time per output token) at batch 1, as ratios against fp32 and bf16 measured side by side: each round
     runs every model once, in a rotating order, and a ratio is the median over rounds of the per-round
     ratio. Here every linear is quantized, output head included: with few layers the head would otherwise
-    be a far larger share of the bytes than in the full model. Fake-quantized methods are not timed."""
+    be a far larger share of the bytes than in the full model. Fake-quantized methods are not timed.
+
+    `compiled` names runners ("int8-dynamic", "bf16", ...) to time a second time as "<name>+compile": greedy
+    decoding over a static KV cache through torch.compile (labkit.decode.StaticDecoder), which torchao's int8
+    kernels need to be fast on a CPU. Their cold start includes the compilation."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -525,17 +530,31 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
                 row.update({"bytes": q.labkit_quant.bytes, "bytes_per_weight": q.labkit_quant.bits_per_weight / 8,
                             "quant_seconds": q.labkit_quant.seconds})
         rows[method] = row
-    times: dict[str, dict[str, list[float]]] = {m: {"ttft": [], "tpot": [], "cold": []} for m in runners}
-    names = list(runners)
+    from labkit.decode import StaticDecoder
+
+    callers = {name: (lambda x, n, m=mod: generate_timed(m, x, n)[0]) for name, mod in runners.items()}
+    order = ["fp32", "bf16", *methods]
+    for name in compiled:
+        key = f"{name}+compile"
+        order.append(key)
+        if name not in runners:
+            rows[key] = {"method": key, "base_dtype": rows.get(name, {}).get("base_dtype"),
+                         "status": rows.get(name, {}).get("status", f"skipped: {name} was not run")}
+            continue
+        dec = StaticDecoder(runners[name], max_len=prompt_len + new_tokens, compile=True)
+        callers[key] = lambda x, n, d=dec: d.generate(x, n)[0]
+        rows[key] = {**rows[name], "method": key}
+    times: dict[str, dict[str, list[float]]] = {m: {"ttft": [], "tpot": [], "cold": []} for m in callers}
+    names = list(callers)
     with torch.inference_mode():
-        for name in names:  # cold start: the first call of each, apart from the steady state
+        for name in names:  # cold start (with compilation for +compile): the first call, apart
             t0 = time.perf_counter()
-            generate_timed(runners[name], ids, 2)
+            callers[name](ids, 2)
             times[name]["cold"].append(time.perf_counter() - t0)
         for r in tqdm(range(repeats), desc="timing rounds", disable=not progress):
             k = r % len(names)
             for name in names[k:] + names[:k]:
-                rt, _ = generate_timed(runners[name], ids, new_tokens)
+                rt = callers[name](ids, new_tokens)
                 times[name]["ttft"].append(rt.ttft)
                 times[name]["tpot"].append(rt.tpot)
     for name in names:
@@ -546,7 +565,7 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
         for ref in ("fp32", "bf16"):
             row[f"prefill_x_vs_{ref}"] = _median_ratio(times[ref]["ttft"], t["ttft"])
             row[f"decode_x_vs_{ref}"] = _median_ratio(times[ref]["tpot"], t["tpot"])
-    return pd.DataFrame([rows[m] for m in ["fp32", "bf16", *methods]])
+    return pd.DataFrame([rows[m] for m in order])
 
 
 def _median_ratio(a: list[float], b: list[float]) -> float:
@@ -612,4 +631,4 @@ def summary_table(quality, speed):
     s = speed.reindex(columns=["method", "status", "bytes", "prefill_x_vs_fp32", "decode_x_vs_fp32",
                                "prefill_x_vs_bf16", "decode_x_vs_bf16", "decode_ms_per_token", "cold_s"])
     s = s.rename(columns={"status": "speed_status", "bytes": "speed_model_bytes"})
-    return q.merge(s, on="method", how="left")
+    return q.merge(s, on="method", how="outer", sort=False)  # "+compile" rows have speed only
