@@ -6,6 +6,8 @@ Single-purpose pieces, each readable on its own:
 - `scheduler`: `SchedulerConfig`, `Scheduler` (per-step admission, decode, preemption, rejection, cancel)
   and its output, `SchedulerOutput` / `ScheduledSeq`: everything a model runner needs for one step.
 These three hold no tensors, so they are unit-tested without a model (tests/serve/).
+- `runner`: `ModelRunner`, one forward over the step's tokens with attention over the paged KV cache.
+- `engine`: `LLMEngine` / `EngineConfig`: add_request, step, cancel, stream, generate.
 """
 
 from labkit.serve.blocks import Block, BlockManager
