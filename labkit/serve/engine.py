@@ -31,6 +31,7 @@ class EngineConfig:
     kv_cache_bytes: int = 1 << 30
     max_model_len: int | None = None
     enable_prefix_caching: bool = False
+    mixed_batches: bool = True  # running sequences keep decoding while new prompts are prefilled
     seed: int = 0
 
 
@@ -59,7 +60,8 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens or max_len,
             block_size=c.block_size, num_blocks=blocks, max_model_len=max_len,
-            eos_token_id=eos[0] if isinstance(eos, list) else eos, enable_prefix_caching=c.enable_prefix_caching))
+            eos_token_id=eos[0] if isinstance(eos, list) else eos, enable_prefix_caching=c.enable_prefix_caching,
+            mixed_batches=c.mixed_batches))
         self.runner = ModelRunner(m, blocks, c.block_size, seed=c.seed)
         self.requests: dict[int, Sequence] = {}
         self.stats: list[StepStat] = []

@@ -37,6 +37,7 @@ class SchedulerConfig:
     max_model_len: int = 2048
     eos_token_id: int | None = None
     enable_prefix_caching: bool = False
+    mixed_batches: bool = False  # decode the running sequences in the same step as new prefills
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"):
@@ -84,7 +85,8 @@ class ScheduledSeq:
 
 @dataclass
 class SchedulerOutput:
-    """What the model runner needs for one step. A step is all-prefill or all-decode (`is_prefill`)."""
+    """What the model runner needs for one step. With the default policy a step is all-prefill or all-decode;
+    with `mixed_batches` it may hold both, and `is_prefill` says whether it holds any prefill."""
 
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     is_prefill: bool = False
@@ -177,15 +179,27 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """Pick this step's work: a prefill of newly admitted sequences if any fit, else a decode of all
         running ones (preempting the newest while blocks are short). Empty only when nothing is live."""
+        if self.config.mixed_batches:
+            return self._mixed()
         admitted = self._admit()
         if admitted:
             return SchedulerOutput([self._work(s) for s in admitted], is_prefill=True)
         return self._decode()
 
-    def _admit(self) -> list[Sequence]:
+    def _mixed(self) -> SchedulerOutput:
+        """Mixed policy (as transformers' and vLLM's V1 schedulers do): every running sequence decodes one
+        token, preempting the newest when blocks are short, and the token budget left over admits waiting
+        requests whose prefill runs in the same step. Running sequences never stall behind a long prefill."""
+        decode = self._decode()
+        budget = self.config.max_num_batched_tokens - decode.num_batched_tokens
+        admitted = self._admit(budget) if not decode.preempted else []  # no admission while memory is short
+        return SchedulerOutput(decode.scheduled + [self._work(s) for s in admitted], is_prefill=bool(admitted),
+                               preempted=decode.preempted)
+
+    def _admit(self, budget: int | None = None) -> list[Sequence]:
         cfg, bm = self.config, self.block_manager
         admitted: list[Sequence] = []
-        budget = cfg.max_num_batched_tokens
+        budget = cfg.max_num_batched_tokens if budget is None else budget
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             seq = self.waiting[0]
             if seq.num_tokens - bm.cached_prefix_len(seq) > budget or not bm.can_allocate(seq):

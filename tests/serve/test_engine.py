@@ -51,10 +51,12 @@ def test_greedy_equals_generate_with_mixed_lengths(embedded):
         _assert_same_or_near_tie(embedded, p, got, _reference(embedded, p, n))
 
 
-def test_greedy_equals_generate_under_forced_preemption_and_staggered_arrivals(embedded):
+@pytest.mark.parametrize("mixed", [True, False], ids=["mixed-batches", "prefill-first"])
+def test_greedy_equals_generate_under_forced_preemption_and_staggered_arrivals(embedded, mixed):
     prompts = _prompts(5, seed=2, lo=20, hi=60)
     # 14 blocks of 8 tokens: not enough for all five to run to the end together, so the newest get preempted
-    eng = LLMEngine(embedded, EngineConfig(max_num_seqs=5, block_size=8, num_blocks=14, max_model_len=256))
+    eng = LLMEngine(embedded, EngineConfig(max_num_seqs=5, block_size=8, num_blocks=14, max_model_len=256,
+                                           mixed_batches=mixed))
     params = SamplingParams(max_tokens=20, ignore_eos=True)
     ids = [eng.add_request(prompts[0], params), eng.add_request(prompts[1], params)]
     for _ in range(3):

@@ -90,9 +90,10 @@ def make_request(rng: random.Random, seq_id: int, now: float, prefixes: list[lis
                     arrival_time=now)
 
 
-def simulate(seed: int, n_requests: int, prefix_caching: bool) -> tuple[list[Sequence], Counter, Scheduler]:
+def simulate(seed: int, n_requests: int, prefix_caching: bool,
+             mixed: bool = False) -> tuple[list[Sequence], Counter, Scheduler]:
     rng = random.Random(seed)
-    cfg = SchedulerConfig(**CONFIG, enable_prefix_caching=prefix_caching)
+    cfg = SchedulerConfig(**CONFIG, enable_prefix_caching=prefix_caching, mixed_batches=mixed)
     s, runner = Scheduler(cfg), FakeRunner(cfg)
     prefixes = [[rng.randrange(1, VOCAB) for _ in range(rng.choice([8, 12, 16]))] for _ in range(3)]
     all_seqs: list[Sequence] = []
@@ -113,10 +114,13 @@ def simulate(seed: int, n_requests: int, prefix_caching: bool) -> tuple[list[Seq
             if cancelled is not None:
                 ends[cancelled.seq_id] += 1
                 assert not cancelled.block_table
+        was_running = {x.seq_id for x in s.running}
         out = s.schedule()
         check_invariants(s, out)
         stats["preempted"] += len(out.preempted)
-        stats["cached_tokens"] += sum(w.start for w in out.scheduled if out.is_prefill)
+        prefills = [w for w in out.scheduled if w.seq.seq_id not in was_running]
+        stats["cached_tokens"] += sum(w.start for w in prefills)
+        stats["mixed_steps"] += bool(prefills) and len(prefills) < len(out.scheduled)
         if out.is_empty:
             assert not s.has_unfinished() and len(all_seqs) < n_requests
             continue
@@ -130,9 +134,11 @@ def simulate(seed: int, n_requests: int, prefix_caching: bool) -> tuple[list[Seq
     return all_seqs, ends + Counter({"_" + k: v for k, v in stats.items()}), s
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["prefill-first", "mixed-batches"])
 @pytest.mark.parametrize("prefix_caching", [False, True])
-def test_thousand_requests_none_lost_none_duplicated_no_block_leaked(prefix_caching):
-    seqs, ends, s = simulate(seed=6, n_requests=1000, prefix_caching=prefix_caching)
+def test_thousand_requests_none_lost_none_duplicated_no_block_leaked(prefix_caching, mixed):
+    seqs, ends, s = simulate(seed=6, n_requests=1000, prefix_caching=prefix_caching, mixed=mixed)
+    assert (ends["_mixed_steps"] > 0) == mixed  # the mixed policy really decodes beside prefills
     assert len(seqs) == 1000 and {x.seq_id for x in seqs} == set(range(1000))
     assert all(ends[x.seq_id] == 1 for x in seqs), "a request ended twice or never"
     assert not s.has_unfinished() and s.num_waiting == 0 and s.num_running == 0

@@ -1,0 +1,105 @@
+"""Notebook 05's experiment: one trace replayed against every server, metrics side by side.
+
+`compare_servers` runs the servers one after another on the same trace (same prompts, arrivals, output
+lengths), summarizes each with labkit.bench (vLLM's metrics), checks that each server produced the same greedy
+tokens as the sequential `generate` baseline, and gives throughput ratios against the other servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from labkit.bench import summarize
+from labkit.serve.baselines import Unavailable, run_engine, run_hf_continuous, run_sequential, run_static
+from labkit.serve.engine import EngineConfig, LLMEngine
+from labkit.serve.workload import Request
+
+SERVERS = ("sequential", "static", "engine", "hf-continuous")
+
+
+def engine_for(model, trace: Sequence[Request], max_num_seqs: int, block_size: int = 16,
+               kv_cache_bytes: int = 1 << 30) -> LLMEngine:
+    """An engine sized for the trace: context = longest prompt + output; KV cache from a byte budget."""
+    longest = max(r.prompt_len + r.output_len for r in trace)
+    return LLMEngine(model, EngineConfig(max_num_seqs=max_num_seqs, block_size=block_size,
+                                         kv_cache_bytes=kv_cache_bytes, max_model_len=longest,
+                                         max_num_batched_tokens=max(longest, 2048)))
+
+
+def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SERVERS, max_batch: int = 8,
+                    max_wait_s: float = 1.0, slo_ms: dict | None = None, progress: bool = True):
+    """Replay `trace` against each server; returns (table rows, replays by server, the engine used).
+
+    `max_batch` is the static batch size and the engine's max running sequences, so both are compared at the
+    same maximum batch. Rows carry status "ok" or "skipped: <reason>" (never another server's numbers)."""
+    from tqdm.auto import tqdm
+
+    unknown = sorted(set(servers) - set(SERVERS))
+    if unknown:
+        raise ValueError(f"unknown servers {unknown}; choose from {list(SERVERS)}")
+    engine = engine_for(model, trace, max_batch)
+    runs = {
+        "sequential": lambda: run_sequential(model, trace),
+        "static": lambda: run_static(model, trace, batch_size=max_batch, max_wait_s=max_wait_s),
+        "engine": lambda: run_engine(engine, trace),
+        "hf-continuous": lambda: run_hf_continuous(model, trace, max_requests_per_batch=max_batch),
+    }
+    replays, rows = {}, []
+    for name in tqdm(list(servers), desc="servers", disable=not progress):
+        try:
+            replays[name] = runs[name]()
+        except Unavailable as e:
+            rows.append({"server": name, "status": f"skipped: {e}"})
+            continue
+        timings, _ = replays[name]
+        rows.append({"server": name, "status": "ok", **summarize(timings, slo_ms=slo_ms)})
+    ref = replays.get("sequential")
+    for row in rows:
+        if row["status"] == "ok" and ref is not None:
+            outs = replays[row["server"]][1]
+            row["same_tokens_as_sequential"] = sum(a == b for a, b in zip(outs, ref[1], strict=True)) / len(outs)
+    ok = {r["server"]: r for r in rows if r["status"] == "ok"}
+    for row in ok.values():
+        for other in ("sequential", "static", "hf-continuous"):
+            if other in ok and other != row["server"]:
+                row[f"throughput_x_vs_{other}"] = row["output_throughput"] / ok[other]["output_throughput"]
+    return rows, replays, engine
+
+
+def occupancy(engine: LLMEngine) -> dict[str, list]:
+    """The engine's batch over time for one run: seconds since its first step, running sequences, tokens
+    computed, waiting requests, and whether the step was a prefill."""
+    if not engine.stats:
+        return {"t": [], "seqs": [], "tokens": [], "waiting": [], "prefill": []}
+    t0 = engine.stats[0].time
+    return {"t": [s.time - t0 for s in engine.stats], "seqs": [s.num_seqs for s in engine.stats],
+            "tokens": [s.num_tokens for s in engine.stats], "waiting": [s.num_waiting for s in engine.stats],
+            "prefill": [s.is_prefill for s in engine.stats]}
+
+
+def verdicts(poisson_rows: list[dict], at_once_rows: list[dict]) -> list[dict]:
+    """Claims C9, C16 and the continuous-batching factor of C12, from the two traces' measured rows."""
+    p = {r["server"]: r for r in poisson_rows if r["status"] == "ok"}
+    a = {r["server"]: r for r in at_once_rows if r["status"] == "ok"}
+    out = []
+    if "engine" in p and "static" in p:
+        e, s = p["engine"], p["static"]
+        thr = e["output_throughput"] / s["output_throughput"]
+        var = e["e2e_std_ms"] / s["e2e_std_ms"] if s["e2e_std_ms"] else float("nan")
+        ok_thr, ok_var = thr >= 1.4, var <= 0.4
+        verdict = ("reproduced" if ok_thr and ok_var else "partly reproduced" if ok_thr or ok_var
+                   else "not reproduced here")
+        out.append({"claim": "C9", "verdict": verdict,
+                    "evidence": f"Poisson trace: engine {thr:.2f}x static batching's output throughput (guide: "
+                                f"1.4x); E2E latency std {var:.2f}x static's (guide: 0.4x)"})
+        better = e["ttft_p99_ms"] < s["ttft_p99_ms"]
+        ev = (f"Poisson trace: p99 TTFT static {s['ttft_p99_ms']:.0f} ms vs engine {e['ttft_p99_ms']:.0f} ms")
+        if "engine" in a and "static" in a:
+            ev += (f"; all at once with equal lengths (static's best case): engine at "
+                   f"{a['engine']['output_throughput'] / a['static']['output_throughput']:.2f}x static")
+        out.append({"claim": "C16", "verdict": "reproduced" if better else "not reproduced here", "evidence": ev})
+    if "engine" in p and "sequential" in p:
+        x = p["engine"]["output_throughput"] / p["sequential"]["output_throughput"]
+        out.append({"claim": "C12 (continuous-batching factor, for notebook 07)", "verdict": "measured",
+                    "evidence": f"engine {x:.2f}x sequential generate's output throughput (guide: 1.8x)"})
+    return out

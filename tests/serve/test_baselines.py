@@ -1,0 +1,168 @@
+"""The baselines on a tiny random fp32 Llama: the tokens must equal `generate` on each prompt alone, the
+timings must be well formed. Nothing here asserts how fast anything is."""
+
+import time
+
+import pytest
+import torch
+
+from labkit.serve.baselines import Unavailable, run_engine, run_hf_continuous, run_sequential, run_static
+from labkit.serve.sequence import SamplingParams, Sequence, SequenceStatus
+from labkit.serve.workload import Request, make_trace
+
+
+def alone(model, r: Request) -> list[int]:
+    """What `generate` gives for this prompt on its own: greedy, exactly output_len tokens."""
+    ids = torch.tensor([r.prompt_ids])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=r.output_len,
+                         min_new_tokens=r.output_len)
+    return out[0, r.prompt_len:].tolist()
+
+
+def check_timings(trace, timings, outputs):
+    """One timing and one token list per request, the right counts, time moving forwards, nothing before
+    its arrival, and starts spaced exactly as the trace's arrivals."""
+    assert len(timings) == len(outputs) == len(trace)
+    for r, rt, out in zip(trace, timings, outputs, strict=True):
+        assert len(out) == r.output_len == rt.output_tokens
+        assert rt.prompt_tokens == r.prompt_len
+        assert rt.start <= rt.token_times[0]
+        assert rt.token_times == sorted(rt.token_times)
+    t0 = timings[0].start - trace[0].arrival_s
+    for r, rt in zip(trace, timings, strict=True):
+        assert rt.start == pytest.approx(t0 + r.arrival_s, abs=1e-9)
+
+
+@pytest.fixture
+def mixed_trace():
+    return make_trace(4, prompt_len=(3, 12), output_len=(1, 6), arrival="poisson", rate=200.0, vocab_size=256,
+                      seed=2)
+
+
+def test_sequential_equals_generate_alone(tiny_llama, mixed_trace):
+    timings, outputs = run_sequential(tiny_llama, mixed_trace)
+    assert outputs == [alone(tiny_llama, r) for r in mixed_trace]
+    check_timings(mixed_trace, timings, outputs)
+
+
+def test_sequential_queueing_is_part_of_ttft(tiny_llama):
+    trace = make_trace(2, prompt_len=5, output_len=4, vocab_size=256)  # both arrive at 0
+    timings, _ = run_sequential(tiny_llama, trace)
+    assert timings[1].start == timings[0].start
+    assert timings[1].token_times[0] > timings[0].token_times[-1]  # waited for request 0 to finish
+
+
+def test_static_equal_prompt_lengths_equals_generate_alone(tiny_llama):
+    trace = make_trace(4, prompt_len=8, output_len=(1, 6), vocab_size=256, seed=5)
+    timings, outputs = run_static(tiny_llama, trace, batch_size=4, max_wait_s=0.0)
+    assert outputs == [alone(tiny_llama, r) for r in trace]
+    check_timings(trace, timings, outputs)
+    # one batch: the same first token time; every response complete when the batch finishes
+    assert len({rt.token_times[0] for rt in timings if rt.output_tokens > 1}) == 1
+    assert len({rt.token_times[-1] for rt in timings}) == 1
+
+
+def test_static_left_padding_keeps_greedy_tokens_on_the_tiny_model(tiny_llama, mixed_trace):
+    # Left padding with an attention mask changes only rounding, not the argmax, on this tiny fp32 model:
+    # it holds here, which is what lets this test compare mixed prompt lengths token for token.
+    timings, outputs = run_static(tiny_llama, mixed_trace, batch_size=4, max_wait_s=1.0)
+    assert outputs == [alone(tiny_llama, r) for r in mixed_trace]
+    check_timings(mixed_trace, timings, outputs)
+
+
+def test_static_waits_for_a_full_batch_or_the_timeout(tiny_llama):
+    prompts = make_trace(3, prompt_len=6, output_len=3, vocab_size=256, seed=7)
+    arrivals = [0.0, 0.0, 0.3]
+    trace = [Request(i, arrivals[i], p.prompt_ids, p.output_len) for i, p in enumerate(prompts)]
+    timings, outputs = run_static(tiny_llama, trace, batch_size=3, max_wait_s=0.05)
+    check_timings(trace, timings, outputs)
+    # the timeout sends requests 0 and 1 as one batch; request 2, arriving later, runs alone
+    assert timings[0].token_times == timings[1].token_times
+    assert timings[0].token_times[0] - timings[0].start >= 0.05
+    assert timings[2].token_times[0] > timings[1].token_times[-1]
+    assert outputs == [alone(tiny_llama, r) for r in trace]
+
+
+def test_static_rejects_bad_arguments(tiny_llama, mixed_trace):
+    with pytest.raises(ValueError, match="batch_size"):
+        run_static(tiny_llama, mixed_trace, batch_size=0, max_wait_s=0.1)
+    with pytest.raises(ValueError, match="max_wait_s"):
+        run_static(tiny_llama, mixed_trace, batch_size=2, max_wait_s=-1)
+    with pytest.raises(ValueError, match="empty"):
+        run_sequential(tiny_llama, [])
+
+
+class FakeEngine:
+    """The engine's API over a fake model: every running sequence gets token (last + 1) % 256 per step.
+    Prompts longer than `max_len` are rejected at add_request, as the real scheduler does."""
+
+    def __init__(self, max_len: int = 100):
+        self.max_len = max_len
+        self.seqs: dict[int, Sequence] = {}
+        self.running: list[Sequence] = []
+        self.steps = 0
+
+    def add_request(self, prompt_ids, params: SamplingParams, arrival_time=None) -> int:
+        now = time.perf_counter() if arrival_time is None else arrival_time
+        seq = Sequence(len(self.seqs), prompt_ids, params, arrival_time=now)
+        self.seqs[seq.seq_id] = seq
+        if len(prompt_ids) > self.max_len:
+            seq.finish(SequenceStatus.REJECTED, "rejected: too long")
+        else:
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+        return seq.seq_id
+
+    def step(self) -> list[Sequence]:
+        self.steps += 1
+        now = time.perf_counter()
+        for seq in self.running:
+            seq.append_token((seq.last_token_id + 1) % 256, now)
+        done = [s for s in self.running if s.num_output_tokens >= s.sampling_params.max_tokens]
+        for s in done:
+            s.finish(SequenceStatus.FINISHED, "length")
+        self.running = [s for s in self.running if s not in done]
+        return done
+
+    def has_unfinished(self) -> bool:
+        return bool(self.running)
+
+    def get(self, seq_id: int) -> Sequence | None:
+        return self.seqs.get(seq_id)
+
+
+def test_run_engine_feeds_requests_as_they_arrive():
+    trace = make_trace(6, prompt_len=(2, 5), output_len=(1, 5), arrival="poisson", rate=100.0, vocab_size=256,
+                       seed=3)
+    engine = FakeEngine()
+    timings, outputs = run_engine(engine, trace)
+    expected = [[(r.prompt_ids[-1] + k) % 256 for k in range(1, r.output_len + 1)] for r in trace]
+    assert outputs == expected
+    check_timings(trace, timings, outputs)
+    for rt in timings:  # added only once arrived: the first token comes after the arrival
+        assert rt.token_times[0] >= rt.start
+    assert not engine.has_unfinished()
+
+
+def test_run_engine_returns_a_rejected_request_without_tokens():
+    trace = [Request(0, 0.0, (5, 6, 7), 2), Request(1, 0.01, tuple(range(3, 20)), 2)]
+    timings, outputs = run_engine(FakeEngine(max_len=10), trace)
+    assert outputs == [[8, 9], []]
+    assert timings[1].output_tokens == 0 and timings[0].output_tokens == 2
+
+
+@pytest.mark.parametrize("max_requests_per_batch", [None, 2])
+def test_hf_continuous_batching_equals_generate_alone(tiny_llama, mixed_trace, max_requests_per_batch):
+    try:
+        timings, outputs = run_hf_continuous(tiny_llama, mixed_trace, page_size=16,
+                                             max_requests_per_batch=max_requests_per_batch)
+    except Unavailable as e:
+        pytest.skip(f"skipped: {e}")
+    assert tiny_llama.config._attn_implementation == "sdpa"  # the manager put the model back as it was
+    assert outputs == [alone(tiny_llama, r) for r in mixed_trace]
+    check_timings(mixed_trace, timings, outputs)
+
+
+def test_hf_continuous_batching_says_why_it_cannot_run():
+    with pytest.raises(Unavailable, match="no continuous batching"):
+        run_hf_continuous(torch.nn.Linear(2, 2), make_trace(1, prompt_len=2, output_len=1, vocab_size=256))
