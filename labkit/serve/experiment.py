@@ -103,3 +103,21 @@ def verdicts(poisson_rows: list[dict], at_once_rows: list[dict]) -> list[dict]:
         out.append({"claim": "C12 (continuous-batching factor, for notebook 07)", "verdict": "measured",
                     "evidence": f"engine {x:.2f}x sequential generate's output throughput (guide: 1.8x)"})
     return out
+
+
+def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[int, int],
+               output_len: int | tuple[int, int], servers: Sequence[str] = ("static", "engine"), max_batch: int = 8,
+               slo_ms: dict | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
+    """The same kind of Poisson trace at each rate, replayed against `servers`: one row per (rate, server),
+    for throughput and latency percentiles against the offered load."""
+    from tqdm.auto import tqdm
+
+    from labkit.serve.workload import make_trace
+
+    out = []
+    for rate in tqdm(list(rates), desc="rates", disable=not progress):
+        trace = make_trace(n, prompt_len=prompt_len, output_len=output_len, arrival="poisson", rate=rate,
+                           vocab_size=model.config.vocab_size, seed=seed)
+        rows, _, _ = compare_servers(model, trace, servers, max_batch=max_batch, slo_ms=slo_ms, progress=False)
+        out += [{"rate": rate, **r} for r in rows]
+    return out
