@@ -20,7 +20,8 @@ import numpy as np
 PERCENTILES = (50, 90, 99)
 
 
-def _sync(device) -> None:
+def sync(device) -> None:
+    """Wait for a CUDA device to finish queued work (a no-op on the CPU) before reading the clock."""
     if device is None:
         return
     import torch
@@ -71,19 +72,19 @@ def time_callable(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5
         raise ValueError("repeats must be >= 1")
     if warmup < 1:
         raise ValueError("warmup must be >= 1 (the first call is the cold start and never counts)")
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     cold = time.perf_counter() - t0
     for _ in range(warmup - 1):
         fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return Timing(cold_s=cold, times_s=times)
 
@@ -126,10 +127,10 @@ def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 
         raise ValueError("repeats and warmup must be >= 1")
 
     def timed(fn) -> float:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     cold_a, cold_b = timed(a), timed(b)
@@ -271,7 +272,7 @@ def generate_timed(model, input_ids, max_new_tokens: int, **generate_kwargs) -> 
     kw = {"do_sample": False, "min_new_tokens": max_new_tokens, "max_new_tokens": max_new_tokens,
           "attention_mask": torch.ones_like(input_ids)}
     kw.update(generate_kwargs)
-    _sync(input_ids.device)
+    sync(input_ids.device)
     start = time.perf_counter()
     out = model.generate(input_ids=input_ids, streamer=streamer, **kw)
     rt = RequestTiming(start=start, token_times=streamer.times, prompt_tokens=int(input_ids.shape[1]))

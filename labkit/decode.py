@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from labkit.bench import RequestTiming, _sync
+from labkit.bench import RequestTiming, sync
 
 
 class StaticDecoder:
@@ -66,7 +66,7 @@ class StaticDecoder:
         dev = input_ids.device
         input_ids = input_ids.clone()  # an inference tensor, like every later input: one set of guards
         self.cache.reset()
-        _sync(dev)
+        sync(dev)
         start = time.perf_counter()
         times, out = [], []
         tok = self._step(input_ids, torch.arange(n, device=dev)).argmax(-1, keepdim=True)

@@ -47,6 +47,17 @@ METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8"
 FAKE_QUANT = ("rtn", "gptq", "awq")  # dequantized weights: quality only, no speed of their own
 
 
+def check_methods(methods) -> list[str]:
+    """A notebook's `methods` parameter: None means all of METHODS; unknown names fail naming the valid ones."""
+    from labkit.params import ParamError
+
+    chosen = list(METHODS) if methods is None else list(methods)
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        raise ParamError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    return chosen
+
+
 class QuantSkipped(RuntimeError):
     """This method cannot run with the installed libraries or on this hardware; the message says why."""
 
