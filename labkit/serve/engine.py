@@ -32,6 +32,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = False
     mixed_batches: bool = True  # running sequences keep decoding while new prompts are prefilled
+    attention: str = "sdpa"  # or "eager" (see labkit.serve.runner)
     seed: int = 0
 
 
@@ -62,7 +63,7 @@ class LLMEngine:
             block_size=c.block_size, num_blocks=blocks, max_model_len=max_len,
             eos_token_id=eos[0] if isinstance(eos, list) else eos, enable_prefix_caching=c.enable_prefix_caching,
             mixed_batches=c.mixed_batches))
-        self.runner = ModelRunner(m, blocks, c.block_size, seed=c.seed)
+        self.runner = ModelRunner(m, blocks, c.block_size, seed=c.seed, attention=c.attention)
         self.requests: dict[int, Sequence] = {}
         self.stats: list[StepStat] = []
         self._next_id = 0

@@ -18,12 +18,12 @@ SERVERS = ("sequential", "static", "engine", "hf-continuous")
 
 
 def engine_for(model, trace: Sequence[Request], max_num_seqs: int, block_size: int = 16,
-               kv_cache_bytes: int = 1 << 30) -> LLMEngine:
+               kv_cache_bytes: int = 1 << 30, attention: str = "sdpa") -> LLMEngine:
     """An engine sized for the trace: context = longest prompt + output; KV cache from a byte budget."""
     longest = max(r.prompt_len + r.output_len for r in trace)
     return LLMEngine(model, EngineConfig(max_num_seqs=max_num_seqs, block_size=block_size,
                                          kv_cache_bytes=kv_cache_bytes, max_model_len=longest,
-                                         max_num_batched_tokens=max(longest, 2048)))
+                                         max_num_batched_tokens=max(longest, 2048), attention=attention))
 
 
 def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SERVERS, max_batch: int = 8,

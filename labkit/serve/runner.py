@@ -4,7 +4,10 @@ It reuses the Hugging Face model's own modules (embedding, norms, q/k/v/o projec
 head), so a model quantized or otherwise rewritten by another lesson plugs in unchanged; only attention is
 ours: keys and values live in a preallocated cache of fixed-size blocks, written at the slots the scheduler
 assigned and read back through each sequence's block table. All sequences of a step are flattened into one
-token dimension for the matmuls (the expensive part); attention runs per sequence with SDPA.
+token dimension for the matmuls (the expensive part); attention runs per sequence, with PyTorch's fused
+`scaled_dot_product_attention` (SDPA: flash / memory-efficient kernels where the device has them) or, with
+`attention="eager"`, spelled out as matmul, softmax, matmul the way Hugging Face's "eager" attention does (the
+case study measures what the fused kernel is worth).
 """
 
 from __future__ import annotations
@@ -13,6 +16,25 @@ import torch
 from torch.nn import functional as F
 
 from labkit.serve.scheduler import SchedulerOutput
+
+ATTENTION = ("sdpa", "eager")
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                    scale: float) -> torch.Tensor:
+    """Attention written out: QK^T, mask, softmax in fp32, times V. q [1, heads, n, d]; k, v [1, kv_heads,
+    end, d] (grouped-query heads are repeated). Materializes the n x end score matrix that SDPA's fused
+    kernels avoid."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if causal:  # query i (of the last n positions) sees keys up to end - n + i
+        n, end = q.shape[2], k.shape[2]
+        mask = torch.ones(n, end, dtype=torch.bool, device=q.device).tril(diagonal=end - n)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -23,8 +45,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class ModelRunner:
     """Owns the KV cache tensors: [layers, num_blocks * block_size, kv_heads, head_dim] for K and for V."""
 
-    def __init__(self, model, num_blocks: int, block_size: int, seed: int = 0):
+    def __init__(self, model, num_blocks: int, block_size: int, seed: int = 0, attention: str = "sdpa"):
+        if attention not in ATTENTION:
+            raise ValueError(f"unknown attention {attention!r}; choose one of {list(ATTENTION)}")
         cfg = model.config
+        self.attention = attention
         self.model = model.eval()
         self.block_size = block_size
         self.num_heads = cfg.num_attention_heads
@@ -87,8 +112,11 @@ class ModelRunner:
                 else:  # new tokens after a cached prefix: query i sees keys up to start + i
                     kpos = torch.arange(w.end, device=self.device)
                     mask, causal = kpos[None, :] <= (w.start + torch.arange(n, device=self.device))[:, None], False
-                r = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal,
-                                                   scale=attn.scaling, enable_gqa=True)
+                if self.attention == "eager":
+                    r = eager_attention(qs, ks, vs, mask, causal, attn.scaling)
+                else:
+                    r = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal,
+                                                       scale=attn.scaling, enable_gqa=True)
                 o[off : off + n] = r[0].transpose(0, 1)
                 off += n
             h = h + attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim))

@@ -107,3 +107,34 @@ def test_stream_yields_every_token_with_timestamps(embedded):
         rt = seq.to_request_timing()
         assert rt.output_tokens == 5 and rt.ttft > 0
     assert any(s.is_prefill for s in eng.stats) and any(not s.is_prefill for s in eng.stats)
+
+
+def test_eager_attention_matches_sdpa():
+    from torch.nn import functional as F
+
+    from labkit.serve.runner import eager_attention
+
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(1, 2, 12, 16, generator=g), torch.randn(1, 2, 12, 16, generator=g)
+    q = torch.randn(1, 8, 12, 16, generator=g)  # a full prefill: SDPA's causal mask is the plain lower triangle
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(eager_attention(q, k, v, None, True, 0.25), ref, rtol=1e-5, atol=1e-5)
+    q = torch.randn(1, 8, 5, 16, generator=g)  # new tokens after a cached prefix, with an explicit mask
+    mask = (torch.rand(5, 12, generator=g) > 0.3) | (torch.arange(12) == 0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(eager_attention(q, k, v, mask, False, 0.25), ref, rtol=1e-5, atol=1e-5)
+    # causal with fewer queries than keys: query i sees keys up to end - n + i
+    causal = torch.ones(5, 12, dtype=torch.bool).tril(diagonal=7)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(eager_attention(q, k, v, None, True, 0.25), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_with_eager_attention_equals_generate(embedded):
+    prompts = _prompts(3, seed=4)
+    eng = LLMEngine(embedded, EngineConfig(max_num_seqs=2, block_size=8, num_blocks=128, max_model_len=512,
+                                           attention="eager"))
+    outs = eng.generate(prompts, SamplingParams(max_tokens=12, ignore_eos=True))
+    for p, got in zip(prompts, outs, strict=True):
+        _assert_same_or_near_tie(embedded, p, got, _reference(embedded, p, 12))
+    with pytest.raises(ValueError, match="unknown attention"):
+        LLMEngine(embedded, EngineConfig(num_blocks=8, attention="flash3"))
