@@ -152,11 +152,13 @@ def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 
 
 @dataclass
 class RequestTiming:
-    """One request: when it was sent and when each output token arrived (perf_counter seconds)."""
+    """One request: when it was sent and when each output token arrived (perf_counter seconds).
+    `service_start`: when the server began working on it (after any queueing), where the server knows it."""
 
     start: float
     token_times: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
+    service_start: float | None = None
 
     @property
     def output_tokens(self) -> int:

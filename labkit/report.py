@@ -26,6 +26,8 @@ def save_figure(fig, name: str) -> Path:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "–"
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))
@@ -50,6 +52,36 @@ def _summary_rows(reports: Path, limit: int = 14) -> list[str]:
     return parts
 
 
+CASE_STUDY = "07_case_study"
+CASE_COLUMNS = (("stage", "stage"), ("ttft_idle_ms", "idle TTFT (ms)"), ("ttft_p50_ms", "TTFT p50 loaded (ms)"),
+                ("output_throughput", "output tok/s"), ("throughput_x_prev", "x prev"), ("guide_factor", "guide x"))
+
+
+def _case_study_section(reports: Path) -> str:
+    """The latest case-study record as the guide-style table that heads the report (empty if none yet)."""
+    from labkit.records import latest
+
+    rec = latest(CASE_STUDY, reports / "results")
+    if rec is None:
+        return ""
+    m = rec["metrics"]
+    ppl = {q["stage"]: q["perplexity"] for q in m.get("quality", [])}
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in CASE_COLUMNS) + "<th>perplexity</th>"
+    body = ""
+    for r in m.get("stages", []):
+        if r.get("status", "ok") != "ok":  # a stage that could not run here: its reason across the row
+            body += (f"<tr><td>{html.escape(r['stage'])}</td>"
+                     f"<td colspan={len(CASE_COLUMNS)}>{html.escape(r['status'])}</td></tr>")
+            continue
+        cells = [_fmt(r.get(k, "")) for k, _ in CASE_COLUMNS] + [_fmt(ppl.get(r["stage"], ""))]
+        body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    state = ("passed" if m.get("passed") else "FAILED") if m.get("asserted") else "not asserted on this hardware"
+    where = f"{rec['time']} · {rec['fingerprint'].get('cpu')} · preset {rec['config'].get('preset')}"
+    return (f"<h2>Case study: the guide's 13B stack on this machine ({state})</h2>"
+            f"<p>{html.escape(str(m.get('message', '')))}</p><p class=meta>{html.escape(where)}</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
+
+
 def write_index(reports: Path | None = None, run=None) -> Path:
     """reports/index.html: the executed notebooks, their figures and the latest result of each experiment."""
     from labkit.hardware import describe, fingerprint
@@ -72,9 +104,9 @@ def write_index(reports: Path | None = None, run=None) -> Path:
                    f"</figcaption></figure>" for f in sorted(figures_dir(reports).glob("*.png")))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>labkit course report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
-td{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margin:8px}}.meta{{color:#666}}</style>
+td,th{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margin:8px}}.meta{{color:#666}}</style>
 </head><body><h1>Local LLM speed course: report</h1>
-<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
+{_case_study_section(reports)}<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
 {status}<h2>Executed notebooks</h2><ul>{''.join(items) or '<li>none yet</li>'}</ul>
 <h2>Results (latest record of each experiment)</h2>{''.join(_summary_rows(reports)) or '<p>none yet</p>'}
 <h2>Figures</h2>{figs or '<p>none yet</p>'}</body></html>"""

@@ -65,7 +65,7 @@ def run_sequential(model, trace: Sequence[Request]) -> Replay:
         _sleep_until(t0 + r.arrival_s)
         ids = torch.tensor([r.prompt_ids], device=model.device)
         rt, out = generate_timed(model, ids, r.output_len)
-        rt.start = t0 + r.arrival_s
+        rt.service_start, rt.start = rt.start, t0 + r.arrival_s
         timings[i], outputs[i] = rt, out[0, r.prompt_len:].tolist()
     return timings, outputs
 

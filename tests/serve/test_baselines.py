@@ -50,6 +50,20 @@ def test_sequential_queueing_is_part_of_ttft(tiny_llama):
     timings, _ = run_sequential(tiny_llama, trace)
     assert timings[1].start == timings[0].start
     assert timings[1].token_times[0] > timings[0].token_times[-1]  # waited for request 0 to finish
+    # the server knows when it started on each: request 1 only after request 0 was done
+    assert timings[0].service_start >= timings[0].start
+    assert timings[1].service_start >= timings[0].token_times[-1]
+
+
+def test_prefill_bound_is_amdahl_over_the_sequential_busy_time():
+    from labkit.bench import RequestTiming
+    from labkit.serve.experiment import prefill_bound
+
+    ts = [RequestTiming(start=0.0, token_times=[1.5, 2.0, 2.5], service_start=1.0),  # prefill 0.5 of 1.5 busy
+          RequestTiming(start=0.0, token_times=[3.0, 4.5], service_start=2.5)]  # prefill 0.5 of 2.0 busy
+    b = prefill_bound(ts)
+    assert b["prefill_share"] == pytest.approx(1.0 / 3.5)
+    assert b["max_x_vs_sequential"] == pytest.approx(3.5)
 
 
 def test_static_equal_prompt_lengths_equals_generate_alone(tiny_llama):

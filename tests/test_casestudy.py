@@ -1,0 +1,126 @@
+"""The case study's pieces: stage plan, measuring on a small model, the check's arithmetic, the projection."""
+
+import pytest
+import torch
+
+from labkit import casestudy, models, roofline
+from labkit.serve import workload
+
+
+def test_plan_names_the_stages_and_skips_bf16_with_fp32_only_int8():
+    stages, skipped = casestudy.plan("int8-dynamic-legacy")
+    assert [s.name for s in stages] == ["baseline", "+ INT8", "+ continuous batching", "+ fast attention"]
+    assert stages[0] == casestudy.Stage("baseline")  # fp32, eager, generate
+    assert (stages[2].server, stages[2].attention) == ("engine", "eager")
+    assert (stages[3].server, stages[3].attention) == ("engine", "sdpa")
+    assert skipped[0]["stage"] == "+ bf16" and skipped[0]["status"].startswith("skipped: ")
+    stages, skipped = casestudy.plan("int8-weight-only")
+    assert stages[-1].dtype == "bf16" and not skipped
+    assert [s.guide_factor for s in stages] == [None, 2.3, 1.8, 1.4, None]
+    with pytest.raises(ValueError, match="unknown extra"):
+        casestudy.plan("int8-weight-only", extras=["fp8"])
+
+
+def _row(stage, thr, idle, loaded, prev=None):
+    r = {"stage": stage, "output_throughput": thr, "ttft_idle_ms": idle, "ttft_p50_ms": loaded}
+    if prev:
+        r["throughput_x_prev"] = thr / prev["output_throughput"]
+    return r
+
+
+def test_check_computes_ratios_and_says_what_failed():
+    b = _row("baseline", 10.0, 2000.0, 9000.0)
+    q = _row("+ INT8", 30.0, 400.0, 3000.0, b)
+    f = _row("+ fast attention", 45.0, 390.0, 1000.0, q)
+    ppl = [{"stage": s, "ppl_delta_pct": d} for s, d in (("baseline", 0.0), ("+ INT8", 0.5), ("+ fast attention", 0.5))]
+    r = casestudy.check([b, q, f], ppl, {"int8": True, "bf16": True}, "cpu")
+    assert r["final_stage"] == "+ fast attention"
+    assert r["throughput_ratio"] == pytest.approx(4.5) and r["ttft_idle_ratio"] == pytest.approx(2000 / 390)
+    assert r["ttft_loaded_ratio"] == pytest.approx(9.0) and r["passed"] and r["asserted"]
+    slow = _row("+ fast attention", 35.0, 390.0, 1000.0, q)
+    bad_ppl = [dict(p, ppl_delta_pct=1.5) if p["stage"] == "+ fast attention" else p for p in ppl]
+    r = casestudy.check([b, q, slow], bad_ppl, {"int8": False, "bf16": False}, "cpu")
+    assert not r["passed"] and not r["asserted"]
+    assert "throughput 3.50x < 4.0x" in r["message"] and "perplexity +1.50%" in r["message"]
+    assert "Not asserted" in r["message"]
+    assert casestudy.check([b, q, slow], ppl, {"int8": False, "bf16": False}, "cuda")["asserted"]
+
+
+def test_an_extra_stage_counts_only_if_it_beats_the_one_before_beyond_noise():
+    b = _row("baseline", 10.0, 2000.0, 9000.0)
+    f = _row("+ fast attention", 40.0, 400.0, 1000.0, b)
+    assert casestudy.final_stage([b, f, _row("+ bf16", 41.0, 380.0, 900.0, f)])["stage"] == "+ fast attention"
+    assert casestudy.final_stage([b, f, _row("+ bf16", 48.0, 380.0, 900.0, f)])["stage"] == "+ bf16"
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """The embedded model through fp32 stages (so tokens must match) and the legacy INT8 path."""
+    base = models.load(models.EMBEDDED, attn_implementation="eager")
+    trace = workload.make_trace(3, prompt_len=24, output_len=(3, 6), arrival="all-at-once",
+                                vocab_size=base.config.vocab_size, seed=0)
+    stages = [casestudy.Stage("baseline"), casestudy.Stage("+ continuous batching", server="engine"),
+              casestudy.Stage("+ fast attention", server="engine", attention="sdpa")]
+    if torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
+        stages.insert(1, casestudy.Stage("+ INT8", int8="int8-dynamic-legacy"))
+    rows, replays, stage_models = casestudy.measure(stages, base, trace, max_batch=2, idle_repeats=2,
+                                                    progress=False)
+    return base, trace, stages, rows, replays, stage_models
+
+
+def test_measure_runs_every_stage_on_the_same_trace(measured):
+    base, trace, stages, rows, replays, _ = measured
+    assert [r["stage"] for r in rows] == [s.name for s in stages]
+    for r in rows:
+        assert r["output_throughput"] > 0 and r["ttft_idle_ms"] > 0 and r["ttft_cold_ms"] > 0
+        assert len(replays[r["stage"]][1]) == len(trace)
+        assert [len(o) for o in replays[r["stage"]][1]] == [q.output_len for q in trace]
+    for prev, r in zip(rows, rows[1:], strict=False):
+        assert r["throughput_x_prev"] == pytest.approx(r["output_throughput"] / prev["output_throughput"])
+        assert r["ttft_idle_x_prev"] == pytest.approx(prev["ttft_idle_ms"] / r["ttft_idle_ms"])
+    # fp32 stages compute the same function: the engine's greedy tokens equal generate's, request by request
+    assert replays["+ continuous batching"][1] == replays["baseline"][1]
+    assert replays["+ fast attention"][1] == replays["baseline"][1]
+
+
+def test_projection_scales_by_flops_and_bytes(measured):
+    base, trace, stages, rows, _, stage_models = measured
+    cfg = base.config  # the embedded model's dimensions as a shape with twice its layers
+    spec = models.ShapeSpec("embedded-x2", "llama", cfg.hidden_size, cfg.intermediate_size,
+                            2 * cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+                            cfg.vocab_size, cfg.max_position_embeddings, 10000.0,
+                            tie_word_embeddings=cfg.tie_word_embeddings)
+    card = roofline.Card("test", 16.0, 50.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
+    proj = casestudy.project(rows, stage_models, spec, cfg.num_hidden_layers, trace, 2, card)
+    flops_x = roofline.forward_flops(spec, 24) / roofline.forward_flops(spec, 24, layers=cfg.num_hidden_layers)
+    assert 1.0 < flops_x < 2.0
+    for r, p in zip(rows, proj, strict=True):
+        assert p["ttft_idle_ms_full"] == pytest.approx(r["ttft_idle_ms"] * flops_x)
+        assert p["output_throughput_full"] < r["output_throughput"]  # twice the layers: more bytes per step
+        assert p["ttft_floor_ms_full"] > 0 and p["throughput_ceiling_full"] > 0
+
+
+def test_answers_of_fp32_stages_are_identical_to_the_baseline():
+    stages = [casestudy.Stage("baseline"), casestudy.Stage("+ continuous batching", server="engine"),
+              casestudy.Stage("+ fast attention", server="engine", attention="sdpa")]
+    ids = models.prompt_ids(40, batch=3, tokenizer=models.load_tokenizer(), seed=1)
+    prompts = [ids[0, :40].tolist(), ids[1, :17].tolist(), ids[2, :29].tolist()]
+    rows = casestudy.answer_agreement(stages, prompts, new_tokens=8, max_batch=3, progress=False)
+    assert [(r["identical"], r["agree_until"], r["identical_to_prev"]) for r in rows] == [(1.0, 1.0, 1.0)] * 3
+
+
+def test_report_is_headed_by_the_case_study(tmp_path, monkeypatch):
+    from labkit import records, report
+
+    monkeypatch.setenv("LABKIT_REPORTS", str(tmp_path))
+    b = _row("baseline", 10.0, 2000.0, 9000.0)
+    f = _row("+ fast attention", 45.0, 390.0, 1000.0, b)
+    stages = [b, f, {"stage": "+ bf16", "status": "skipped: needs fp32"}]
+    records.save("07_case_study", {"preset": "ci"}, {"passed": True, "asserted": True, "message": "4.50x",
+                                                     "stages": stages, "quality": [{"stage": "baseline",
+                                                                                    "perplexity": 28.8}]},
+                 root=tmp_path / "results")
+    records.save("00_baseline", {"preset": "ci"}, {"ttft_ms": 1.0}, root=tmp_path / "results")
+    page = report.write_index(tmp_path).read_text()
+    assert page.index("Case study") < page.index("<h2>Machine")
+    assert "(passed)" in page and "skipped: needs fp32" in page and "28.8" in page and "4.5" in page
