@@ -64,6 +64,9 @@ def test_prefill_bound_is_amdahl_over_the_sequential_busy_time():
     b = prefill_bound(ts)
     assert b["prefill_share"] == pytest.approx(1.0 / 3.5)
     assert b["max_x_vs_sequential"] == pytest.approx(3.5)
+    # 3 decode steps' worth of tokens (2 + 1) at a batch of 2 taking 0.25 s each: 1.5 steps -> 0.375 s
+    b = prefill_bound(ts, decode_step_s=0.25, batch=2)
+    assert b["max_x_at_batch"] == pytest.approx(3.5 / (1.0 + 0.375))
 
 
 def test_static_equal_prompt_lengths_equals_generate_alone(tiny_llama):
@@ -180,3 +183,16 @@ def test_hf_continuous_batching_equals_generate_alone(tiny_llama, mixed_trace, m
 def test_hf_continuous_batching_says_why_it_cannot_run():
     with pytest.raises(Unavailable, match="no continuous batching"):
         run_hf_continuous(torch.nn.Linear(2, 2), make_trace(1, prompt_len=2, output_len=1, vocab_size=256))
+
+
+def test_decode_step_time_counts_only_full_back_to_back_decode_steps():
+    from types import SimpleNamespace
+
+    from labkit.serve.engine import StepStat
+    from labkit.serve.experiment import decode_step_s
+
+    st = [StepStat(0.0, True, 2, 64, 0, 0),  # a prefill: the gap after it is not a decode step's time
+          StepStat(1.0, False, 2, 2, 0, 0), StepStat(1.2, False, 2, 2, 0, 0), StepStat(1.5, False, 2, 2, 0, 0),
+          StepStat(5.0, False, 1, 1, 0, 0)]  # one sequence left: not a full batch
+    assert decode_step_s(SimpleNamespace(stats=st), 2) == pytest.approx(0.25)
+    assert decode_step_s(SimpleNamespace(stats=st), 4) is None
