@@ -41,7 +41,6 @@ INT8_CANDIDATES = {"cpu": ("int8-dynamic-legacy", "int8-dynamic", "int8-weight-o
                    "cuda": ("int8-weight-only", "int8-dynamic", "bnb-int8")}
 # the matmul each INT8 path runs: activations quantized too (int8 x int8) or weights dequantized
 COMPUTE = {"int8-dynamic-legacy": "int8", "int8-dynamic": "int8", "bnb-int8": "int8"}
-FP32_ONLY = {"int8-dynamic-legacy": "torch.ao's quantize_dynamic computes in fp32 (its linears need fp32 inputs)"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ class Stage:
         return GUIDE["factors"].get(self.name)
 
 
-def plan(int8: str, extras: Sequence[str] = ("bf16",)) -> tuple[list[Stage], list[dict]]:
-    """The stages in order, and the extras that cannot apply here with the reason."""
+def plan(int8: str, extras: Sequence[str] = ("bf16",), device: str = "cpu") -> tuple[list[Stage], list[dict]]:
+    """The stages in order, and the extras that cannot apply here with the reason (labkit.quant's own)."""
     base = Stage("baseline")
     q = Stage("+ INT8", int8=int8)
     cb = Stage("+ continuous batching", int8=int8, server="engine")
@@ -67,8 +66,9 @@ def plan(int8: str, extras: Sequence[str] = ("bf16",)) -> tuple[list[Stage], lis
     for extra in extras:
         if extra != "bf16":
             raise ValueError(f"unknown extra stage {extra!r}; the case study knows 'bf16'")
-        if int8 in FP32_ONLY:
-            skipped.append({"stage": "+ bf16", "status": f"skipped: {FP32_ONLY[int8]}"})
+        reason = quant.unsupported(int8, str(device).split(":")[0], torch.bfloat16)
+        if reason:
+            skipped.append({"stage": "+ bf16", "status": f"skipped: {reason}"})
         else:
             stages.append(Stage("+ bf16", int8=int8, server="engine", attention="sdpa", dtype="bf16"))
     return stages, skipped
@@ -290,7 +290,9 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
     out = []
     for r in rows:
         layer_b, rest_b = _layer_and_rest_bytes(stage_models[r["stage"]])
-        emb_b = spec.vocab_size * spec.hidden_size * stage_models[r["stage"]].dtype.itemsize  # not read in decode
+        # a decode step looks up one row of the embedding table, not all of it (unless it is also the head)
+        emb_b = 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size * \
+            stage_models[r["stage"]].get_input_embeddings().weight.element_size()
         read_l = layers * layer_b + rest_b - emb_b
         read_full = full * layer_b + rest_b - emb_b
         row = {"stage": r["stage"], "ttft_idle_ms_full": r["ttft_idle_ms"] * flops_x,

@@ -346,6 +346,19 @@ def _gptqmodel() -> None:
                        "it yet; labkit's 'gptq' runs the same algorithm")
 
 
+def unsupported(method: str, device: str, dtype: torch.dtype) -> str | None:
+    """Why `method` cannot quantize a model on `device` ("cpu", "cuda") held in `dtype`, or None if it can.
+    `quantize` raises QuantSkipped with this reason; callers planning ahead (the case study) ask first."""
+    if method == "int8-dynamic-legacy" and device != "cpu":
+        return "torch.ao.quantization.quantize_dynamic runs on the CPU only (fbgemm/x86 kernels)"
+    if method == "int8-dynamic-legacy" and dtype != torch.float32:
+        return f"torch.ao.quantization.quantize_dynamic needs an fp32 model, got {dtype}"
+    if method == "int4-rtn" and device == "cpu" and dtype != torch.bfloat16:
+        return (f"torchao's CPU int4 kernel needs a bf16 model (got {dtype}); cast it with "
+                "model.to(torch.bfloat16) first")
+    return None
+
+
 def quantize(model: nn.Module, method: str, *, bits: int = 4, group_size: int | None = 128,
              calib: torch.Tensor | None = None, skip: tuple[str, ...] = ("lm_head",), damp: float = 0.01,
              n_grid: int = 20, max_tokens: int = 4096, inplace: bool = False) -> nn.Module:
@@ -368,13 +381,9 @@ def quantize(model: nn.Module, method: str, *, bits: int = 4, group_size: int | 
         _gptqmodel()
     if method in ("gptq", "awq", "gptqmodel") and calib is None:
         raise ValueError(f"{method} needs calibration token ids: calib=calibration_ids(tokenizer)")
-    if method == "int8-dynamic-legacy" and dev.type != "cpu":
-        raise QuantSkipped("torch.ao.quantization.quantize_dynamic runs on the CPU only (fbgemm/x86 kernels)")
-    if method == "int8-dynamic-legacy" and model.dtype != torch.float32:
-        raise QuantSkipped(f"torch.ao.quantization.quantize_dynamic needs an fp32 model, got {model.dtype}")
-    if method == "int4-rtn" and dev.type == "cpu" and model.dtype != torch.bfloat16:
-        raise QuantSkipped(f"torchao's CPU int4 kernel needs a bf16 model (got {model.dtype}); cast it with "
-                           "model.to(torch.bfloat16) first")
+    reason = unsupported(method, dev.type, next(model.parameters()).dtype)
+    if reason:
+        raise QuantSkipped(reason)
 
     if method.startswith("bnb-"):
         compute = torch.bfloat16 if model.dtype == torch.bfloat16 else torch.float32

@@ -77,6 +77,8 @@ def prefill_bound(timings, decode_step_s: float | None = None, batch: int | None
     prefill time (Amdahl's law): `max_x_vs_sequential`. Given the measured time of a decode step at a full
     batch of `batch` sequences, `max_x_at_batch` is the bound when every decode step is that full."""
     done = [t for t in timings if t.service_start is not None and t.token_times]
+    if not done:
+        return {}  # this server does not record when it started on a request
     busy = sum(t.token_times[-1] - t.service_start for t in done)
     prefill = sum(t.token_times[0] - t.service_start for t in done)
     out = {"prefill_share": prefill / busy, "max_x_vs_sequential": busy / prefill}

@@ -67,6 +67,7 @@ def test_prefill_bound_is_amdahl_over_the_sequential_busy_time():
     # 3 decode steps' worth of tokens (2 + 1) at a batch of 2 taking 0.25 s each: 1.5 steps -> 0.375 s
     b = prefill_bound(ts, decode_step_s=0.25, batch=2)
     assert b["max_x_at_batch"] == pytest.approx(3.5 / (1.0 + 0.375))
+    assert prefill_bound([RequestTiming(start=0.0, token_times=[1.0])]) == {}  # no service start recorded
 
 
 def test_static_equal_prompt_lengths_equals_generate_alone(tiny_llama):
