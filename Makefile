@@ -10,11 +10,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup lab test test-fast lint report clean-reports
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"the course needs Python 3.11, found {sys.version.split()[0]}: run make PYTHON=/path/to/python3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt
-	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "labkit-course.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
+	$(PY) -m pip install --no-deps -e .   # labkit itself, editable: the pins above are its dependencies
+	rm -f $(VENV)/lib/python3.11/site-packages/labkit-course.pth   # left by older set-ups
 	touch $(STAMP)
 
 setup: $(STAMP)

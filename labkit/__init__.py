@@ -1,7 +1,9 @@
 """labkit: the measurement and technique code behind the course's notebooks.
 
-Layers (dependencies point downwards): casestudy/claims -> serve -> techniques (quant, prune, parallel,
-kernels, memory) -> bench/quality -> models/hardware. See ../shared/DESIGN.md in the project's workspace.
+Layers (dependencies point downwards): notebook plumbing (lesson, report, course) -> casestudy/claims ->
+experiments -> serve -> techniques (quant, prune, parallel, kernels, memory) -> bench/quality ->
+roofline/planner -> models/hardware/records. ARCHITECTURE.md at the top of the repository says which module
+may import which and where a new lesson's code goes.
 """
 
 from pathlib import Path
@@ -10,7 +12,6 @@ __version__ = "0.1.0"
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
-REPORTS = ROOT / "reports"
 
 
 def _quiet_known_noise() -> None:

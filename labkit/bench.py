@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -89,6 +90,191 @@ def time_callable(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5
     return Timing(cold_s=cold, times_s=times)
 
 
+# ---------------------------------------------------------------- the machine's load while timing
+
+class LoadWatch:
+    """How busy the machine was with *other* work while we timed something (a context manager).
+
+    A shared laptop or CI runner is rarely idle: another process on one of two cores can slow a PyTorch path
+    2-5x. Ratios measured side by side in rotating rounds survive that (both sides slow down alike); absolute
+    times do not. `others_cpu_share` is the CPU time spent by processes other than this one and its children,
+    as a fraction of all cores over the window (Linux /proc/stat; None elsewhere). The 1-minute load average
+    before and after is recorded too, as `uptime` shows it."""
+
+    BUSY_ABOVE = 0.10  # more than a tenth of the machine's cores used by others: say so
+
+    def __init__(self):
+        self.result: dict = {}
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()[1:]
+        except OSError:
+            return None
+        ticks = [int(x) for x in fields]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_s() -> float:
+        import psutil
+
+        me = psutil.Process()
+        total = sum(me.cpu_times()[:4])  # user, system, children's user and system (waited-for children)
+        for child in me.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        return total
+
+    def start(self) -> LoadWatch:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), self._busy_s(), self._own_s()
+        self._load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return self
+
+    def read(self) -> dict:
+        """The load since `start()` (can be read several times; `result` keeps the last reading)."""
+        wall = time.perf_counter() - self._t0
+        busy1, own1 = self._busy_s(), self._own_s()
+        share = None
+        if self._busy0 is not None and busy1 is not None and wall > 0:
+            others = (busy1 - self._busy0) - (own1 - self._own0)
+            share = min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1))))
+        self.result = {"loadavg_before": self._load0,
+                       "loadavg_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                       "others_cpu_share": share, "seconds": wall,
+                       "busy": bool(share is not None and share > self.BUSY_ABOVE)}
+        return self.result
+
+    def __enter__(self) -> LoadWatch:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.read()
+
+    @property
+    def warning(self) -> str | None:
+        r = self.result
+        if not r.get("busy"):
+            return None
+        return (f"another process used {r['others_cpu_share']:.0%} of the CPU while this was timed (load average "
+                f"{r['loadavg_before']:.2f} -> {r['loadavg_after']:.2f}): ratios measured side by side still "
+                "hold, absolute times are slower than on an idle machine")
+
+
+# ---------------------------------------------------------------- side by side: rotating rounds
+
+NOISE_FLOOR = 0.05  # a ratio within 5% of 1 is called inconclusive unless a measured noise floor is given
+
+
+@dataclass
+class Ratio:
+    """B against A from rounds measured side by side: `values` per round, `value` their median; > 1 means B is
+    better (faster, or more throughput). `noise` is the floor a difference must exceed to count (a fraction:
+    0.05 = 5%), e.g. the A-against-A spread notebook 00 measures."""
+
+    values: list[float]
+    noise: float = NOISE_FLOOR
+
+    @property
+    def value(self) -> float:
+        return float(statistics.median(self.values))
+
+    @property
+    def conclusive(self) -> bool:
+        """Beyond the noise floor, and most rounds (at least 80%) agree on the direction."""
+        v = self.value
+        if abs(v - 1) <= self.noise:
+            return False
+        same_side = sum((x > 1) == (v > 1) for x in self.values)
+        return same_side >= 0.8 * len(self.values)
+
+    def words(self, better: str = "faster", worse: str = "slower") -> str:
+        """The ratio in words, built from the numbers: '2.50x faster', '1.30x slower' (as the inverse), or
+        'inconclusive (1.03x, inside the noise of ±5%)'."""
+        v = self.value
+        if not self.conclusive:
+            return (f"inconclusive ({v:.2f}x, rounds {min(self.values):.2f}-{max(self.values):.2f}x, "
+                    f"noise floor ±{self.noise:.0%})")
+        return f"{v:.2f}x {better}" if v > 1 else f"{1 / v:.2f}x {worse}"
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "values": list(self.values), "noise": self.noise,
+                "conclusive": self.conclusive}
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+@dataclass
+class Rounds:
+    """Candidates timed in rotating rounds: each round runs every candidate once, starting one further along
+    each time (round 0: A B C, round 1: B C A, ...), so slow drift in the machine (another process, clocks,
+    thermals) hits every candidate alike. The first call of each, before the rounds, is kept apart (`cold`).
+
+    `values[name][metric]` lists one value per round: "s" is the wall time of the call; a candidate that
+    returns a dict adds its own metrics (e.g. {"ttft": ..., "tpot": ...} or {"throughput": ...})."""
+
+    names: list[str]
+    cold: dict[str, dict[str, float]]
+    values: dict[str, dict[str, list[float]]]
+    load: dict = field(default_factory=dict)
+
+    def median(self, name: str, metric: str = "s") -> float:
+        return float(statistics.median(self.values[name][metric]))
+
+    def ratio(self, a: str, b: str, metric: str = "s", higher_is_better: bool = False,
+              noise: float | None = None) -> Ratio:
+        """B against A, per round, then the median: for times (lower is better) A/B, for rates B/A; > 1
+        means B is better either way."""
+        va, vb = self.values[a][metric], self.values[b][metric]
+        per = [(y / x if higher_is_better else x / y) for x, y in zip(va, vb, strict=True)]
+        return Ratio(per, NOISE_FLOOR if noise is None else noise)
+
+    def to_dict(self) -> dict:
+        return {"names": self.names, "cold": self.cold, "values": self.values, "load": self.load}
+
+
+def run_rounds(candidates: dict[str, Callable[[], object]], rounds: int, *, cold: bool = True, device=None,
+               progress: bool = True, desc: str = "timing rounds") -> Rounds:
+    """Time every candidate once per round in rotating order (see `Rounds`), after one cold call each (kept
+    apart; `cold=False` skips it when the caller has warmed up already). A candidate returning a dict of
+    numbers has them recorded per round next to its wall time. The machine's load is watched throughout
+    and a warning printed when another process was busy."""
+    from tqdm.auto import tqdm
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not candidates:
+        raise ValueError("no candidates to time")
+    names = list(candidates)
+
+    def once(name: str) -> dict[str, float]:
+        sync(device)
+        t0 = time.perf_counter()
+        out = candidates[name]()
+        sync(device)
+        got = {"s": time.perf_counter() - t0}
+        if isinstance(out, dict):
+            got.update({k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and v is not None})
+        return got
+
+    with LoadWatch() as watch:
+        first = {n: once(n) for n in names} if cold else {}
+        values: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+        for r in tqdm(range(rounds), desc=desc, disable=not progress):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                for metric, v in once(name).items():
+                    values[name].setdefault(metric, []).append(v)
+    if watch.warning:
+        print(f"note: {watch.warning}")
+    return Rounds(names, first, values, watch.result)
+
+
 @dataclass
 class Comparison:
     """B against A, measured alternately. `speedup` = median over pairs of time_A / time_B (> 1: B faster)."""
@@ -99,6 +285,7 @@ class Comparison:
     times_b: list[float]
     cold_a: float
     cold_b: float
+    load: dict = field(default_factory=dict)
 
     @property
     def ratios(self) -> list[float]:
@@ -108,10 +295,18 @@ class Comparison:
     def speedup(self) -> float:
         return float(statistics.median(self.ratios))
 
+    def ratio(self, noise: float | None = None) -> Ratio:
+        return Ratio(self.ratios, NOISE_FLOOR if noise is None else noise)
+
+    @property
+    def noise(self) -> float:
+        """The largest deviation of a pair's ratio from 1: for A against itself, this machine's noise floor."""
+        return max(abs(r - 1) for r in self.ratios)
+
     def to_dict(self) -> dict:
         return {"a": self.name_a, "b": self.name_b, "speedup": self.speedup, "ratios": self.ratios,
                 "median_a_s": float(np.median(self.times_a)), "median_b_s": float(np.median(self.times_b)),
-                "cold_a_s": self.cold_a, "cold_b_s": self.cold_b}
+                "cold_a_s": self.cold_a, "cold_b_s": self.cold_b, "load": self.load}
 
     def __str__(self) -> str:
         r = self.ratios
@@ -121,31 +316,30 @@ class Comparison:
 
 
 def compare(a: Callable[[], object], b: Callable[[], object], *, repeats: int = 5, warmup: int = 1,
-            names: tuple[str, str] = ("A", "B"), device=None) -> Comparison:
-    """Run A and B alternately in this process (ABBA order, so slow drift cancels) and pair the times."""
+            names: tuple[str, str] = ("A", "B"), device=None, progress: bool = False) -> Comparison:
+    """A and B in rotating rounds (`run_rounds` with two candidates is ABBA order, so slow drift cancels);
+    the pairs' time ratios. `warmup - 1` untimed calls of each follow the cold ones."""
     if repeats < 1 or warmup < 1:
         raise ValueError("repeats and warmup must be >= 1")
+    if names[0] == names[1]:
+        names = (names[0], f"{names[1]} (again)")
+    ta, tb = _cold_pair(a, b, device)
+    for _ in range(warmup - 1):
+        a()
+        b()
+    r = run_rounds({names[0]: a, names[1]: b}, repeats, cold=False, device=device, progress=progress)
+    return Comparison(names[0], names[1], r.values[names[0]]["s"], r.values[names[1]]["s"], ta, tb, r.load)
 
-    def timed(fn) -> float:
+
+def _cold_pair(a, b, device) -> tuple[float, float]:
+    out = []
+    for fn in (a, b):
         sync(device)
         t0 = time.perf_counter()
         fn()
         sync(device)
-        return time.perf_counter() - t0
-
-    cold_a, cold_b = timed(a), timed(b)
-    for _ in range(warmup - 1):
-        a()
-        b()
-    times_a, times_b = [], []
-    for i in range(repeats):
-        if i % 2 == 0:
-            times_a.append(timed(a))
-            times_b.append(timed(b))
-        else:
-            times_b.append(timed(b))
-            times_a.append(timed(a))
-    return Comparison(names[0], names[1], times_a, times_b, cold_a, cold_b)
+        out.append(time.perf_counter() - t0)
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------- serving metrics (vLLM definitions)
@@ -202,13 +396,15 @@ def _dist(values_s: Sequence[float], prefix: str) -> dict:
 
 def summarize(requests: Sequence[RequestTiming], duration_s: float | None = None,
               slo_ms: dict | None = None) -> dict:
-    """Aggregate serving metrics over completed requests (those with at least one token).
+    """Aggregate serving metrics over completed requests (those with at least one token). Requests that
+    produced nothing (rejected, cancelled, errored) are counted in `failed`, as vLLM's benchmark does, so an
+    average over the survivors is never mistaken for one over every request sent.
 
     duration_s defaults to first send -> last token. `slo_ms` like {"ttft": 500, "tpot": 50} adds goodput:
     requests per second that met every stated SLO (vLLM's definition)."""
     done = [r for r in requests if r.output_tokens > 0]
     if not done:
-        raise ValueError("no completed requests to summarize")
+        raise ValueError(f"no completed requests to summarize ({len(requests)} sent, all failed)")
     if duration_s is None:
         duration_s = max(r.token_times[-1] for r in done) - min(r.start for r in done)
     if duration_s <= 0:
@@ -217,6 +413,7 @@ def summarize(requests: Sequence[RequestTiming], duration_s: float | None = None
     in_tok = sum(r.prompt_tokens for r in done)
     m = {
         "completed": len(done),
+        "failed": len(requests) - len(done),
         "duration_s": duration_s,
         "total_input_tokens": in_tok,
         "total_output_tokens": out_tok,

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from labkit import models, quality, quant, roofline
+from labkit import models, planner, quality, quant, roofline
 from labkit.bench import generate_timed, summarize
 from labkit.serve import experiment
 from labkit.serve.baselines import run_engine, run_sequential
@@ -181,7 +181,7 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
                "ttft_idle_ms": statistics.median(ttfts) * 1e3, "ttft_cold_ms": c * 1e3,
                "ttft_p50_ms": m["ttft_median_ms"], "ttft_p99_ms": m["ttft_p99_ms"],
                "tpot_p50_ms": m["tpot_median_ms"], "output_throughput": m["output_throughput"],
-               "weight_bytes": quant.stored_bytes(srv.model)}
+               "weight_bytes": models.weight_bytes(srv.model)}
         if prev is not None:
             row["throughput_x_prev"] = row["output_throughput"] / prev["output_throughput"]
             row["ttft_idle_x_prev"] = prev["ttft_idle_ms"] / row["ttft_idle_ms"]
@@ -263,7 +263,7 @@ def machine_card(device: str) -> tuple[roofline.Card, str]:
     from labkit import hardware
 
     try:
-        return roofline.this_machine(hardware.load_profile(), device), "notebook 01's stored profile"
+        return roofline.this_machine(planner.load_profile(), device), "notebook 01's stored profile"
     except (FileNotFoundError, ValueError):
         probes = hardware.run_probes(devices=(device,), bandwidth_mib=64, k=2048, n=4096,
                                      dtypes=("fp32", "bf16", "int8"), repeats=2, progress=False)
@@ -271,8 +271,8 @@ def machine_card(device: str) -> tuple[roofline.Card, str]:
 
 
 def _layer_and_rest_bytes(model) -> tuple[int, int]:
-    layer = quant.stored_bytes(model.model.layers[0])
-    return layer, quant.stored_bytes(model) - len(model.model.layers) * layer
+    layer = models.weight_bytes(model.model.layers[0])
+    return layer, models.weight_bytes(model) - len(model.model.layers) * layer
 
 
 def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers: int,

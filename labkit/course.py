@@ -4,8 +4,10 @@
     python -m labkit course --preset full --only 00,02
 
 Executed notebooks go to a temporary folder first and are moved into reports/notebooks/ only when they
-succeed, so a failing run leaves nothing half-written in reports/. A failure names the notebook and the
-failing cell with its error.
+succeed; so do the records and figures they write (staged, see labkit.records.staging_dir). A failing run
+leaves nothing half-written in reports/: its executed copy, records and figures stay together in one folder
+whose path is printed. A failure names the notebook and the failing cell with its error. Every selected
+notebook's parameters are checked before the first one starts.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from labkit import ROOT
 from labkit.params import PRESETS, ParamError, check_preset
-from labkit.records import reports_dir
+from labkit.records import atomic_write, reports_dir
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 KERNEL_NAME = "labkit"
@@ -68,6 +70,8 @@ def select(only: str | list[str] | None) -> list[str]:
     if only is None or only == "" or only == []:
         return list(available)
     ids = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
+    if not ids:
+        raise CourseError(f"--only {only!r} names no notebook; valid ids: {', '.join(available)}")
     ids = [i.zfill(2) if i.isdigit() else i for i in ids]
     unknown = [i for i in ids if i not in available]
     if unknown:
@@ -98,11 +102,12 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
-def _kernel_env(reports: Path) -> None:
+def _kernel_env(reports: Path, staging: Path) -> None:
     os.environ["LABKIT_REPORTS"] = str(reports)
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
-        os.pathsep) if p and p != str(ROOT)])
+    os.environ["LABKIT_STAGING"] = str(staging)
+    # Jupyter's inline backend, so every figure shows in the executed notebook (a learner's MPLBACKEND=Agg would
+    # leave empty cells); labkit.lesson.show also saves each one for the index.
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -123,31 +128,47 @@ def to_html(ipynb: Path, html: Path) -> Path:
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
-    tmp = html.with_suffix(".tmp")
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(html)
-    return html
+    return atomic_write(html, body)
+
+
+def check_parameters(nb_id: str, parameters: dict) -> Path:
+    """The notebook's path, once every name in `parameters` is one it declares (else ParamError)."""
+    path = notebooks()[select([nb_id])[0]]
+    declared = notebook_parameters(path)
+    if not declared:
+        raise CourseError(f"{path.name} has no cell tagged 'parameters'")
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ParamError(f"notebook {nb_id} ({path.name}) has no parameter(s) {unknown}; it takes: "
+                         f"{', '.join(declared)}. Give a parameter only to the notebooks that take it (--only), "
+                         f'or per notebook in a --params file: {{"{nb_id}": {{...}}}}')
+    return path
+
+
+def _land(staged: Path, reports: Path) -> None:
+    """Move what a successful notebook staged (results/<experiment>/*.json, figures/*.png) into reports/."""
+    for f in sorted(p for p in staged.rglob("*") if p.is_file()):
+        dest = reports / f.relative_to(staged)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
 
 
 def run_notebook(nb_id: str, preset: str = "ci", params: dict | None = None, reports: Path | None = None,
                  timeout_s: int | None = None, progress: bool = True) -> NotebookRun:
-    """Execute one notebook; on success its executed copy (and HTML) lands in <reports>/notebooks/."""
+    """Execute one notebook; on success its executed copy (and HTML), records and figures land in <reports>/.
+    On failure they stay together in a temporary folder (`NotebookRun.failed_copy` is the executed copy)."""
     check_preset(preset)
-    path = notebooks()[select([nb_id])[0]]
-    reports = Path(reports) if reports is not None else reports_dir()
-    declared = notebook_parameters(path)
-    if not declared:
-        raise CourseError(f"{path.name} has no cell tagged 'parameters'")
     parameters = {"preset": preset, **(params or {})}
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        raise ParamError(f"{path.name} has no parameter(s) {unknown}; it takes: {', '.join(declared)}")
-    _kernel_env(reports)
+    path = check_parameters(nb_id, parameters)
+    reports = Path(reports) if reports is not None else reports_dir()
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"labkit-{nb_id}-"))
+    staged = tmpdir / "staged"
+    saved_env = {k: os.environ.get(k) for k in ("LABKIT_REPORTS", "LABKIT_STAGING", "MPLBACKEND")}
+    _kernel_env(reports, staged)
     kernel = ensure_kernel()
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"labkit-{nb_id}-"))
     out_tmp = tmpdir / path.name
     t0 = time.perf_counter()
     try:
@@ -157,7 +178,14 @@ def run_notebook(nb_id: str, preset: str = "ci", params: dict | None = None, rep
     except (PapermillExecutionError, RuntimeError, TimeoutError) as e:
         return NotebookRun(nb_id, path.stem, time.perf_counter() - t0, error=_failure_message(nb_id, path, e),
                            failed_copy=out_tmp if out_tmp.exists() else None)
+    finally:
+        for k, v in saved_env.items():  # the runner's own environment as it was
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     seconds = time.perf_counter() - t0
+    _land(staged, reports)
     dest = reports / "notebooks"
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / path.name
@@ -172,6 +200,8 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
     """Run the selected notebooks in teaching order, then write reports/index.html."""
     check_preset(preset)
     ids = select(only)
+    for nb_id in ids:  # every name checked before the first notebook starts
+        check_parameters(nb_id, {"preset": preset, **params_for(nb_id, params)})
     reports = Path(reports) if reports is not None else reports_dir()
     run = CourseRun(preset)
     for k, nb_id in enumerate(ids, 1):
@@ -182,7 +212,8 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
         if r.error:
             print(f"      FAILED after {r.seconds:.0f} s: {r.error}", flush=True)
             if r.failed_copy:
-                print(f"      the executed copy with the traceback: {r.failed_copy}", flush=True)
+                print(f"      the executed copy with the traceback, and what it wrote: {r.failed_copy.parent}",
+                      flush=True)
             if stop_on_error:
                 break
         else:
@@ -213,7 +244,10 @@ def parse_param(text: str) -> tuple[str, object]:
 
 def load_params_file(path: Path) -> dict:
     """A JSON file of notebook parameters (ci/params.json holds CI's)."""
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ParamError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path} must hold a JSON object of parameters")
     return data

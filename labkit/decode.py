@@ -26,15 +26,14 @@ class StaticDecoder:
     # few compiled models would run out and silently fall back to eager: the limit is raised while we run.
     RECOMPILE_LIMIT = 64
 
-    def __init__(self, model, max_len: int, compile: bool = False, freezing: bool = False):
+    def __init__(self, model, max_len: int, compile: bool = False):
         from transformers import StaticCache
 
         self.model = model
         self.max_len = max_len
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.compiled = compile
-        opts = {"freezing": True} if freezing else None
-        self._fwd = torch.compile(self._forward, dynamic=False, options=opts) if compile else self._forward
+        self._fwd = torch.compile(self._forward, dynamic=False) if compile else self._forward
         if compile:  # the cache allocates itself on first use; do that eagerly, or the compiled graph's
             with torch.inference_mode():  # guards would change after the first call and force a recompile
                 dev = next(model.parameters()).device

@@ -511,15 +511,13 @@ def probe_loading(path: Path, methods: tuple[str, ...] = LOAD_METHODS, repeats: 
     import subprocess
     import sys
 
-    from labkit import ROOT
-
     copies = {"mmap": 0, "pread": 1, "read": 2}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = []
     for method in methods:
-        code = ("import json; from labkit.hardware import load_in_this_process as f; "
-                f"print(json.dumps(f({str(path)!r}, {method!r}, {repeats})))")
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+        code = ("import json, sys; from labkit.hardware import load_in_this_process as f; "
+                "print(json.dumps(f(sys.argv[1], sys.argv[2], int(sys.argv[3]))))")
+        res = subprocess.run([sys.executable, "-c", code, str(path), method, str(repeats)], capture_output=True,
+                             text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"loading {path} with {method} failed:\n{res.stderr[-2000:]}")
         row = json.loads(res.stdout.strip().splitlines()[-1])
@@ -542,23 +540,6 @@ def weights_file_for_loading(tmpdir: Path, fallback_shape: str = "tinyllama-1.1b
     path = Path(tmpdir) / f"{fallback_shape}-{layers}l.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
-
-
-# ---------------------------------------------------------------- the profile card later lessons read
-
-PROFILE_EXPERIMENT = "hardware_profile"
-
-
-def load_profile(root: Path | None = None) -> dict:
-    """The latest stored profile card (metrics of the 'hardware_profile' record) of notebook 01.
-    Later notebooks print predicted vs measured from it."""
-    from labkit.records import latest
-
-    rec = latest(PROFILE_EXPERIMENT, root)
-    if rec is None:
-        raise FileNotFoundError("no hardware profile stored yet: run notebooks/01_hardware_profiling.ipynb "
-                                "first (python -m papermill ... or the course runner)")
-    return rec["metrics"]
 
 
 def plot_probes(probes: list[Probe]):

@@ -226,30 +226,74 @@ def load_tokenizer(name_or_path: str = EMBEDDED):
     return AutoTokenizer.from_pretrained(resolve(name_or_path))
 
 
+TEXTS = {"heldout": "heldout.txt", "calibration": "calibration.txt"}
+
+
 def prompt_ids(n_tokens: int, batch: int = 1, vocab_size: int = 32000, seed: int = 0,
-               tokenizer=None) -> torch.Tensor:
-    """Prompt token ids of exactly `n_tokens` (the guide's method uses 512). With a tokenizer: real
-    held-out text, a different excerpt per row; without: seeded random ids (for shape models)."""
+               tokenizer=None, source: str = "heldout") -> torch.Tensor:
+    """`batch` rows of exactly `n_tokens` token ids (the guide's method uses 512-token prompts). With a
+    tokenizer: seeded windows of real text from data/eval/ (`source`: "heldout", never trained on, for prompts
+    and evaluation; "calibration", from the training side, for GPTQ/AWQ/Wanda calibration); without: seeded
+    random ids in [3, vocab_size) (for shape models, which have no tokenizer)."""
     if n_tokens < 1:
         raise ValueError("n_tokens must be >= 1")
     if tokenizer is None:
         g = torch.Generator().manual_seed(seed)
         return torch.randint(3, vocab_size, (batch, n_tokens), generator=g)
-    text = (DATA / "eval" / "heldout.txt").read_text(encoding="utf-8")
+    if source not in TEXTS:
+        raise ValueError(f"unknown text source {source!r}; choose one of {list(TEXTS)}")
+    text = (DATA / "eval" / TEXTS[source]).read_text(encoding="utf-8")
     ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
-    if ids.numel() < n_tokens * batch:
-        raise ValueError(f"held-out text has only {ids.numel()} tokens, need {n_tokens * batch}")
+    if ids.numel() <= n_tokens:
+        raise ValueError(f"{TEXTS[source]} has only {ids.numel()} tokens, need more than {n_tokens}")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - n_tokens, (batch,), generator=g).tolist()
     return torch.stack([ids[s : s + n_tokens] for s in starts])
 
 
-def weight_bytes(model) -> int:
-    """Bytes of parameters and buffers as stored in memory (what decode streams per token)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-    return total
+# ---------------------------------------------------------------- bytes
+
+def _tensor_bytes(t, seen: set) -> int:
+    """Bytes a tensor really holds: a torchao subclass is the sum of its inner tensors (qdata, scale, ...)."""
+    if isinstance(t, (tuple, list)):
+        return sum(_tensor_bytes(x, seen) for x in t)
+    if not isinstance(t, torch.Tensor):
+        return 0
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n), seen) for n in names)
+    if t.is_quantized:  # torch.ao's qint8 tensors: 1 byte each (+ one scale per tensor or channel)
+        key = (t.data_ptr(), t.numel())
+    else:
+        key = (t.data_ptr(), t.numel(), t.dtype)
+    if key in seen:
+        return 0
+    seen.add(key)
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(module) -> int:
+    """Bytes of everything in `module`'s state dict (parameters and buffers) as stored in memory: packed
+    quantized weights with their scales (torchao, torch.ao, bitsandbytes), a tied weight counted once. What a
+    decode step streams when it reads every weight."""
+    seen: set = set()
+    return sum(_tensor_bytes(v, seen) for v in module.state_dict(keep_vars=True).values())
+
+
+def saved_bytes(model) -> int:
+    """Bytes `torch.save(model.state_dict())` writes (the size on disk), without keeping them in memory."""
+    import io
+
+    class _Count(io.RawIOBase):
+        n = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            self.n += len(b)
+            return len(b)
+
+    sink = _Count()
+    torch.save(model.state_dict(), sink)
+    return sink.n

@@ -46,3 +46,34 @@ def check_type(name: str, value, *types):
         want = " or ".join(t.__name__ for t in types)
         raise ParamError(f"parameter {name} must be {want}, got {type(value).__name__} {value!r}")
     return value
+
+
+def default(name: str, value, preset: str, *, ci, full, kind: type | tuple[type, ...] = int, min=None, max=None,
+            choices=None):
+    """A notebook parameter that may be left as None: None takes the preset's value (`ci=`/`full=`); anything
+    else is checked at once (type, range, choices) and kept, so `layers=0` is an error, never quietly 2."""
+    if value is None:
+        return pick(preset, ci=ci, full=full)
+    return check(name, value, kind, min=min, max=max, choices=choices)
+
+
+def check(name: str, value, kind: type | tuple[type, ...] = int, *, min=None, max=None, choices=None):
+    """Type, range and choices of one parameter; the error names what is valid. A list/tuple parameter is
+    checked element by element against `choices`."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and int not in kinds:
+        kinds = (*kinds, int)  # 2 is a fine float
+    if choices is not None and isinstance(value, (list, tuple)) and list not in kinds and tuple not in kinds:
+        raise ParamError(f"parameter {name} must be one of {list(choices)}, got the list {value!r}")
+    check_type(name, value, *kinds)
+    if choices is not None:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in items if v not in choices]
+        if bad:
+            raise ParamError(f"parameter {name}: {bad if len(bad) > 1 else bad[0]!r} is not valid; choose from "
+                             f"{list(choices)}")
+    if min is not None and value < min:
+        raise ParamError(f"parameter {name} must be >= {min}, got {value!r}")
+    if max is not None and value > max:
+        raise ParamError(f"parameter {name} must be <= {max}, got {value!r}")
+    return value

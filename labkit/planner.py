@@ -247,6 +247,28 @@ def plot_plan(model: ShapeSpec | str, context: int, batch: int = 1, cards: list[
 
 # ---------------------------------------------------------------- notebook 01's card and verdicts
 
+PROFILE_EXPERIMENT = "hardware_profile"  # the record notebook 01 writes with `save_profile`
+
+
+def save_profile(config: dict, card: dict) -> dict:
+    """Store notebook 01's profile card (`profile_card`) as the 'hardware_profile' record."""
+    from labkit.records import save
+
+    return save(PROFILE_EXPERIMENT, config, card)
+
+
+def load_profile(root=None) -> dict:
+    """The latest stored profile card of notebook 01 (the metrics of its 'hardware_profile' record): the later
+    lessons print their predictions from it, next to what they measure."""
+    from labkit.records import latest
+
+    rec = latest(PROFILE_EXPERIMENT, root)
+    if rec is None:
+        raise FileNotFoundError("no hardware profile stored yet: run notebook 01 first "
+                                "(python -m labkit course --only 01)")
+    return rec["metrics"]
+
+
 def profile_card(probes: dict, baseline: dict, spec: ShapeSpec, dtype: str, layers: int, hw: Card,
                  disk: dict | None = None, loads: list[dict] | None = None,
                  agreement: list[dict] | None = None, device: str = "cpu") -> dict:

@@ -17,30 +17,25 @@ Methods (see `METHODS`):
   GPTQ and AWQ use calibration activations collected with forward hooks, layer by layer.
 - "gptqmodel": the GPTQModel library, an optional extra; skipped with the reason when it is not installed.
 
-A method this machine cannot run raises `QuantSkipped(reason)`; `evaluate_methods` / `benchmark_methods`
-record it as "skipped: <reason>" in that method's row, never another method's numbers.
+A method this machine cannot run raises `QuantSkipped(reason)` (`unsupported(method, device, dtype)` says why
+before trying); notebook 02's experiment (labkit.quant_experiment) records it as "skipped: <reason>" in that
+method's row, never another method's numbers.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import math
-import statistics
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from labkit import DATA
-
-if TYPE_CHECKING:
-    import pandas as pd
+from labkit.models import weight_bytes
 
 METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8", "bnb-nf4", "int4-rtn",
            "rtn", "gptq", "awq", "gptqmodel")
@@ -86,49 +81,6 @@ class QuantInfo:
 
 # ---------------------------------------------------------------- counting bytes
 
-def _tensor_bytes(t, seen: set) -> int:
-    """Bytes a tensor really holds: a torchao subclass is the sum of its inner tensors (qdata, scale, ...)."""
-    if isinstance(t, (tuple, list)):
-        return sum(_tensor_bytes(x, seen) for x in t)
-    if not isinstance(t, torch.Tensor):
-        return 0
-    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and type(t) is not nn.Parameter:
-        names, _ = t.__tensor_flatten__()
-        return sum(_tensor_bytes(getattr(t, n), seen) for n in names)
-    if t.is_quantized:  # torch.ao's qint8 tensors: 1 byte each (+ one scale per tensor or channel)
-        key = (t.data_ptr(), t.numel())
-    else:
-        key = (t.data_ptr(), t.numel(), t.dtype)
-    if key in seen:
-        return 0
-    seen.add(key)
-    return t.numel() * t.element_size()
-
-
-def stored_bytes(module: nn.Module) -> int:
-    """Bytes of everything in `module`'s state dict, counted as stored (packed, with scales), shared once."""
-    seen: set = set()
-    return sum(_tensor_bytes(v, seen) for v in module.state_dict(keep_vars=True).values())
-
-
-def saved_bytes(model: nn.Module) -> int:
-    """Bytes `torch.save(model.state_dict())` writes (the size on disk), without keeping them in memory."""
-
-    class _Count(io.RawIOBase):
-        n = 0
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, b) -> int:
-            self.n += len(b)
-            return len(b)
-
-    sink = _Count()
-    torch.save(model.state_dict(), sink)
-    return sink.n
-
-
 def _linear_names(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(skip)]
 
@@ -137,13 +89,13 @@ def _info(method: str, qmodel: nn.Module, names: list[str], params: int, seconds
           fake_bits: int | None = None, group_size: int | None = None) -> QuantInfo:
     mods = dict(qmodel.named_modules())
     if fake_bits is None:
-        lin = sum(stored_bytes(mods[n]) for n in names)
+        lin = sum(weight_bytes(mods[n]) for n in names)
     else:  # what packing would store: the codes, plus an fp16 scale and a `bits`-bit zero point per group
         groups = sum(math.ceil(mods[n].weight.shape[1] / (group_size or mods[n].weight.shape[1]))
                      * mods[n].weight.shape[0] for n in names)
         lin = (params * fake_bits + groups * (16 + fake_bits)) // 8
-        lin += sum(stored_bytes(mods[n]) - mods[n].weight.numel() * mods[n].weight.element_size() for n in names)
-    return QuantInfo(method, seconds, stored_bytes(qmodel), lin, params, fake=fake_bits is not None,
+        lin += sum(weight_bytes(mods[n]) - mods[n].weight.numel() * mods[n].weight.element_size() for n in names)
+    return QuantInfo(method, seconds, weight_bytes(qmodel), lin, params, fake=fake_bits is not None,
                      config=dict(cfg))
 
 
@@ -226,17 +178,6 @@ def awq_scales(weights: list[torch.Tensor], x: torch.Tensor, bits: int = 4, grou
 
 
 # ---------------------------------------------------------------- calibration
-
-def calibration_ids(tokenizer, n_samples: int = 16, seq_len: int = 256, seed: int = 0) -> torch.Tensor:
-    """`n_samples` seeded windows of `seq_len` tokens from data/eval/calibration.txt (never the held-out text)."""
-    text = (DATA / "eval" / "calibration.txt").read_text(encoding="utf-8")
-    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
-    if ids.numel() <= seq_len:
-        raise ValueError(f"calibration text has {ids.numel()} tokens, fewer than seq_len={seq_len}")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=g).tolist()
-    return torch.stack([ids[s: s + seq_len] for s in starts])
-
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
     """The decoder layers, quantized one after another; a model without them is one block."""
@@ -380,7 +321,8 @@ def quantize(model: nn.Module, method: str, *, bits: int = 4, group_size: int | 
     if method == "gptqmodel":
         _gptqmodel()
     if method in ("gptq", "awq", "gptqmodel") and calib is None:
-        raise ValueError(f"{method} needs calibration token ids: calib=calibration_ids(tokenizer)")
+        raise ValueError(f"{method} needs calibration token ids: calib=labkit.models.prompt_ids(256, batch=16, "
+                         "tokenizer=tok, source='calibration')")
     reason = unsupported(method, dev.type, next(model.parameters()).dtype)
     if reason:
         raise QuantSkipped(reason)
@@ -393,11 +335,23 @@ def quantize(model: nn.Module, method: str, *, bits: int = 4, group_size: int | 
         return q
 
     q = model if inplace else copy.deepcopy(model)
-    filt = _linear_filter(skip)
     t0 = time.perf_counter()
+    cfg.update(_rewrite(q, method, names, dev, skip, bits=bits, group_size=group_size, calib=calib, damp=damp,
+                        n_grid=n_grid, max_tokens=max_tokens))
+    seconds = time.perf_counter() - t0
+    q.eval()
+    q.labkit_quant = _info(method, q, names, params, seconds, cfg,
+                           fake_bits=bits if method in FAKE_QUANT else None, group_size=group_size)
+    return q
+
+
+def _rewrite(q: nn.Module, method: str, names: list[str], dev: torch.device, skip: tuple[str, ...], *, bits: int,
+             group_size: int | None, calib: torch.Tensor | None, damp: float, n_grid: int, max_tokens: int) -> dict:
+    """Quantize the linears `names` of `q` in place with `method` (all but bitsandbytes); returns what the
+    method adds to the config."""
     if method in ("int8-weight-only", "int8-dynamic", "int4-rtn"):
         quantize_ = _require_torchao()
-        quantize_(q, _torchao_config(method, dev, group_size), filter_fn=filt)
+        quantize_(q, _torchao_config(method, dev, group_size), filter_fn=_linear_filter(skip))
     elif method == "int8-dynamic-legacy":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
@@ -414,13 +368,9 @@ def quantize(model: nn.Module, method: str, *, bits: int = 4, group_size: int | 
                 lin.weight.copy_(fake_quant(lin.weight, bits, group_size))
     else:  # gptq, awq
         _calibrated(q, method, calib.to(dev), bits, group_size, skip, damp, n_grid, max_tokens)
-        cfg.update({"calib_shape": list(calib.shape), "damp": damp} if method == "gptq"
-                   else {"calib_shape": list(calib.shape), "n_grid": n_grid})
-    seconds = time.perf_counter() - t0
-    q.eval()
-    q.labkit_quant = _info(method, q, names, params, seconds, cfg,
-                           fake_bits=bits if method in FAKE_QUANT else None, group_size=group_size)
-    return q
+        return ({"calib_shape": list(calib.shape), "damp": damp} if method == "gptq"
+                else {"calib_shape": list(calib.shape), "n_grid": n_grid})
+    return {}
 
 
 def _linear_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
@@ -453,202 +403,3 @@ def _torchao_config(method: str, dev: torch.device, group_size: int | None):
     if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
         raise QuantSkipped("this PyTorch build lacks the CPU int4 matmul (aten._weight_int4pack_mm_for_cpu)")
     return PrototypeInt4WeightOnlyConfig(group_size=gs, set_inductor_config=False)
-
-
-# ---------------------------------------------------------------- measuring every method (notebook 02)
-
-QUALITY_BASE = {"int4-rtn": "bf16"}  # the dtype each method starts from; fp32 when not listed
-SPEED_BASE = {"int8-weight-only": "bf16", "int8-dynamic": "bf16", "int4-rtn": "bf16", "bnb-nf4": "bf16"}
-
-
-def _status(fn: Callable[[], nn.Module]) -> tuple[nn.Module | None, str]:
-    """Run one quantization; a method that cannot run here gives (None, 'skipped: <reason>')."""
-    try:
-        return fn(), "ok"
-    except QuantSkipped as e:
-        return None, f"skipped: {e}"
-
-
-def evaluate_methods(model: nn.Module, tokenizer, methods: list[str], *, calib: torch.Tensor,
-                     text: str, max_tokens: int = 4096, prompts: list[str] | None = None,
-                     new_tokens: int = 16, bits: int = 4, group_size: int = 128,
-                     progress: bool = True) -> pd.DataFrame:
-    """Quality of each method on a trained model: held-out perplexity, its ratio to fp32, greedy-token
-    agreement with fp32 (teacher-forced, see labkit.quality), and bytes. One row per method plus fp32 and
-    bf16; a method that cannot run here has its status and no numbers."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from labkit.quality import greedy_agreement, perplexity
-
-    fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
-    rows = []
-    base_ppl = None
-    for method in tqdm(["fp32", "bf16", *methods], desc="quality", disable=not progress):
-        base = "bf16" if method == "bf16" else QUALITY_BASE.get(method, "fp32")
-        src = copy.deepcopy(fp32).to(torch.bfloat16) if base == "bf16" else fp32
-        if method in ("fp32", "bf16"):
-            q, status = src, "ok"
-            q.labkit_quant = QuantInfo(method, 0.0, stored_bytes(q), *_plain_linear(q), config={})
-        else:
-            q, status = _status(lambda: quantize(src, method, bits=bits, group_size=group_size, calib=calib))
-        row = {"method": method, "base_dtype": base, "status": status}
-        if q is not None:
-            ppl = perplexity(q, tokenizer, text, max_tokens=max_tokens)["perplexity"]
-            base_ppl = ppl if method == "fp32" else base_ppl
-            info = q.labkit_quant
-            row.update({"perplexity": ppl, "ppl_vs_fp32": ppl / base_ppl,
-                        "bits_per_weight": info.bits_per_weight, "bytes_per_weight": info.bits_per_weight / 8,
-                        "bytes": info.bytes,
-                        "disk_bytes": saved_bytes(q), "quant_seconds": info.seconds, "fake_quant": info.fake})
-            if prompts:
-                row["token_agreement"] = greedy_agreement(fp32, q, tokenizer, prompts, new_tokens)["token_agreement"]
-        rows.append(row)
-        del q
-    return pd.DataFrame(rows)
-
-
-def _plain_linear(model: nn.Module) -> tuple[int, int]:
-    names = _linear_names(model, ("lm_head",))
-    mods = dict(model.named_modules())
-    return sum(stored_bytes(mods[n]) for n in names), sum(mods[n].weight.numel() for n in names)
-
-
-def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int = 32, new_tokens: int = 16,
-                      repeats: int = 3, seed: int = 0, progress: bool = True,
-                      compiled: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Speed of each method on a (shape-faithful) fp32 model: prefill (time to first token) and decode
-    (time per output token) at batch 1, as ratios against fp32 and bf16 measured side by side: each round
-    runs every model once, in a rotating order, and a ratio is the median over rounds of the per-round
-    ratio. Here every linear is quantized, output head included: with few layers the head would otherwise
-    be a far larger share of the bytes than in the full model. Fake-quantized methods are not timed.
-
-    `compiled` names runners ("int8-dynamic", "bf16", ...) to time a second time as "<name>+compile": greedy
-    decoding over a static KV cache through torch.compile (labkit.decode.StaticDecoder), which torchao's int8
-    kernels need to be fast on a CPU. Their cold start includes the compilation."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from labkit.bench import generate_timed
-    from labkit.models import prompt_ids
-
-    fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
-    ids = prompt_ids(prompt_len, vocab_size=fp32.config.vocab_size, seed=seed).to(_device(fp32))
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    runners: dict[str, nn.Module] = {"fp32": fp32, "bf16": bf16}
-    rows = {m: {"method": m, "base_dtype": m, "status": "ok", "bytes": stored_bytes(r),
-                "bytes_per_weight": 4.0 if m == "fp32" else 2.0} for m, r in runners.items()}
-    for method in tqdm(methods, desc="quantize", disable=not progress):
-        base = SPEED_BASE.get(method, "fp32")
-        row = {"method": method, "base_dtype": base}
-        if method in FAKE_QUANT:
-            row["status"] = "not timed: fake-quantized (dequantized fp weights); see int4-rtn for a packed kernel"
-        else:
-            q, row["status"] = _status(lambda: quantize(bf16 if base == "bf16" else fp32, method, skip=()))
-            if q is not None:
-                runners[method] = q
-                row.update({"bytes": q.labkit_quant.bytes, "bytes_per_weight": q.labkit_quant.bits_per_weight / 8,
-                            "quant_seconds": q.labkit_quant.seconds})
-        rows[method] = row
-    from labkit.decode import StaticDecoder
-
-    callers = {name: (lambda x, n, m=mod: generate_timed(m, x, n)[0]) for name, mod in runners.items()}
-    order = ["fp32", "bf16", *methods]
-    for name in compiled:
-        key = f"{name}+compile"
-        order.append(key)
-        if name not in runners:
-            rows[key] = {"method": key, "base_dtype": rows.get(name, {}).get("base_dtype"),
-                         "status": rows.get(name, {}).get("status", f"skipped: {name} was not run")}
-            continue
-        dec = StaticDecoder(runners[name], max_len=prompt_len + new_tokens, compile=True)
-        callers[key] = lambda x, n, d=dec: d.generate(x, n)[0]
-        rows[key] = {**rows[name], "method": key}
-    times: dict[str, dict[str, list[float]]] = {m: {"ttft": [], "tpot": [], "cold": []} for m in callers}
-    names = list(callers)
-    with torch.inference_mode():
-        for name in names:  # cold start (with compilation for +compile): the first call, apart
-            t0 = time.perf_counter()
-            callers[name](ids, 2)
-            times[name]["cold"].append(time.perf_counter() - t0)
-        for r in tqdm(range(repeats), desc="timing rounds", disable=not progress):
-            k = r % len(names)
-            for name in names[k:] + names[:k]:
-                rt = callers[name](ids, new_tokens)
-                times[name]["ttft"].append(rt.ttft)
-                times[name]["tpot"].append(rt.tpot)
-    for name in names:
-        t = times[name]
-        row = rows[name]
-        row.update({"cold_s": t["cold"][0], "prefill_ms": 1e3 * statistics.median(t["ttft"]),
-                    "decode_ms_per_token": 1e3 * statistics.median(t["tpot"])})
-        for ref in ("fp32", "bf16"):
-            row[f"prefill_x_vs_{ref}"] = _median_ratio(times[ref]["ttft"], t["ttft"])
-            row[f"decode_x_vs_{ref}"] = _median_ratio(times[ref]["tpot"], t["tpot"])
-    return pd.DataFrame([rows[m] for m in order])
-
-
-def _median_ratio(a: list[float], b: list[float]) -> float:
-    """Median over rounds of time_a / time_b (> 1: b is faster), as labkit.bench.Comparison.speedup."""
-    return statistics.median(x / y for x, y in zip(a, b, strict=True))
-
-
-def _row(df, method: str) -> dict | None:
-    hit = df[(df["method"] == method) & (df["status"] == "ok")]
-    return None if hit.empty else hit.iloc[0].to_dict()
-
-
-def verdicts(quality, speed=None) -> list[dict]:
-    """The guide's claims C5, C6 and C13, judged from the measured tables (never from typed-in numbers)."""
-    out = []
-    fp = _row(quality, "fp32")
-    int8 = [r for m in ("int8-dynamic", "int8-weight-only", "bnb-int8") if (r := _row(quality, m))]
-    if fp and int8:
-        r = int8[0]
-        size = r["bits_per_weight"] / 32
-        kept = r.get("token_agreement", float("nan"))
-        ok = size <= 0.27 and r["ppl_vs_fp32"] <= 1.05 and not kept < 0.95
-        out.append({"claim": "C5", "verdict": "reproduced" if ok else "not reproduced",
-                    "evidence": f"{r['method']}: linear weights {size:.2f} of fp32 ({r['bits_per_weight']:.2f} bits "
-                                f"each, whole model {r['bytes'] / fp['bytes']:.2f} of fp32 with embeddings kept); "
-                                f"perplexity x{r['ppl_vs_fp32']:.4f}, greedy tokens agreeing {kept:.1%}"})
-    rtn, gptq, awq = (_row(quality, m) for m in ("rtn", "gptq", "awq"))
-    if rtn and gptq and awq:
-        gap = {m: r["ppl_vs_fp32"] - 1 for m, r in (("rtn", rtn), ("gptq", gptq), ("awq", awq))}
-        ok = gap["gptq"] < gap["rtn"] and gap["awq"] < gap["rtn"]
-        out.append({"claim": "C6", "verdict": "reproduced" if ok else "not reproduced",
-                    "evidence": "perplexity above fp32 at the same bits and group size: "
-                                + ", ".join(f"{m} {g:+.2%}" for m, g in gap.items())})
-    int4 = _row(quality, "int4-rtn") or rtn
-    if int4 and int8:
-        g4, g8 = int4["ppl_vs_fp32"] - 1, int8[0]["ppl_vs_fp32"] - 1
-        if g4 > g8 and g4 > 0.01:
-            verdict = "reproduced (direction)"
-        elif g4 > g8:
-            verdict = "not reproduced here: INT4 loses more than INT8, but under 1% of perplexity"
-        else:
-            verdict = "not reproduced"
-        out.append({"claim": "C13", "verdict": verdict,
-                    "evidence": f"{int4['method']} perplexity {g4:+.2%} vs fp32, {int8[0]['method']} {g8:+.2%}; "
-                                "whether a loss is too much for finance or medicine needs a task metric, not "
-                                "perplexity"})
-    if speed is not None:
-        timed = speed[(speed["status"] == "ok") & speed["method"].str.contains("int8")]
-        if not timed.empty:
-            best = timed.sort_values("decode_x_vs_fp32").iloc[-1]
-            out.append({"claim": "C12 (INT8 part, for notebook 07)", "verdict": "measured",
-                        "evidence": f"fastest INT8 here: {best['method']} decodes {best['decode_x_vs_fp32']:.2f}x "
-                                    f"fp32 and {best['decode_x_vs_bf16']:.2f}x bf16 (the guide: 2.3x)"})
-    return out
-
-
-def summary_table(quality, speed):
-    """One row per method: quality on the trained model next to speed on the shape-faithful one."""
-    q = quality.reindex(columns=["method", "status", "bits_per_weight", "perplexity", "ppl_vs_fp32",
-                                 "token_agreement", "bytes", "disk_bytes", "quant_seconds"])
-    q = q.rename(columns={"status": "quality_status", "bytes": "quality_model_bytes",
-                          "quant_seconds": "quant_s_quality_model"})
-    s = speed.reindex(columns=["method", "status", "bytes", "prefill_x_vs_fp32", "decode_x_vs_fp32",
-                               "prefill_x_vs_bf16", "decode_x_vs_bf16", "decode_ms_per_token", "cold_s"])
-    s = s.rename(columns={"status": "speed_status", "bytes": "speed_model_bytes"})
-    return q.merge(s, on="method", how="outer", sort=False)  # "+compile" rows have speed only

@@ -24,8 +24,17 @@ def reports_dir() -> Path:
     return Path(os.environ.get("LABKIT_REPORTS") or ROOT / "reports")
 
 
+def staging_dir() -> Path | None:
+    """While the course runner executes a notebook, the records and figures it writes go to a staging folder
+    ($LABKIT_STAGING) and are moved into reports/ only if the notebook succeeds: a failed run leaves nothing
+    in the results that the index and later lessons read (its files stay with its executed copy)."""
+    s = os.environ.get("LABKIT_STAGING")
+    return Path(s) if s else None
+
+
 def results_dir() -> Path:
-    return reports_dir() / "results"
+    """Where new records are written: the staging folder during a course run, else reports/results."""
+    return (staging_dir() or reports_dir()) / "results"
 
 
 def _jsonable(x):
@@ -61,7 +70,7 @@ def make_record(experiment: str, config: dict, metrics: dict, fingerprint: dict 
         "metrics": metrics,
         "fingerprint": fingerprint,
         "versions": fingerprint.get("versions", {}),
-        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
     })
 
 
@@ -75,16 +84,28 @@ def write_record(record: dict, root: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=1, sort_keys=True)
     stamp = record["time"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    path = folder / f"{stamp}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    return atomic_write(folder / f"{stamp}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.json", text)
+
+
+def atomic_write(path: Path, data: str | bytes | None = None, write=None) -> Path:
+    """Write a file so that a reader sees the old file or the whole new one, never half of it: write a temp
+    file beside it, fsync, rename over. Give `data` (text or bytes), or `write(tmp_path)` for writers that take a
+    path (matplotlib's savefig). A failure leaves no temp file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
+        if write is not None:
+            write(tmp)
+        else:
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -97,22 +118,24 @@ def save(experiment: str, config: dict, metrics: dict, root: Path | None = None)
 
 
 def read_records(root: Path | None = None, experiment: str | None = None) -> list[dict]:
-    root = Path(root) if root is not None else results_dir()
-    if not root.exists():
-        return []
+    """Every record under `root` (default: reports/results, plus what the running notebook has staged)."""
+    roots = [Path(root)] if root is not None else [reports_dir() / "results"] + (
+        [staging_dir() / "results"] if staging_dir() else [])
     pattern = f"{experiment.replace('/', '_')}/*.json" if experiment else "*/*.json"
     out = []
-    for p in sorted(root.glob(pattern)):
+    for p in sorted(q for r in roots if r.exists() for q in r.glob(pattern)):
         if p.name.startswith(".tmp-"):
             continue
         rec = json.loads(p.read_text())
         rec["_path"] = str(p)
         out.append(rec)
-    out.sort(key=lambda r: (r["time"], r["_path"]))
+    out.sort(key=lambda r: (_dt.datetime.fromisoformat(r["time"]), r["_path"]))  # oldest first
     return out
 
 
 def latest(experiment: str, root: Path | None = None) -> dict | None:
+    """The newest record of `experiment` (times are stored to the microsecond, so of two records written in
+    the same second the later one wins)."""
     recs = read_records(root, experiment)
     return recs[-1] if recs else None
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from labkit.records import reports_dir
+from labkit.records import atomic_write, reports_dir, staging_dir
 
 
 def figures_dir(root: Path | None = None) -> Path:
-    d = (Path(root) if root is not None else reports_dir()) / "figures"
+    """<root>/figures; by default where a notebook's figures go now (staged during a course run, see
+    labkit.records.staging_dir)."""
+    d = (Path(root) if root is not None else (staging_dir() or reports_dir())) / "figures"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -18,11 +20,8 @@ def save_figure(fig, name: str) -> Path:
     """Save a matplotlib figure as reports/figures/<name>.png (the index links it) and return the path."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"figure name must be a plain file stem, got {name!r}")
-    path = figures_dir() / f"{name}.png"
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    return atomic_write(figures_dir() / f"{name}.png",
+                        write=lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
 def _fmt(v) -> str:
@@ -110,8 +109,4 @@ td,th{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margi
 {status}<h2>Executed notebooks</h2><ul>{''.join(items) or '<li>none yet</li>'}</ul>
 <h2>Results (latest record of each experiment)</h2>{''.join(_summary_rows(reports)) or '<p>none yet</p>'}
 <h2>Figures</h2>{figs or '<p>none yet</p>'}</body></html>"""
-    out = reports / "index.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write(reports / "index.html", page)

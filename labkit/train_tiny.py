@@ -106,12 +106,8 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab: i
     return float(torch.exp(-logp[eval_ids].mean()))
 
 
-def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
-    from labkit.quality import perplexity
-
-    if threads:
-        torch.set_num_threads(threads)
-    t_start = time.time()
+def _corpus(r: TinyRecipe):
+    """The split corpus, its tokenizer and token ids: (tok, train ids, eval ids, eval text, calibration text)."""
     train_docs = stdlib_files("train")
     held_docs = stdlib_files("heldout")
     eval_text = join_documents(held_docs, r.eval_chars)
@@ -119,16 +115,19 @@ def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
     train_text = join_documents(train_docs)
     print(f"corpus: {len(train_docs)} training files ({len(train_text)/1e6:.1f} M chars), "
           f"{len(held_docs)} held-out files; eval text {len(eval_text)/1e3:.0f} K chars")
-
     tok = train_tokenizer(train_text[: r.tokenizer_train_chars], r.vocab_size)
-    eot = tok.convert_tokens_to_ids(EOT)
     ids = torch.tensor(tok(train_text, verbose=False)["input_ids"], dtype=torch.long)
     eval_ids = torch.tensor(tok(eval_text, verbose=False)["input_ids"], dtype=torch.long)
     print(f"tokens: {ids.numel()/1e6:.2f} M training, {eval_ids.numel()/1e3:.0f} K held-out "
           f"({len(train_text)/ids.numel():.2f} chars/token)")
+    return tok, ids, eval_ids, eval_text, calib_text
 
-    model = build_model(r, eot)
-    n_params = sum(p.numel() for p in model.parameters())
+
+def train_steps(model, ids: torch.Tensor, r: TinyRecipe, progress: bool = True, desc: str | None = None) -> list[float]:
+    """`r.steps` AdamW steps of next-token prediction on seeded random windows of `ids` (the recipe's batch,
+    window, cosine schedule, weight decay on matrices, grad clip 1.0; bf16 autocast where the CPU has bf16
+    dot products). Used to train the embedded model, and by later lessons to fine-tune one (pruning's
+    recovery). Returns the loss of every step; leaves the model in eval mode."""
     use_bf16 = _bf16_ok()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -136,9 +135,8 @@ def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(r.seed)
     model.train()
-    t_train = time.time()
-    losses = []
-    bar = tqdm(range(r.steps), desc=f"train {r.name}", mininterval=5)
+    losses: list[float] = []
+    bar = tqdm(range(r.steps), desc=desc or f"train {r.name}", mininterval=5, disable=not progress)
     for step in bar:
         starts = torch.randint(0, ids.numel() - r.seq_len - 1, (r.batch_size,), generator=gen)
         batch = torch.stack([ids[s : s + r.seq_len + 1] for s in starts.tolist()])
@@ -155,8 +153,22 @@ def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
-    train_s = time.time() - t_train
     model.eval()
+    return losses
+
+
+def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
+    """Train the embedded model with recipe `r` and write it, its card and the evaluation texts to `out`."""
+    from labkit.quality import perplexity
+
+    if threads:
+        torch.set_num_threads(threads)
+    t_start = time.time()
+    tok, ids, eval_ids, eval_text, calib_text = _corpus(r)
+    model = build_model(r, tok.convert_tokens_to_ids(EOT))
+    t_train = time.time()
+    losses = train_steps(model, ids, r)
+    train_s = time.time() - t_train
 
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.do_sample = False
@@ -168,17 +180,16 @@ def train(r: TinyRecipe, out: Path, threads: int | None = None) -> dict:
     (DATA / "eval" / "calibration.txt").write_text(calib_text, encoding="utf-8")
 
     ppl = perplexity(model, tok, eval_text)
-    uni = unigram_perplexity(ids, eval_ids, r.vocab_size)
-    prompt = SAMPLE_PROMPT
-    sample = sample_continuation(model, tok, prompt)
     info = {
-        "recipe": asdict(r), "parameters": n_params, "training_tokens": r.steps * r.batch_size * r.seq_len,
+        "recipe": asdict(r), "parameters": sum(p.numel() for p in model.parameters()),
+        "training_tokens": r.steps * r.batch_size * r.seq_len,
         "corpus_tokens": int(ids.numel()), "train_seconds": round(train_s, 1),
-        "total_seconds": round(time.time() - t_start, 1), "bf16_autocast": use_bf16,
+        "total_seconds": round(time.time() - t_start, 1), "bf16_autocast": _bf16_ok(),
         "final_loss_avg50": sum(losses[-50:]) / len(losses[-50:]), "heldout_perplexity": ppl["perplexity"],
-        "heldout_tokens_scored": ppl["tokens"], "unigram_perplexity": uni, "sample_prompt": prompt,
-        "sample": sample, "python": sys.version.split()[0], "torch": torch.__version__,
-        "machine": cpu_model(), "threads": torch.get_num_threads(),
+        "heldout_tokens_scored": ppl["tokens"], "unigram_perplexity": unigram_perplexity(ids, eval_ids, r.vocab_size),
+        "sample_prompt": SAMPLE_PROMPT, "sample": sample_continuation(model, tok, SAMPLE_PROMPT),
+        "python": sys.version.split()[0], "torch": torch.__version__, "machine": cpu_model(),
+        "threads": torch.get_num_threads(),
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.md").write_text(model_card(info))

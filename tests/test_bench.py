@@ -124,3 +124,83 @@ def test_measure_requests_returns_cold_apart(tiny_llama):
     cold, warm = bench.measure_requests(tiny_llama, prompts, 4, repeats=2, progress=False)
     assert cold.output_tokens == 4
     assert len(warm) == 4 and all(r.output_tokens == 4 and r.prompt_tokens == 12 for r in warm)
+
+
+def test_run_rounds_rotates_the_order_and_keeps_the_cold_call_apart(clock):
+    log = []
+    cost = {"a": 3.0, "b": 1.0, "c": 2.0}
+
+    def make(name):
+        def fn():
+            log.append(name)
+            clock.t += cost[name]
+            return {"tokens": 10}
+        return fn
+
+    r = bench.run_rounds({n: make(n) for n in "abc"}, 3, progress=False)
+    assert log == list("abc") + list("abc") + list("bca") + list("cab")  # cold calls, then rotating rounds
+    assert r.cold["a"]["s"] == 3.0 and r.values["a"]["s"] == [3.0] * 3
+    assert r.values["b"]["tokens"] == [10.0] * 3  # a returned metric is kept per round
+    assert r.ratio("a", "b").value == 3.0  # b is 3x faster than a
+    assert r.ratio("a", "b", "tokens", higher_is_better=True).value == 1.0
+    log.clear()
+    bench.run_rounds({n: make(n) for n in "ab"}, 2, cold=False, progress=False)
+    assert log == ["a", "b", "b", "a"]
+    with pytest.raises(ValueError):
+        bench.run_rounds({"a": make("a")}, 0)
+
+
+def test_ratio_words_follow_the_numbers_and_call_noise_inconclusive():
+    assert bench.Ratio([2.4, 2.5, 2.6]).words() == "2.50x faster"
+    assert bench.Ratio([0.4, 0.5, 0.45]).words() == "2.22x slower"
+    flat = bench.Ratio([1.02, 0.99, 1.03, 1.01, 1.00])
+    assert not flat.conclusive and flat.words().startswith("inconclusive (1.01x")
+    torn = bench.Ratio([1.5, 0.7, 1.6, 0.6, 1.4])  # beyond the floor in the median, but rounds disagree
+    assert not torn.conclusive
+    assert bench.Ratio([1.08] * 5, noise=0.1).words().startswith("inconclusive")
+    assert bench.Ratio([1.08] * 5, noise=0.05).words() == "1.08x faster"
+    assert bench.Ratio([2.0, 2.0, 2.0]).words("more throughput", "less throughput") == "2.00x more throughput"
+    assert f"{bench.Ratio([1.5, 2.5, 2.0]):.1f}" == "2.0"
+
+
+def test_load_watch_sees_another_process_using_the_cpu():
+    import subprocess
+    import sys
+    import time as _time
+
+    with bench.LoadWatch() as quiet:
+        _time.sleep(0.6)
+    # a busy loop that is not our child (started through a middle process that exits at once): our own and our
+    # children's CPU time never counts as "others"
+    loop = "import time\nt = time.time()\nwhile time.time() - t < 4: pass"
+    starter = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+               "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+    pid = int(subprocess.run([sys.executable, "-c", starter, loop], capture_output=True, text=True,
+                             check=True).stdout)
+    try:
+        _time.sleep(0.5)
+        with bench.LoadWatch() as loaded:
+            _time.sleep(1.5)
+    finally:
+        import os
+        import signal
+
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if loaded.result["others_cpu_share"] is None:
+        pytest.skip("no /proc/stat on this OS: others' CPU use is not measurable")
+    # one busy core out of all of them, and nothing of ours: the quiet window must read lower
+    assert loaded.result["others_cpu_share"] > 0.5 / (__import__("os").cpu_count() or 1)
+    assert loaded.result["busy"] and "another process used" in loaded.warning
+    assert quiet.result["others_cpu_share"] < loaded.result["others_cpu_share"]
+
+
+def test_summarize_counts_failed_requests():
+    ok = RequestTiming(start=0.0, token_times=[1.0, 2.0], prompt_tokens=4)
+    failed = RequestTiming(start=0.0, token_times=[], prompt_tokens=4)
+    m = summarize([ok, failed, failed])
+    assert m["completed"] == 1 and m["failed"] == 2
+    with pytest.raises(ValueError, match="3 sent, all failed"):
+        summarize([failed] * 3)

@@ -23,15 +23,21 @@ def fake_course(tmp_path, monkeypatch):
     d.mkdir()
     _nb(d / "00_ok.ipynb", ["from labkit.params import check_preset\ncheck_preset(preset)", "print(n * 2)"])
     _nb(d / "01_broken.ipynb", ["x = 1", "raise ValueError('deliberate failure')"])
+    writes = ("from labkit import records, report\nimport matplotlib.pyplot as plt\n"
+              "records.save('02_partial', {}, {'x': 1})\nreport.save_figure(plt.figure(), '02_partial')")
+    _nb(d / "02_writes_then_fails.ipynb", [writes, "raise RuntimeError('after writing')"])
+    _nb(d / "03_writes.ipynb", [writes.replace("02_partial", "03_done")])
     monkeypatch.setattr(course, "NOTEBOOKS_DIR", d)
     return d
 
 
 def test_selection_validates_ids(fake_course):
-    assert course.select(None) == ["00", "01"]
+    assert course.select(None) == ["00", "01", "02", "03"]
     assert course.select("1") == ["01"]
     with pytest.raises(course.CourseError, match="valid ids: 00, 01"):
         course.select("00,07")
+    with pytest.raises(course.CourseError, match="names no notebook"):
+        course.select(",")
 
 
 def test_real_course_has_numbered_notebooks_with_parameters():
@@ -80,3 +86,26 @@ def test_cli_exit_codes(fake_course, reports, capsys):
     assert main(["course", "--only", "01", "--reports", str(reports)]) == 1
     assert main(["course", "--only", "00", "-p", "n=5", "--reports", str(reports)]) == 0
     assert "1 notebook(s) ran, 0 failed" in capsys.readouterr().out
+
+
+def test_a_failed_notebook_leaves_its_records_and_figures_with_its_executed_copy(fake_course, reports):
+    run = course.run_course("ci", "02,03", reports=reports, stop_on_error=False)
+    failed, ok = run.runs
+    assert failed.error and "after writing" in failed.error and ok.error is None
+    assert [p.parent.name for p in (reports / "results").glob("*/*.json")] == ["03_done"]
+    assert [p.name for p in (reports / "figures").glob("*.png")] == ["03_done.png"]
+    kept = failed.failed_copy.parent
+    assert list(kept.glob("staged/results/02_partial/*.json")) and (kept / "staged/figures/02_partial.png").exists()
+    assert "LABKIT_STAGING" not in __import__("os").environ  # the runner's own environment is restored
+
+
+def test_every_parameter_is_checked_before_the_first_notebook_runs(fake_course, reports, capsys, tmp_path):
+    with pytest.raises(ParamError, match="notebook 01 .* has no parameter"):
+        course.run_course("ci", "00,01", {"n": 2, "01": {"m": 3}}, reports=reports)
+    assert not (reports / "notebooks").exists()  # notebook 00 did not run first
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"n": 2,}')
+    assert main(["course", "--params", str(bad), "--reports", str(reports)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["course", "--only", ",", "--reports", str(reports)]) == 2
+    assert "names no notebook" in capsys.readouterr().err

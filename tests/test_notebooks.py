@@ -22,7 +22,12 @@ def shared_reports(tmp_path_factory):
 def test_notebook_runs_with_ci_preset(nb_id, shared_reports, monkeypatch):
     monkeypatch.setenv("LABKIT_REPORTS", str(shared_reports))
     params = json.loads((course.ROOT / "ci" / "params.json").read_text())
+    before = set((shared_reports / "results").glob("*/*.json"))
     r = course.run_notebook(nb_id, "ci", course.params_for(nb_id, params), shared_reports, progress=False)
     assert r.error is None, r.error
     assert r.output.exists() and r.html.exists()
-    assert list((shared_reports / "results").glob("*/*.json")), "the notebook stored no result record"
+    new = set((shared_reports / "results").glob("*/*.json")) - before
+    assert new, f"notebook {nb_id} stored no result record of its own"
+    for path in new:  # each new record was written by this run, in the ci preset
+        rec = json.loads(path.read_text())
+        assert rec["config"].get("preset") == "ci", (path, rec["config"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import quant
+from labkit import models, quant
 from labkit.models import EMBEDDED, MODELS_DIR
 
 GROUP = 64
@@ -66,7 +66,7 @@ def test_method_keeps_shape_shrinks_and_stays_close(small, method):
     # codes plus scales: on these 128-wide rows a per-row fp32 scale and zero point add up to 0.5 bit
     assert info.bits_per_weight <= (8.5 if "int8" in method else 4.75), info
     if not info.fake:
-        assert info.bytes < quant.stored_bytes(model)
+        assert info.bytes < models.weight_bytes(model)
     assert info.seconds >= 0
     for k, v in model.state_dict().items():  # the input model is left as it was
         assert torch.equal(v, before[k]), k
@@ -148,22 +148,28 @@ def test_gptq_and_awq_through_the_model(small):
 
 def test_stored_bytes_counts_packed_tensors():
     lin = nn.Sequential(nn.Linear(256, 128, bias=False))
-    assert quant.stored_bytes(lin) == 256 * 128 * 4
+    assert models.weight_bytes(lin) == 256 * 128 * 4
     q = quant.quantize(lin, "int8-weight-only", skip=())
     # int8 codes, plus one scale (and zero point) per output row
     assert 256 * 128 <= q.labkit_quant.linear_bytes <= 256 * 128 + 128 * 16
-    assert quant.saved_bytes(q) > q.labkit_quant.linear_bytes
+    assert models.saved_bytes(q) > q.labkit_quant.linear_bytes
 
 
-def test_calibration_ids_are_seeded_windows():
+def test_calibration_windows_are_seeded_and_come_from_the_training_side():
     class Tok:  # one id per character: enough to check windows and seeding
         def __call__(self, text, return_tensors=None, verbose=None):
-            return {"input_ids": torch.tensor([[ord(c) % 1000 for c in text]])}
+            return {"input_ids": torch.tensor([[ord(c) for c in text]])}
 
-    a = quant.calibration_ids(Tok(), n_samples=3, seq_len=50, seed=0)
-    b = quant.calibration_ids(Tok(), n_samples=3, seq_len=50, seed=0)
+    a = models.prompt_ids(50, batch=3, tokenizer=Tok(), seed=0, source="calibration")
+    b = models.prompt_ids(50, batch=3, tokenizer=Tok(), seed=0, source="calibration")
     assert a.shape == (3, 50) and torch.equal(a, b)
-    assert not torch.equal(a, quant.calibration_ids(Tok(), n_samples=3, seq_len=50, seed=1))
+    assert not torch.equal(a, models.prompt_ids(50, batch=3, tokenizer=Tok(), seed=1, source="calibration"))
+    calib = (models.DATA / "eval" / "calibration.txt").read_text(encoding="utf-8")
+    assert "".join(chr(i) for i in a[0].tolist()) in calib
+    held = models.prompt_ids(50, batch=3, tokenizer=Tok(), seed=0)
+    assert not torch.equal(a, held)  # another text
+    with pytest.raises(ValueError, match="unknown text source"):
+        models.prompt_ids(50, tokenizer=Tok(), source="secret")
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +196,7 @@ def test_embedded_model_keeps_perplexity(embedded, method):
 
     model, tok, text, base = embedded
     src = copy.deepcopy(model).to(torch.bfloat16) if method == "int4-rtn" else model
-    calib = quant.calibration_ids(tok, n_samples=4, seq_len=128) if method in ("gptq", "awq") else None
+    calib = models.prompt_ids(128, batch=4, tokenizer=tok, source="calibration") if method in ("gptq", "awq") else None
     try:
         q = quant.quantize(src, method, calib=calib)
     except quant.QuantSkipped as e:
@@ -199,7 +205,7 @@ def test_embedded_model_keeps_perplexity(embedded, method):
     with torch.no_grad():
         assert q(input_ids=ids).logits.shape == model(input_ids=ids).logits.shape
     if not q.labkit_quant.fake:
-        assert q.labkit_quant.bytes < quant.stored_bytes(model)
+        assert q.labkit_quant.bytes < models.weight_bytes(model)
     ppl = perplexity(q, tok, text, max_tokens=512)["perplexity"]
     assert ppl / base - 1 < PPL_BOUND[method], (method, ppl, base)
 

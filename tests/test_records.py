@@ -35,3 +35,28 @@ def test_bad_records_are_refused(reports):
 def test_no_records_gives_empty_frame(reports):
     assert records.load_records().empty
     assert records.latest("nothing") is None
+
+
+def test_the_newer_of_two_records_written_in_the_same_second_wins(reports):
+    fp = {"cpu": "test", "versions": {}}
+    for i in range(12):  # a dozen in well under a second: each must be the latest when written
+        records.write_record(records.make_record("race", {"i": i}, {}, fingerprint=fp))
+        assert records.latest("race")["config"]["i"] == i
+    times = [r["time"] for r in records.read_records(experiment="race")]
+    assert len(set(t[:19] for t in times)) < len(times)  # several shared a second, so the test means something
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    target = tmp_path / "x" / "f.txt"
+    records.atomic_write(target, "old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        records.atomic_write(target, write=broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["f.txt"]
+    records.atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"

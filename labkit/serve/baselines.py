@@ -150,9 +150,6 @@ def run_engine(engine, trace: Sequence[Request]) -> Replay:
     outputs: list[list[int]] = [[] for _ in trace]
     for sid, i in index_of.items():
         seq = seqs.get(sid) or engine.get(sid)  # a request rejected at add_request never comes out of step()
-        if seq is None:
-            raise RuntimeError(f"the engine lost request {i} (seq id {sid}): it never finished and get() "
-                               "does not know it")
         timings[i], outputs[i] = seq.to_request_timing(), list(seq.output_token_ids)
     return timings, outputs
 

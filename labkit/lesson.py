@@ -1,0 +1,78 @@
+"""What every lesson notebook does at its start and end, so the notebooks stay short and alike:
+
+    run = lesson.start("03_pruning", preset)   # the machine, the clock and the load, from the first cell
+    lesson.show(fig, "03_quality_vs_speed")    # the figure inline in the notebook, and saved for the index
+    run.save("03_pruning", config, metrics)    # a record; the run's load so far goes with it
+    run.finish()                               # how long the notebook took and whether the machine was busy
+
+A notebook that was timed while another process used the CPU says so, with the share it took: side-by-side
+ratios still hold, absolute times do not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from labkit import records
+from labkit.bench import LoadWatch
+from labkit.params import check_preset
+
+
+@dataclass
+class Run:
+    name: str
+    preset: str
+    started: float = field(default_factory=time.perf_counter)
+    watch: LoadWatch = field(default_factory=lambda: LoadWatch().start())
+    saved: list[str] = field(default_factory=list)
+
+    def load(self) -> dict:
+        """The machine's load since the notebook started (LoadWatch.read)."""
+        return self.watch.read()
+
+    def save(self, experiment: str, config: dict, metrics: dict) -> dict:
+        """records.save with the preset in the config and the load so far in the metrics (`load`)."""
+        rec = records.save(experiment, {"preset": self.preset, **config}, {**metrics, "load": self.load()})
+        self.saved.append(rec["_path"])
+        return rec
+
+    def finish(self) -> dict:
+        """Print the notebook's duration and load; returns them."""
+        load = self.load()
+        minutes = (time.perf_counter() - self.started) / 60
+        share = load.get("others_cpu_share")
+        busy = ("the machine was otherwise idle" if share is not None and not load["busy"] else
+                LoadWatch.warning.fget(self.watch) if load["busy"] else "others' CPU use not measurable here")
+        print(f"{self.name} took {minutes:.1f} min (preset {self.preset}); {busy}")
+        return {"minutes": minutes, **load}
+
+
+def start(name: str, preset: str, describe: bool = True) -> Run:
+    """Begin a lesson: validate the preset, print the machine (labkit.hardware.describe) and start the clock
+    and the load watch."""
+    check_preset(preset)
+    if describe:
+        from labkit.hardware import describe as _describe
+
+        print(_describe())
+    return Run(name, preset)
+
+
+def show(fig, name: str):
+    """Save `fig` for the index (reports/figures/<name>.png) and display it inline in the notebook, once."""
+    import matplotlib.pyplot as plt
+
+    from labkit.report import save_figure
+
+    path = save_figure(fig, name)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+    except ImportError:
+        pass
+    plt.close(fig)
+    return path

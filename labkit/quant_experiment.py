@@ -1,0 +1,240 @@
+"""Notebook 02's experiment: every quantization method measured for quality and for speed, side by side.
+
+The technique lives in `labkit.quant` (`quantize`); this module holds the loops that measure it:
+- `evaluate_methods`: quality on the embedded trained model (held-out perplexity, greedy-token agreement,
+  bytes) for fp32, bf16 and each method;
+- `benchmark_methods`: speed on a shape-faithful model, prefill (TTFT) and decode (TPOT) at batch 1, every
+  method timed once per round in rotating order (`labkit.bench.run_rounds`), ratios per round;
+- `summary_table` and `verdicts` (claims C5, C6, C13 and the INT8 factor of C12).
+A method that cannot run here is a row "skipped: <reason>", never another method's numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from labkit.models import saved_bytes, weight_bytes
+from labkit.quant import FAKE_QUANT, QuantInfo, QuantSkipped, _linear_names, quantize, unsupported
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Speed is measured from bf16 for the weight-only kernels that compute in 16 bits (gpt-fast's path); quality
+# from fp32 wherever the method accepts it. Where a method cannot start from the preferred dtype (torchao's
+# CPU int4 needs bf16, quantize_dynamic fp32: quant.unsupported says which), the other one is used.
+SPEED_PREFERS_BF16 = ("int8-weight-only", "int8-dynamic", "int4-rtn", "bnb-nf4")
+
+
+def base_dtype(method: str, device: str, prefer: str = "fp32") -> str:
+    """The dtype `method` starts from on `device`: `prefer`, unless quant.unsupported refuses it there."""
+    if method in ("fp32", "bf16"):
+        return method
+    other = "bf16" if prefer == "fp32" else "fp32"
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if unsupported(method, device, dt[prefer]) and not unsupported(method, device, dt[other]):
+        return other
+    return prefer
+
+
+def _status(fn: Callable[[], nn.Module]) -> tuple[nn.Module | None, str]:
+    """Run one quantization; a method that cannot run here gives (None, 'skipped: <reason>')."""
+    try:
+        return fn(), "ok"
+    except QuantSkipped as e:
+        return None, f"skipped: {e}"
+
+
+def _plain_linear(model: nn.Module) -> tuple[int, int]:
+    names = _linear_names(model, ("lm_head",))
+    mods = dict(model.named_modules())
+    return sum(weight_bytes(mods[n]) for n in names), sum(mods[n].weight.numel() for n in names)
+
+
+def _device(model: nn.Module) -> str:
+    return next(model.parameters()).device.type
+
+
+def evaluate_methods(model: nn.Module, tokenizer, methods: list[str], *, calib: torch.Tensor,
+                     text: str, max_tokens: int = 4096, prompts: list[str] | None = None,
+                     new_tokens: int = 16, bits: int = 4, group_size: int = 128,
+                     progress: bool = True) -> pd.DataFrame:
+    """Quality of each method on a trained model: held-out perplexity, its ratio to fp32, greedy-token
+    agreement with fp32 (teacher-forced, see labkit.quality), and bytes. One row per method plus fp32 and
+    bf16; a method that cannot run here has its status and no numbers."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
+    bf16 = None
+    rows = []
+    for method in tqdm(["fp32", "bf16", *methods], desc="quality", disable=not progress):
+        base = base_dtype(method, _device(fp32))
+        if base == "bf16" and bf16 is None:
+            bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+        src = bf16 if base == "bf16" else fp32
+        if method in ("fp32", "bf16"):
+            q, status = src, "ok"
+            q.labkit_quant = QuantInfo(method, 0.0, weight_bytes(q), *_plain_linear(q), config={})
+        else:
+            q, status = _status(lambda: quantize(src, method, bits=bits, group_size=group_size, calib=calib))
+        row = {"method": method, "base_dtype": base, "status": status}
+        if q is not None:
+            row.update(_quality_row(q, fp32, tokenizer, text, max_tokens, prompts, new_tokens))
+            row["ppl_vs_fp32"] = row["perplexity"] / rows[0]["perplexity"] if rows else 1.0
+        rows.append(row)
+        del q
+    return pd.DataFrame(rows)
+
+
+def _quality_row(q: nn.Module, fp32: nn.Module, tokenizer, text: str, max_tokens: int | None,
+                 prompts: list[str] | None, new_tokens: int) -> dict:
+    from labkit.quality import greedy_agreement, perplexity
+
+    info = q.labkit_quant
+    row = {"perplexity": perplexity(q, tokenizer, text, max_tokens=max_tokens)["perplexity"],
+           "bits_per_weight": info.bits_per_weight, "bytes_per_weight": info.bits_per_weight / 8,
+           "bytes": info.bytes, "disk_bytes": saved_bytes(q), "quant_seconds": info.seconds,
+           "fake_quant": info.fake}
+    if prompts:
+        row["token_agreement"] = greedy_agreement(fp32, q, tokenizer, prompts, new_tokens)["token_agreement"]
+    return row
+
+
+def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool) -> tuple[dict, dict]:
+    """fp32, bf16 and each method's quantized copy of the speed model (every linear, head included: with few
+    layers the head would otherwise be a far larger share of the bytes than in the full model)."""
+    from tqdm.auto import tqdm
+
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    runners: dict[str, nn.Module] = {"fp32": fp32, "bf16": bf16}
+    rows = {m: {"method": m, "base_dtype": m, "status": "ok", "bytes": weight_bytes(r),
+                "bytes_per_weight": 4.0 if m == "fp32" else 2.0} for m, r in runners.items()}
+    dev = _device(fp32)
+    for method in tqdm(methods, desc="quantize", disable=not progress):
+        base = base_dtype(method, dev, "bf16" if method in SPEED_PREFERS_BF16 else "fp32")
+        row = {"method": method, "base_dtype": base}
+        if method in FAKE_QUANT:
+            row["status"] = "not timed: fake-quantized (dequantized fp weights); see int4-rtn for a packed kernel"
+        else:
+            q, row["status"] = _status(lambda: quantize(bf16 if base == "bf16" else fp32, method, skip=()))
+            if q is not None:
+                runners[method] = q
+                row.update({"bytes": q.labkit_quant.bytes, "bytes_per_weight": q.labkit_quant.bits_per_weight / 8,
+                            "quant_seconds": q.labkit_quant.seconds})
+        rows[method] = row
+    return runners, rows
+
+
+def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int = 32, new_tokens: int = 16,
+                      repeats: int = 3, seed: int = 0, progress: bool = True,
+                      compiled: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Speed of each method on a (shape-faithful) fp32 model: prefill (time to first token) and decode
+    (time per output token) at batch 1, as ratios against fp32 and bf16 measured side by side: every model
+    serves one request per round, rounds rotating the order (labkit.bench.run_rounds), and a ratio is the
+    median over rounds of the per-round ratio. Fake-quantized methods are not timed.
+
+    `compiled` names runners ("int8-dynamic", "bf16", ...) to time a second time as "<name>+compile": greedy
+    decoding over a static KV cache through torch.compile (labkit.decode.StaticDecoder), which torchao's int8
+    kernels need to be fast on a CPU. Their cold start includes the compilation."""
+    import pandas as pd
+
+    from labkit.bench import generate_timed, run_rounds
+    from labkit.decode import StaticDecoder
+    from labkit.models import prompt_ids
+
+    fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
+    ids = prompt_ids(prompt_len, vocab_size=fp32.config.vocab_size, seed=seed).to(fp32.device)
+    runners, rows = _speed_runners(fp32, methods, progress)
+
+    def timed(rt) -> dict:
+        return {"ttft": rt.ttft, "tpot": rt.tpot}
+
+    callers = {name: (lambda m=mod: timed(generate_timed(m, ids, new_tokens)[0])) for name, mod in runners.items()}
+    order = ["fp32", "bf16", *methods]
+    for name in compiled:
+        key = f"{name}+compile"
+        order.append(key)
+        if name not in runners:
+            rows[key] = {"method": key, "base_dtype": rows.get(name, {}).get("base_dtype"),
+                         "status": rows.get(name, {}).get("status", f"skipped: {name} was not run")}
+            continue
+        dec = StaticDecoder(runners[name], max_len=prompt_len + new_tokens, compile=True)
+        callers[key] = lambda d=dec: timed(d.generate(ids, new_tokens)[0])
+        rows[key] = {**rows[name], "method": key}
+    with torch.inference_mode():
+        r = run_rounds(callers, repeats, progress=progress)
+    for name in callers:
+        rows[name].update({"cold_s": r.cold[name]["s"], "prefill_ms": 1e3 * r.median(name, "ttft"),
+                           "decode_ms_per_token": 1e3 * r.median(name, "tpot")})
+        for ref in ("fp32", "bf16"):
+            rows[name][f"prefill_x_vs_{ref}"] = r.ratio(ref, name, "ttft").value
+            rows[name][f"decode_x_vs_{ref}"] = r.ratio(ref, name, "tpot").value
+    out = pd.DataFrame([rows[m] for m in order])
+    out.attrs["load"] = r.load
+    return out
+
+
+def _row(df, method: str) -> dict | None:
+    hit = df[(df["method"] == method) & (df["status"] == "ok")]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def verdicts(quality, speed=None) -> list[dict]:
+    """The guide's claims C5, C6 and C13, judged from the measured tables (never from typed-in numbers)."""
+    out = []
+    fp = _row(quality, "fp32")
+    int8 = [r for m in ("int8-dynamic", "int8-weight-only", "bnb-int8") if (r := _row(quality, m))]
+    if fp and int8:
+        r = int8[0]
+        size = r["bits_per_weight"] / 32
+        kept = r.get("token_agreement", float("nan"))
+        ok = size <= 0.27 and r["ppl_vs_fp32"] <= 1.05 and not kept < 0.95
+        out.append({"claim": "C5", "verdict": "reproduced" if ok else "not reproduced",
+                    "evidence": f"{r['method']}: linear weights {size:.2f} of fp32 ({r['bits_per_weight']:.2f} bits "
+                                f"each, whole model {r['bytes'] / fp['bytes']:.2f} of fp32 with embeddings kept); "
+                                f"perplexity x{r['ppl_vs_fp32']:.4f}, greedy tokens agreeing {kept:.1%}"})
+    rtn, gptq, awq = (_row(quality, m) for m in ("rtn", "gptq", "awq"))
+    if rtn and gptq and awq:
+        gap = {m: r["ppl_vs_fp32"] - 1 for m, r in (("rtn", rtn), ("gptq", gptq), ("awq", awq))}
+        ok = gap["gptq"] < gap["rtn"] and gap["awq"] < gap["rtn"]
+        out.append({"claim": "C6", "verdict": "reproduced" if ok else "not reproduced",
+                    "evidence": "perplexity above fp32 at the same bits and group size: "
+                                + ", ".join(f"{m} {g:+.2%}" for m, g in gap.items())})
+    int4 = _row(quality, "int4-rtn") or rtn
+    if int4 and int8:
+        g4, g8 = int4["ppl_vs_fp32"] - 1, int8[0]["ppl_vs_fp32"] - 1
+        if g4 > g8 and g4 > 0.01:
+            verdict = "reproduced (direction)"
+        elif g4 > g8:
+            verdict = "not reproduced here: INT4 loses more than INT8, but under 1% of perplexity"
+        else:
+            verdict = "not reproduced"
+        out.append({"claim": "C13", "verdict": verdict,
+                    "evidence": f"{int4['method']} perplexity {g4:+.2%} vs fp32, {int8[0]['method']} {g8:+.2%}; "
+                                "whether a loss is too much for finance or medicine needs a task metric, not "
+                                "perplexity"})
+    if speed is not None:
+        timed = speed[(speed["status"] == "ok") & speed["method"].str.contains("int8")]
+        if not timed.empty:
+            best = timed.sort_values("decode_x_vs_fp32").iloc[-1]
+            out.append({"claim": "C12 (INT8 part, for notebook 07)", "verdict": "measured",
+                        "evidence": f"fastest INT8 here: {best['method']} decodes {best['decode_x_vs_fp32']:.2f}x "
+                                    f"fp32 and {best['decode_x_vs_bf16']:.2f}x bf16 (the guide: 2.3x)"})
+    return out
+
+
+def summary_table(quality, speed):
+    """One row per method: quality on the trained model next to speed on the shape-faithful one."""
+    q = quality.reindex(columns=["method", "status", "bits_per_weight", "perplexity", "ppl_vs_fp32",
+                                 "token_agreement", "bytes", "disk_bytes", "quant_seconds"])
+    q = q.rename(columns={"status": "quality_status", "bytes": "quality_model_bytes",
+                          "quant_seconds": "quant_s_quality_model"})
+    s = speed.reindex(columns=["method", "status", "bytes", "prefill_x_vs_fp32", "decode_x_vs_fp32",
+                               "prefill_x_vs_bf16", "decode_x_vs_bf16", "decode_ms_per_token", "cold_s"])
+    s = s.rename(columns={"status": "speed_status", "bytes": "speed_model_bytes"})
+    return q.merge(s, on="method", how="outer", sort=False)  # "+compile" rows have speed only
