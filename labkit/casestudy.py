@@ -257,18 +257,7 @@ def final_stage(rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------- projecting to the full 13B
 
-def machine_card(device: str) -> tuple[roofline.Card, str]:
-    """This machine's roofline card: from notebook 01's stored profile, or (when there is none) from a quick
-    run of the same probes at small sizes. Returns (card, where it came from)."""
-    from labkit import hardware
-
-    try:
-        return roofline.this_machine(planner.load_profile(), device), "notebook 01's stored profile"
-    except (FileNotFoundError, ValueError):
-        probes = hardware.run_probes(devices=(device,), bandwidth_mib=64, k=2048, n=4096,
-                                     dtypes=("fp32", "bf16", "int8"), repeats=2, progress=False)
-        return roofline.this_machine(hardware.summarize_probes(probes), device), "quick probes (no profile stored)"
-
+machine_card = planner.machine_card  # notebook 07 calls it as casestudy.machine_card
 
 def _layer_and_rest_bytes(model) -> tuple[int, int]:
     layer = models.weight_bytes(model.model.layers[0])

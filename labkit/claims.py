@@ -161,3 +161,12 @@ def c17(config: dict, repeats: int, fingerprint_stored: bool, record: dict | Non
           f"steady-state requests")
     ev += "; method followed" if not missed else "; not followed: " + ", ".join(missed)
     return Verdict("C17", status, ev, measured=f"{config.get('prompt_tokens')}-token prompts", **_source(record))
+
+
+# ---------------------------------------------------------------- notebook 03 (pruning): C7
+
+
+# ---------------------------------------------------------------- notebook 04 (parallelism): C3, C8, C14
+
+
+# ---------------------------------------------------------------- notebook 06 (kernels and memory): C10, C11, C15

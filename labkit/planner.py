@@ -247,6 +247,21 @@ def plot_plan(model: ShapeSpec | str, context: int, batch: int = 1, cards: list[
 
 # ---------------------------------------------------------------- notebook 01's card and verdicts
 
+def machine_card(device: str = "cpu") -> tuple[Card, str]:
+    """This machine's roofline card for the predictions every lesson prints: from notebook 01's stored profile,
+    or (when there is none: a lesson run on its own) from a quick run of the same probes at small sizes.
+    Returns (card, where it came from)."""
+    from labkit import hardware
+    from labkit.roofline import this_machine
+
+    try:
+        return this_machine(load_profile(), device), "notebook 01's stored profile"
+    except (FileNotFoundError, ValueError):
+        probes = hardware.run_probes(devices=(device,), bandwidth_mib=64, k=2048, n=4096,
+                                     dtypes=("fp32", "bf16", "int8"), repeats=2, progress=False)
+        return this_machine(hardware.summarize_probes(probes), device), "quick probes (no profile stored)"
+
+
 PROFILE_EXPERIMENT = "hardware_profile"  # the record notebook 01 writes with `save_profile`
 
 
