@@ -99,11 +99,21 @@ SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
 ]}
 
 
+def _near_shape(name: str) -> str | None:
+    """The shape name `name` was probably meant to be ("llama-2-70b" -> "llama-2-7b"), or None."""
+    import difflib
+
+    hit = difflib.get_close_matches(str(name).lower(), list(SHAPES), n=1, cutoff=0.75)
+    return hit[0] if hit else None
+
+
 def shape(name: str) -> ShapeSpec:
     try:
         return SHAPES[name]
     except KeyError:
-        raise ModelError(f"unknown shape {name!r}; choose one of {sorted(SHAPES)}") from None
+        near = _near_shape(name)
+        hint = f"did you mean {near!r}? " if near else ""
+        raise ModelError(f"unknown shape {name!r}; {hint}choose one of {sorted(SHAPES)}") from None
 
 
 def _config_for(spec: ShapeSpec, layers: int):
@@ -188,6 +198,10 @@ def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implemen
     if name_or_path in SHAPES:
         return build(name_or_path, layers=layers, dtype=dtype, device=device, seed=seed,
                      attn_implementation=attn_implementation)
+    near = _near_shape(name_or_path)
+    if near and not _looks_like_path(name_or_path):
+        raise ModelError(f"{name_or_path!r} is not a model the course knows: did you mean the shape {near!r}? "
+                         f"Shapes: {sorted(SHAPES)}; the embedded model: {EMBEDDED!r}; or a local folder")
     where = resolve(name_or_path)
     kw = dict(dtype=as_dtype(dtype), attn_implementation=attn_implementation,
               trust_remote_code=trust_remote_code)
@@ -200,6 +214,9 @@ def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implemen
                              "the source")
         if not st and not pickles:
             raise ModelError(f"{where} has no weights (*.safetensors); is it a model folder?")
+        if not (where / "config.json").exists():
+            raise ModelError(f"{where} has weights but no config.json: a Hugging Face model folder needs both "
+                             "(save it with model.save_pretrained(folder), or copy config.json beside the weights)")
         for f in st:
             check_safetensors(f)
         kw["use_safetensors"] = bool(st)

@@ -56,6 +56,23 @@ def test_unknown_shape_and_bad_layers():
         models.build("tinyllama-1.1b", layers=30)
 
 
+def test_a_near_miss_of_a_shape_name_names_the_shape_not_a_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="did you mean the shape 'llama-2-7b'") as e:
+        models.load("llama-2-70b")
+    assert "hf download" not in str(e.value)
+    with pytest.raises(ModelError, match="did you mean 'llama-2-13b'"):
+        models.shape("llama-2-13B")
+
+
+def test_weights_without_config_is_a_clear_error(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"w": torch.zeros(4)}, str(d / "model.safetensors"))
+    with pytest.raises(ModelError, match="no config.json"):
+        models.load(str(d))
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="no model at"):
         models.load(str(tmp_path / "nothing-here"))

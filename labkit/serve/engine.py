@@ -14,9 +14,39 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import torch
+
 from labkit.serve.runner import ModelRunner
 from labkit.serve.scheduler import Scheduler, SchedulerConfig
 from labkit.serve.sequence import SamplingParams, Sequence
+
+
+class RequestError(ValueError):
+    """A malformed request: `field` names what is wrong (the HTTP layer answers 400 with it)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_prompt(prompt_ids, vocab_size: int) -> list[int]:
+    """The prompt as a list of ints, each in [0, vocab_size); anything else raises RequestError (a float, a
+    bool or a string is not silently converted: 3.7 is not token 3)."""
+    if hasattr(prompt_ids, "dim"):  # a torch tensor: one row of integers
+        if prompt_ids.dim() != 1 or prompt_ids.is_floating_point() or prompt_ids.dtype == torch.bool:
+            raise RequestError("prompt_ids", f"must be one row of integer ids, got a tensor of shape "
+                                             f"{tuple(prompt_ids.shape)} and dtype {prompt_ids.dtype}")
+        prompt_ids = prompt_ids.tolist()
+    if not isinstance(prompt_ids, (list, tuple)):
+        raise RequestError("prompt_ids", f"must be a list of token ids, got {type(prompt_ids).__name__}")
+    out = list(prompt_ids)
+    bad = next(((i, t) for i, t in enumerate(out) if isinstance(t, bool) or not isinstance(t, int)), None)
+    if bad is not None:
+        raise RequestError("prompt_ids", f"token {bad[0]} is {bad[1]!r} ({type(bad[1]).__name__}), not an int")
+    bad = next(((i, t) for i, t in enumerate(out) if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise RequestError("prompt_ids", f"token {bad[0]} is {bad[1]}, outside the vocabulary [0, {vocab_size})")
+    return out
 
 
 @dataclass
@@ -64,15 +94,21 @@ class LLMEngine:
             eos_token_id=eos[0] if isinstance(eos, list) else eos, enable_prefix_caching=c.enable_prefix_caching,
             mixed_batches=c.mixed_batches))
         self.runner = ModelRunner(m, blocks, c.block_size, seed=c.seed, attention=c.attention)
+        self.vocab_size = m.config.vocab_size
         self.requests: dict[int, Sequence] = {}
         self.stats: list[StepStat] = []
         self._next_id = 0
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
                     arrival_time: float | None = None) -> int:
-        """Queue a request and return its id. A request that can never run is rejected at once (its
-        `finish_reason` says why); it is not truncated."""
-        seq = Sequence(self._next_id, [int(t) for t in prompt_ids], params or SamplingParams(),
+        """Queue a request and return its id. A malformed request (token ids that are not ints in
+        [0, vocab), parameters of the wrong type) raises RequestError naming the field, and nothing is queued;
+        a well-formed one that can never run here (longer than the context or the cache) is rejected at once
+        with the reason in its `finish_reason`. Nothing is truncated or converted silently."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise RequestError("params", f"must be a SamplingParams, got {type(params).__name__}")
+        seq = Sequence(self._next_id, check_prompt(prompt_ids, self.vocab_size), params,
                        time.perf_counter() if arrival_time is None else arrival_time)
         self._next_id += 1
         self.requests[seq.seq_id] = seq

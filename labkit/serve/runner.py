@@ -18,6 +18,32 @@ from torch.nn import functional as F
 from labkit.serve.scheduler import SchedulerOutput
 
 ATTENTION = ("sdpa", "eager")
+# Model families whose attention is exactly what `run` computes: q/k/v projections (with or without biases),
+# RoPE from the model's own rotary embedding, full causal attention, no norms on q/k, no sliding window.
+SUPPORTED = ("llama", "qwen2")
+
+
+def unsupported_reason(model) -> str | None:
+    """Why labkit's runner cannot run `model` token-exactly, or None. The runner reimplements attention around
+    the Hugging Face modules, so a family whose attention differs (q/k norms as in Qwen3, sliding windows as in
+    Mistral or Qwen2 with use_sliding_window, other layouts) would give wrong tokens silently: refuse it."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", type(model).__name__)
+    families = f"labkit's engine runs the {', '.join(SUPPORTED)} families"
+    if kind not in SUPPORTED:
+        return f"{families}; this model is {kind!r}, whose attention it does not implement"
+    layer_types = getattr(cfg, "layer_types", None) or []
+    if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
+        return f"{families} with full attention; this {kind} model uses sliding-window attention"
+    inner = getattr(model, "model", None)
+    layers = list(getattr(inner, "layers", []))
+    if not layers:
+        return f"{families}; this model has no decoder layers at model.model.layers"
+    attn = layers[0].self_attn
+    extra = [n for n in ("q_norm", "k_norm") if hasattr(attn, n)]
+    if extra or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+        return f"{families}; this model's attention has {extra or 'another layout'}"
+    return None
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
@@ -48,6 +74,9 @@ class ModelRunner:
     def __init__(self, model, num_blocks: int, block_size: int, seed: int = 0, attention: str = "sdpa"):
         if attention not in ATTENTION:
             raise ValueError(f"unknown attention {attention!r}; choose one of {list(ATTENTION)}")
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(reason)
         cfg = model.config
         self.attention = attention
         self.model = model.eval()

@@ -9,7 +9,8 @@ Policy, as in nano-vllm and vLLM's default before chunked prefill:
   none is free, the newest running sequence is preempted (its blocks freed; it goes back to the front of the
   waiting queue and is recomputed on readmission, output kept), down to the sequence itself if it is alone.
 - A request that can never run is rejected at `add` with a reason, never truncated: an empty prompt, a
-  prompt longer than `max_model_len`, or one that alone would need more blocks than the whole cache. So the
+  prompt whose length plus `max_tokens` exceeds `max_model_len`, or one that alone would need more blocks
+  than the whole cache. So the
   oldest running sequence can always make progress and no request is stuck or lost.
 """
 
@@ -142,7 +143,10 @@ class Scheduler:
             return "empty prompt"
         if n > cfg.max_model_len:
             return f"prompt has {n} tokens, more than max_model_len={cfg.max_model_len}"
-        final_len = min(n + seq.sampling_params.max_tokens, max(cfg.max_model_len, n + 1))
+        final_len = n + seq.sampling_params.max_tokens
+        if final_len > cfg.max_model_len:  # never cut silently: say so now, as vLLM's API server does
+            return (f"prompt ({n} tokens) + max_tokens ({seq.sampling_params.max_tokens}) = {final_len} tokens, "
+                    f"more than max_model_len={cfg.max_model_len}")
         need = self.block_manager.blocks_for(final_len - 1)
         if need > cfg.num_blocks:
             return (f"needs up to {need} KV blocks ({final_len - 1} tokens), more than the whole cache "

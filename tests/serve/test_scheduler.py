@@ -112,13 +112,17 @@ def test_finishes_on_eos_unless_ignored_and_on_stop_tokens():
     assert b.status is SequenceStatus.RUNNING and b.output_token_ids == [EOS]
 
 
-def test_generation_stops_at_max_model_len():
+def test_a_request_longer_than_the_context_is_rejected_never_cut():
     s = make(max_model_len=10, max_num_batched_tokens=64)
-    a = req(1, 8, max_tokens=100)  # not rejected: capped by the context length, reason "length"
-    assert s.add(a)
+    a = req(1, 8, max_tokens=100)
+    assert not s.add(a) and a.status is SequenceStatus.REJECTED and a.num_output_tokens == 0
+    assert a.finish_reason == ("rejected: prompt (8 tokens) + max_tokens (100) = 108 tokens, more than "
+                               "max_model_len=10")
+    b = req(2, 8, max_tokens=2)  # exactly the context: runs to the end
+    assert s.add(b)
     while s.has_unfinished():
         step(s)
-    assert a.num_tokens == 10 and a.finish_reason == "length"
+    assert b.num_tokens == 10 and b.finish_reason == "length"
 
 
 def test_rejects_what_can_never_run_with_a_reason():
@@ -189,7 +193,7 @@ def test_several_victims_keep_their_order_in_the_waiting_queue():
     for x in seqs:
         s.add(x)
     step(s)  # all four prefilled, one block each, cache full; each needs a block for its first decode
-    late = req(9, 2)
+    late = req(9, 2, max_tokens=4)
     s.add(late)
     out = s.schedule()
     # 0 needs a block: 3 is preempted; 1 needs one: 2 is preempted; then 0 and 1 have blocks.
