@@ -19,7 +19,6 @@ transformations. The check compares ratios of times measured in one run, never a
 from __future__ import annotations
 
 import copy
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -56,16 +55,21 @@ class Stage:
         return GUIDE["factors"].get(self.name)
 
 
+EXTRAS = ("bf16",)  # optional stages after fast attention
+
+
 def plan(int8: str, extras: Sequence[str] = ("bf16",), device: str = "cpu") -> tuple[list[Stage], list[dict]]:
     """The stages in order, and the extras that cannot apply here with the reason (labkit.quant's own)."""
+    if int8 not in quant.INT8_METHODS:
+        raise ValueError(f"the '+ INT8' stage takes an INT8 method, one of {list(quant.INT8_METHODS)}; got {int8!r}")
     base = Stage("baseline")
     q = Stage("+ INT8", int8=int8)
     cb = Stage("+ continuous batching", int8=int8, server="engine")
     fa = Stage("+ fast attention", int8=int8, server="engine", attention="sdpa")
     stages, skipped = [base, q, cb, fa], []
     for extra in extras:
-        if extra != "bf16":
-            raise ValueError(f"unknown extra stage {extra!r}; the case study knows 'bf16'")
+        if extra not in EXTRAS:
+            raise ValueError(f"unknown extra stage {extra!r}; the case study knows {list(EXTRAS)}")
         reason = quant.unsupported(int8, str(device).split(":")[0], torch.bfloat16)
         if reason:
             skipped.append({"stage": "+ bf16", "status": f"skipped: {reason}"})
@@ -154,41 +158,62 @@ class Server:
 # ---------------------------------------------------------------- measuring
 
 def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: int, idle_repeats: int = 3,
-            progress: bool = True) -> tuple[list[dict], dict, dict]:
-    """Every stage on the same trace, in one run. Idle TTFT: `idle_repeats` rounds, each timing every stage
-    once in turn (so drift in the machine hits all stages alike), median per stage. Then each stage replays
-    the trace. Returns (rows, replays by stage name, models by stage name); rows carry the factors against the
-    stage before."""
-    from tqdm.auto import tqdm
+            rounds: int = 3, progress: bool = True) -> tuple[list[dict], dict, dict, dict]:
+    """Every stage on the same trace, in one run, in rotating rounds (labkit.bench.run_rounds) so that drift
+    in the machine's load hits every stage alike. Idle TTFT: the first request of each stage is the cold start
+    (kept apart), then `idle_repeats` rounds each time one 512-token request on every idle server in turn.
+    Then `rounds` rounds in which every stage replays the whole trace, one stage after another, the order
+    rotating each round. Every factor is the median over rounds of the ratio measured within a round.
+
+    Returns (rows, replays of the last round by stage name, models by stage name, the raw rounds); rows carry
+    the factors against the stage before (`*_x_prev`) and against the baseline (`*_x_base`)."""
+    from labkit.bench import run_rounds
 
     cache: dict = {}
-    servers = [Server(s, stage_model(s, base, cache), trace, max_batch) for s in stages]
+    servers = {s.name: Server(s, stage_model(s, base, cache), trace, max_batch) for s in stages}
     prompt = list(trace[0].prompt_ids)
-    with torch.inference_mode():
-        cold = [srv.idle_ttft(prompt) for srv in servers]  # first call of each: kernel and cache set-up
-        idle: list[list[float]] = [[] for _ in servers]
-        for _ in tqdm(range(idle_repeats), desc="idle TTFT rounds", disable=not progress):
-            for i, srv in enumerate(servers):
-                idle[i].append(srv.idle_ttft(prompt))
-        replays = {}
-        for srv in tqdm(servers, desc="stages replay the trace", disable=not progress):
+    replays: dict = {}
+
+    def idle(srv: Server):
+        return lambda: {"ttft": srv.idle_ttft(prompt)}
+
+    def replay(srv: Server):
+        def run() -> dict:
             replays[srv.stage.name] = srv.replay(trace)
-    rows, prev = [], None
-    for s, srv, c, ttfts in zip(stages, servers, cold, idle, strict=True):
-        timings, _ = replays[s.name]
-        m = summarize(timings)
-        row = {"stage": s.name, "status": "ok", **{k: v for k, v in asdict(s).items() if k != "name"},
-               "ttft_idle_ms": statistics.median(ttfts) * 1e3, "ttft_cold_ms": c * 1e3,
-               "ttft_p50_ms": m["ttft_median_ms"], "ttft_p99_ms": m["ttft_p99_ms"],
-               "tpot_p50_ms": m["tpot_median_ms"], "output_throughput": m["output_throughput"],
-               "weight_bytes": models.weight_bytes(srv.model)}
-        if prev is not None:
-            row["throughput_x_prev"] = row["output_throughput"] / prev["output_throughput"]
-            row["ttft_idle_x_prev"] = prev["ttft_idle_ms"] / row["ttft_idle_ms"]
-        row["guide_factor"] = s.guide_factor
-        rows.append(row)
-        prev = row
-    return rows, replays, {s.name: srv.model for s, srv in zip(stages, servers, strict=True)}
+            m = summarize(replays[srv.stage.name][0])
+            return {"throughput": m["output_throughput"], "ttft_p50": m["ttft_median_ms"] / 1e3,
+                    "ttft_p99": m["ttft_p99_ms"] / 1e3, "tpot_p50": m["tpot_median_ms"] / 1e3,
+                    "failed": m["failed"]}
+        return run
+
+    with torch.inference_mode():
+        idle_r = run_rounds({n: idle(srv) for n, srv in servers.items()}, idle_repeats, progress=progress,
+                            desc="idle TTFT rounds")
+        replay_r = run_rounds({n: replay(srv) for n, srv in servers.items()}, rounds, cold=False,
+                              progress=progress, desc="trace replay rounds")
+    rows = [_stage_row(s, servers[s.name], idle_r, replay_r, stages[0].name, stages[i - 1].name if i else None)
+            for i, s in enumerate(stages)]
+    raw = {"idle": idle_r.to_dict(), "replay": replay_r.to_dict()}
+    return rows, replays, {n: srv.model for n, srv in servers.items()}, raw
+
+
+def _stage_row(s: Stage, srv: Server, idle_r, replay_r, base: str, prev: str | None) -> dict:
+    n = s.name
+    row = {"stage": n, "status": "ok", **{k: v for k, v in asdict(s).items() if k != "name"},
+           "ttft_idle_ms": idle_r.median(n, "ttft") * 1e3, "ttft_cold_ms": idle_r.cold[n]["ttft"] * 1e3,
+           "ttft_p50_ms": replay_r.median(n, "ttft_p50") * 1e3, "ttft_p99_ms": replay_r.median(n, "ttft_p99") * 1e3,
+           "tpot_p50_ms": replay_r.median(n, "tpot_p50") * 1e3, "output_throughput": replay_r.median(n, "throughput"),
+           "failed": int(max(replay_r.values[n]["failed"])), "weight_bytes": models.weight_bytes(srv.model)}
+    for ref, tag in ((prev, "prev"), (base, "base")):
+        if ref is None or (tag == "base" and ref == n):
+            continue
+        row[f"throughput_x_{tag}"] = replay_r.ratio(ref, n, "throughput", higher_is_better=True).value
+        row[f"ttft_idle_x_{tag}"] = idle_r.ratio(ref, n, "ttft").value
+        row[f"ttft_loaded_x_{tag}"] = replay_r.ratio(ref, n, "ttft_p50").value
+    if n != base:
+        row["throughput_x_base_rounds"] = replay_r.ratio(base, n, "throughput", higher_is_better=True).values
+    row["guide_factor"] = s.guide_factor
+    return row
 
 
 def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int | None,
@@ -259,11 +284,6 @@ def final_stage(rows: list[dict]) -> dict:
 
 machine_card = planner.machine_card  # notebook 07 calls it as casestudy.machine_card
 
-def _layer_and_rest_bytes(model) -> tuple[int, int]:
-    layer = models.weight_bytes(model.model.layers[0])
-    return layer, models.weight_bytes(model) - len(model.model.layers) * layer
-
-
 def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers: int,
             trace: Sequence[Request], max_batch: int, hw: roofline.Card | None) -> list[dict]:
     """Each stage projected from `layers` to the full depth: idle TTFT scaled by the FLOPs of a prefill (it is
@@ -278,15 +298,12 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
     flops_x = roofline.forward_flops(spec, prompt_len) / roofline.forward_flops(spec, prompt_len, layers=layers)
     out = []
     for r in rows:
-        layer_b, rest_b = _layer_and_rest_bytes(stage_models[r["stage"]])
-        # a decode step looks up one row of the embedding table, not all of it (unless it is also the head)
-        emb_b = 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size * \
-            stage_models[r["stage"]].get_input_embeddings().weight.element_size()
-        read_l = layers * layer_b + rest_b - emb_b
-        read_full = full * layer_b + rest_b - emb_b
+        parts_full = roofline.measured_parts(stage_models[r["stage"]], full)
+        read_l = roofline.decode_read_bytes(roofline.measured_parts(stage_models[r["stage"]], layers))
+        read_full = roofline.decode_read_bytes(parts_full)
         row = {"stage": r["stage"], "ttft_idle_ms_full": r["ttft_idle_ms"] * flops_x,
                "output_throughput_full": r["output_throughput"] * read_l / read_full,
-               "weights_gib_full": (full * layer_b + rest_b) / 2**30}
+               "weights_gib_full": sum(parts_full.values()) / 2**30}
         if hw is not None:
             compute = COMPUTE.get(r["int8"], r["dtype"]) if r["int8"] else r["dtype"]
             peak = hw.peak(compute)
@@ -305,16 +322,16 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
 # ---------------------------------------------------------------- the check
 
 def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: str) -> dict:
-    """Final stage vs baseline: throughput and idle-TTFT ratios, the loaded-TTFT ratio, the perplexity change.
+    """Final stage vs baseline: throughput and idle-TTFT ratios (each the median over rounds of the ratio measured
+    side by side within a round), the loaded-TTFT ratio, the perplexity change.
     `asserted` is False where there are no int8/bf16 matrix units (no VNNI/AMX on a CPU, no CUDA): there the
     guide's stack has nothing to run fast on, and the notebook prints the factors and the reason instead."""
-    base, final = rows[0], final_stage(rows)
+    final = final_stage(rows)
     ppl = {r["stage"]: r["ppl_delta_pct"] for r in ppl_rows}
-    out = {"final_stage": final["stage"],
-           "throughput_ratio": final["output_throughput"] / base["output_throughput"],
-           "ttft_idle_ratio": base["ttft_idle_ms"] / final["ttft_idle_ms"],
-           "ttft_loaded_ratio": base["ttft_p50_ms"] / final["ttft_p50_ms"],
-           "ppl_delta_pct": ppl[final["stage"]]}
+    out = {"final_stage": final["stage"],  # ratios measured within each round, median over rounds
+           "throughput_ratio": final["throughput_x_base"], "ttft_idle_ratio": final["ttft_idle_x_base"],
+           "ttft_loaded_ratio": final["ttft_loaded_x_base"], "ppl_delta_pct": ppl[final["stage"]],
+           "throughput_rounds": final.get("throughput_x_base_rounds")}
     fails = []
     if out["throughput_ratio"] < TARGET:
         fails.append(f"throughput {out['throughput_ratio']:.2f}x < {TARGET}x")

@@ -40,6 +40,7 @@ from labkit.models import weight_bytes
 METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8", "bnb-nf4", "int4-rtn",
            "rtn", "gptq", "awq", "gptqmodel")
 FAKE_QUANT = ("rtn", "gptq", "awq")  # dequantized weights: quality only, no speed of their own
+INT8_METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8")  # 8-bit weights, real kernels
 
 
 def check_methods(methods) -> list[str]:

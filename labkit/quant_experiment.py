@@ -174,6 +174,12 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
         for ref in ("fp32", "bf16"):
             rows[name][f"prefill_x_vs_{ref}"] = r.ratio(ref, name, "ttft").value
             rows[name][f"decode_x_vs_{ref}"] = r.ratio(ref, name, "tpot").value
+        if name.endswith("+compile"):  # the compiled path against its own eager row, in words from the rounds
+            eager = name.removesuffix("+compile")
+            for phase, metric in (("prefill", "ttft"), ("decode", "tpot")):
+                ratio = r.ratio(eager, name, metric)
+                rows[name][f"{phase}_x_vs_eager"] = ratio.value
+                rows[name][f"{phase}_vs_eager"] = ratio.words()
     out = pd.DataFrame([rows[m] for m in order])
     out.attrs["load"] = r.load
     return out

@@ -37,16 +37,37 @@ def act_bytes(dtype: str) -> int:
 
 
 def _parts(spec: ShapeSpec, dtype: str, layers: int | None) -> dict[str, float]:
-    """Weight bytes by part. Quantized checkpoints (GPTQ, AWQ, bitsandbytes) keep embeddings, lm_head and
-    norms in 16-bit; only the decoder layers' linear weights take the quantized format."""
+    """Weight bytes by part (see `decode_read_bytes`). Quantized checkpoints (GPTQ, AWQ, bitsandbytes) keep
+    embeddings, lm_head and norms in 16-bit; only the decoder layers' linear weights take the quantized format."""
     n = spec.num_hidden_layers if layers is None else layers
     h = spec.hidden_size
     keep = act_bytes(dtype)
     table = spec.vocab_size * h * keep
-    return {"linear": n * (spec.layer_params() - 2 * h) * WEIGHT_BYTES[check_dtype(dtype)],
-            "norms": (2 * n + 1) * h * keep,
-            "embedding": table,
-            "lm_head": 0.0 if spec.tie_word_embeddings else table}
+    return {"layers": n * ((spec.layer_params() - 2 * h) * WEIGHT_BYTES[check_dtype(dtype)] + 2 * h * keep),
+            "final_norm": h * keep, "embedding": table, "lm_head": 0.0 if spec.tie_word_embeddings else table}
+
+
+def measured_parts(model, layers: int | None = None) -> dict[str, float]:
+    """The same parts measured from a built model's stored weights (packed quantized tensors and their scales
+    counted as stored, labkit.models.weight_bytes), with the decoder layers scaled from the first one to
+    `layers` (default: as many as the model has), to project a few-layer model to the full depth."""
+    from labkit.models import weight_bytes
+
+    inner = model.model
+    n = len(inner.layers) if layers is None else layers
+    emb = inner.embed_tokens.weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == emb.data_ptr()
+    return {"layers": n * weight_bytes(inner.layers[0]), "final_norm": weight_bytes(inner.norm),
+            "embedding": weight_bytes(inner.embed_tokens),
+            "lm_head": 0.0 if tied or head is None else weight_bytes(head)}
+
+
+def decode_read_bytes(parts: dict[str, float]) -> float:
+    """Bytes one decode step reads: every layer and the head; of the embedding table only the looked-up rows
+    (negligible), unless it is tied to the head (`lm_head` 0), when the head reads the table itself."""
+    head = parts["lm_head"] or parts["embedding"]
+    return parts["layers"] + parts["final_norm"] + head
 
 
 def weight_bytes(spec: ShapeSpec, dtype: str, layers: int | None = None) -> float:
@@ -55,10 +76,8 @@ def weight_bytes(spec: ShapeSpec, dtype: str, layers: int | None = None) -> floa
 
 
 def decode_weight_bytes(spec: ShapeSpec, dtype: str, layers: int | None = None) -> float:
-    """Weight bytes one decode step reads: every layer and the lm_head, but of the embedding table only
-    the looked-up rows (negligible) unless it is tied to the lm_head."""
-    p = _parts(spec, dtype, layers)
-    return p["linear"] + p["norms"] + (p["embedding"] if spec.tie_word_embeddings else p["lm_head"])
+    """Weight bytes one decode step reads for a model of `spec`'s shape held in `dtype`."""
+    return decode_read_bytes(_parts(spec, dtype, layers))
 
 
 def kv_cache_bytes(spec: ShapeSpec, dtype: str, context: int, batch: int = 1, layers: int | None = None) -> float:
@@ -186,6 +205,26 @@ class Floor:
         return {"phase": self.phase, "bytes": self.bytes, "flops": self.flops, "memory_s": self.memory_s,
                 "compute_s": self.compute_s, "floor_s": self.seconds, "bound": self.bound,
                 "intensity": self.intensity}
+
+
+def against_floor(floor: Floor, measured_s: float, hw: Card, dtype: str) -> str:
+    """One sentence built from the numbers: the fraction of the floor a measured time reached, the rate it
+    implies next to the probe's, and, where it is under two thirds of the floor, what the floor leaves out."""
+    frac = floor.seconds / measured_s
+    if floor.bound == "compute":
+        peak = hw.peak(dtype) or float("nan")
+        rate = (f"{floor.flops / measured_s / 1e9:,.0f} GFLOP/s against the {peak / 1e9:,.0f} GFLOP/s the {dtype} "
+                "matmul probe reached")
+        gap = ("the floor counts only the FLOPs at the probe's rate: attention, norms, softmax and matmul shapes "
+               "that run below the probe's rate take the rest")
+    else:
+        rate = f"{floor.bytes / measured_s / 1e9:,.1f} GB/s against the probe's {hw.bandwidth_gbps:,.1f} GB/s"
+        gap = ("the floor counts only the bytes read once at the probe's bandwidth: every step also runs many small "
+               "kernels (norms, rotary, attention over the cache, sampling) whose launch and Python overhead it "
+               "leaves out, and a matrix-vector kernel may read slower than the probe")
+    text = (f"{frac:.0%} of the {floor.bound}-bound floor ({floor.seconds * 1e3:,.1f} ms floor, "
+            f"{measured_s * 1e3:,.1f} ms measured): {rate}")
+    return text + (f". Why it is {1 / frac:.1f}x the floor here: {gap}" if frac < 2 / 3 else "")
 
 
 def _floor(phase: str, nbytes: float, flops: float, hw: Card, dtype: str) -> Floor:

@@ -23,23 +23,28 @@ def test_plan_names_the_stages_and_skips_bf16_with_fp32_only_int8():
         casestudy.plan("int8-weight-only", extras=["fp8"])
 
 
-def _row(stage, thr, idle, loaded, prev=None):
+def _row(stage, thr, idle, loaded, prev=None, base=None):
+    """A stage row as `measure` gives it (here a single round, so each factor is one ratio)."""
     r = {"stage": stage, "output_throughput": thr, "ttft_idle_ms": idle, "ttft_p50_ms": loaded}
+    base = base or prev
     if prev:
         r["throughput_x_prev"] = thr / prev["output_throughput"]
+    if base:
+        r.update({"throughput_x_base": thr / base["output_throughput"], "ttft_idle_x_base": base["ttft_idle_ms"] / idle,
+                  "ttft_loaded_x_base": base["ttft_p50_ms"] / loaded})
     return r
 
 
 def test_check_computes_ratios_and_says_what_failed():
     b = _row("baseline", 10.0, 2000.0, 9000.0)
     q = _row("+ INT8", 30.0, 400.0, 3000.0, b)
-    f = _row("+ fast attention", 45.0, 390.0, 1000.0, q)
+    f = _row("+ fast attention", 45.0, 390.0, 1000.0, q, base=b)
     ppl = [{"stage": s, "ppl_delta_pct": d} for s, d in (("baseline", 0.0), ("+ INT8", 0.5), ("+ fast attention", 0.5))]
     r = casestudy.check([b, q, f], ppl, {"int8": True, "bf16": True}, "cpu")
     assert r["final_stage"] == "+ fast attention"
     assert r["throughput_ratio"] == pytest.approx(4.5) and r["ttft_idle_ratio"] == pytest.approx(2000 / 390)
     assert r["ttft_loaded_ratio"] == pytest.approx(9.0) and r["passed"] and r["asserted"]
-    slow = _row("+ fast attention", 35.0, 390.0, 1000.0, q)
+    slow = _row("+ fast attention", 35.0, 390.0, 1000.0, q, base=b)
     bad_ppl = [dict(p, ppl_delta_pct=1.5) if p["stage"] == "+ fast attention" else p for p in ppl]
     r = casestudy.check([b, q, slow], bad_ppl, {"int8": False, "bf16": False}, "cpu")
     assert not r["passed"] and not r["asserted"]
@@ -65,28 +70,33 @@ def measured():
               casestudy.Stage("+ fast attention", server="engine", attention="sdpa")]
     if torch.backends.quantized.engine in ("x86", "fbgemm", "onednn"):
         stages.insert(1, casestudy.Stage("+ INT8", int8="int8-dynamic-legacy"))
-    rows, replays, stage_models = casestudy.measure(stages, base, trace, max_batch=2, idle_repeats=2,
-                                                    progress=False)
-    return base, trace, stages, rows, replays, stage_models
+    rows, replays, stage_models, raw = casestudy.measure(stages, base, trace, max_batch=2, idle_repeats=2,
+                                                         rounds=3, progress=False)
+    return base, trace, stages, rows, replays, stage_models, raw
 
 
-def test_measure_runs_every_stage_on_the_same_trace(measured):
-    base, trace, stages, rows, replays, _ = measured
+def test_measure_runs_every_stage_on_the_same_trace_in_rotating_rounds(measured):
+    base, trace, stages, rows, replays, _, raw = measured
     assert [r["stage"] for r in rows] == [s.name for s in stages]
     for r in rows:
         assert r["output_throughput"] > 0 and r["ttft_idle_ms"] > 0 and r["ttft_cold_ms"] > 0
         assert len(replays[r["stage"]][1]) == len(trace)
         assert [len(o) for o in replays[r["stage"]][1]] == [q.output_len for q in trace]
-    for prev, r in zip(rows, rows[1:], strict=False):
-        assert r["throughput_x_prev"] == pytest.approx(r["output_throughput"] / prev["output_throughput"])
-        assert r["ttft_idle_x_prev"] == pytest.approx(prev["ttft_idle_ms"] / r["ttft_idle_ms"])
+    rep, idle = raw["replay"]["values"], raw["idle"]["values"]
+    for prev, r in zip(rows, rows[1:], strict=False):  # factors are medians of ratios within each round
+        per_round = [b / a for a, b in zip(rep[prev["stage"]]["throughput"], rep[r["stage"]]["throughput"],
+                                           strict=True)]
+        assert len(per_round) == 3 and r["throughput_x_prev"] == pytest.approx(sorted(per_round)[1])
+        per_round = [a / b for a, b in zip(idle[prev["stage"]]["ttft"], idle[r["stage"]]["ttft"], strict=True)]
+        assert r["ttft_idle_x_prev"] == pytest.approx(sorted(per_round)[1])
+        assert r["throughput_x_base_rounds"] and r["failed"] == 0
     # fp32 stages compute the same function: the engine's greedy tokens equal generate's, request by request
     assert replays["+ continuous batching"][1] == replays["baseline"][1]
     assert replays["+ fast attention"][1] == replays["baseline"][1]
 
 
 def test_projection_scales_by_flops_and_bytes(measured):
-    base, trace, stages, rows, _, stage_models = measured
+    base, trace, stages, rows, _, stage_models, _ = measured
     cfg = base.config  # the embedded model's dimensions as a shape with twice its layers
     spec = models.ShapeSpec("embedded-x2", "llama", cfg.hidden_size, cfg.intermediate_size,
                             2 * cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
@@ -126,3 +136,9 @@ def test_report_is_headed_by_the_case_study(tmp_path, monkeypatch):
     page = report.write_index(tmp_path).read_text()
     assert page.index("Case study") < page.index("<h2>Machine")
     assert "(passed)" in page and "skipped: needs fp32" in page and "28.8" in page and "4.5" in page
+
+
+def test_plan_takes_only_int8_methods():
+    for method in ("int4-rtn", "bnb-nf4", "int9"):
+        with pytest.raises(ValueError, match="takes an INT8 method"):
+            casestudy.plan(method)

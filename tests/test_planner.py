@@ -55,6 +55,11 @@ def test_weight_bytes_match_a_real_transformers_model(tied, bias):
     n = sum(p.numel() for p in model.parameters())
     assert R.weight_bytes(spec, "fp32", layers=3) == 4 * n
     assert R.weight_bytes(spec, "bf16", layers=3) == 2 * n
+    # measured from the built model's stored weights, scaled to another depth: the same parts as the formula
+    assert R.measured_parts(model, layers=7) == R._parts(spec, "fp32", 7)
+    table = 300 * 64 * 4  # a decode step reads the embedding table only when it is the (tied) head
+    assert R.decode_read_bytes(R.measured_parts(model)) == R.decode_weight_bytes(spec, "fp32", 3) == \
+        4 * n - (0 if tied else table)
 
 
 def test_decode_floor_of_7b_on_a_v100():
@@ -207,3 +212,19 @@ def test_this_machine_is_one_device_in_the_planner():
     assert P.cards_needed(P.memory_plan("llama-2-7b", "int8", 4096), hw) == 1
     row = P.fit_table("llama-2-7b", 4096, 1, [hw])[0]
     assert row[hw.name] == "-"  # fp32: never "2x" of this machine
+
+
+def test_against_floor_words_come_from_the_numbers():
+    from labkit import roofline as R
+    from labkit.models import shape
+
+    card = R.Card("test", 16.0, 50.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
+    f = R.decode_floor(shape("llama-2-7b"), "fp32", card, 512, layers=2)
+    close = R.against_floor(f, f.seconds / 0.9, card, "fp32")
+    assert close.startswith("90% of the memory-bound floor") and "Why" not in close
+    far = R.against_floor(f, f.seconds * 4, card, "fp32")
+    assert far.startswith("25% of the memory-bound floor") and "4.0x the floor" in far
+    assert f"{f.bytes / (f.seconds * 4) / 1e9:,.1f} GB/s against the probe's 50.0 GB/s" in far
+    p = R.prefill_floor(shape("llama-2-7b"), "fp32", card, 512, layers=2)
+    assert "GFLOP/s against the 200 GFLOP/s the fp32 matmul probe reached" in R.against_floor(p, p.seconds * 2, card,
+                                                                                            "fp32")
