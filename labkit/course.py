@@ -123,6 +123,36 @@ def _failure_message(nb_id: str, path: Path, exc: Exception) -> str:
     return f"notebook {nb_id} ({path.name}) failed: {exc.__class__.__name__}: {exc}"
 
 
+DRAWS = ("lesson.show(", "plt.show(", "save_figure(")
+WARNING_WORDS = ("Warning:", "WARNING", "warnings.warn")
+
+
+def output_problems(ipynb: Path) -> list[str]:
+    """What a learner would trip over in an executed notebook: a cell that draws a figure but shows none, a
+    skip reason cut off by pandas ("skipped: ..." ending in an ellipsis), or a library warning in the output."""
+    import nbformat
+
+    nb = nbformat.read(str(ipynb), as_version=4)
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        outs = cell.get("outputs", [])
+        if any(d in cell.source for d in DRAWS) and not any("image/png" in o.get("data", {}) for o in outs):
+            problems.append(f"cell {i} draws a figure but shows none")
+        for o in outs:
+            text = o.get("text", "") if o.get("output_type") == "stream" else "".join(
+                str(v) for k, v in o.get("data", {}).items() if k.startswith("text/"))
+            if o.get("output_type") == "stream" and o.get("name") == "stderr" and any(
+                    w in text for w in WARNING_WORDS):
+                problems.append(f"cell {i} leaks a warning: {text.strip().splitlines()[0][:160]}")
+            for line in text.splitlines():
+                if "skipped:" in line and ("..." in line.split("skipped:", 1)[1] or "…" in line):
+                    problems.append(f"cell {i} cuts a skip reason: {line.strip()[:160]}")
+                    break
+    return problems
+
+
 def to_html(ipynb: Path, html: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter

@@ -1,4 +1,9 @@
-"""Figures and the course's index page (reports/index.html)."""
+"""Figures and the course's index page (reports/index.html): what a learner reads first after a run.
+
+The index is headed by the claims ledger's summary and the case study's table, then the machine's headline
+rates, then one short summary per lesson (numbers with units, from the lesson's latest record) with its figures
+(click for full size), and a line for each lesson not run or not written yet.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,17 @@ import html
 from pathlib import Path
 
 from labkit.records import atomic_write, reports_dir, staging_dir
+
+# (notebook id, title, the record its summary reads)
+LESSONS = (("00", "How to measure an LLM's speed", "00_baseline"),
+           ("01", "What this machine can do", "hardware_profile"),
+           ("02", "Quantization", "02_quantization"),
+           ("03", "Pruning", "03_pruning"),
+           ("04", "Parallelism", "04_parallelism"),
+           ("05", "Continuous batching", "05_continuous_batching"),
+           ("06", "Kernel swaps and memory", "06_kernels_and_memory"),
+           ("07", "Case study: the guide's 13B stack", "07_case_study"),
+           ("08", "The claims ledger", "08_claims_ledger"))
 
 
 def figures_dir(root: Path | None = None) -> Path:
@@ -24,36 +40,139 @@ def save_figure(fig, name: str) -> Path:
                         write=lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
-def _fmt(v) -> str:
-    if v is None:
+# ---------------------------------------------------------------- numbers for people
+
+def fmt(v, unit: str = "") -> str:
+    """A number as a person reads it: thousands separators, sensible decimals, the unit after it; None as –."""
+    if v is None or (isinstance(v, float) and v != v):
         return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return html.escape(str(v))
+    a = abs(v)
+    text = f"{v:,.0f}" if a >= 100 else f"{v:,.1f}" if a >= 10 else f"{v:.2f}" if a >= 0.01 else f"{v:.2g}"
+    return f"{text} {unit}".strip() if unit not in ("x", "%") else f"{text}{unit}"
 
 
-def _summary_rows(reports: Path, limit: int = 14) -> list[str]:
-    """One small table per experiment: the scalar metrics of its latest record."""
-    from labkit.records import read_records
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return fmt(n / size, unit)
+    return f"{n:,.0f} B"
 
-    latest: dict[str, dict] = {}
-    for r in read_records(reports / "results"):
-        latest[r["experiment"]] = r
+
+def _table(rows: list[list[str]], head: list[str] | None = None) -> str:
+    h = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>" if head else ""
+    return "<table>" + h + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+
+
+# ---------------------------------------------------------------- one summary per lesson
+
+def _s00(m: dict) -> list[list[str]]:
+    return [["TTFT p50 (512-token prompt)", fmt(m.get("ttft_median_ms"), "ms")],
+            ["TPOT p50", fmt(m.get("tpot_median_ms"), "ms")],
+            ["output throughput, one request at a time", fmt(m.get("output_throughput"), "tok/s")],
+            ["first request / steady state (E2E)", fmt(m.get("cold_over_warm_E2E"), "x")],
+            ["noise floor (A against A)", fmt(100 * m["noise_floor"], "%") if m.get("noise_floor") else "–"]]
+
+
+def _s01(m: dict) -> list[list[str]]:
+    p = m.get("probes", {}).get(m.get("device", "cpu"), {})
+    b = m.get("baseline", {})
+    rows = [["memory bandwidth (best probe)", fmt(p.get("bandwidth_gbps", {}).get("best"), "GB/s")]]
+    rows += [[f"matrix multiply, {dt}", fmt(v, "GFLOP/s" if dt != "int8" else "GOP/s")]
+             for dt, v in p.get("matmul_gflops", {}).items()]
+    if b:
+        rows.append([f"baseline decode ({b.get('model')}, {b.get('layers')} layers)",
+                     f"{fmt(b.get('tpot_s', 0) * 1e3, 'ms')}: {fmt(100 * b.get('decode_fraction', 0), '%')} of its "
+                     "floor"])
+        rows.append(["baseline prefill", f"{fmt(b.get('prefill_s', 0) * 1e3, 'ms')}: "
+                                         f"{fmt(100 * b.get('prefill_fraction', 0), '%')} of its floor"])
+    return rows
+
+
+def _s02(m: dict) -> list[list[str]]:
+    q = {r["method"]: r for r in m.get("quality", []) if r.get("status") == "ok"}
+    s = [r for r in m.get("speed", []) if r.get("status") == "ok" and r.get("decode_x_vs_fp32")]
+    rows = []
+    if s:
+        best = max(s, key=lambda r: r["decode_x_vs_fp32"])
+        rows.append(["fastest batch-1 decode", f"{html.escape(best['method'])}: "
+                     f"{fmt(best['decode_ms_per_token'], 'ms')}/token, {fmt(best['decode_x_vs_fp32'], 'x')} fp32"])
+    for label, names in (("best 8-bit quality", ("int8-dynamic", "int8-weight-only", "int8-dynamic-legacy",
+                                                  "bnb-int8")), ("best 4-bit quality", ("gptq", "awq", "rtn",
+                                                                                          "int4-rtn", "bnb-nf4"))):
+        got = [q[n] for n in names if n in q]
+        if got:
+            r = min(got, key=lambda r: r["ppl_vs_fp32"])
+            rows.append([label, f"{html.escape(r['method'])}: perplexity {fmt(100 * (r['ppl_vs_fp32'] - 1), '%')} vs "
+                                f"fp32, {fmt(r['bits_per_weight'])} bits/weight, {fmt_bytes(r.get('bytes'))}"])
+    return rows
+
+
+def _s05(m: dict) -> list[list[str]]:
+    rows = []
+    for key, label in (("poisson", "Poisson arrivals"), ("all_at_once", "all at once, equal lengths")):
+        ok = [r for r in m.get(key, []) if r.get("status") == "ok"]
+        if ok:
+            rows.append([label, ", ".join(f"{html.escape(r['server'])} {fmt(r['output_throughput'], 'tok/s')} "
+                                          f"(TTFT p99 {fmt(r.get('ttft_p99_ms'), 'ms')})" for r in ok)])
+    return rows
+
+
+def _generic(m: dict, limit: int = 8) -> list[list[str]]:
+    scal = [(k, v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [[html.escape(k.replace("_", " ")), fmt(v)] for k, v in scal[:limit]]
+
+
+SUMMARIES = {"00": _s00, "01": _s01, "02": _s02, "05": _s05}
+
+
+def _latest_for(nb_id: str, experiment: str, reports: Path) -> dict | None:
+    from labkit.records import latest, read_records
+
+    rec = latest(experiment, reports / "results")
+    if rec is None:  # a lesson may name its records otherwise; take its newest whose name starts with its id
+        recs = [r for r in read_records(reports / "results") if r["experiment"].startswith(f"{nb_id}_")]
+        rec = recs[-1] if recs else None
+    return rec
+
+
+def _lesson_sections(reports: Path) -> str:
+    from labkit.course import notebooks
+
+    have = notebooks()
+    figs = sorted(figures_dir(reports).glob("*.png"))
     parts = []
-    for name, r in sorted(latest.items()):
-        scal = [(k, v) for k, v in r["metrics"].items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
-        if not scal:
+    for nb_id, title, experiment in LESSONS:
+        head = f"<h3>{nb_id} · {html.escape(title)}</h3>"
+        nb_html = reports / "notebooks" / f"{have[nb_id].stem}.html" if nb_id in have else None
+        if nb_id not in have:
+            parts.append(head + "<p class=meta>not written yet</p>")
             continue
-        cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in scal[:limit])
-        more = f"<tr><td colspan=2>… {len(scal) - limit} more in the record</td></tr>" if len(scal) > limit else ""
-        parts.append(f"<h3>{html.escape(name)}</h3><p class=meta>{html.escape(r['time'])} · "
-                     f"{html.escape(str(r['fingerprint'].get('cpu')))}</p><table>{cells}{more}</table>")
-    return parts
+        rec = _latest_for(nb_id, experiment, reports)
+        if rec is None:
+            parts.append(head + f"<p class=meta>not run yet: <code>python -m labkit course --only {nb_id}</code></p>")
+            continue
+        link = (f' · <a href="notebooks/{nb_html.name}">the executed notebook</a>' if nb_html and nb_html.exists()
+                else "")
+        summary = SUMMARIES.get(nb_id, _generic)(rec["metrics"])
+        mine = [f for f in figs if f.name.startswith(f"{nb_id}_")]
+        gallery = "".join(f'<a href="figures/{f.name}"><img src="figures/{f.name}" alt="{html.escape(f.stem)}" '
+                          f'title="{html.escape(f.stem)} (click for full size)"></a>' for f in mine)
+        parts.append(head + f"<p class=meta>{html.escape(rec['time'][:19])} · preset "
+                     f"{html.escape(str(rec['config'].get('preset')))}{link}</p>" + _table(summary)
+                     + (f"<div class=gallery>{gallery}</div>" if gallery else ""))
+    return "".join(parts)
 
+
+# ---------------------------------------------------------------- the case study and the ledger
 
 CASE_STUDY = "07_case_study"
-CASE_COLUMNS = (("stage", "stage"), ("ttft_idle_ms", "idle TTFT (ms)"), ("ttft_p50_ms", "TTFT p50 loaded (ms)"),
-                ("output_throughput", "output tok/s"), ("throughput_x_prev", "x prev"), ("guide_factor", "guide x"))
+CASE_COLUMNS = (("stage", "stage", ""), ("ttft_idle_ms", "idle TTFT", "ms"), ("ttft_p50_ms", "TTFT p50 loaded", "ms"),
+                ("output_throughput", "output", "tok/s"), ("throughput_x_prev", "x prev", "x"),
+                ("guide_factor", "guide x", "x"))
 
 
 def _case_study_section(reports: Path) -> str:
@@ -65,48 +184,55 @@ def _case_study_section(reports: Path) -> str:
         return ""
     m = rec["metrics"]
     ppl = {q["stage"]: q["perplexity"] for q in m.get("quality", [])}
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in CASE_COLUMNS) + "<th>perplexity</th>"
-    body = ""
+    head = [t + (f" ({u})" if u and u != "x" else "") for _, t, u in CASE_COLUMNS] + ["perplexity"]
+    body = []
     for r in m.get("stages", []):
-        if r.get("status", "ok") != "ok":  # a stage that could not run here: its reason across the row
-            body += (f"<tr><td>{html.escape(r['stage'])}</td>"
-                     f"<td colspan={len(CASE_COLUMNS)}>{html.escape(r['status'])}</td></tr>")
+        if r.get("status", "ok") != "ok":  # a stage that could not run here: its reason in the row
+            body.append([html.escape(r["stage"]), html.escape(r["status"])] + [""] * (len(head) - 2))
             continue
-        cells = [_fmt(r.get(k, "")) for k, _ in CASE_COLUMNS] + [_fmt(ppl.get(r["stage"], ""))]
-        body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        body.append([fmt(r.get(k), u if u == "x" else "") if k != "stage" else html.escape(r[k])
+                     for k, _, u in CASE_COLUMNS] + [fmt(ppl.get(r["stage"]))])
     state = ("passed" if m.get("passed") else "FAILED") if m.get("asserted") else "not asserted on this hardware"
-    where = f"{rec['time']} · {rec['fingerprint'].get('cpu')} · preset {rec['config'].get('preset')}"
+    where = f"{rec['time'][:19]} · {rec['fingerprint'].get('cpu')} · preset {rec['config'].get('preset')}"
     return (f"<h2>Case study: the guide's 13B stack on this machine ({state})</h2>"
             f"<p>{html.escape(str(m.get('message', '')))}</p><p class=meta>{html.escape(where)}</p>"
-            f"<table><tr>{head}</tr>{body}</table>")
+            + _table(body, head))
+
+
+def _ledger_section(reports: Path) -> str:
+    """The claims ledger's summary (notebook 08's record), when there is one."""
+    from labkit.records import latest
+
+    rec = latest("08_claims_ledger", reports / "results")
+    if rec is None:
+        return ""
+    m = rec["metrics"]
+    counts = m.get("counts", {})
+    rows = [[html.escape(v["claim"]), html.escape(v["status"]), html.escape(v.get("evidence", ""))]
+            for v in m.get("verdicts", [])]
+    summary = ", ".join(f"{n} {html.escape(s)}" for s, n in counts.items() if n)
+    return (f"<h2>The guide's claims on this machine</h2><p>{summary}</p>"
+            f"<details><summary>every claim</summary>{_table(rows, ['claim', 'status', 'evidence'])}</details>")
 
 
 def write_index(reports: Path | None = None, run=None) -> Path:
-    """reports/index.html: the executed notebooks, their figures and the latest result of each experiment."""
+    """reports/index.html: ledger and case study first, the machine, each lesson's summary and figures."""
     from labkit.hardware import describe, fingerprint
 
     reports = Path(reports) if reports is not None else reports_dir()
     reports.mkdir(parents=True, exist_ok=True)
-    nb_dir = reports / "notebooks"
-    items = []
-    for p in sorted(nb_dir.glob("*.ipynb")) if nb_dir.exists() else []:
-        h = p.with_suffix(".html")
-        link = f'<a href="notebooks/{h.name}">{html.escape(p.stem)}</a>' if h.exists() else html.escape(p.stem)
-        items.append(f'<li>{link} (<a href="notebooks/{p.name}">ipynb</a>)</li>')
     status = ""
     if run is not None:
-        rows = "".join(
-            f"<tr><td>{html.escape(r.name)}</td><td>{'ok' if not r.error else 'FAILED'}</td>"
-            f"<td>{r.seconds:.0f} s</td><td>{html.escape(r.error or '')}</td></tr>" for r in run.runs)
-        status = f"<h2>This run (preset {html.escape(run.preset)})</h2><table>{rows}</table>"
-    figs = "".join(f'<figure><img src="figures/{f.name}" width=480><figcaption>{html.escape(f.stem)}'
-                   f"</figcaption></figure>" for f in sorted(figures_dir(reports).glob("*.png")))
+        rows = [[html.escape(r.name), "ok" if not r.error else "FAILED", fmt(r.seconds, "s"),
+                 html.escape(r.error or "")] for r in run.runs]
+        total = sum(r.seconds for r in run.runs)
+        status = (f"<h2>This run (preset {html.escape(run.preset)}, {fmt(total / 60, 'min')})</h2>"
+                  + _table(rows, ["notebook", "state", "time", "error"]))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>labkit course report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;margin:8px}}.meta{{color:#666}}</style>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}
+.meta{{color:#666}}.gallery img{{width:48%;margin:1%;border:1px solid #ddd}}</style>
 </head><body><h1>Local LLM speed course: report</h1>
-{_case_study_section(reports)}<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
-{status}<h2>Executed notebooks</h2><ul>{''.join(items) or '<li>none yet</li>'}</ul>
-<h2>Results (latest record of each experiment)</h2>{''.join(_summary_rows(reports)) or '<p>none yet</p>'}
-<h2>Figures</h2>{figs or '<p>none yet</p>'}</body></html>"""
+{_ledger_section(reports)}{_case_study_section(reports)}<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
+{status}<h2>Lessons</h2>{_lesson_sections(reports)}</body></html>"""
     return atomic_write(reports / "index.html", page)

@@ -109,3 +109,20 @@ def test_every_parameter_is_checked_before_the_first_notebook_runs(fake_course, 
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["course", "--only", ",", "--reports", str(reports)]) == 2
     assert "names no notebook" in capsys.readouterr().err
+
+
+def test_output_problems_finds_empty_figures_cut_reasons_and_warnings(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("lesson.show(fig, 'x')"),
+        nbformat.v4.new_code_cell("print(table)"),
+        nbformat.v4.new_code_cell("import warnings"),
+        nbformat.v4.new_code_cell("lesson.show(fig, 'y')")])
+    cut = "gptqmodel  skipped: GPTQModel is n..."
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text=cut)]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stderr", text="UserWarning: something odd\n")]
+    nb.cells[3].outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    problems = course.output_problems(path)
+    assert problems == ["cell 0 draws a figure but shows none", "cell 1 cuts a skip reason: gptqmodel  skipped: "
+                        "GPTQModel is n...", "cell 2 leaks a warning: UserWarning: something odd"]

@@ -31,3 +31,4 @@ def test_notebook_runs_with_ci_preset(nb_id, shared_reports, monkeypatch):
     for path in new:  # each new record was written by this run, in the ci preset
         rec = json.loads(path.read_text())
         assert rec["config"].get("preset") == "ci", (path, rec["config"])
+    assert course.output_problems(r.output) == []  # every figure shows, no cut reason, no leaked warning
