@@ -354,12 +354,3 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
                     "measured")
     out["message"] = summary
     return out
-
-
-def verdict(result: dict, rows: list[dict]) -> dict:
-    """Claim C12 from the measured check."""
-    factors = ", ".join(f"{r['stage']} {r['throughput_x_prev']:.2f}x (guide {r['guide_factor'] or '-'})"
-                        for r in rows[1:])
-    ok = result["passed"]
-    return {"claim": "C12", "verdict": "reproduced" if ok else "not reproduced here",
-            "evidence": f"{result['message']}. Throughput factor per stage: {factors}"}

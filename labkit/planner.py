@@ -7,8 +7,8 @@ whole on every card (conservative). A card's usable memory is HEADROOM of its si
 the allocator's fragmentation and the framework need the rest.
 
 The planner refuses what will not fit, with the smallest configuration that would, instead of letting a
-run swap or be killed. `profile_card` and `verdicts` turn notebook 01's measurements into the record later
-lessons read and into verdicts on the guide's claims C1-C4.
+run swap or be killed. `profile_card` turns notebook 01's measurements into the record later lessons read
+(`save_profile` / `load_profile`); labkit.claims judges the guide's claims C1-C4 from it.
 """
 
 from __future__ import annotations
@@ -332,57 +332,3 @@ def expectations(profile: dict, spec: ShapeSpec, base_dtype: str, context: int =
     for r in rows:
         r[f"predicted speed-up vs {base['dtype']}"] = base[key] / r[key]
     return rows
-
-
-def verdicts(profile: dict, hw: Card, context: int = 512) -> list[dict]:
-    """Claims C1-C4 against the datasheets, the planner and this machine's measurements (a profile card)."""
-    v100, a100, a100_80 = REFERENCE_CARDS["V100-16GB"], REFERENCE_CARDS["A100-40GB"], REFERENCE_CARDS["A100-80GB"]
-    s7, s13 = shape("llama-2-7b"), shape("llama-2-13b")
-    base = profile["baseline"]
-    ms = 1e3
-    out = []
-
-    fv = decode_floor(s7, "fp16", v100, context)
-    here = decode_floor(s7, base["dtype"], hw, context)
-    out.append({"claim": "C1", "verdict": "plausible, from a slow baseline", "evidence": (
-        f"7B fp16 decode floor on a V100 = {fv.seconds * ms:.1f} ms/token ({fv.bytes / 1e9:.1f} GB read at "
-        f"{v100.bandwidth_gbps:,.0f} GB/s, datasheet). 300 ms is {0.3 / fv.seconds:.0f}x that floor and 75 ms "
-        f"still {0.075 / fv.seconds:.1f}x, so a 4x gain is well within what the hardware allows. Here, the full "
-        f"7B in {base['dtype']} at the baseline's measured {base['decode_fraction']:.0%} of the floor would take "
-        f"{here.seconds / base['decode_fraction'] * ms:,.0f} ms/token (floor {here.seconds * ms:,.0f} ms)"
-        + ("." if cards_needed(memory_plan(s7, base["dtype"], context), hw) else
-           f", if it fitted: it needs {memory_plan(s7, base['dtype'], context).total / GiB:.1f} GiB, "
-           f"{usable_bytes(hw) / GiB:.1f} GiB is usable here."))})
-
-    bw = profile["probes"].get("cpu", {}).get("bandwidth_gbps", {}).get("best", float("nan"))
-    ratio = a100.bandwidth_gbps / v100.bandwidth_gbps
-    out.append({"claim": "C2", "verdict": "reproduced" if base["decode_bound"] == "memory" else "not reproduced",
-                "evidence": (
-        f"Datasheets: A100-40GB {a100.bandwidth_gbps:,.0f} GB/s is {ratio:.2f}x a V100's "
-        f"{v100.bandwidth_gbps:,.0f} (that card is HBM2; the HBM2e A100-80GB has {a100_80.bandwidth_gbps:,.0f}). "
-        f"Here: {bw:,.1f} GB/s measured; the baseline's decode step is {base['decode_bound']}-bound and reaches "
-        f"{base['decode_fraction']:.0%} of its bandwidth floor ({base['tpot_s'] * ms:,.1f} ms vs "
-        f"{base['decode_floor_s'] * ms:,.1f} ms); prefill is {base['prefill_bound']}-bound.")})
-
-    n16 = cards_needed(memory_plan(s13, "fp16", 4096), a100)
-    n32 = cards_needed(memory_plan(s13, "fp32", 4096), a100)
-    out.append({"claim": "C3", "verdict": "not reproduced as stated" if n16 == 1 else "reproduced", "evidence": (
-        f"13B fp16 at 4,096 tokens needs {memory_plan(s13, 'fp16', 4096).total / GiB:.1f} GiB: {n16}x A100-40GB "
-        f"(one holds batch {max_batch(s13, 'fp16', 4096, a100)}). Two are needed for fp32 ({n32}x A100-40GB) or "
-        f"for larger batches; one A100-80GB holds fp16 up to batch {max_batch(s13, 'fp16', 4096, a100_80)}.")})
-
-    loads = {r["method"]: r for r in profile.get("loads", [])}
-    disk = profile.get("disk")
-    if "mmap" in loads and "read" in loads and disk:
-        mm, rd = loads["mmap"], loads["read"]
-        mib = 2**20
-        no_copy = mm["anon_growth_bytes"] < 0.1 * mm["file_bytes"] <= rd["anon_growth_bytes"]
-        verdict = "mmap part reproduced" if no_copy else "mmap part not reproduced"
-        out.append({"claim": "C4", "verdict": verdict + "; NVMe vs SATA not measurable here", "evidence": (
-            f"File {mm['file_bytes'] / mib:,.0f} MiB. mmap: first load {mm['first_s'] * ms:,.0f} ms, repeat "
-            f"{mm['repeat_s'] * ms:,.0f} ms, private memory +{mm['anon_growth_bytes'] / mib:,.0f} MiB. "
-            f"Read then copy: first {rd['first_s'] * ms:,.0f} ms, repeat {rd['repeat_s'] * ms:,.0f} ms, private "
-            f"memory +{rd['anon_growth_bytes'] / mib:,.0f} MiB, peak RSS +{rd['peak_rss_growth_bytes'] / mib:,.0f} "
-            f"MiB. This disk reads {disk['cold_read_gbps']:.2f} GB/s cold. Comparing NVMe with SATA needs both "
-            f"disks; by interface limits (SATA III ~0.6 GB/s, NVMe PCIe 3.0 x4 ~3.5 GB/s) 3-5x is plausible.")})
-    return out

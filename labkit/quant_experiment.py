@@ -5,7 +5,8 @@ The technique lives in `labkit.quant` (`quantize`); this module holds the loops 
   bytes) for fp32, bf16 and each method;
 - `benchmark_methods`: speed on a shape-faithful model, prefill (TTFT) and decode (TPOT) at batch 1, every
   method timed once per round in rotating order (`labkit.bench.run_rounds`), ratios per round;
-- `summary_table` and `verdicts` (claims C5, C6, C13 and the INT8 factor of C12).
+- `summary_table`: quality next to speed, one row per method (labkit.claims judges C5, C6, C13 from the
+  record).
 A method that cannot run here is a row "skipped: <reason>", never another method's numbers.
 """
 
@@ -182,55 +183,6 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
                 rows[name][f"{phase}_vs_eager"] = ratio.words()
     out = pd.DataFrame([rows[m] for m in order])
     out.attrs["load"] = r.load
-    return out
-
-
-def _row(df, method: str) -> dict | None:
-    hit = df[(df["method"] == method) & (df["status"] == "ok")]
-    return None if hit.empty else hit.iloc[0].to_dict()
-
-
-def verdicts(quality, speed=None) -> list[dict]:
-    """The guide's claims C5, C6 and C13, judged from the measured tables (never from typed-in numbers)."""
-    out = []
-    fp = _row(quality, "fp32")
-    int8 = [r for m in ("int8-dynamic", "int8-weight-only", "bnb-int8") if (r := _row(quality, m))]
-    if fp and int8:
-        r = int8[0]
-        size = r["bits_per_weight"] / 32
-        kept = r.get("token_agreement", float("nan"))
-        ok = size <= 0.27 and r["ppl_vs_fp32"] <= 1.05 and not kept < 0.95
-        out.append({"claim": "C5", "verdict": "reproduced" if ok else "not reproduced",
-                    "evidence": f"{r['method']}: linear weights {size:.2f} of fp32 ({r['bits_per_weight']:.2f} bits "
-                                f"each, whole model {r['bytes'] / fp['bytes']:.2f} of fp32 with embeddings kept); "
-                                f"perplexity x{r['ppl_vs_fp32']:.4f}, greedy tokens agreeing {kept:.1%}"})
-    rtn, gptq, awq = (_row(quality, m) for m in ("rtn", "gptq", "awq"))
-    if rtn and gptq and awq:
-        gap = {m: r["ppl_vs_fp32"] - 1 for m, r in (("rtn", rtn), ("gptq", gptq), ("awq", awq))}
-        ok = gap["gptq"] < gap["rtn"] and gap["awq"] < gap["rtn"]
-        out.append({"claim": "C6", "verdict": "reproduced" if ok else "not reproduced",
-                    "evidence": "perplexity above fp32 at the same bits and group size: "
-                                + ", ".join(f"{m} {g:+.2%}" for m, g in gap.items())})
-    int4 = _row(quality, "int4-rtn") or rtn
-    if int4 and int8:
-        g4, g8 = int4["ppl_vs_fp32"] - 1, int8[0]["ppl_vs_fp32"] - 1
-        if g4 > g8 and g4 > 0.01:
-            verdict = "reproduced (direction)"
-        elif g4 > g8:
-            verdict = "not reproduced here: INT4 loses more than INT8, but under 1% of perplexity"
-        else:
-            verdict = "not reproduced"
-        out.append({"claim": "C13", "verdict": verdict,
-                    "evidence": f"{int4['method']} perplexity {g4:+.2%} vs fp32, {int8[0]['method']} {g8:+.2%}; "
-                                "whether a loss is too much for finance or medicine needs a task metric, not "
-                                "perplexity"})
-    if speed is not None:
-        timed = speed[(speed["status"] == "ok") & speed["method"].str.contains("int8")]
-        if not timed.empty:
-            best = timed.sort_values("decode_x_vs_fp32").iloc[-1]
-            out.append({"claim": "C12 (INT8 part, for notebook 07)", "verdict": "measured",
-                        "evidence": f"fastest INT8 here: {best['method']} decodes {best['decode_x_vs_fp32']:.2f}x "
-                                    f"fp32 and {best['decode_x_vs_bf16']:.2f}x bf16 (the guide: 2.3x)"})
     return out
 
 

@@ -32,3 +32,88 @@ def test_c17_is_judged_from_the_configuration_measured():
     short = claims.c17({**good, "prompt_tokens": 64}, repeats=4, fingerprint_stored=True)
     assert short.status == claims.PARTLY and "512-token prompts" in short.evidence.split("not followed")[-1]
     assert claims.c17({}, repeats=1, fingerprint_stored=False).status == claims.NOT_REPRODUCED
+
+
+def _rec(metrics: dict) -> dict:
+    return {"metrics": metrics, "_path": "reports/results/x/1.json", "fingerprint": {"cpu": "test cpu"}}
+
+
+def _profile(decode_bound="memory", loads=True, anon_mmap=1 << 20) -> dict:
+    m = {"device": "cpu",
+         "probes": {"cpu": {"bandwidth_gbps": {"best": 40.0}, "matmul_gflops": {"fp32": 200.0, "bf16": 800.0,
+                                                                                "int8": 1600.0},
+                            "matvec_gbps": {"fp32": 30.0}}},
+         "baseline": {"dtype": "fp32", "decode_fraction": 0.5, "decode_bound": decode_bound, "tpot_s": 0.09,
+                      "decode_floor_s": 0.045, "prefill_bound": "compute"}}
+    if loads:
+        f = 64 << 20
+        m["loads"] = [{"method": "mmap", "file_bytes": f, "anon_growth_bytes": anon_mmap, "first_s": 0.1,
+                       "repeat_s": 0.01},
+                      {"method": "read", "file_bytes": f, "anon_growth_bytes": f, "first_s": 0.2, "repeat_s": 0.05,
+                       "peak_rss_growth_bytes": 2 * f}]
+        m["disk"] = {"cold_read_gbps": 1.2}
+    return _rec(m)
+
+
+def test_lesson_01_claims_through_their_statuses():
+    assert claims.c1(None).status == claims.NOT_MEASURED
+    v = claims.c1(_profile())
+    assert v.status == claims.NOT_MEASURABLE and "needs a V100" in v.evidence and v.machine == "test cpu"
+    assert claims.c2(_profile()).status == claims.REPRODUCED
+    assert claims.c2(_profile(decode_bound="compute")).status == claims.NOT_REPRODUCED
+    assert claims.c2(None).status == claims.NOT_MEASURED
+    assert claims.c3().status == claims.NOT_REPRODUCED  # one A100-40GB holds 13B fp16 at 4,096 tokens
+    assert claims.c3(context=32768).status == claims.REPRODUCED  # a long context needs two
+    assert claims.c4(_profile()).status == claims.PARTLY
+    assert claims.c4(_profile(anon_mmap=64 << 20)).status == claims.NOT_REPRODUCED
+    assert claims.c4(_profile(loads=False)).status == claims.NOT_MEASURED
+
+
+def _quality(**ppl) -> dict:
+    rows = [{"method": "fp32", "status": "ok", "ppl_vs_fp32": 1.0, "bits_per_weight": 32.0, "bytes": 100}]
+    rows += [{"method": m, "status": "ok", "ppl_vs_fp32": v, "bits_per_weight": 8.1 if "int8" in m else 4.2,
+              "bytes": 40, "token_agreement": 0.97} for m, v in ppl.items()]
+    return _rec({"quality": rows})
+
+
+def test_lesson_02_claims_through_their_statuses():
+    kw = {"int8-dynamic": 1.002}
+    assert claims.c5(_quality(**kw)).status == claims.REPRODUCED
+    assert claims.c5(_quality(**{"int8-dynamic": 1.2})).status == claims.PARTLY  # size yes, accuracy no
+    assert claims.c5(_quality()).status == claims.NOT_MEASURED
+    assert claims.c6(_quality(rtn=1.05, gptq=1.01, awq=1.02)).status == claims.REPRODUCED
+    assert claims.c6(_quality(rtn=1.05, gptq=1.01, awq=1.06)).status == claims.PARTLY
+    assert claims.c6(_quality(rtn=1.01, gptq=1.02, awq=1.03)).status == claims.NOT_REPRODUCED
+    assert claims.c6(_quality(rtn=1.01)).status == claims.NOT_MEASURED
+    assert claims.c13(_quality(**kw, rtn=1.05)).status == claims.PARTLY
+    assert claims.c13(_quality(**kw, rtn=1.005)).status == claims.NOT_REPRODUCED  # more than INT8, under 1%
+    assert "under 1%" in claims.c13(_quality(**kw, rtn=1.005)).evidence
+    assert claims.c13(_quality(rtn=1.05)).status == claims.NOT_MEASURED
+
+
+def _servers(thr=1.5, std=0.3, p99=(5000.0, 2000.0)) -> dict:
+    static = {"server": "static", "status": "ok", "output_throughput": 10.0, "e2e_std_ms": 1000.0,
+              "ttft_p99_ms": p99[0]}
+    engine = {"server": "engine", "status": "ok", "output_throughput": 10.0 * thr, "e2e_std_ms": 1000.0 * std,
+              "ttft_p99_ms": p99[1]}
+    return _rec({"poisson": [static, engine], "all_at_once": [static, engine]})
+
+
+def test_lesson_05_claims_through_their_statuses():
+    assert claims.c9(_servers()).status == claims.REPRODUCED
+    assert claims.c9(_servers(thr=1.2)).status == claims.PARTLY
+    assert claims.c9(_servers(thr=1.2, std=0.9)).status == claims.NOT_REPRODUCED
+    assert claims.c9(_rec({"poisson": []})).status == claims.NOT_MEASURED
+    assert claims.c16(_servers()).status == claims.REPRODUCED
+    assert claims.c16(_servers(p99=(1000.0, 2000.0))).status == claims.NOT_REPRODUCED
+    assert claims.c16(None).status == claims.NOT_MEASURED
+
+
+def test_lesson_07_claim_through_its_statuses():
+    m = {"throughput_ratio": 6.0, "ttft_idle_ratio": 5.0, "asserted": True, "passed": True, "message": "ok",
+         "stages": [{"stage": "baseline"}, {"stage": "+ INT8", "throughput_x_prev": 3.0, "guide_factor": 2.3}]}
+    v = claims.c12(_rec(m))
+    assert v.status == claims.REPRODUCED and "+ INT8 3.00x (guide 2.3)" in v.evidence
+    assert claims.c12(_rec({**m, "passed": False})).status == claims.NOT_REPRODUCED
+    assert claims.c12(_rec({**m, "asserted": False})).status == claims.NOT_MEASURABLE
+    assert claims.c12(None).status == claims.NOT_MEASURED

@@ -109,41 +109,6 @@ def occupancy(engine: LLMEngine) -> dict[str, list]:
             "prefill": [s.is_prefill for s in engine.stats]}
 
 
-def verdicts(poisson_rows: list[dict], at_once_rows: list[dict]) -> list[dict]:
-    """Claims C9, C16 and the continuous-batching factor of C12, from the two traces' measured rows."""
-    p = {r["server"]: r for r in poisson_rows if r["status"] == "ok"}
-    a = {r["server"]: r for r in at_once_rows if r["status"] == "ok"}
-    out = []
-    if "engine" in p and "static" in p:
-        e, s = p["engine"], p["static"]
-        thr = e["output_throughput"] / s["output_throughput"]
-        var = e["e2e_std_ms"] / s["e2e_std_ms"] if s["e2e_std_ms"] else float("nan")
-        ok_thr, ok_var = thr >= 1.4, var <= 0.4
-        verdict = ("reproduced" if ok_thr and ok_var else "partly reproduced" if ok_thr or ok_var
-                   else "not reproduced here")
-        out.append({"claim": "C9", "verdict": verdict,
-                    "evidence": f"Poisson trace: engine {thr:.2f}x static batching's output throughput (guide: "
-                                f"1.4x); E2E latency std {var:.2f}x static's (guide: 0.4x)"})
-        better = e["ttft_p99_ms"] < s["ttft_p99_ms"]
-        ev = (f"Poisson trace: p99 TTFT static {s['ttft_p99_ms']:.0f} ms vs engine {e['ttft_p99_ms']:.0f} ms")
-        if "engine" in a and "static" in a:
-            ev += (f"; all at once with equal lengths (static's best case): engine at "
-                   f"{a['engine']['output_throughput'] / a['static']['output_throughput']:.2f}x static")
-        out.append({"claim": "C16", "verdict": "reproduced" if better else "not reproduced here", "evidence": ev})
-    if "engine" in p and "sequential" in p:
-        s = p["sequential"]
-        x = p["engine"]["output_throughput"] / s["output_throughput"]
-        ev = f"engine {x:.2f}x sequential generate's output throughput (guide: 1.8x)"
-        if s.get("prefill_share"):
-            ev += (f"; prefills are {s['prefill_share']:.0%} of sequential's busy time and batching does not make "
-                   f"them cheaper, so even free decode would give at most {s['max_x_vs_sequential']:.1f}x")
-        if s.get("max_x_at_batch"):
-            ev += f", and every decode step at the full batch (as measured) {s['max_x_at_batch']:.1f}x"
-        out.append({"claim": "C12 (continuous-batching factor, for notebook 07)", "verdict": "measured",
-                    "evidence": ev})
-    return out
-
-
 def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[int, int],
                output_len: int | tuple[int, int], servers: Sequence[str] = ("static", "engine"), max_batch: int = 8,
                slo_ms: dict | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
@@ -160,3 +125,20 @@ def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[in
         rows, _, _ = compare_servers(model, trace, servers, max_batch=max_batch, slo_ms=slo_ms, progress=False)
         out += [{"rate": rate, **r} for r in rows]
     return out
+
+
+def bound_sentence(rows: list[dict]) -> str | None:
+    """The engine against one-at-a-time serving, in words from the rows, with the bound the sequential replay
+    puts on any batching (`prefill_bound`): the continuous-batching factor the case study (07) stacks."""
+    ok = {r["server"]: r for r in rows if r.get("status") == "ok"}
+    if "engine" not in ok or "sequential" not in ok:
+        return None
+    s = ok["sequential"]
+    text = (f"The engine serves {ok['engine']['output_throughput'] / s['output_throughput']:.2f}x the output "
+            f"throughput of sequential generate (the guide's continuous-batching factor: 1.8x)")
+    if s.get("prefill_share"):
+        text += (f"; prefills are {s['prefill_share']:.0%} of sequential's busy time and batching does not make them "
+                 f"cheaper, so even free decode would give at most {s['max_x_vs_sequential']:.1f}x")
+    if s.get("max_x_at_batch"):
+        text += f", and every decode step at the full batch (at the step time measured) {s['max_x_at_batch']:.1f}x"
+    return text + "."

@@ -197,3 +197,15 @@ def test_decode_step_time_counts_only_full_back_to_back_decode_steps():
           StepStat(5.0, False, 1, 1, 0, 0)]  # one sequence left: not a full batch
     assert decode_step_s(SimpleNamespace(stats=st), 2) == pytest.approx(0.25)
     assert decode_step_s(SimpleNamespace(stats=st), 4) is None
+
+
+def test_bound_sentence_is_built_from_the_rows():
+    from labkit.serve.experiment import bound_sentence
+
+    rows = [{"server": "sequential", "status": "ok", "output_throughput": 10.0, "prefill_share": 0.2,
+             "max_x_vs_sequential": 5.0, "max_x_at_batch": 2.4},
+            {"server": "engine", "status": "ok", "output_throughput": 19.1}]
+    text = bound_sentence(rows)
+    assert text.startswith("The engine serves 1.91x the output throughput") and "20%" in text
+    assert "at most 5.0x" in text and "2.4x" in text
+    assert bound_sentence(rows[1:]) is None
