@@ -2,7 +2,7 @@
 
   python -m labkit course [--preset ci|full] [--only 00,02] [-p name=value ...] [--params ci/params.json]
   python -m labkit fingerprint [--json]
-  python -m labkit report
+  python -m labkit report [--single-file] [--out FILE]
   python -m labkit train-tiny [--steps N] [--out DIR]
 """
 
@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--reports", type=Path, default=None, help="output folder (default: reports/)")
     f = sub.add_parser("fingerprint", help="print this machine's features that decide LLM speed")
     f.add_argument("--json", action="store_true")
-    sub.add_parser("report", help="rebuild reports/index.html from what is in reports/")
+    r = sub.add_parser("report", help="rebuild reports/index.html from what is in reports/")
+    r.add_argument("--single-file", action="store_true",
+                   help="also write one self-contained HTML (figures embedded) to send to someone")
+    r.add_argument("--out", type=Path, default=None, help="where the single file goes (default: reports/)")
     t = sub.add_parser("train-tiny", help="retrain the embedded model (it is committed; ~40 min on 2 cores)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--out", type=Path, default=None)
@@ -65,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(fp, indent=2) if args.json else describe(fp))
         return 0
     if args.cmd == "report":
-        from labkit.report import write_index
+        from labkit.report import write_index, write_single_file
 
         print(write_index())
+        if args.single_file:
+            print(write_single_file(out=args.out))
         return 0
     if args.cmd == "train-tiny":
         from labkit import DATA

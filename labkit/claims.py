@@ -409,3 +409,62 @@ def c12(record: dict | None) -> Verdict:
 
 
 # ---------------------------------------------------------------- notebook 06 (kernels and memory): C10, C11, C15
+
+
+# ---------------------------------------------------------------- the ledger (notebook 08)
+
+def _c15_record(record: dict | None) -> Verdict:
+    m = (record or {}).get("metrics", {})
+    ratios = {k: m[f"cold_over_warm_{k}"] for k in ("E2E", "TTFT") if m.get(f"cold_over_warm_{k}")}
+    return c15({f"eager generate ({k})": v for k, v in ratios.items()}, record) if ratios else not_measured("C15")
+
+
+def _c17_record(record: dict | None) -> Verdict:
+    if not record:
+        return not_measured("C17")
+    return c17(record["config"], repeats=int(record["metrics"].get("steady_requests", 0)),
+               fingerprint_stored=bool(record.get("fingerprint")), record=record)
+
+
+# claim -> (the experiment whose latest record it reads, the function that judges it). Lessons add theirs here.
+SOURCES: dict[str, tuple[str, object]] = {
+    "C1": ("hardware_profile", c1), "C2": ("hardware_profile", c2), "C3": ("hardware_profile", c3),
+    "C4": ("hardware_profile", c4), "C5": ("02_quantization", c5), "C6": ("02_quantization", c6),
+    "C9": ("05_continuous_batching", c9), "C12": ("07_case_study", c12), "C13": ("02_quantization", c13),
+    "C15": ("00_baseline", _c15_record), "C16": ("05_continuous_batching", c16), "C17": ("00_baseline", _c17_record),
+}
+
+
+def ledger(root=None) -> list[Verdict]:
+    """Every claim's verdict from the latest records under `root` (default: reports/results): a claim whose
+    lesson has not run, or has not been written, is "not measured yet", never guessed."""
+    from labkit.records import latest
+
+    out = []
+    for cid in CLAIMS:
+        if cid not in SOURCES:
+            out.append(Verdict(cid, NOT_MEASURED, f"notebook {CLAIMS[cid].notebook} does not measure it yet"))
+            continue
+        experiment, judge = SOURCES[cid]
+        rec = latest(experiment, root)
+        out.append(judge(rec) if rec is not None else not_measured(cid))
+    return out
+
+
+def counts(verdicts: list[Verdict]) -> dict[str, int]:
+    """How many verdicts have each status, in STATUSES order."""
+    return {s: sum(v.status == s for v in verdicts) for s in STATUSES}
+
+
+def what_to_trust(verdicts: list[Verdict]) -> list[str]:
+    """The ledger in plain words, one line per status that occurs: which promises hold here, which do not,
+    which this machine cannot test, which are still to be measured."""
+    words = {REPRODUCED: "Holds on this machine", PARTLY: "Holds in part (read the evidence for which part)",
+             NOT_REPRODUCED: "Does not hold here, as measured", NOT_MEASURABLE: "Cannot be tested on this hardware",
+             NOT_MEASURED: "Not measured yet (run the lesson named)"}
+    out = []
+    for status in STATUSES:
+        hit = [v for v in verdicts if v.status == status]
+        if hit:
+            out.append(f"{words[status]}: " + "; ".join(f"{v.claim} ({CLAIMS[v.claim].words})" for v in hit) + ".")
+    return out

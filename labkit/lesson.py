@@ -35,17 +35,19 @@ class Run:
         """records.save with the preset in the config and the load so far in the metrics (`load`)."""
         rec = records.save(experiment, {"preset": self.preset, **config}, {**metrics, "load": self.load()})
         self.saved.append(rec["_path"])
+        print(f"stored as the record {experiment} (under reports/results/{experiment}/ once the notebook succeeds)")
         return rec
 
     def finish(self) -> dict:
         """Print the notebook's duration and load; returns them."""
         load = self.load()
-        minutes = (time.perf_counter() - self.started) / 60
+        seconds = time.perf_counter() - self.started
         share = load.get("others_cpu_share")
         busy = ("the machine was otherwise idle" if share is not None and not load["busy"] else
                 LoadWatch.warning.fget(self.watch) if load["busy"] else "others' CPU use not measurable here")
-        print(f"{self.name} took {minutes:.1f} min (preset {self.preset}); {busy}")
-        return {"minutes": minutes, **load}
+        took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+        print(f"{self.name} took {took} (preset {self.preset}); {busy}")
+        return {"seconds": seconds, **load}
 
 
 def start(name: str, preset: str, describe: bool = True) -> Run:

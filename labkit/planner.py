@@ -8,7 +8,7 @@ the allocator's fragmentation and the framework need the rest.
 
 The planner refuses what will not fit, with the smallest configuration that would, instead of letting a
 run swap or be killed. `profile_card` turns notebook 01's measurements into the record later lessons read
-(`save_profile` / `load_profile`); labkit.claims judges the guide's claims C1-C4 from it.
+(`PROFILE_EXPERIMENT`, read back by `load_profile`); labkit.claims judges the guide's claims C1-C4 from it.
 """
 
 from __future__ import annotations
@@ -262,14 +262,7 @@ def machine_card(device: str = "cpu") -> tuple[Card, str]:
         return this_machine(hardware.summarize_probes(probes), device), "quick probes (no profile stored)"
 
 
-PROFILE_EXPERIMENT = "hardware_profile"  # the record notebook 01 writes with `save_profile`
-
-
-def save_profile(config: dict, card: dict) -> dict:
-    """Store notebook 01's profile card (`profile_card`) as the 'hardware_profile' record."""
-    from labkit.records import save
-
-    return save(PROFILE_EXPERIMENT, config, card)
+PROFILE_EXPERIMENT = "hardware_profile"  # the record notebook 01 writes
 
 
 def load_profile(root=None) -> dict:

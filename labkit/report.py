@@ -217,10 +217,42 @@ def _ledger_section(reports: Path) -> str:
 
 def write_index(reports: Path | None = None, run=None) -> Path:
     """reports/index.html: ledger and case study first, the machine, each lesson's summary and figures."""
-    from labkit.hardware import describe, fingerprint
-
     reports = Path(reports) if reports is not None else reports_dir()
     reports.mkdir(parents=True, exist_ok=True)
+    return atomic_write(reports / "index.html", _page(reports, run))
+
+
+def write_single_file(reports: Path | None = None, out: Path | None = None) -> Path:
+    """One self-contained HTML file to send to someone: the index with every figure embedded (data: URIs), no
+    link that needs another file, the machine's fingerprint and the date. Default: reports/course-report.html."""
+    import base64
+    import datetime as dt
+    import json
+    import re
+
+    from labkit.hardware import fingerprint
+
+    reports = Path(reports) if reports is not None else reports_dir()
+    page = _page(reports, None)
+
+    def embed(m: re.Match) -> str:
+        f = reports / "figures" / m.group(1)
+        data = base64.b64encode(f.read_bytes()).decode() if f.exists() else ""
+        return f'src="data:image/png;base64,{data}"'
+
+    page = re.sub(r'src="figures/([^"]+)"', embed, page)
+    page = re.sub(r'<a href="(figures|notebooks)/[^"]*">(.*?)</a>', r"\2", page, flags=re.S)  # nothing beside it
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    fp = html.escape(json.dumps(fingerprint(), indent=1))
+    page = page.replace("<h1>Local LLM speed course: report</h1>",
+                        f"<h1>Local LLM speed course: report</h1><p class=meta>made {stamp}</p>", 1)
+    page = page.replace("</body>", f"<h2>Fingerprint</h2><pre>{fp}</pre></body>", 1)
+    return atomic_write(Path(out) if out else reports / "course-report.html", page)
+
+
+def _page(reports: Path, run) -> str:
+    from labkit.hardware import describe, fingerprint
+
     status = ""
     if run is not None:
         rows = [[html.escape(r.name), "ok" if not r.error else "FAILED", fmt(r.seconds, "s"),
@@ -235,4 +267,4 @@ table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padd
 </head><body><h1>Local LLM speed course: report</h1>
 {_ledger_section(reports)}{_case_study_section(reports)}<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
 {status}<h2>Lessons</h2>{_lesson_sections(reports)}</body></html>"""
-    return atomic_write(reports / "index.html", page)
+    return page

@@ -117,3 +117,32 @@ def test_lesson_07_claim_through_its_statuses():
     assert claims.c12(_rec({**m, "passed": False})).status == claims.NOT_REPRODUCED
     assert claims.c12(_rec({**m, "asserted": False})).status == claims.NOT_MEASURABLE
     assert claims.c12(None).status == claims.NOT_MEASURED
+
+
+def test_ledger_reads_the_latest_records_and_never_guesses(tmp_path):
+    from labkit import records
+
+    root = tmp_path / "results"
+    fp = {"cpu": "test cpu", "versions": {}}
+    records.write_record(records.make_record("00_baseline", {"prompt_tokens": 512, "seed": 0, "cold_start_apart": True},
+                                             {"cold_over_warm_E2E": 1.1, "cold_over_warm_TTFT": 3.5,
+                                              "steady_requests": 4}, fingerprint=fp), root)
+    q = _quality(**{"int8-dynamic": 1.002}, rtn=1.05, gptq=1.01, awq=1.02)["metrics"]
+    records.write_record(records.make_record("02_quantization", {}, q, fingerprint=fp), root)
+    got = {v.claim: v for v in claims.ledger(root)}
+    assert list(got) == list(claims.CLAIMS)
+    assert got["C15"].status == claims.PARTLY and got["C17"].status == claims.REPRODUCED
+    assert got["C5"].status == claims.REPRODUCED and got["C6"].status == claims.REPRODUCED
+    assert got["C9"].status == claims.NOT_MEASURED and "--only 05" in got["C9"].evidence
+    assert got["C5"].record.endswith(".json") and got["C5"].machine == "test cpu"
+    n = claims.counts(list(got.values()))
+    assert sum(n.values()) == 17 and n[claims.REPRODUCED] == 3
+
+
+def test_what_to_trust_groups_the_claims_by_status():
+    vs = [claims.Verdict("C2", claims.REPRODUCED, "x"), claims.Verdict("C3", claims.NOT_REPRODUCED, "y"),
+          claims.not_measured("C9")]
+    lines = claims.what_to_trust(vs)
+    assert lines[0].startswith("Holds on this machine: C2 (memory bandwidth decides decode speed")
+    assert lines[1].startswith("Does not hold here, as measured: C3") and lines[2].startswith("Not measured yet")
+    assert len(lines) == 3

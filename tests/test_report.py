@@ -26,3 +26,21 @@ def test_index_has_a_line_for_every_lesson_and_full_size_figures(tmp_path, monke
         assert f"{nb_id} · " in page
     assert "not run yet: <code>python -m labkit course --only 02</code>" in page
     assert "3.047e+04" not in page
+
+
+def test_single_file_report_needs_no_other_file(tmp_path, monkeypatch, capsys):
+    import base64
+
+    from labkit.__main__ import main
+
+    monkeypatch.setenv("LABKIT_REPORTS", str(tmp_path))
+    records.save("00_baseline", {"preset": "ci"}, {"ttft_median_ms": 2164.0}, root=tmp_path / "results")
+    (tmp_path / "figures").mkdir()
+    png = b"\\x89PNG fake bytes"
+    (tmp_path / "figures" / "00_per_token_latency.png").write_bytes(png)
+    out = tmp_path / "elsewhere" / "share.html"
+    assert main(["report", "--single-file", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
+    assert 'href="figures/' not in page and 'src="figures/' not in page and 'href="notebooks/' not in page
+    assert "Fingerprint" in page and "made 20" in page and "2,164 ms" in page
