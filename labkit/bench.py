@@ -244,7 +244,7 @@ def run_rounds(candidates: dict[str, Callable[[], object]], rounds: int, *, cold
     apart; `cold=False` skips it when the caller has warmed up already). A candidate returning a dict of
     numbers has them recorded per round next to its wall time. The machine's load is watched throughout
     and a warning printed when another process was busy."""
-    from tqdm.auto import tqdm
+    from labkit.progress import tqdm
 
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -483,7 +483,7 @@ def measure_requests(model, prompts, max_new_tokens: int, repeats: int = 3, prog
     """One request at a time through `generate`: the first call is the cold start (returned apart), then
     `repeats` passes over `prompts` (a tensor [n, prompt_len] or a list of [1, len] tensors) in steady state.
     """
-    from tqdm.auto import tqdm
+    from labkit.progress import tqdm
 
     rows = [p.unsqueeze(0) if p.dim() == 1 else p for p in prompts]
     cold, _ = generate_timed(model, rows[0], max_new_tokens, **generate_kwargs)

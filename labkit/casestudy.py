@@ -105,7 +105,7 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     """Quantize `model` with each INT8 candidate and time one request (prompt + `new_tokens`) after a warm-up:
     the fastest for a request of `output_len` tokens (TTFT + (output_len - 1) x TPOT) is picked. Returns
     (method, rows): a method this machine cannot run is a row "skipped: <reason>"."""
-    from tqdm.auto import tqdm
+    from labkit.progress import tqdm
 
     rows = []
     for method in tqdm(list(candidates), desc="INT8 paths", disable=not progress):
@@ -220,7 +220,7 @@ def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int 
                  progress: bool = True) -> list[dict]:
     """Held-out perplexity of the embedded model under each stage's transformations (batching does not change
     what a model computes for one sequence, so stages that share int8/dtype/attention share a number)."""
-    from tqdm.auto import tqdm
+    from labkit.progress import tqdm
 
     cache: dict = {}
     done: dict = {}
@@ -245,8 +245,7 @@ def answer_agreement(stages: Sequence[Stage], prompts: list[list[int]], new_toke
     have random weights, where the top two logits are near-ties everywhere, so answers are compared here.
     `identical`: fraction of prompts with the same answer; `agree_until`: mean fraction of each answer
     before its first differing token; `identical_to_prev`: the same against the stage before."""
-    from tqdm.auto import tqdm
-
+    from labkit.progress import tqdm
     from labkit.serve.engine import EngineConfig, LLMEngine
 
     cache: dict = {}

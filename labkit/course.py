@@ -108,6 +108,8 @@ def _kernel_env(reports: Path, staging: Path) -> None:
     # Jupyter's inline backend, so every figure shows in the executed notebook (a learner's MPLBACKEND=Agg would
     # leave empty cells); labkit.lesson.show also saves each one for the index.
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    os.environ["LABKIT_HEADLESS"] = "1"  # progress bars print one line each instead of freezing at "0%"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' "Loading weights" bars, likewise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -193,7 +195,8 @@ def run_notebook(nb_id: str, preset: str = "ci", params: dict | None = None, rep
     reports = Path(reports) if reports is not None else reports_dir()
     tmpdir = Path(tempfile.mkdtemp(prefix=f"labkit-{nb_id}-"))
     staged = tmpdir / "staged"
-    saved_env = {k: os.environ.get(k) for k in ("LABKIT_REPORTS", "LABKIT_STAGING", "MPLBACKEND")}
+    saved_env = {k: os.environ.get(k) for k in ("LABKIT_REPORTS", "LABKIT_STAGING", "MPLBACKEND", "LABKIT_HEADLESS",
+                                             "HF_HUB_DISABLE_PROGRESS_BARS")}
     _kernel_env(reports, staged)
     kernel = ensure_kernel()
     import papermill

@@ -299,7 +299,7 @@ def run_probes(devices: tuple[str, ...] = ("cpu", "cuda"), bandwidth_mib: int = 
                repeats: int = 3, progress: bool = True, min_time_s: float = 0.3) -> list[Probe]:
     """Every probe on every device: bandwidth, then matvec and matmul for each dtype. A device that is
     absent gives skipped probes with the reason. The matvec streams at least `bandwidth_mib` of weights."""
-    from tqdm.auto import tqdm
+    from labkit.progress import tqdm
 
     jobs = []
     for dev in devices:

@@ -68,7 +68,8 @@ def evaluate_methods(model: nn.Module, tokenizer, methods: list[str], *, calib: 
     agreement with fp32 (teacher-forced, see labkit.quality), and bytes. One row per method plus fp32 and
     bf16; a method that cannot run here has its status and no numbers."""
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from labkit.progress import tqdm
 
     fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
     bf16 = None
@@ -109,7 +110,7 @@ def _quality_row(q: nn.Module, fp32: nn.Module, tokenizer, text: str, max_tokens
 def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool) -> tuple[dict, dict]:
     """fp32, bf16 and each method's quantized copy of the speed model (every linear, head included: with few
     layers the head would otherwise be a far larger share of the bytes than in the full model)."""
-    from tqdm.auto import tqdm
+    from labkit.progress import tqdm
 
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     runners: dict[str, nn.Module] = {"fp32": fp32, "bf16": bf16}

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from labkit import DATA
 from labkit.corpus import EOT, join_documents, stdlib_files
 from labkit.hardware import cpu_model
+from labkit.progress import tqdm
 
 
 @dataclass

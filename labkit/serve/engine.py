@@ -151,7 +151,7 @@ class LLMEngine:
                  progress: bool = False) -> list[list[int]]:
         """Blocking: run every prompt to the end and return the output token ids in prompt order
         (empty for a rejected request; see `get(id).finish_reason`)."""
-        from tqdm.auto import tqdm
+        from labkit.progress import tqdm
 
         plist = params if isinstance(params, list) else [params] * len(prompts)
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]

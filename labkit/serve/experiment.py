@@ -33,7 +33,7 @@ def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SE
 
     `max_batch` is the static batch size and the engine's max running sequences, so both are compared at the
     same maximum batch. Rows carry status "ok" or "skipped: <reason>" (never another server's numbers)."""
-    from tqdm.auto import tqdm
+    from labkit.progress import tqdm
 
     unknown = sorted(set(servers) - set(SERVERS))
     if unknown:
@@ -114,8 +114,7 @@ def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[in
                slo_ms: dict | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
     """The same kind of Poisson trace at each rate, replayed against `servers`: one row per (rate, server),
     for throughput and latency percentiles against the offered load."""
-    from tqdm.auto import tqdm
-
+    from labkit.progress import tqdm
     from labkit.serve.workload import make_trace
 
     out = []
