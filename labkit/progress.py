@@ -58,6 +58,6 @@ def tqdm(*args, **kwargs):
     """tqdm.auto.tqdm for a person (a widget in Jupyter, text in a terminal); one summary line when headless."""
     if headless():
         return _Summary(*args, **kwargs)
-    from labkit.progress import tqdm as _tqdm
+    from tqdm.auto import tqdm as _tqdm
 
     return _tqdm(*args, **kwargs)
