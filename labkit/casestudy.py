@@ -218,8 +218,9 @@ def _stage_row(s: Stage, srv: Server, idle_r, replay_r, base: str, prev: str | N
 
 def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int | None,
                  progress: bool = True) -> list[dict]:
-    """Held-out perplexity of the embedded model under each stage's transformations (batching does not change
-    what a model computes for one sequence, so stages that share int8/dtype/attention share a number)."""
+    """Held-out perplexity of the embedded model under each stage's transformations, one sequence at a time, so
+    stages that share int8/dtype/attention share a number. Whether batching changes what a request gets back is
+    measured by `answer_agreement`, not assumed here."""
     from labkit.progress import tqdm
 
     cache: dict = {}
