@@ -38,8 +38,6 @@ TARGET = 4.0  # the issue's bar: at least 4.0x on throughput and on idle TTFT (t
 PPL_TOLERANCE_PCT = 1.0
 INT8_CANDIDATES = {"cpu": ("int8-dynamic-legacy", "int8-dynamic", "int8-weight-only"),
                    "cuda": ("int8-weight-only", "int8-dynamic", "bnb-int8")}
-# the matmul each INT8 path runs: activations quantized too (int8 x int8) or weights dequantized
-COMPUTE = {"int8-dynamic-legacy": "int8", "int8-dynamic": "int8", "bnb-int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -305,7 +303,7 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
                "output_throughput_full": r["output_throughput"] * read_l / read_full,
                "weights_gib_full": sum(parts_full.values()) / 2**30}
         if hw is not None:
-            compute = COMPUTE.get(r["int8"], r["dtype"]) if r["int8"] else r["dtype"]
+            compute = quant.COMPUTE_DTYPE.get(r["int8"], r["dtype"]) if r["int8"] else r["dtype"]
             peak = hw.peak(compute)
             batch = max_batch if r["server"] == "engine" else 1
             ttft_floor = roofline.forward_flops(spec, prompt_len) / peak if peak else None

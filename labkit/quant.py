@@ -41,6 +41,9 @@ METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8"
            "rtn", "gptq", "awq", "gptqmodel")
 FAKE_QUANT = ("rtn", "gptq", "awq")  # dequantized weights: quality only, no speed of their own
 INT8_METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8")  # 8-bit weights, real kernels
+# The number type each method's matmul runs in: activations quantized too (int8 x int8); every other method
+# dequantizes its weights and multiplies in the model's own dtype. What a prefill's compute floor is taken at.
+COMPUTE_DTYPE = {"int8-dynamic-legacy": "int8", "int8-dynamic": "int8", "bnb-int8": "int8"}
 
 
 def check_methods(methods) -> list[str]:

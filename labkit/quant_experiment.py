@@ -134,7 +134,7 @@ def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool) -> tuple
 
 def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int = 32, new_tokens: int = 16,
                       repeats: int = 3, seed: int = 0, progress: bool = True,
-                      compiled: tuple[str, ...] = ()) -> pd.DataFrame:
+                      compiled: tuple[str, ...] = (), hw=None) -> pd.DataFrame:
     """Speed of each method on a (shape-faithful) fp32 model: prefill (time to first token) and decode
     (time per output token) at batch 1, as ratios against fp32 and bf16 measured side by side: every model
     serves one request per round, rounds rotating the order (labkit.bench.run_rounds), and a ratio is the
@@ -142,7 +142,11 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
 
     `compiled` names runners ("int8-dynamic", "bf16", ...) to time a second time as "<name>+compile": greedy
     decoding over a static KV cache through torch.compile (labkit.decode.StaticDecoder), which torchao's int8
-    kernels need to be fast on a CPU. Their cold start includes the compilation."""
+    kernels need to be fast on a CPU. Their cold start includes the compilation.
+
+    With `hw` (a labkit.roofline.Card: notebook 01's profile) each row also gets its floors: decode = the bytes a
+    step reads (this model's own stored weights and the KV cache) / bandwidth, prefill = FLOPs / the matmul rate
+    of the number type the method computes in; and the fraction of each floor the measurement reached."""
     import pandas as pd
 
     from labkit.bench import generate_timed, run_rounds
@@ -182,18 +186,96 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
                 ratio = r.ratio(eager, name, metric)
                 rows[name][f"{phase}_x_vs_eager"] = ratio.value
                 rows[name][f"{phase}_vs_eager"] = ratio.words()
+    if hw is not None:
+        for name, row in rows.items():
+            if name in callers:
+                row.update(_floors(runners[name.removesuffix("+compile")], name, row, prompt_len, new_tokens, hw,
+                                   getattr(fp32, "labkit_shape", None)))
     out = pd.DataFrame([rows[m] for m in order])
     out.attrs["load"] = r.load
     return out
 
 
-def summary_table(quality, speed):
-    """One row per method: quality on the trained model next to speed on the shape-faithful one."""
-    q = quality.reindex(columns=["method", "status", "bits_per_weight", "perplexity", "ppl_vs_fp32",
-                                 "token_agreement", "bytes", "disk_bytes", "quant_seconds"])
-    q = q.rename(columns={"status": "quality_status", "bytes": "quality_model_bytes",
-                          "quant_seconds": "quant_s_quality_model"})
-    s = speed.reindex(columns=["method", "status", "bytes", "prefill_x_vs_fp32", "decode_x_vs_fp32",
-                               "prefill_x_vs_bf16", "decode_x_vs_bf16", "decode_ms_per_token", "cold_s"])
-    s = s.rename(columns={"status": "speed_status", "bytes": "speed_model_bytes"})
-    return q.merge(s, on="method", how="outer", sort=False)  # "+compile" rows have speed only
+def _floors(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens: int, hw, spec) -> dict:
+    """Decode and prefill floors of one timed row (see benchmark_methods), and the fractions reached. `spec`: the
+    shape the speed model was built from (its KV cache and FLOPs follow from it); None for another model."""
+    from labkit.quant import COMPUTE_DTYPE
+    from labkit.roofline import decode_read_bytes, forward_flops, measured_parts
+
+    layers = model.config.num_hidden_layers
+    elt = model.get_input_embeddings().weight.element_size()
+    kv = spec.kv_bytes_per_token(elt, layers=layers) * (prompt_len + new_tokens // 2) if spec is not None else 0
+    read = decode_read_bytes(measured_parts(model)) + kv
+    method = name.removesuffix("+compile")
+    compute = COMPUTE_DTYPE.get(method, row.get("base_dtype") or "fp32")
+    peak = hw.peak(compute)
+    flops = forward_flops(spec, prompt_len, layers=layers) if spec is not None else None
+    out = {"decode_read_mib": read / 2**20, "decode_floor_ms": read / (hw.bandwidth_gbps * 1e9) * 1e3,
+           "prefill_compute": compute}
+    out["decode_fraction"] = out["decode_floor_ms"] / row["decode_ms_per_token"]
+    if flops and peak:
+        out["prefill_floor_ms"] = flops / peak * 1e3
+        out["prefill_fraction"] = out["prefill_floor_ms"] / row["prefill_ms"]
+    return out
+
+
+def summary_table(quality, speed) -> pd.DataFrame:
+    """One row per method that ran anywhere: quality on the trained model next to speed on the shape-faithful
+    one, the key columns under readable headers ("+compile" rows have speed only; the full tables are in the
+    record)."""
+    q = view(quality, {"method": "method", "bits_per_weight": "bits/weight", "ppl_vs_fp32": "perplexity / fp32",
+                       "token_agreement": "greedy tokens = fp32", "disk_bytes": "MiB on disk"})
+    q["MiB on disk"] = q["MiB on disk"] / 2**20
+    s = view(speed, {"method": "method", "decode_x_vs_fp32": "decode x fp32", "decode_x_vs_bf16": "decode x bf16",
+                     "prefill_x_vs_fp32": "prefill x fp32", "decode_fraction": "decode: of floor"})
+    return q.merge(s, on="method", how="outer", sort=False)
+
+
+# ---------------------------------------------------------------- what the notebook shows
+
+SPEED_VIEW = {"method": "method", "base_dtype": "from", "bytes_per_weight": "bytes/weight",
+              "decode_ms_per_token": "decode ms/token", "decode_floor_ms": "decode floor ms",
+              "decode_fraction": "of floor", "decode_x_vs_fp32": "decode x fp32", "prefill_ms": "prefill ms",
+              "prefill_floor_ms": "prefill floor ms", "prefill_fraction": "of floor ", "prefill_x_vs_fp32":
+              "prefill x fp32", "cold_s": "first call s"}
+QUALITY_VIEW = {"method": "method", "bits_per_weight": "bits/weight", "ppl_vs_fp32": "perplexity / fp32",
+                "token_agreement": "greedy tokens = fp32", "bytes": "MiB in memory", "quant_seconds": "quantize s"}
+
+
+def view(df, columns: dict) -> pd.DataFrame:
+    """The rows that ran, with the key columns under readable headers (units in them; bytes in MiB). The full
+    table stays in the record."""
+    ok = df[df["status"] == "ok"]
+    out = ok.reindex(columns=list(columns)).rename(columns=columns)
+    if "MiB in memory" in out:
+        out["MiB in memory"] = out["MiB in memory"] / 2**20
+    return out.reset_index(drop=True)
+
+
+def skipped(df) -> list[str]:
+    """'<method>: <reason>' for every row that did not run, the reason whole."""
+    return [f"{r['method']}: {r['status']}" for _, r in df.iterrows() if r["status"] != "ok"]
+
+
+def prediction_lines(speed, profile: dict | None) -> list[str]:
+    """Notebook 01 predicted each dtype's decode speed-up over fp32 from its matrix-vector probes; these lines set
+    that next to what was measured here, and where they differ by more than 1.5x, say from the fractions of the
+    floor which side fell short."""
+    if not profile or not profile.get("predictions"):
+        return ["no stored profile: run notebook 01 for predictions"]
+    pred = {r["dtype"]: r[next(k for k in r if k.startswith("predicted speed-up"))] for r in profile["predictions"]}
+    rows = {r["method"]: r for _, r in speed.iterrows() if r["status"] == "ok"}
+    out = []
+    for method, dtype in (("bf16", "bf16"), ("int8-dynamic", "int8"), ("int8-dynamic-legacy", "int8")):
+        if method not in rows or dtype not in pred:
+            continue
+        got, want = rows[method]["decode_x_vs_fp32"], pred[dtype]
+        line = (f"{method}: notebook 01 predicted decode {want:.2f}x fp32 (its {dtype} matrix-vector probe against "
+                f"fp32's), measured {got:.2f}x")
+        if max(got, want) / min(got, want) > 1.5 and "decode_fraction" in rows[method]:
+            f_m, f_b = rows[method]["decode_fraction"], rows["fp32"].get("decode_fraction")
+            line += (f". Why on this machine: this path reached {f_m:.0%} of its bandwidth floor where fp32 reached "
+                     f"{f_b:.0%}: " + ("its kernels, not the bytes, set the pace at batch 1" if f_m < f_b else
+                                       "it streamed its bytes better than the probe predicted"))
+        out.append(line)
+    return out

@@ -55,9 +55,8 @@ def measured_parts(model, layers: int | None = None) -> dict[str, float]:
 
     inner = model.model
     n = len(inner.layers) if layers is None else layers
-    emb = inner.embed_tokens.weight
     head = model.get_output_embeddings()
-    tied = head is not None and head.weight.data_ptr() == emb.data_ptr()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
     return {"layers": n * weight_bytes(inner.layers[0]), "final_norm": weight_bytes(inner.norm),
             "embedding": weight_bytes(inner.embed_tokens),
             "lm_head": 0.0 if tied or head is None else weight_bytes(head)}

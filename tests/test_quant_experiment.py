@@ -1,0 +1,43 @@
+"""Notebook 02's experiment: rows for every method, ratios from rotating rounds, floors next to the times."""
+
+import pytest
+
+from labkit import quant_experiment as qe
+from labkit import roofline
+
+
+def test_benchmark_rows_carry_floors_and_skip_reasons(tiny_llama):
+    card = roofline.Card("test", 16.0, 40.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
+    df = qe.benchmark_methods(tiny_llama, ["int8-dynamic-legacy", "rtn", "gptqmodel"], prompt_len=8, new_tokens=4,
+                              repeats=2, progress=False, hw=card)
+    rows = {r["method"]: r for _, r in df.iterrows()}
+    assert list(rows) == ["fp32", "bf16", "int8-dynamic-legacy", "rtn", "gptqmodel"]
+    assert rows["rtn"]["status"].startswith("not timed: fake-quantized")
+    assert rows["gptqmodel"]["status"].startswith("skipped: GPTQModel is not installed")
+    fp = rows["fp32"]
+    assert fp["decode_x_vs_fp32"] == 1.0 and fp["decode_floor_ms"] > 0
+    assert fp["decode_fraction"] == pytest.approx(fp["decode_floor_ms"] / fp["decode_ms_per_token"])
+    # the int8 copy reads fewer bytes per step than fp32 (its linears are 1 byte per weight)
+    assert rows["int8-dynamic-legacy"]["decode_read_mib"] < fp["decode_read_mib"]
+    assert qe.skipped(df) == [f"rtn: {rows['rtn']['status']}", f"gptqmodel: {rows['gptqmodel']['status']}"]
+    assert list(qe.view(df, qe.SPEED_VIEW)["method"]) == ["fp32", "bf16", "int8-dynamic-legacy"]
+
+
+def test_base_dtype_follows_quant_unsupported():
+    assert qe.base_dtype("int4-rtn", "cpu") == "bf16"  # torchao's CPU int4 needs bf16: quant.unsupported says so
+    assert qe.base_dtype("int8-dynamic-legacy", "cpu", prefer="bf16") == "fp32"  # quantize_dynamic needs fp32
+    assert qe.base_dtype("int8-weight-only", "cpu", prefer="bf16") == "bf16"
+    assert qe.base_dtype("rtn", "cpu") == "fp32"
+
+
+def test_prediction_lines_explain_a_big_miss_from_the_fractions():
+    import pandas as pd
+
+    speed = pd.DataFrame([{"method": "fp32", "status": "ok", "decode_x_vs_fp32": 1.0, "decode_fraction": 0.5},
+                          {"method": "bf16", "status": "ok", "decode_x_vs_fp32": 1.02, "decode_fraction": 0.26}])
+    profile = {"predictions": [{"dtype": "fp32", "predicted speed-up vs fp32": 1.0},
+                               {"dtype": "bf16", "predicted speed-up vs fp32": 2.46}]}
+    line = qe.prediction_lines(speed, profile)[0]
+    assert "predicted decode 2.46x fp32" in line and "measured 1.02x" in line
+    assert "reached 26% of its bandwidth floor where fp32 reached 50%" in line
+    assert qe.prediction_lines(speed, None) == ["no stored profile: run notebook 01 for predictions"]
