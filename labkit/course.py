@@ -155,6 +155,62 @@ def output_problems(ipynb: Path) -> list[str]:
     return problems
 
 
+def try_this(nb_id: str) -> list[dict]:
+    """The parameter sets a notebook's "Try this" section suggests: one dict per bullet that gives `-p name=value`
+    options (values read as JSON where they parse, as on the command line)."""
+    import re
+
+    import nbformat
+
+    nb = nbformat.read(str(notebooks()[select([nb_id])[0]]), as_version=4)
+    text = next((c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Try this")), "")
+    out = []
+    for bullet in re.split(r"\n\* ", text)[1:]:
+        if "--only" in bullet:  # a command for another notebook
+            continue
+        opts = dict(parse_param(o.replace("'", "")) for o in re.findall(r"-p (\w+=(?:'[^']*'|\S+?))(?=`|\s)", bullet))
+        if "--preset full" in bullet:
+            opts["preset"] = "full"
+        if opts:
+            out.append(opts)
+    return out
+
+
+def check_try_this(nb_id: str, params: dict, reports: Path) -> str | None:
+    """Run a notebook's parameters cell and its set-up cell (which checks every parameter) with `params` (preset
+    ci unless they say otherwise): None if they are accepted, else the error. The suggestions of "Try this" stay
+    valid this way without running each variant in full."""
+    import nbformat
+
+    params = {"preset": "ci", **params}
+    path = check_parameters(nb_id, params)
+    nb = nbformat.read(str(path), as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    setup = next(i for i in range(first + 1, len(nb.cells)) if nb.cells[i].cell_type == "code")
+    nb.cells = nb.cells[: setup + 1]
+    tmp = Path(tempfile.mkdtemp(prefix=f"labkit-try-{nb_id}-"))
+    nbformat.write(nb, str(tmp / path.name))
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    saved = {k: os.environ.get(k) for k in ("LABKIT_REPORTS", "LABKIT_STAGING", "MPLBACKEND", "LABKIT_HEADLESS",
+                                            "HF_HUB_DISABLE_PROGRESS_BARS")}
+    _kernel_env(reports, tmp / "staged")
+    try:
+        papermill.execute_notebook(str(tmp / path.name), str(tmp / "out.ipynb"), parameters=params,
+                                   kernel_name=ensure_kernel(), cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    except PapermillExecutionError as e:
+        return f"{e.ename}: {e.evalue}"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(tmp, ignore_errors=True)
+    return None
+
+
 def to_html(ipynb: Path, html: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
