@@ -99,32 +99,41 @@ def quality_model(stage: Stage, cache: dict):
 
 
 def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens: int = 8,
-              output_len: int = 32, progress: bool = True):
-    """Quantize `model` with each INT8 candidate and time one request (prompt + `new_tokens`) after a warm-up:
-    the fastest for a request of `output_len` tokens (TTFT + (output_len - 1) x TPOT) is picked. Returns
-    (method, rows): a method this machine cannot run is a row "skipped: <reason>"."""
+              output_len: int = 32, rounds: int = 2, progress: bool = True):
+    """Quantize `model` with each INT8 candidate and time one request (prompt + `new_tokens`) per candidate per
+    round, rounds rotating the order (labkit.bench.run_rounds, first call apart): the fastest for a request of
+    `output_len` tokens (TTFT + (output_len - 1) x TPOT, medians over rounds) is picked. Returns (method, rows): a
+    method this machine cannot run is a row "skipped: <reason>"."""
+    from labkit.bench import run_rounds
     from labkit.progress import tqdm
 
-    rows = []
+    rows, runners = [], {}
     for method in tqdm(list(candidates), desc="INT8 paths", disable=not progress):
         try:
-            q = quant.quantize(model, method)
+            runners[method] = quant.quantize(model, method)
         except quant.QuantSkipped as e:
             rows.append({"method": method, "status": f"skipped: {e}"})
-            continue
-        with torch.inference_mode():
-            generate_timed(q, prompt, 2)  # warm-up: first-call kernel set-up is not the path's speed
-            rt, _ = generate_timed(q, prompt, new_tokens)
-        rows.append({"method": method, "status": "ok", "ttft_ms": rt.ttft * 1e3, "tpot_ms": rt.tpot * 1e3,
-                     "request_s": rt.ttft + (output_len - 1) * rt.tpot})
-        del q
-    ok = [r for r in rows if r["status"] == "ok"]
-    if not ok:
+    if not runners:
         raise quant.QuantSkipped("no INT8 path runs here: " + "; ".join(f"{r['method']}: {r['status']}"
                                                                         for r in rows))
-    best = min(ok, key=lambda r: r["request_s"])
-    for r in ok:
-        r["picked"] = r is best
+
+    def request(q):
+        def run() -> dict:
+            rt, _ = generate_timed(q, prompt, new_tokens)
+            return {"ttft": rt.ttft, "tpot": rt.tpot}
+        return run
+
+    with torch.inference_mode():
+        r = run_rounds({m: request(q) for m, q in runners.items()}, rounds, progress=progress,
+                       desc="INT8 timing rounds")
+    for m in runners:
+        ttft, tpot = r.median(m, "ttft"), r.median(m, "tpot")
+        rows.append({"method": m, "status": "ok", "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
+                     "request_s": ttft + (output_len - 1) * tpot})
+    ok = [row for row in rows if row["status"] == "ok"]
+    best = min(ok, key=lambda row: row["request_s"])
+    for row in ok:
+        row["picked"] = row is best
     return best["method"], rows
 
 

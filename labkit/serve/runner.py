@@ -4,10 +4,12 @@ It reuses the Hugging Face model's own modules (embedding, norms, q/k/v/o projec
 head), so a model quantized or otherwise rewritten by another lesson plugs in unchanged; only attention is
 ours: keys and values live in a preallocated cache of fixed-size blocks, written at the slots the scheduler
 assigned and read back through each sequence's block table. All sequences of a step are flattened into one
-token dimension for the matmuls (the expensive part); attention runs per sequence, with PyTorch's fused
-`scaled_dot_product_attention` (SDPA: flash / memory-efficient kernels where the device has them) or, with
-`attention="eager"`, spelled out as matmul, softmax, matmul the way Hugging Face's "eager" attention does (the
-case study measures what the fused kernel is worth).
+token dimension for the matmuls (the expensive part). Attention runs once per layer for all decoding sequences
+together (their blocks gathered by block table into one padded batch, with a mask of each one's real keys) and
+once per prefilling sequence, with PyTorch's fused `scaled_dot_product_attention` (SDPA: flash /
+memory-efficient kernels where the device has them) or, with `attention="eager"`, spelled out as matmul,
+softmax, matmul the way Hugging Face's "eager" attention does (the case study measures what the fused kernel is
+worth).
 """
 
 from __future__ import annotations
@@ -104,14 +106,48 @@ class ModelRunner:
         slots = (bt[:, None] * self.block_size + torch.arange(self.block_size, device=self.device)).flatten()
         return slots[:length]
 
+    def _attend(self, q, k, v, mask, causal: bool, scale: float) -> torch.Tensor:
+        if self.attention == "eager":
+            return eager_attention(q, k, v, mask, causal, scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                              enable_gqa=True)
+
+    def _decode_batch(self, work, offsets: list[int]):
+        """The step's decode sequences (one new token each), gathered for one attention call per layer: their
+        token rows, their block tables padded into one tensor, and a mask of each one's real keys."""
+        rows = [i for i, w in enumerate(work) if w.num_new_tokens == 1]
+        if not rows:
+            return None
+        width = max(-(-work[i].end // self.block_size) for i in rows)
+        tables = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, i in enumerate(rows):
+            bt = work[i].block_table[: width]
+            tables[r, : len(bt)] = torch.tensor(bt)
+        ends = torch.tensor([work[i].end for i in rows])
+        mask = (torch.arange(width * self.block_size)[None, :] < ends[:, None])[:, None, None, :]
+        return (torch.tensor([offsets[i] for i in rows], device=self.device), tables.flatten().to(self.device),
+                mask.to(self.device))
+
+    def _gather(self, cache: torch.Tensor, tables: torch.Tensor, batch: int, dtype) -> torch.Tensor:
+        """[batch, kv_heads, width * block_size, head_dim]: whole blocks copied by block table (few large
+        copies, not one per token)."""
+        blocks = cache.view(-1, self.block_size, self.num_kv_heads, self.head_dim).index_select(0, tables)
+        return blocks.view(batch, -1, self.num_kv_heads, self.head_dim).transpose(1, 2).to(dtype)
+
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> list[int]:
-        """Compute this step's tokens and return one next-token id per scheduled sequence."""
+        """Compute this step's tokens and return one next-token id per scheduled sequence. The matmuls run on
+        every token of the step at once; attention runs once per layer for all decode sequences together, and
+        once per prefill (or recompute) sequence."""
         work = out.scheduled
         ids = torch.tensor([t for w in work for t in w.token_ids], device=self.device)
         pos = torch.tensor([p for w in work for p in w.positions], device=self.device)
         slots = torch.tensor([s for w in work for s in w.slot_mapping], device=self.device)
-        ctx = [self._context_slots(w.block_table, w.end) for w in work]
+        offsets = [0]
+        for w in work:
+            offsets.append(offsets[-1] + w.num_new_tokens)
+        decode = self._decode_batch(work, offsets)
+        prefill = [(i, self._context_slots(w.block_table, w.end)) for i, w in enumerate(work) if w.num_new_tokens > 1]
         base = self.model.model
         h = base.embed_tokens(ids[None])  # [1, T, hidden]
         cos, sin = base.rotary_emb(h, pos[None])  # [1, T, head_dim]
@@ -128,29 +164,26 @@ class ModelRunner:
             self.k_cache[li, slots] = k.to(self.dtype)
             self.v_cache[li, slots] = v.to(self.dtype)
             o = torch.empty(T, self.num_heads, self.head_dim, dtype=q.dtype, device=self.device)
-            off = 0
-            for w, c in zip(work, ctx, strict=True):
+            if decode is not None:  # every decode sequence in one call: [B, heads, 1, d] against its padded context
+                rows, tables, mask = decode
+                ks = self._gather(self.k_cache[li], tables, rows.numel(), q.dtype)
+                vs = self._gather(self.v_cache[li], tables, rows.numel(), q.dtype)
+                o[rows] = self._attend(q[rows][:, :, None], ks, vs, mask, False, attn.scaling)[:, :, 0]
+            for i, c in prefill:
+                w, off = work[i], offsets[i]
                 n = w.num_new_tokens
                 qs = q[off : off + n].transpose(0, 1)[None]  # [1, heads, n, head_dim]
                 ks = self.k_cache[li, c].transpose(0, 1)[None].to(q.dtype)  # [1, kv_heads, end, head_dim]
                 vs = self.v_cache[li, c].transpose(0, 1)[None].to(q.dtype)
-                if n == 1:  # decode: the new token sees the whole context
-                    mask, causal = None, False
-                elif w.start == 0:  # a full prefill (or a recompute): plain causal attention
-                    mask, causal = None, True
+                if w.start == 0:  # a full prefill (or a recompute): plain causal attention
+                    mask_p, causal = None, True
                 else:  # new tokens after a cached prefix: query i sees keys up to start + i
                     kpos = torch.arange(w.end, device=self.device)
-                    mask, causal = kpos[None, :] <= (w.start + torch.arange(n, device=self.device))[:, None], False
-                if self.attention == "eager":
-                    r = eager_attention(qs, ks, vs, mask, causal, attn.scaling)
-                else:
-                    r = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=causal,
-                                                       scale=attn.scaling, enable_gqa=True)
-                o[off : off + n] = r[0].transpose(0, 1)
-                off += n
+                    mask_p, causal = kpos[None, :] <= (w.start + torch.arange(n, device=self.device))[:, None], False
+                o[off : off + n] = self._attend(qs, ks, vs, mask_p, causal, attn.scaling)[0].transpose(0, 1)
             h = h + attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        last = torch.tensor([0] + [w.num_new_tokens for w in work], device=self.device).cumsum(0)[1:] - 1
+        last = torch.tensor(offsets[1:], device=self.device) - 1
         logits = self.model.lm_head(base.norm(h[0, last])).float()  # [num_seqs, vocab]
         return self._sample(logits, [w.seq.sampling_params.temperature for w in work])
 
