@@ -100,19 +100,29 @@ def quality_model(stage: Stage, cache: dict):
 
 def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens: int = 8,
               output_len: int = 32, rounds: int = 2, progress: bool = True):
-    """Quantize `model` with each INT8 candidate and time one request (prompt + `new_tokens`) per candidate per
-    round, rounds rotating the order (labkit.bench.run_rounds, first call apart): the fastest for a request of
-    `output_len` tokens (TTFT + (output_len - 1) x TPOT, medians over rounds) is picked. Returns (method, rows): a
-    method this machine cannot run is a row "skipped: <reason>"."""
+    """Quantize `model` with each INT8 candidate, in fp32 and, where the method accepts it, in bf16 (the stack
+    adds bf16 as its last stage where it can), and time one request (prompt + `new_tokens`) per variant per
+    round, rounds rotating the order (labkit.bench.run_rounds, first call apart). The method whose fastest
+    variant serves a request of `output_len` tokens soonest (TTFT + (output_len - 1) x TPOT, medians over
+    rounds) is picked. Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>"."""
     from labkit.bench import run_rounds
     from labkit.progress import tqdm
 
+    dev = str(next(model.parameters()).device).split(":")[0]
     rows, runners = [], {}
+    bf16 = None
     for method in tqdm(list(candidates), desc="INT8 paths", disable=not progress):
-        try:
-            runners[method] = quant.quantize(model, method)
-        except quant.QuantSkipped as e:
-            rows.append({"method": method, "status": f"skipped: {e}"})
+        for dtype in ("fp32", "bf16"):
+            if dtype == "bf16" and quant.unsupported(method, dev, torch.bfloat16):
+                continue
+            if dtype == "bf16" and bf16 is None:
+                bf16 = copy.deepcopy(model).to(torch.bfloat16)
+            try:
+                runners[(method, dtype)] = quant.quantize(model if dtype == "fp32" else bf16, method)
+            except quant.QuantSkipped as e:
+                rows.append({"method": method, "dtype": dtype, "status": f"skipped: {e}"})
+                break
+    del bf16
     if not runners:
         raise quant.QuantSkipped("no INT8 path runs here: " + "; ".join(f"{r['method']}: {r['status']}"
                                                                         for r in rows))
@@ -124,16 +134,16 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
         return run
 
     with torch.inference_mode():
-        r = run_rounds({m: request(q) for m, q in runners.items()}, rounds, progress=progress,
+        r = run_rounds({f"{m} {dt}": request(q) for (m, dt), q in runners.items()}, rounds, progress=progress,
                        desc="INT8 timing rounds")
-    for m in runners:
-        ttft, tpot = r.median(m, "ttft"), r.median(m, "tpot")
-        rows.append({"method": m, "status": "ok", "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
+    for m, dt in runners:
+        ttft, tpot = r.median(f"{m} {dt}", "ttft"), r.median(f"{m} {dt}", "tpot")
+        rows.append({"method": m, "dtype": dt, "status": "ok", "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
                      "request_s": ttft + (output_len - 1) * tpot})
     ok = [row for row in rows if row["status"] == "ok"]
     best = min(ok, key=lambda row: row["request_s"])
     for row in ok:
-        row["picked"] = row is best
+        row["picked"] = row["method"] == best["method"]
     return best["method"], rows
 
 

@@ -144,3 +144,14 @@ def test_plan_takes_only_int8_methods():
     for method in ("int4-rtn", "bnb-nf4", "int9"):
         with pytest.raises(ValueError, match="takes an INT8 method"):
             casestudy.plan(method)
+
+
+def test_pick_int8_times_each_method_in_every_dtype_it_accepts(tiny_llama):
+    prompt = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    method, rows = casestudy.pick_int8(tiny_llama, prompt, ["int8-dynamic-legacy", "int8-dynamic"], new_tokens=3,
+                                       output_len=8, rounds=2, progress=False)
+    variants = {(r["method"], r["dtype"]) for r in rows if r["status"] == "ok"}
+    # quantize_dynamic needs fp32 (quant.unsupported), torchao's int8 takes bf16 too
+    assert variants == {("int8-dynamic-legacy", "fp32"), ("int8-dynamic", "fp32"), ("int8-dynamic", "bf16")}
+    best = min((r for r in rows if r["status"] == "ok"), key=lambda r: r["request_s"])
+    assert method == best["method"] and all(r["picked"] == (r["method"] == method) for r in rows)

@@ -92,6 +92,7 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._buffers: list[torch.Tensor | None] = [None, None]  # gathered K and V of the decode batch
 
     @staticmethod
     def kv_bytes_per_block(model, block_size: int, dtype: torch.dtype | None = None) -> int:
@@ -128,10 +129,17 @@ class ModelRunner:
         return (torch.tensor([offsets[i] for i in rows], device=self.device), tables.flatten().to(self.device),
                 mask.to(self.device))
 
-    def _gather(self, cache: torch.Tensor, tables: torch.Tensor, batch: int, dtype) -> torch.Tensor:
-        """[batch, kv_heads, width * block_size, head_dim]: whole blocks copied by block table (few large
-        copies, not one per token)."""
-        blocks = cache.view(-1, self.block_size, self.num_kv_heads, self.head_dim).index_select(0, tables)
+    def _gather(self, cache: torch.Tensor, tables: torch.Tensor, batch: int, dtype, which: int) -> torch.Tensor:
+        """[batch, kv_heads, width * block_size, head_dim]: whole blocks copied by block table into a buffer kept
+        between steps (a fresh tensor of this size every step costs as much again in page faults)."""
+        n = tables.numel()
+        buf = self._buffers[which]
+        if buf is None or buf.shape[0] < n:
+            buf = self._buffers[which] = torch.empty(max(n, 2 * (0 if buf is None else buf.shape[0])),
+                                                     self.block_size, self.num_kv_heads, self.head_dim,
+                                                     dtype=cache.dtype, device=cache.device)
+        blocks = torch.index_select(cache.view(-1, self.block_size, self.num_kv_heads, self.head_dim), 0, tables,
+                                    out=buf[:n])
         return blocks.view(batch, -1, self.num_kv_heads, self.head_dim).transpose(1, 2).to(dtype)
 
     @torch.inference_mode()
@@ -166,8 +174,8 @@ class ModelRunner:
             o = torch.empty(T, self.num_heads, self.head_dim, dtype=q.dtype, device=self.device)
             if decode is not None:  # every decode sequence in one call: [B, heads, 1, d] against its padded context
                 rows, tables, mask = decode
-                ks = self._gather(self.k_cache[li], tables, rows.numel(), q.dtype)
-                vs = self._gather(self.v_cache[li], tables, rows.numel(), q.dtype)
+                ks = self._gather(self.k_cache[li], tables, rows.numel(), q.dtype, 0)
+                vs = self._gather(self.v_cache[li], tables, rows.numel(), q.dtype, 1)
                 o[rows] = self._attend(q[rows][:, :, None], ks, vs, mask, False, attn.scaling)[:, :, 0]
             for i, c in prefill:
                 w, off = work[i], offsets[i]
