@@ -52,7 +52,9 @@ def check_prompt(prompt_ids, vocab_size: int) -> list[int]:
 @dataclass
 class EngineConfig:
     """`num_blocks=None` sizes the KV cache from `kv_cache_bytes`; `max_model_len=None` takes the model's
-    context length; `max_num_batched_tokens=None` takes max_model_len (a prefill is never split)."""
+    context length. With chunked prefill (the default) `max_num_batched_tokens` is the tokens one step computes
+    (decodes first, then chunks of prefills; None: 512); without it, a prefill is never split and the budget
+    must hold the longest prompt (None: max_model_len)."""
 
     max_num_seqs: int = 16
     max_num_batched_tokens: int | None = None
@@ -62,6 +64,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = False
     mixed_batches: bool = True  # running sequences keep decoding while new prompts are prefilled
+    enable_chunked_prefill: bool = True  # long prompts split across steps so running requests never stall
     attention: str = "sdpa"  # or "eager" (see labkit.serve.runner)
     seed: int = 0
 
@@ -88,11 +91,12 @@ class LLMEngine:
         max_len = c.max_model_len or m.config.max_position_embeddings
         blocks = c.num_blocks or max(1, c.kv_cache_bytes // ModelRunner.kv_bytes_per_block(m, c.block_size))
         eos = m.config.eos_token_id
+        budget = c.max_num_batched_tokens or (max(512, c.max_num_seqs) if c.enable_chunked_prefill else max_len)
         self.scheduler = Scheduler(SchedulerConfig(
-            max_num_seqs=c.max_num_seqs, max_num_batched_tokens=c.max_num_batched_tokens or max_len,
+            max_num_seqs=c.max_num_seqs, max_num_batched_tokens=budget,
             block_size=c.block_size, num_blocks=blocks, max_model_len=max_len,
             eos_token_id=eos[0] if isinstance(eos, list) else eos, enable_prefix_caching=c.enable_prefix_caching,
-            mixed_batches=c.mixed_batches))
+            mixed_batches=c.mixed_batches, enable_chunked_prefill=c.enable_chunked_prefill))
         self.runner = ModelRunner(m, blocks, c.block_size, seed=c.seed, attention=c.attention)
         self.vocab_size = m.config.vocab_size
         self.requests: dict[int, Sequence] = {}

@@ -19,12 +19,13 @@ SERVERS = ("sequential", "static", "engine", "hf-continuous")
 
 
 def engine_for(model, trace: Sequence[Request], max_num_seqs: int, block_size: int = 16,
-               kv_cache_bytes: int = 1 << 30, attention: str = "sdpa") -> LLMEngine:
-    """An engine sized for the trace: context = longest prompt + output; KV cache from a byte budget."""
+               kv_cache_bytes: int = 1 << 30, attention: str = "sdpa", max_num_batched_tokens: int = 512) -> LLMEngine:
+    """An engine sized for the trace: context = longest prompt + output; KV cache from a byte budget; chunked
+    prefill with `max_num_batched_tokens` tokens per step (decodes first)."""
     longest = max(r.prompt_len + r.output_len for r in trace)
     return LLMEngine(model, EngineConfig(max_num_seqs=max_num_seqs, block_size=block_size,
                                          kv_cache_bytes=kv_cache_bytes, max_model_len=longest,
-                                         max_num_batched_tokens=max(longest, 2048), attention=attention))
+                                         max_num_batched_tokens=max_num_batched_tokens, attention=attention))
 
 
 def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SERVERS, max_batch: int = 8,

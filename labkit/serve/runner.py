@@ -143,8 +143,9 @@ class ModelRunner:
         return blocks.view(batch, -1, self.num_kv_heads, self.head_dim).transpose(1, 2).to(dtype)
 
     @torch.inference_mode()
-    def run(self, out: SchedulerOutput) -> list[int]:
-        """Compute this step's tokens and return one next-token id per scheduled sequence. The matmuls run on
+    def run(self, out: SchedulerOutput) -> list[int | None]:
+        """Compute this step's tokens and return one next-token id per scheduled sequence (None for a prefill
+        chunk that does not reach the end of its sequence: it has no next token yet). The matmuls run on
         every token of the step at once; attention runs once per layer for all decode sequences together, and
         once per prefill (or recompute) sequence."""
         work = out.scheduled
@@ -191,9 +192,16 @@ class ModelRunner:
                 o[off : off + n] = self._attend(qs, ks, vs, mask_p, causal, attn.scaling)[0].transpose(0, 1)
             h = h + attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        last = torch.tensor(offsets[1:], device=self.device) - 1
-        logits = self.model.lm_head(base.norm(h[0, last])).float()  # [num_seqs, vocab]
-        return self._sample(logits, [w.seq.sampling_params.temperature for w in work])
+        done = [i for i, w in enumerate(work) if w.end == w.seq.num_tokens]  # a prefill chunk yields no token
+        if not done:
+            return [None] * len(work)
+        last = torch.tensor([offsets[i + 1] - 1 for i in done], device=self.device)
+        logits = self.model.lm_head(base.norm(h[0, last])).float()  # [finishing sequences, vocab]
+        tokens: list[int | None] = [None] * len(work)
+        for i, t in zip(done, self._sample(logits, [work[i].seq.sampling_params.temperature for i in done]),
+                        strict=True):
+            tokens[i] = t
+        return tokens
 
     def _sample(self, logits: torch.Tensor, temperatures: list[float]) -> list[int]:
         out = logits.argmax(-1)

@@ -8,6 +8,10 @@ Policy, as in nano-vllm and vLLM's default before chunked prefill:
 - Otherwise decode: every running sequence computes its last token. When a sequence needs a new block and
   none is free, the newest running sequence is preempted (its blocks freed; it goes back to the front of the
   waiting queue and is recomputed on readmission, output kept), down to the sequence itself if it is alone.
+- Chunked prefill (`enable_chunked_prefill`, vLLM's V1 policy): every running sequence that is decoding gets its
+  one token first; the token budget left over continues prefills already under way, then admits waiting
+  requests, splitting a long prompt across steps. A new 512-token prompt then never stalls the running ones for
+  a whole prefill, and the budget no longer has to hold the longest prompt.
 - A request that can never run is rejected at `add` with a reason, never truncated: an empty prompt, a
   prompt whose length plus `max_tokens` exceeds `max_model_len`, or one that alone would need more blocks
   than the whole cache. So the
@@ -39,14 +43,16 @@ class SchedulerConfig:
     eos_token_id: int | None = None
     enable_prefix_caching: bool = False
     mixed_batches: bool = False  # decode the running sequences in the same step as new prefills
+    enable_chunked_prefill: bool = False  # split prefills across steps under the token budget (decodes first)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_num_batched_tokens < self.max_model_len:
+        if self.max_num_batched_tokens < self.max_model_len and not self.enable_chunked_prefill:
             raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
-                             f"({self.max_model_len}): a prefill is not split across steps")
+                             f"({self.max_model_len}): a prefill is not split across steps unless "
+                             "enable_chunked_prefill")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
                              f"({self.max_num_seqs}): every running sequence decodes one token per step")
@@ -183,6 +189,8 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """Pick this step's work: a prefill of newly admitted sequences if any fit, else a decode of all
         running ones (preempting the newest while blocks are short). Empty only when nothing is live."""
+        if self.config.enable_chunked_prefill:
+            return self._chunked()
         if self.config.mixed_batches:
             return self._mixed()
         admitted = self._admit()
@@ -200,28 +208,58 @@ class Scheduler:
         return SchedulerOutput(decode.scheduled + [self._work(s) for s in admitted], is_prefill=bool(admitted),
                                preempted=decode.preempted)
 
-    def _admit(self, budget: int | None = None) -> list[Sequence]:
+    def _chunked(self) -> SchedulerOutput:
+        """Chunked prefill: decodes first (preempting the newest when blocks are short), then the budget left
+        continues prefills under way in admission order, then admits waiting requests (first come, first served),
+        each prefill taking as many of its remaining tokens as the budget allows."""
+        decode = self._decode(prefilling=False)
+        budget = self.config.max_num_batched_tokens - decode.num_batched_tokens
+        work = list(decode.scheduled)
+        for seq in [s for s in self.running if s.num_tokens - s.num_cached_tokens > 1]:
+            if budget <= 0:
+                break
+            work.append(self._work(seq, min(seq.num_tokens, seq.num_cached_tokens + budget)))
+            budget -= work[-1].num_new_tokens
+        admitted = []
+        if not decode.preempted:  # no admission while memory is short
+            admitted = self._admit(budget, chunked=True)
+        for seq in admitted:
+            work.append(self._work(seq, min(seq.num_tokens, seq.num_cached_tokens + budget)))
+            budget -= work[-1].num_new_tokens
+        return SchedulerOutput(work, is_prefill=any(w.num_new_tokens > 1 or w.end < w.seq.num_tokens
+                                                     for w in work[len(decode.scheduled):]),
+                               preempted=decode.preempted)
+
+    def _admit(self, budget: int | None = None, chunked: bool = False) -> list[Sequence]:
         cfg, bm = self.config, self.block_manager
         admitted: list[Sequence] = []
         budget = cfg.max_num_batched_tokens if budget is None else budget
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             seq = self.waiting[0]
-            if seq.num_tokens - bm.cached_prefix_len(seq) > budget or not bm.can_allocate(seq):
+            need = 1 if chunked else seq.num_tokens - bm.cached_prefix_len(seq)  # chunked: any part will do
+            if need > budget or not bm.can_allocate(seq):
                 break  # first come, first served: no overtaking, so a long request is not starved
             self.waiting.popleft()
             bm.allocate(seq)
-            budget -= seq.num_tokens - seq.num_cached_tokens
+            budget -= min(seq.num_tokens - seq.num_cached_tokens, budget)  # its first chunk (all of it unchunked)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             admitted.append(seq)
         return admitted
 
-    def _decode(self) -> SchedulerOutput:
+    def _decode(self, prefilling: bool = True) -> SchedulerOutput:
+        """Every running sequence computes its last token, oldest first, preempting the newest while blocks are
+        short. `prefilling=False` (chunked prefill) passes over sequences whose prefill is still under way:
+        `_chunked` continues them with what is left of the token budget."""
         bm = self.block_manager
         scheduled: list[Sequence] = []
         preempted: list[Sequence] = []
+        survivors: list[Sequence] = []  # still running after this step, in admission order
         while self.running:
             seq = self.running.popleft()  # oldest first
+            if not prefilling and seq.num_tokens - seq.num_cached_tokens > 1:
+                survivors.append(seq)
+                continue
             while not bm.can_append(seq):
                 victim = self.running.pop() if self.running else seq  # newest; the sequence itself if alone
                 self._preempt(victim)
@@ -231,7 +269,8 @@ class Scheduler:
             else:
                 bm.append_slot(seq)
                 scheduled.append(seq)
-        self.running.extend(scheduled)
+                survivors.append(seq)
+        self.running.extend(survivors)
         return SchedulerOutput([self._work(s) for s in scheduled], is_prefill=False, preempted=preempted)
 
     def _preempt(self, seq: Sequence) -> None:
@@ -240,15 +279,19 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
+        seq.scheduled_end = None
         self.waiting.appendleft(seq)
 
-    def _work(self, seq: Sequence) -> ScheduledSeq:
-        start, end = seq.num_cached_tokens, seq.num_tokens
+    def _work(self, seq: Sequence, end: int | None = None) -> ScheduledSeq:
+        """Positions `[num_cached_tokens, end)` of `seq` (default: all it has not computed) for this step."""
+        start, end = seq.num_cached_tokens, seq.num_tokens if end is None else end
+        seq.scheduled_end = end
         return ScheduledSeq(seq, start, end, self.block_manager.slot_mapping(seq, start, end), list(seq.block_table))
 
     # ------------------------------------------------------------------ after the model ran
     def postprocess(self, seqs: list[Sequence], token_ids: list[int], now: float | None = None) -> list[Sequence]:
-        """Append each sequence's new token with its timestamp, finish those that hit `max_tokens`,
+        """Append each sequence's new token with its timestamp (a prefill chunk that did not reach the end of
+        the sequence yields none: its entry in `token_ids` is ignored), finish those that hit `max_tokens`,
         `max_model_len` ("length") or EOS / a stop token ("stop"), and free their blocks. Sequences cancelled
         since `schedule` are skipped. Returns the sequences that finished in this step."""
         if len(seqs) != len(token_ids):
@@ -258,9 +301,12 @@ class Scheduler:
         for seq, token_id in zip(seqs, token_ids, strict=True):
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            seq.num_cached_tokens = seq.num_tokens  # this step computed the KV of every token it had
-            seq.append_token(token_id, now)
+            end = seq.num_tokens if seq.scheduled_end is None else seq.scheduled_end
+            seq.num_cached_tokens, seq.scheduled_end = end, None  # this step computed the KV of [.., end)
             self.block_manager.cache_computed_blocks(seq)
+            if end < seq.num_tokens:  # a chunk of a prefill: no token until the last chunk
+                continue
+            seq.append_token(token_id, now)
             reason = self._stop_reason(seq, int(token_id))
             if reason is not None:
                 self.running.remove(seq)

@@ -64,8 +64,9 @@ class Sequence:
 
     `num_cached_tokens` counts the leading tokens whose keys/values are already in the KV cache (prefix-cache
     hits at admission, then everything computed in earlier steps). A step computes the tokens
-    `[num_cached_tokens, num_tokens)`: the whole uncached prompt in a prefill, the last sampled token in a
-    decode. Preemption drops the blocks and resets it to 0, so the prompt *and the output so far* are
+    `[num_cached_tokens, scheduled_end)`: the whole uncached prompt in a prefill (or, with chunked prefill, the
+    next chunk of it), the last sampled token in a decode. Only the step that reaches `num_tokens` yields a
+    token. Preemption drops the blocks and resets it to 0, so the prompt *and the output so far* are
     recomputed on readmission; the output tokens and their timestamps are kept, nothing is emitted twice.
     """
 
@@ -77,6 +78,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
+    scheduled_end: int | None = None  # the end of what this step computes (set by the scheduler)
     token_times: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     num_preemptions: int = 0

@@ -51,12 +51,15 @@ def test_greedy_equals_generate_with_mixed_lengths(embedded):
         _assert_same_or_near_tie(embedded, p, got, _reference(embedded, p, n))
 
 
-@pytest.mark.parametrize("mixed", [True, False], ids=["mixed-batches", "prefill-first"])
-def test_greedy_equals_generate_under_forced_preemption_and_staggered_arrivals(embedded, mixed):
+@pytest.mark.parametrize("mixed, chunked", [(True, True), (True, False), (False, False)],
+                         ids=["chunked-prefill", "mixed-batches", "prefill-first"])
+def test_greedy_equals_generate_under_forced_preemption_and_staggered_arrivals(embedded, mixed, chunked):
     prompts = _prompts(5, seed=2, lo=20, hi=60)
-    # 14 blocks of 8 tokens: not enough for all five to run to the end together, so the newest get preempted
+    # 14 blocks of 8 tokens: not enough for all five to run to the end together, so the newest get preempted;
+    # with chunked prefill a budget of 16 tokens splits every prompt (and every recompute) across steps
     eng = LLMEngine(embedded, EngineConfig(max_num_seqs=5, block_size=8, num_blocks=14, max_model_len=256,
-                                           mixed_batches=mixed))
+                                           mixed_batches=mixed, enable_chunked_prefill=chunked,
+                                           max_num_batched_tokens=16 if chunked else None))
     params = SamplingParams(max_tokens=20, ignore_eos=True)
     ids = [eng.add_request(prompts[0], params), eng.add_request(prompts[1], params)]
     for _ in range(3):

@@ -63,7 +63,8 @@ def check_invariants(s: Scheduler, out: SchedulerOutput) -> None:
     assert out.num_batched_tokens <= cfg.max_num_batched_tokens
     for w in out.scheduled:
         assert w.seq.status is SequenceStatus.RUNNING
-        assert (w.start, w.end) == (w.seq.num_cached_tokens, w.seq.num_tokens)
+        assert w.start == w.seq.num_cached_tokens and w.start < w.end <= w.seq.num_tokens
+        assert w.end == w.seq.num_tokens or cfg.enable_chunked_prefill  # only chunked prefill splits a prompt
         assert out.is_prefill or w.num_new_tokens == 1
     written = [slot for w in out.scheduled for slot in w.slot_mapping]
     assert len(written) == len(set(written)), "two tokens written to one slot"
@@ -90,10 +91,12 @@ def make_request(rng: random.Random, seq_id: int, now: float, prefixes: list[lis
                     arrival_time=now)
 
 
-def simulate(seed: int, n_requests: int, prefix_caching: bool,
-             mixed: bool = False) -> tuple[list[Sequence], Counter, Scheduler]:
+def simulate(seed: int, n_requests: int, prefix_caching: bool, mixed: bool = False,
+             chunked: bool = False) -> tuple[list[Sequence], Counter, Scheduler]:
     rng = random.Random(seed)
-    cfg = SchedulerConfig(**CONFIG, enable_prefix_caching=prefix_caching, mixed_batches=mixed)
+    config = {**CONFIG, "max_num_batched_tokens": 20} if chunked else CONFIG  # a budget far below the longest prompt
+    cfg = SchedulerConfig(**config, enable_prefix_caching=prefix_caching, mixed_batches=mixed,
+                          enable_chunked_prefill=chunked)
     s, runner = Scheduler(cfg), FakeRunner(cfg)
     prefixes = [[rng.randrange(1, VOCAB) for _ in range(rng.choice([8, 12, 16]))] for _ in range(3)]
     all_seqs: list[Sequence] = []
@@ -121,6 +124,7 @@ def simulate(seed: int, n_requests: int, prefix_caching: bool,
         prefills = [w for w in out.scheduled if w.seq.seq_id not in was_running]
         stats["cached_tokens"] += sum(w.start for w in prefills)
         stats["mixed_steps"] += bool(prefills) and len(prefills) < len(out.scheduled)
+        stats["chunks"] += sum(w.end < w.seq.num_tokens for w in out.scheduled)
         if out.is_empty:
             assert not s.has_unfinished() and len(all_seqs) < n_requests
             continue
@@ -134,11 +138,13 @@ def simulate(seed: int, n_requests: int, prefix_caching: bool,
     return all_seqs, ends + Counter({"_" + k: v for k, v in stats.items()}), s
 
 
-@pytest.mark.parametrize("mixed", [False, True], ids=["prefill-first", "mixed-batches"])
+@pytest.mark.parametrize("mixed, chunked", [(False, False), (True, False), (True, True)],
+                         ids=["prefill-first", "mixed-batches", "chunked-prefill"])
 @pytest.mark.parametrize("prefix_caching", [False, True])
-def test_thousand_requests_none_lost_none_duplicated_no_block_leaked(prefix_caching, mixed):
-    seqs, ends, s = simulate(seed=6, n_requests=1000, prefix_caching=prefix_caching, mixed=mixed)
+def test_thousand_requests_none_lost_none_duplicated_no_block_leaked(prefix_caching, mixed, chunked):
+    seqs, ends, s = simulate(seed=6, n_requests=1000, prefix_caching=prefix_caching, mixed=mixed, chunked=chunked)
     assert (ends["_mixed_steps"] > 0) == mixed  # the mixed policy really decodes beside prefills
+    assert (ends["_chunks"] > 100) == chunked  # prompts were really split across steps
     assert len(seqs) == 1000 and {x.seq_id for x in seqs} == set(range(1000))
     assert all(ends[x.seq_id] == 1 for x in seqs), "a request ended twice or never"
     assert not s.has_unfinished() and s.num_waiting == 0 and s.num_running == 0

@@ -253,3 +253,45 @@ def test_prefix_cache_hit_skips_the_shared_prompt_in_budget_and_work():
     while s.has_unfinished():
         step(s)
     assert s.block_manager.num_free_blocks == 32 and all(x.ref_count == 0 for x in s.block_manager.blocks)
+
+
+def chunked(max_num_seqs=4, budget=8, block_size=4, num_blocks=64, max_model_len=64) -> Scheduler:
+    return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                                     block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
+                                     eos_token_id=EOS, mixed_batches=True, enable_chunked_prefill=True))
+
+
+def test_chunked_prefill_splits_a_long_prompt_and_yields_a_token_only_at_its_end():
+    s = chunked(budget=8)
+    a = req(1, 20, max_tokens=3)
+    assert s.add(a)  # 20 tokens > the budget of 8: accepted, it is split across steps
+    spans = []
+    for _ in range(3):
+        out, finished = step(s)
+        spans.append([(w.start, w.end) for w in out.scheduled])
+        assert out.is_prefill and out.num_batched_tokens <= 8
+    assert spans == [[(0, 8)], [(8, 16)], [(16, 20)]]
+    assert a.num_output_tokens == 1 and a.num_cached_tokens == 20  # one token, from the last chunk only
+    out, _ = step(s)
+    assert [(w.start, w.end) for w in out.scheduled] == [(20, 21)] and not out.is_prefill
+
+
+def test_chunked_prefill_decodes_running_requests_first():
+    s = chunked(budget=6)
+    a = req(1, 4, max_tokens=8)
+    s.add(a)
+    step(s)  # a prefilled in one chunk: now decoding
+    b = req(2, 12, max_tokens=2)
+    s.add(b)
+    out, _ = step(s)
+    assert [(w.seq.seq_id, w.start, w.end) for w in out.scheduled] == [(1, 4, 5), (2, 0, 5)]  # decode first
+    out, _ = step(s)
+    assert [(w.seq.seq_id, w.start, w.end) for w in out.scheduled] == [(1, 5, 6), (2, 5, 10)]
+    assert a.num_output_tokens == 3 and b.num_output_tokens == 0  # a never stalled behind b's prefill
+
+
+def test_chunked_prefill_lifts_the_budget_rule_and_still_rejects_what_cannot_fit():
+    with pytest.raises(ValueError, match="unless enable_chunked_prefill"):
+        SchedulerConfig(max_num_batched_tokens=16, max_model_len=64)
+    s = chunked(budget=4, max_model_len=16)
+    assert not s.add(req(1, 20)) and s.add(req(2, 10, max_tokens=6))
