@@ -34,6 +34,7 @@ from labkit.serve.workload import Request
 GUIDE = {"ttft_ms": (287.0, 72.0), "throughput": (12.4, 51.3),
          "factors": {"+ INT8": 2.3, "+ continuous batching": 1.8, "+ fast attention": 1.4}}
 KEEP_ABOVE = 1.05  # an extra stage is kept only if it beats the stage before by more than run-to-run noise
+INVARIANT_SLACK = 1.5  # a batch-invariant INT8 path is preferred unless the fastest other one is 1.5x faster
 TARGET = 4.0  # the issue's bar: at least 4.0x on throughput and on idle TTFT (the guide reports ~4x on both)
 PPL_TOLERANCE_PCT = 1.0
 INT8_CANDIDATES = {"cpu": ("int8-dynamic-legacy", "int8-dynamic", "int8-weight-only"),
@@ -104,7 +105,9 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     adds bf16 as its last stage where it can), and time one request (prompt + `new_tokens`) per variant per
     round, rounds rotating the order (labkit.bench.run_rounds, first call apart). The method whose fastest
     variant serves a request of `output_len` tokens soonest (TTFT + (output_len - 1) x TPOT, medians over
-    rounds) is picked. Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>"."""
+    rounds) is picked, except that a batch-invariant path (quant.BATCH_INVARIANT: a request's answer does not
+    depend on its batch neighbours) within INVARIANT_SLACK of it is preferred; each row says why it was not
+    picked. Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>"."""
     from labkit.bench import run_rounds
     from labkit.progress import tqdm
 
@@ -142,8 +145,22 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
                      "request_s": ttft + (output_len - 1) * tpot})
     ok = [row for row in rows if row["status"] == "ok"]
     best = min(ok, key=lambda row: row["request_s"])
+    invariant = [row for row in ok if row["method"] in quant.BATCH_INVARIANT]
+    best_inv = min(invariant, key=lambda row: row["request_s"]) if invariant else None
+    if best_inv is not None and best_inv["request_s"] <= INVARIANT_SLACK * best["request_s"]:
+        best = best_inv  # a request's answer should not depend on its batch neighbours: worth a little speed
     for row in ok:
+        row["batch_invariant"] = row["method"] in quant.BATCH_INVARIANT
         row["picked"] = row["method"] == best["method"]
+        if not row["picked"]:
+            faster = row["request_s"] < best["request_s"]
+            row["why_not"] = (f"answers depend on batch neighbours, and a batch-invariant path is within "
+                              f"{INVARIANT_SLACK}x of it" if faster and not row["batch_invariant"] else "slower")
+    if best["method"] not in quant.BATCH_INVARIANT:
+        for row in ok:
+            if row["picked"]:
+                row["note"] = ("batch-dependent (answers can change with batch neighbours): every batch-invariant "
+                               f"path here is more than {INVARIANT_SLACK}x slower")
     return best["method"], rows
 
 
@@ -301,37 +318,49 @@ def final_stage(rows: list[dict]) -> dict:
 
 machine_card = planner.machine_card  # notebook 07 calls it as casestudy.machine_card
 
+def _ceiling(n_req: int, n_out: int, prefill_flops: float, read_bytes: float, peak: float | None,
+             bandwidth_gbps: float, batch: int) -> tuple[float | None, float]:
+    """(idle TTFT floor in s, the trace's throughput ceiling in tok/s): every prefill at FLOPs / peak, every
+    decode step reading the weights once at the bandwidth for up to `batch` sequences."""
+    ttft_floor = prefill_flops / peak if peak else None
+    step_s = read_bytes / (bandwidth_gbps * 1e9)
+    return ttft_floor, n_out / (n_req * (ttft_floor or 0.0) + (n_out - n_req) * step_s / batch)
+
+
 def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers: int,
             trace: Sequence[Request], max_batch: int, hw: roofline.Card | None) -> list[dict]:
-    """Each stage projected from `layers` to the full depth: idle TTFT scaled by the FLOPs of a prefill (it is
-    compute-bound), throughput by the bytes one decode step reads (measured from the stage's own model: one
-    layer's stored bytes, and the rest: embedding, head, norms). Assumes cost linear in layers. With `hw` (a
-    roofline.Card from notebook 01's profile) the full model's floors on this machine come next to them: the
-    idle TTFT floor (prefill FLOPs / the probes' matmul rate for the stage's compute type) and the trace's
-    throughput ceiling (every prefill at that floor, every decode step reading the weights once at the probed
-    bandwidth for up to `max_batch` sequences, or one for a sequential server)."""
+    """Each stage projected from `layers` to the full depth, prefill and decode apart: a replay's time is split
+    into its prefills (requests x the measured idle TTFT), scaled by the FLOPs of a full prefill (compute-bound),
+    and the rest (decoding), scaled by the bytes a full decode step reads (the stage's own stored weights).
+    Assumes cost linear in layers. With `hw` (a roofline.Card from notebook 01's profile) each row also gets the
+    floors, at the measured depth and at the full one: the idle TTFT floor (prefill FLOPs / the probed matmul
+    rate of the stage's compute type) and the trace's throughput ceiling, and the fraction of each reached."""
     full = spec.num_hidden_layers
-    prompt_len = trace[0].prompt_len
-    flops_x = roofline.forward_flops(spec, prompt_len) / roofline.forward_flops(spec, prompt_len, layers=layers)
+    prompt_len, n_req = trace[0].prompt_len, len(trace)
+    n_out = sum(req.output_len for req in trace)
+    flops_l = roofline.forward_flops(spec, prompt_len, layers=layers)
+    flops_f = roofline.forward_flops(spec, prompt_len)
     out = []
     for r in rows:
         parts_full = roofline.measured_parts(stage_models[r["stage"]], full)
         read_l = roofline.decode_read_bytes(roofline.measured_parts(stage_models[r["stage"]], layers))
-        read_full = roofline.decode_read_bytes(parts_full)
-        row = {"stage": r["stage"], "ttft_idle_ms_full": r["ttft_idle_ms"] * flops_x,
-               "output_throughput_full": r["output_throughput"] * read_l / read_full,
+        read_f = roofline.decode_read_bytes(parts_full)
+        total_s = n_out / r["output_throughput"]
+        prefill_s = min(total_s, n_req * r["ttft_idle_ms"] / 1e3)
+        total_full = prefill_s * flops_f / flops_l + (total_s - prefill_s) * read_f / read_l
+        row = {"stage": r["stage"], "ttft_idle_ms_full": r["ttft_idle_ms"] * flops_f / flops_l,
+               "output_throughput_full": n_out / total_full, "prefill_share": prefill_s / total_s,
                "weights_gib_full": sum(parts_full.values()) / 2**30}
         if hw is not None:
             compute = quant.COMPUTE_DTYPE.get(r["int8"], r["dtype"]) if r["int8"] else r["dtype"]
-            peak = hw.peak(compute)
             batch = max_batch if r["server"] == "engine" else 1
-            ttft_floor = roofline.forward_flops(spec, prompt_len) / peak if peak else None
-            row["ttft_floor_ms_full"] = ttft_floor * 1e3 if ttft_floor else None
-            step_s = read_full / (hw.bandwidth_gbps * 1e9)
-            n_out = sum(req.output_len for req in trace)
-            floor_s = len(trace) * (ttft_floor or 0.0) + (n_out - len(trace)) * step_s / batch
-            row["throughput_ceiling_full"] = n_out / floor_s
-            row["ttft_fraction_of_floor"] = ttft_floor / (row["ttft_idle_ms_full"] / 1e3) if ttft_floor else None
+            floor_l, ceil_l = _ceiling(n_req, n_out, flops_l, read_l, hw.peak(compute), hw.bandwidth_gbps, batch)
+            floor_f, ceil_f = _ceiling(n_req, n_out, flops_f, read_f, hw.peak(compute), hw.bandwidth_gbps, batch)
+            row.update({"throughput_ceiling": ceil_l, "fraction_of_ceiling": r["output_throughput"] / ceil_l,
+                        "ttft_floor_ms_full": floor_f * 1e3 if floor_f else None,
+                        "ttft_fraction_of_floor": floor_l / (r["ttft_idle_ms"] / 1e3) if floor_l else None,
+                        "throughput_ceiling_full": ceil_f,
+                        "fraction_of_ceiling_full": row["output_throughput_full"] / ceil_f})
         out.append(row)
     return out
 

@@ -41,6 +41,11 @@ METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8"
            "rtn", "gptq", "awq", "gptqmodel")
 FAKE_QUANT = ("rtn", "gptq", "awq")  # dequantized weights: quality only, no speed of their own
 INT8_METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8")  # 8-bit weights, real kernels
+# Methods whose result for one token does not depend on the other tokens in the batch: weight-only ones, and
+# dynamic ones that scale activations per token. torch.ao's quantize_dynamic scales per tensor (the whole batch
+# shares one scale) and LLM.int8 picks its outlier columns over the whole batch: a request's answer can change
+# with its neighbours in a batching server.
+BATCH_INVARIANT = ("int8-weight-only", "int8-dynamic", "bnb-nf4", "int4-rtn", "rtn", "gptq", "awq")
 # The number type each method's matmul runs in: activations quantized too (int8 x int8); every other method
 # dequantizes its weights and multiplies in the model's own dtype. What a prefill's compute floor is taken at.
 COMPUTE_DTYPE = {"int8-dynamic-legacy": "int8", "int8-dynamic": "int8", "bnb-int8": "int8"}

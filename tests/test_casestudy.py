@@ -155,3 +155,37 @@ def test_pick_int8_times_each_method_in_every_dtype_it_accepts(tiny_llama):
     assert variants == {("int8-dynamic-legacy", "fp32"), ("int8-dynamic", "fp32"), ("int8-dynamic", "bf16")}
     best = min((r for r in rows if r["status"] == "ok"), key=lambda r: r["request_s"])
     assert method == best["method"] and all(r["picked"] == (r["method"] == method) for r in rows)
+
+
+def test_a_stage_at_its_ceiling_projects_to_the_full_ceiling(measured):
+    """Prefill scaled by FLOPs and decode by bytes, apart: a stage measured exactly at its floors projects exactly
+    to the full model's floors (scaling a whole replay by the byte ratio, as before, gave fractions up to 3.4)."""
+    base, trace, stages, rows, _, stage_models, _ = measured
+    cfg = base.config
+    spec = models.ShapeSpec("embedded-x3", "llama", cfg.hidden_size, cfg.intermediate_size,
+                            3 * cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+                            cfg.vocab_size, cfg.max_position_embeddings, 10000.0)
+    card = roofline.Card("test", 16.0, 50.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
+    first = casestudy.project(rows, stage_models, spec, cfg.num_hidden_layers, trace, 2, card)
+    at_floor = [dict(r, ttft_idle_ms=p["ttft_fraction_of_floor"] * r["ttft_idle_ms"],
+                     output_throughput=p["throughput_ceiling"]) for r, p in zip(rows, first, strict=True)]
+    for p in casestudy.project(at_floor, stage_models, spec, cfg.num_hidden_layers, trace, 2, card):
+        assert p["fraction_of_ceiling"] == pytest.approx(1.0)
+        assert p["fraction_of_ceiling_full"] == pytest.approx(1.0)
+        assert p["ttft_fraction_of_floor"] == pytest.approx(1.0)
+
+
+def test_pick_prefers_a_batch_invariant_path_within_the_slack(monkeypatch):
+    times = {"int8-dynamic-legacy": 1.0, "int8-dynamic": 1.4}
+    monkeypatch.setattr(casestudy.quant, "quantize", lambda model, method: method)
+    monkeypatch.setattr(casestudy, "generate_timed", lambda q, prompt, n: (
+        type("T", (), {"ttft": times[q], "tpot": 0.0})(), None))
+    model = torch.nn.Linear(2, 2)
+    method, rows = casestudy.pick_int8(model, None, list(times), rounds=1, progress=False)
+    assert method == "int8-dynamic"  # 1.4x slower but batch-invariant: preferred
+    legacy = next(r for r in rows if r["method"] == "int8-dynamic-legacy" and r["dtype"] == "fp32")
+    assert "answers depend on batch neighbours" in legacy["why_not"]
+    times["int8-dynamic"] = 2.0  # now 2x slower: the batch-dependent path wins, and says what it costs
+    method, rows = casestudy.pick_int8(model, None, list(times), rounds=1, progress=False)
+    assert method == "int8-dynamic-legacy"
+    assert "batch-dependent" in next(r for r in rows if r["picked"])["note"]
