@@ -142,3 +142,68 @@ def bound_sentence(rows: list[dict]) -> str | None:
     if s.get("max_x_at_batch"):
         text += f", and every decode step at the full batch (at the step time measured) {s['max_x_at_batch']:.1f}x"
     return text + "."
+
+
+STEP_PARTS = {"labkit::linears": "linear layers (with the MLP, norms, head)",
+              "labkit::attention": "attention (KV gather + attend)", "labkit::kv_write": "KV cache writes",
+              "labkit::sample": "sampling"}
+
+
+def profile_decode_step(engine: LLMEngine, prompts: list[list[int]], steps: int = 4, hw=None) -> dict:
+    """Where one decode step of a full batch goes: the engine gets `prompts` (one per running slot), runs until all
+    are decoding, then `steps` steps under torch.profiler. Returns milliseconds per step for each part the runner
+    marks (linear layers, attention, KV writes, sampling), the rest of the time inside the step's operators,
+    and the Python and scheduling overhead around them (step wall time minus all operators); with `hw` (a
+    roofline.Card), the step's compute floor (FLOPs of its tokens / the matmul rate of the model's dtype) and
+    memory floor (weights and KV cache read once / bandwidth)."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from labkit.serve.sequence import SamplingParams
+
+    ids = [engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True)) for p in prompts]
+    sched = engine.scheduler
+    while sched.num_waiting or any(s.num_tokens - s.num_cached_tokens > 1 for s in sched.running):
+        engine.step()
+    batch = sched.num_running
+    ctx = sum(engine.get(i).num_tokens for i in ids) / len(ids)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        wall = (time.perf_counter() - t0) / steps
+    for i in ids:
+        engine.cancel(i)
+    events = prof.key_averages()
+    part_ms = {label: sum(e.cpu_time_total for e in events if e.key == key) / 1e3 / steps
+               for key, label in STEP_PARTS.items()}
+    ops_ms = sum(e.self_cpu_time_total for e in events if not e.key.startswith("labkit::")) / 1e3 / steps
+    out = {"batch": batch, "context": ctx, "step_ms": wall * 1e3, **part_ms,
+           "other operators": max(0.0, ops_ms - sum(part_ms.values())),
+           "python and scheduling": max(0.0, wall * 1e3 - ops_ms)}
+    if hw is not None:
+        out.update(step_floors(engine.model, batch, ctx, hw))
+    return out
+
+
+def step_floors(model, batch: int, context: float, hw) -> dict:
+    """A decode step of `batch` sequences at `context` tokens: its compute floor (2 FLOPs per weight per token and
+    the attention over the context, at the matmul rate of the model's dtype) and memory floor (every weight and
+    each sequence's KV cache read once), in ms."""
+    import torch
+
+    from labkit.models import weight_bytes
+    from labkit.roofline import decode_read_bytes, measured_parts
+    from labkit.serve.runner import ModelRunner
+
+    cfg = model.config
+    emb = model.get_input_embeddings().weight
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(emb.dtype, "fp32")
+    kv = ModelRunner.kv_bytes_per_block(model, 1) * context * batch  # bytes of K and V per token, all layers
+    weights = decode_read_bytes(measured_parts(model))
+    params = sum(p.numel() for p in model.parameters()) - emb.numel() * (0 if cfg.tie_word_embeddings else 1)
+    flops = 2 * batch * params + 4 * batch * cfg.num_hidden_layers * cfg.hidden_size * context
+    peak = hw.peak(dtype)
+    return {"memory_floor_ms": (weights + kv) / (hw.bandwidth_gbps * 1e9) * 1e3,
+            "compute_floor_ms": flops / peak * 1e3 if peak else None, "weight_mib": weight_bytes(model) / 2**20}

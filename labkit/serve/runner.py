@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+from torch.profiler import record_function
 
 from labkit.serve.scheduler import SchedulerOutput
 
@@ -162,46 +163,59 @@ class ModelRunner:
         cos, sin = base.rotary_emb(h, pos[None])  # [1, T, head_dim]
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # broadcast over heads
         T = ids.numel()
-        for li, layer in enumerate(base.layers):
+        for li, layer in enumerate(base.layers):  # record_function marks what a step profile sorts time into
             attn = layer.self_attn
             x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(T, self.num_heads, self.head_dim)
-            k = attn.k_proj(x).view(T, self.num_kv_heads, self.head_dim)
-            v = attn.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
+            with record_function("labkit::linears"):
+                q = attn.q_proj(x).view(T, self.num_heads, self.head_dim)
+                k = attn.k_proj(x).view(T, self.num_kv_heads, self.head_dim)
+                v = attn.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            self.k_cache[li, slots] = k.to(self.dtype)
-            self.v_cache[li, slots] = v.to(self.dtype)
-            o = torch.empty(T, self.num_heads, self.head_dim, dtype=q.dtype, device=self.device)
-            if decode is not None:  # every decode sequence in one call: [B, heads, 1, d] against its padded context
-                rows, tables, mask = decode
-                ks = self._gather(self.k_cache[li], tables, rows.numel(), q.dtype, 0)
-                vs = self._gather(self.v_cache[li], tables, rows.numel(), q.dtype, 1)
-                o[rows] = self._attend(q[rows][:, :, None], ks, vs, mask, False, attn.scaling)[:, :, 0]
-            for i, c in prefill:
-                w, off = work[i], offsets[i]
-                n = w.num_new_tokens
-                qs = q[off : off + n].transpose(0, 1)[None]  # [1, heads, n, head_dim]
-                ks = self.k_cache[li, c].transpose(0, 1)[None].to(q.dtype)  # [1, kv_heads, end, head_dim]
-                vs = self.v_cache[li, c].transpose(0, 1)[None].to(q.dtype)
-                if w.start == 0:  # a full prefill (or a recompute): plain causal attention
-                    mask_p, causal = None, True
-                else:  # new tokens after a cached prefix: query i sees keys up to start + i
-                    kpos = torch.arange(w.end, device=self.device)
-                    mask_p, causal = kpos[None, :] <= (w.start + torch.arange(n, device=self.device))[:, None], False
-                o[off : off + n] = self._attend(qs, ks, vs, mask_p, causal, attn.scaling)[0].transpose(0, 1)
-            h = h + attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            with record_function("labkit::kv_write"):
+                self.k_cache[li, slots] = k.to(self.dtype)
+                self.v_cache[li, slots] = v.to(self.dtype)
+            with record_function("labkit::attention"):
+                o = self._attention_layer(li, q, work, offsets, decode, prefill, attn.scaling, T)
+            with record_function("labkit::linears"):
+                h = h + attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim))
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
         done = [i for i, w in enumerate(work) if w.end == w.seq.num_tokens]  # a prefill chunk yields no token
         if not done:
             return [None] * len(work)
         last = torch.tensor([offsets[i + 1] - 1 for i in done], device=self.device)
-        logits = self.model.lm_head(base.norm(h[0, last])).float()  # [finishing sequences, vocab]
+        with record_function("labkit::linears"):
+            logits = self.model.lm_head(base.norm(h[0, last])).float()  # [finishing sequences, vocab]
         tokens: list[int | None] = [None] * len(work)
-        for i, t in zip(done, self._sample(logits, [work[i].seq.sampling_params.temperature for i in done]),
-                        strict=True):
+        with record_function("labkit::sample"):
+            picked = self._sample(logits, [work[i].seq.sampling_params.temperature for i in done])
+        for i, t in zip(done, picked, strict=True):
             tokens[i] = t
         return tokens
+
+    def _attention_layer(self, li: int, q: torch.Tensor, work, offsets: list[int], decode, prefill, scale: float,
+                         T: int) -> torch.Tensor:
+        """Layer `li`'s attention output [T, heads, head_dim] for every token of the step: all decode sequences in
+        one call against their padded contexts, each prefill (or chunk of one) on its own."""
+        o = torch.empty(T, self.num_heads, self.head_dim, dtype=q.dtype, device=self.device)
+        if decode is not None:  # [B, heads, 1, d] against [B, kv_heads, padded context, d]
+            rows, tables, mask = decode
+            ks = self._gather(self.k_cache[li], tables, rows.numel(), q.dtype, 0)
+            vs = self._gather(self.v_cache[li], tables, rows.numel(), q.dtype, 1)
+            o[rows] = self._attend(q[rows][:, :, None], ks, vs, mask, False, scale)[:, :, 0]
+        for i, c in prefill:
+            w, off = work[i], offsets[i]
+            n = w.num_new_tokens
+            qs = q[off : off + n].transpose(0, 1)[None]  # [1, heads, n, head_dim]
+            ks = self.k_cache[li, c].transpose(0, 1)[None].to(q.dtype)  # [1, kv_heads, end, head_dim]
+            vs = self.v_cache[li, c].transpose(0, 1)[None].to(q.dtype)
+            if w.start == 0:  # a full prefill (or a recompute): plain causal attention
+                mask_p, causal = None, True
+            else:  # new tokens after a cached prefix (or earlier chunks): query i sees keys up to start + i
+                kpos = torch.arange(w.end, device=self.device)
+                mask_p, causal = kpos[None, :] <= (w.start + torch.arange(n, device=self.device))[:, None], False
+            o[off : off + n] = self._attend(qs, ks, vs, mask_p, causal, scale)[0].transpose(0, 1)
+        return o
 
     def _sample(self, logits: torch.Tensor, temperatures: list[float]) -> list[int]:
         out = logits.argmax(-1)

@@ -209,3 +209,19 @@ def test_bound_sentence_is_built_from_the_rows():
     assert text.startswith("The engine serves 1.91x the output throughput") and "20%" in text
     assert "at most 5.0x" in text and "2.4x" in text
     assert bound_sentence(rows[1:]) is None
+
+
+def test_decode_step_profile_accounts_for_the_step(tiny_llama):
+    from labkit import roofline
+    from labkit.serve.engine import EngineConfig, LLMEngine
+    from labkit.serve.experiment import STEP_PARTS, profile_decode_step
+
+    eng = LLMEngine(tiny_llama, EngineConfig(max_num_seqs=4, block_size=4, num_blocks=64, max_model_len=64))
+    card = roofline.Card("test", 16.0, 40.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
+    p = profile_decode_step(eng, [[5 + i] * (8 + i) for i in range(4)], steps=3, hw=card)
+    assert p["batch"] == 4 and p["step_ms"] > 0
+    parts = [p[label] for label in STEP_PARTS.values()] + [p["other operators"], p["python and scheduling"]]
+    assert all(x >= 0 for x in parts) and p[STEP_PARTS["labkit::linears"]] > 0
+    assert sum(parts) == pytest.approx(p["step_ms"], rel=0.35)  # the parts add up to the step, give or take
+    assert p["memory_floor_ms"] > 0 and p["compute_floor_ms"] > 0
+    assert not eng.has_unfinished() and eng.scheduler.block_manager.num_free_blocks == 64  # it cleaned up
