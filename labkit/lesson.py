@@ -44,7 +44,7 @@ class Run:
         seconds = time.perf_counter() - self.started
         share = load.get("others_cpu_share")
         busy = ("the machine was otherwise idle" if share is not None and not load["busy"] else
-                LoadWatch.warning.fget(self.watch) if load["busy"] else "others' CPU use not measurable here")
+                self.watch.warning if load["busy"] else "others' CPU use not measurable here")
         took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
         print(f"{self.name} took {took} (preset {self.preset}); {busy}")
         return {"seconds": seconds, **load}
