@@ -290,6 +290,21 @@ def launch(fn: Callable, world_size: int, *args, device: str = "cpu", threads: i
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def running_ranks() -> list:
+    """Rank processes of this process still running (spawned children; multiprocessing's resource tracker, which
+    it starts once and keeps, is not one): what a launch must leave empty, whatever happened."""
+    import psutil
+
+    alive = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
+                alive.append(p)
+        except psutil.Error:
+            pass
+    return alive
+
+
 def _update_bar(bar, path: Path) -> None:
     try:
         p = json.loads(path.read_text())
@@ -354,13 +369,16 @@ class CommTimer:
     Hooks around the output of each module in `comm_modules`: one stamp when the local matmul is done (before
     parallelize_module's own hook starts the collective), one when the collective's result is there (waiting
     for it here rather than at its first use, which on a CPU changes nothing: the next operation needs it).
-    The time includes waiting for the slower rank, which is part of what a collective costs."""
+    The time includes waiting for the slower rank, which is part of what a collective costs. With `events` set
+    to a list, each collective's (start, end) perf_counter stamps are appended: on one machine the clock is shared
+    by all processes, so the ranks' stamps tell waiting for the other rank from moving the data."""
 
     def __init__(self, model: nn.Module, shard_vocab: bool = True, device=None):
         from labkit.bench import sync
 
         self._sync = lambda: sync(device)
         self.seconds, self.count, self.bytes = 0.0, 0, 0
+        self.events: list[tuple[float, float]] | None = None
         self._t0 = 0.0
         self._handles = []
         for m in comm_modules(model, shard_vocab):
@@ -377,7 +395,10 @@ class CommTimer:
         if isinstance(out, AsyncCollectiveTensor):
             out = out.wait()
         self._sync()
-        self.seconds += time.perf_counter() - self._t0
+        t1 = time.perf_counter()
+        self.seconds += t1 - self._t0
+        if self.events is not None:
+            self.events.append((self._t0, t1))
         self.count += 1
         self.bytes += out.numel() * out.element_size()
         return out
@@ -451,6 +472,26 @@ def greedy(model: nn.Module, ids: torch.Tensor, new_tokens: int, comm: CommTimer
             per_step = (n, b)
     return Generation(torch.cat(out, 1).cpu(), first, prefill_s, steps, c_pre[0], comm_steps if comm else None,
                       per_step, (c_pre[1], c_pre[2]) if comm else None, kv)
+
+
+def collective_breakdown(events_per_rank: list[list[tuple[float, float]]]) -> dict:
+    """Split every rank's collectives (CommTimer.events of each rank, in the same order) into waiting for the last
+    rank to arrive and the time after it did (moving the data and the bookkeeping): medians over all ranks'
+    collectives and the worst one, in seconds."""
+    import statistics
+
+    waits, after, total = [], [], []
+    for stamps in zip(*events_per_rank, strict=True):
+        last = max(start for start, _ in stamps)
+        for start, end in stamps:
+            waits.append(last - start)
+            after.append(end - last)
+            total.append(end - start)
+    if not total:
+        return {"collectives": 0}
+    return {"collectives": len(total) // len(events_per_rank), "ranks": len(events_per_rank),
+            "median_wait_s": statistics.median(waits), "median_after_arrival_s": statistics.median(after),
+            "median_s": statistics.median(total), "max_s": max(total)}
 
 
 def replica_share(items: list, rank: int, world_size: int) -> list:

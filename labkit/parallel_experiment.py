@@ -77,6 +77,48 @@ class Config:
         return self
 
 
+PRESETS = {
+    "ci": {"layers": 2, "prompt_len": 32, "new_tokens": 6, "rounds": 3, "micro_batches": [1, 2, 4], "pp_batch": 4,
+           "pp_len": 16, "n_requests": 4, "output_len": (4, 8), "largest_message": 4 * 4**12,
+           "hidden_sizes": [2048, 512, 128]},
+    "full": {"layers": 4, "prompt_len": 512, "new_tokens": 16, "rounds": 5, "micro_batches": [1, 2, 4, 8],
+             "pp_batch": 8, "pp_len": 128, "n_requests": 8, "output_len": (16, 64), "largest_message": 4 * 4**14,
+             "hidden_sizes": [4096, 2048, 1024, 512, 256, 128]},
+}
+
+
+def lesson_config(preset: str, model: str, device: str, seed: int, world_size: int, **sizes) -> Config:
+    """Notebook 04's parameters, checked at once: a size left as None follows the preset (params.default), a given
+    one is checked; then every constraint of the split (Config.check). The preset's hidden sizes keep only those
+    whose heads divide by `world_size`; hidden sizes you give must all fit."""
+    from labkit import params
+
+    p = params.pick(preset, **PRESETS)
+    got = {}
+    for name in ("layers", "prompt_len", "rounds", "pp_batch"):
+        got[name] = params.default(name, sizes.pop(name, None), preset, ci=PRESETS["ci"][name],
+                                   full=PRESETS["full"][name], min=1)
+    got["new_tokens"] = params.default("new_tokens", sizes.pop("new_tokens", None), preset,
+                                       ci=PRESETS["ci"]["new_tokens"], full=PRESETS["full"]["new_tokens"], min=2)
+    got["n_requests"] = params.default("n_requests", sizes.pop("n_requests", None), preset,
+                                       ci=PRESETS["ci"]["n_requests"], full=PRESETS["full"]["n_requests"],
+                                       min=world_size)
+    for name in ("micro_batches", "hidden_sizes"):
+        given = sizes.pop(name, None)
+        vals = params.default(name, given, preset, ci=PRESETS["ci"][name], full=PRESETS["full"][name], kind=list)
+        for v in vals:
+            params.check(f"{name} item", v, int, min=1)
+        if name == "hidden_sizes" and given is None:
+            vals = [h for h in vals if _sweep_config(h).num_attention_heads % world_size == 0]
+        got[name] = list(vals)
+    if sizes:
+        raise params.ParamError(f"unknown size parameter(s) {sorted(sizes)}")
+    largest = p["largest_message"]
+    msgs = [4 * 4**k for k in range(20) if 4 * 4**k <= largest]
+    return Config(model=model, seed=seed, device=device, world_size=world_size, pp_len=p["pp_len"],
+                  output_len=p["output_len"], message_bytes=msgs, **got).check()
+
+
 # ---------------------------------------------------------------- the ranks
 
 STOP = -1
@@ -137,11 +179,17 @@ def _timed_gen(g: parallel.Generation) -> dict:
 
 
 def _equality(ctx, cfg: Config, full, tp, comm, ids, pp_ids) -> dict:
+    import torch.distributed as dist
+
     ref = pp_ref = None
     if ctx.rank == 0:
         with ctx.solo():
             ref = parallel.greedy(full, ids, cfg.new_tokens)
+    comm.events = []
     g = parallel.greedy(tp, ids, cfg.new_tokens, comm)
+    events = [None] * ctx.world_size
+    dist.all_gather_object(events, comm.events, group=ctx.mesh.get_group())
+    comm.events = None
     if ctx.rank == ctx.world_size - 1:
         pp_ref = parallel.greedy(full, pp_ids, cfg.new_tokens)  # the reference for the last stage's logits
     pp_tokens, pp_first = parallel.pipeline_greedy(full, ctx, pp_ids, cfg.new_tokens, microbatches=ctx.world_size)
@@ -154,7 +202,8 @@ def _equality(ctx, cfg: Config, full, tp, comm, ids, pp_ids) -> dict:
             "pp_max_logit_diff": max(pp_diff), "tokens": ref.tokens[0].tolist(), "tp_tokens": g.tokens[0].tolist(),
             "pp_batch_checked": list(pp_ids.shape), "pp_microbatches": ctx.world_size,
             "kv_bytes": ref.kv_bytes, "tp_kv_bytes": g.kv_bytes, "comm_per_decode_step": list(g.comm_per_step or ()),
-            "comm_per_prefill": list(g.comm_prefill or ())}
+            "comm_per_prefill": list(g.comm_prefill or ()),
+            "collective_breakdown": parallel.collective_breakdown(events)}
 
 
 ALL_CORES, ONE_SHARE, ONE_GPU = "one process, all cores", "one process, one rank's cores", "one process, one GPU"
@@ -302,27 +351,38 @@ def _dp(ctx, cfg: Config, full) -> dict | None:
             "prompt_len": cfg.prompt_len, "output_len": list(cfg.output_len)}
 
 
-def _allreduce_sweep(ctx, cfg: Config) -> list[dict]:
-    """Median time of one all-reduce per message size, the slowest rank's (the collective ends when it does)."""
+def _allreduce_sweep(ctx, cfg: Config, passes: int = 4) -> list[dict]:
+    """Median time of one all-reduce per message size, the slowest rank's (a collective ends when it does). The
+    sizes are visited in `passes` passes, each starting one size further along, so a burst of other work on this
+    machine lands on several sizes a little rather than on one size a lot (as rotating rounds do)."""
     import torch.distributed as dist
 
-    group, rows = ctx.mesh.get_group(), []
-    for nbytes in cfg.message_bytes:
-        t = torch.zeros(max(1, nbytes // 4), dtype=torch.float32, device=ctx.device)
-        reps = 5 if nbytes >= 16 * MiB else 15 if nbytes >= MiB else 40
-        dist.barrier(group=group)
-        tm = time_callable(lambda t=t: dist.all_reduce(t, group=group), warmup=3, repeats=reps, device=ctx.device)
-        rows.append({"bytes": t.numel() * 4, "seconds": max(_gather(ctx, tm.median_s)),
-                     "min_seconds": max(_gather(ctx, tm.min_s))})
+    group = ctx.mesh.get_group()
+    sizes = list(cfg.message_bytes)
+    bufs = {b: torch.zeros(max(1, b // 4), dtype=torch.float32, device=ctx.device) for b in sizes}
+    times: dict[int, list[float]] = {b: [] for b in sizes}
+    for p in range(passes):
+        k = p % len(sizes)
+        for b in sizes[k:] + sizes[:k]:
+            reps = 2 if b >= 16 * MiB else 5 if b >= MiB else 12
+            dist.barrier(group=group)
+            tm = time_callable(lambda t=bufs[b]: dist.all_reduce(t, group=group), warmup=2, repeats=reps,
+                               device=ctx.device)
+            times[b] += tm.times_s
+    rows = []
+    for b in sizes:
+        med, low = statistics.median(times[b]), min(times[b])
+        rows.append({"bytes": bufs[b].numel() * 4, "seconds": max(_gather(ctx, med)),
+                     "min_seconds": max(_gather(ctx, low)), "repeats": len(times[b])})
     return rows
 
 
 def _sweep_config(hidden: int, layers: int = 2, vocab: int = 256):
-    """A small Llama at `hidden` with Llama-2-7B's proportions (MLP 2.6875x hidden, heads of 128, or 64 below
-    256): the shapes of C14's granularity sweep. A 256-token vocabulary keeps the embedding and head negligible."""
+    """A small Llama at `hidden` with Llama-2-7B's proportions (MLP 2.6875x hidden, heads of 128, or of 64 up to
+    512): the shapes of C14's granularity sweep. A 256-token vocabulary keeps the embedding and head negligible."""
     from transformers import LlamaConfig
 
-    head_dim = 128 if hidden >= 256 else 64
+    head_dim = 128 if hidden > 512 else 64
     heads = hidden // head_dim
     inter = int(round(hidden * 11008 / 4096 / 128)) * 128
     return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -412,6 +472,51 @@ def _gather_memory(ctx, mem: dict) -> list[dict]:
     return got
 
 
+def refusals(cfg: Config) -> list[dict]:
+    """Bad choices asked on purpose, each with the error that names its constraint (nothing is started)."""
+    spec = shape(cfg.model)
+    most = parallel.max_world_size(cfg.device)
+    bad_tp = next(d for d in range(2, 1000) if spec.num_attention_heads % d or spec.num_key_value_heads % d)
+    asks = {f"world size {most + 1} with {most} {'cores' if cfg.device == 'cpu' else 'GPUs'}":
+            lambda: parallel.check_world_size(most + 1, cfg.device),
+            f"TP={bad_tp} on {spec.name}": lambda: parallel.check_tp(spec, bad_tp),
+            f"{cfg.layers + 1} layers in {cfg.world_size} pipeline stages":
+            lambda: parallel.check_stages(cfg.layers + 1, cfg.world_size),
+            f"a batch of {cfg.pp_batch} in {cfg.pp_batch + 1} micro-batches":
+            lambda: parallel.check_microbatches(cfg.pp_batch, cfg.pp_batch + 1)}
+    rows = []
+    for asked, fn in asks.items():
+        try:
+            fn()
+            rows.append({"asked": asked, "refused with": "(accepted)"})
+        except parallel.ParallelError as e:
+            rows.append({"asked": asked, "refused with": str(e)})
+    return rows
+
+
+def _killed(ctx) -> None:
+    """The last rank is killed from outside (SIGKILL, as the out-of-memory killer does) while rank 0 waits on it."""
+    import os
+    import signal
+
+    import torch.distributed as dist
+
+    if ctx.rank == ctx.world_size - 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier(group=ctx.mesh.get_group())
+
+
+def kill_demo(world_size: int = 2) -> dict:
+    """A rank dies mid-run: what the launcher says, and how many rank processes are left (none). On CPU cores:
+    this is about processes, not devices."""
+    try:
+        parallel.launch(_killed, world_size, timeout_s=120)
+        error = "(no error: the rank was not killed)"
+    except parallel.RankFailed as e:
+        error = str(e)
+    return {"error": error, "rank processes still running": len(parallel.running_ranks())}
+
+
 def pick_device(device: str, world_size: int) -> tuple[str, str | None]:
     """The device the ranks use and, when NCCL cannot run here, why: several CUDA GPUs run NCCL (one per rank);
     otherwise the ranks run on CPU cores with gloo, the same code path."""
@@ -478,7 +583,7 @@ def tp_table(res: dict, spec: ShapeSpec, layers: int, hw, prompt_len: int, new_t
                          "collectives": comm[phase][0] if name == tp else None,
                          "MiB through collectives": comm[phase][1] / MiB if name == tp else None,
                          "floor ms": 1e3 * floors[phase].seconds, "fraction of floor": floors[phase].seconds / t,
-                         f"{tp} against it": None if name == tp else r.ratio(name, tp, phase).words()})
+                         f"{tp} vs this run": None if name == tp else r.ratio(name, tp, phase).words()})
     return pd.DataFrame(rows)
 
 
@@ -487,15 +592,16 @@ def bus_factor(world_size: int) -> float:
     return 2 * (world_size - 1) / world_size
 
 
-def allreduce_fit(rows: list[dict], world_size: int) -> dict:
-    """This machine's all-reduce as a latency and a bandwidth: the latency floor is the smallest message's median
-    time, the bus bandwidth (nccl-tests' definition: size x 2(n-1)/n / time) the largest message's after that
-    floor. `allreduce_time` predicts any size from the two."""
-    small = min(rows, key=lambda r: r["bytes"])
+def allreduce_fit(rows: list[dict], world_size: int, small_bytes: int = 4096) -> dict:
+    """This machine's all-reduce as a latency and a bandwidth: the latency floor is the median time of the messages
+    up to `small_bytes` (where the bytes cost nothing next to it), the bus bandwidth (nccl-tests' definition:
+    size x 2(n-1)/n / time) the largest message's after that floor. `allreduce_time` predicts any size."""
+    small = [r["seconds"] for r in rows if r["bytes"] <= small_bytes]
+    small = small or [min(rows, key=lambda r: r["bytes"])["seconds"]]
     large = max(rows, key=lambda r: r["bytes"])
-    latency = small["seconds"]
+    latency = statistics.median(small)
     busbw = large["bytes"] * bus_factor(world_size) / max(large["seconds"] - latency, 1e-12)
-    return {"latency_s": latency, "busbw_gbps": busbw / 1e9, "world_size": world_size,
+    return {"latency_s": latency, "busbw_gbps": busbw / 1e9, "world_size": world_size, "small_bytes": small_bytes,
             "largest_bytes": large["bytes"], "largest_s": large["seconds"]}
 
 
@@ -672,8 +778,11 @@ def plot_tp(table):
         ax.barh(g["run"], comm, left=g["compute ms"], label="collectives")
         ax.axvline(g["floor ms"].iloc[0], ls="--", color="gray", lw=1, label="roofline floor (whole machine)")
         ax.set(xlabel="ms", title=f"{phase}" + (" (one step)" if phase == "decode" else ""))
+        ax.margins(x=0.08)
         ax.invert_yaxis()
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[1].set_yticklabels([])
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     return fig
 
@@ -687,7 +796,7 @@ def plot_allreduce(rows: list[dict], fit: dict):
     ax.plot(s, [1e6 * r["seconds"] for r in rows], "o-", label="measured median (slowest rank)")
     grid = np.logspace(np.log10(s.min()), np.log10(s.max()), 50)
     ax.plot(grid, [1e6 * allreduce_time(fit, x) for x in grid], "--",
-            label=f"latency {1e6 * fit['latency_s']:,.0f} us + bytes / {fit['busbw_gbps']:.2f} GB/s")
+            label=f"model: latency {1e6 * fit['latency_s']:,.0f} us + bytes x 2(n-1)/n / {fit['busbw_gbps']:.2f} GB/s")
     ax.set(xscale="log", yscale="log", xlabel="message size (bytes)", ylabel="time per all-reduce (us)",
            title=f"All-reduce over {fit['world_size']} ranks on this machine")
     ax.legend(fontsize=8)
@@ -716,7 +825,7 @@ def plot_granularity(rows: list[dict]):
     return fig
 
 
-def plot_bubble(rows: list[dict]):
+def plot_bubble(rows: list[dict], stages: int = 2):
     """Measured bubble against GPipe's formula, by micro-batches, with the step time on a second axis."""
     import matplotlib.pyplot as plt
 
@@ -724,10 +833,180 @@ def plot_bubble(rows: list[dict]):
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(m, [r["measured bubble"] for r in rows], "o-", label="measured bubble")
     ax.plot(m, [r["formula (S-1)/(M+S-1)"] for r in rows], "--", label="(S-1)/(M+S-1)")
-    ax.set(xscale="log", xticks=m, xticklabels=[str(x) for x in m], xlabel="micro-batches M",
-           ylabel="idle fraction of the step", ylim=(0, 1), title="Pipeline bubble, 2 stages (GPipe)")
+    from matplotlib.ticker import NullFormatter
+
+    ax.set(xscale="log", xlabel="micro-batches M", ylabel="idle fraction of the step", ylim=(0, 1),
+           title=f"Pipeline bubble, {stages} stages (GPipe)")
+    ax.set_xticks(m, [str(x) for x in m])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax2 = ax.twinx()
-    ax2.plot(m, [r["step ms"] for r in rows], "^:", color="tab:red", label="step time")
+    ax2.plot(m, [r["step ms"] for r in rows], "^:", color="tab:red", label="step time (right axis)")
     ax2.set_ylabel("step ms", color="tab:red")
-    ax.legend(loc="upper right", fontsize=8)
+    ax2.set_ylim(0, max(r["step ms"] for r in rows) * 1.15)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8)
     return fig
+
+
+# ---------------------------------------------------------------- sentences built from the numbers
+
+def _row(table, phase: str, prefix: str):
+    g = table[(table["phase"] == phase) & table["run"].str.startswith(prefix)]
+    return None if g.empty else g.iloc[0]
+
+
+def _link(row: dict, prefix: str) -> float:
+    """A datasheet link's column of an interconnect row (ms), by the start of its name."""
+    return next(v for k, v in row.items() if k.startswith(prefix))
+
+
+def _than(words: str, name: str, ms: float | None = None) -> str:
+    """'1.27x slower than X (89.2 ms)', or 'no clear difference from X: inconclusive (...)'."""
+    at = "" if ms is None else f" ({ms:.1f} ms)"
+    if words.startswith("inconclusive"):
+        return f"no clear difference from {name}{at}: {words}"
+    return f"{words} than {name}{at}"
+
+
+def floor_notes(table, spec: ShapeSpec, layers: int, hw, prompt_len: int, new_tokens: int) -> str:
+    """Why each phase of one process on the whole machine lands where it does against its roofline floor: the
+    FLOP/s and the weight bytes/s it reached, next to the profile's peak and bandwidth."""
+    from labkit.roofline import decode_floor, prefill_floor
+
+    floors = {"prefill": prefill_floor(spec, "fp32", hw, prompt_len, 1, layers),
+              "decode": decode_floor(spec, "fp32", hw, prompt_len + new_tokens // 2, 1, layers)}
+    out = []
+    for phase, f in floors.items():
+        row = table[table["phase"] == phase].iloc[0]
+        t = row["ms"] / 1e3
+        gflops, gbps = f.flops / t / 1e9, f.bytes / t / 1e9
+        s = (f"{phase}, {row['run']}: {row['fraction of floor']:.0%} of its {f.bound}-bound floor; it ran at "
+             f"{gflops:,.1f} GFLOP/s (profile peak {hw.peak('fp32') / 1e9:,.1f}) and read {gbps:,.1f} GB/s "
+             f"(profile bandwidth {hw.bandwidth_gbps:,.1f})")
+        if row["fraction of floor"] > 1:
+            s += (": faster than the floor, so the bandwidth probe of notebook 01 reads slower than these matrix "
+                  "kernels do; the floor is a prediction from a probe, not a law")
+        elif row["fraction of floor"] < 1 / 1.5:
+            s += (f": at {prompt_len} tokens per matrix the fp32 kernels stay well below the probe's peak, which "
+                  "large square products reach" if f.bound == "compute" else
+                  ": the step is dominated by costs other than reading weights (per-operation overhead, attention)")
+        out.append(s + ".")
+    return "\n".join(f"- {x}" for x in out)
+
+
+def tp_story(table, inter: list[dict], fit: dict, breakdown: dict | None = None) -> str:
+    """Why TP is slower (or not) than one process here, and what link would make it pay, per phase (markdown).
+    `breakdown`: parallel.collective_breakdown of one TP generation (waiting for the other rank against the rest)."""
+    out = []
+    for phase in ("prefill", "decode"):
+        tp = _row(table, phase, "TP=")
+        solo = table[(table["phase"] == phase)].iloc[0]
+        share = _row(table, phase, ONE_SHARE)
+        k, name = int(tp["collectives"]), tp["run"]
+        iso = 1e3 * allreduce_time(fit, MiB * tp["MiB through collectives"] / k)
+        gain = solo["ms"] / tp["compute ms"]
+        lines = [f"{name} takes {tp['ms']:.1f} ms, {_than(solo[name + ' vs this run'], solo['run'], solo['ms'])}."]
+        if gain < 1.1:
+            lines.append(f"Its compute alone takes {tp['compute ms']:.1f} ms per rank, "
+                         + ("more than" if gain < 1 else f"only {gain:.2f}x less than")
+                         + " one process's whole step: one process already uses every core and all the memory "
+                         "bandwidth that the ranks share, so splitting the weights splits the work without adding "
+                         "hardware.")
+        else:
+            lines.append(f"Its compute alone takes {tp['compute ms']:.1f} ms per rank, {gain:.2f}x less than one "
+                         "process's step.")
+        lines.append(f"Its {k} collectives add {tp['collectives ms']:.1f} ms ({tp['collectives ms'] / k:.2f} ms each; "
+                     f"an all-reduce of that size alone takes {iso:.2f} ms here).")
+        if share is not None:
+            lines.append(f"Against one rank's share of the machine ({share['ms']:.1f} ms: what each rank brings, as "
+                         f"each GPU would), {name} is {share[name + ' vs this run']}.")
+        for r in (x for x in inter if x["phase"] == phase):
+            if r["needed GB/s at zero latency"] is None:
+                lines.append(f"Against {r['against']}, no link can make it pay: TP's compute alone "
+                             f"({r['TP compute ms']:.1f} ms) already exceeds that run ({r['its ms']:.1f} ms).")
+                continue
+            measured = r["measured in the model ms"]
+            lines.append(
+                f"Against {r['against']}, the collectives must fit in {r['budget ms']:.1f} ms (its "
+                f"{r['its ms']:.1f} ms minus TP's compute): a link of at least {r['needed GB/s at zero latency']:.3f} "
+                f"GB/s at zero latency, or at most {r['allowed us per collective']:,.0f} us per collective at "
+                f"infinite bandwidth. Here they took {measured:.1f} ms "
+                f"({'inside' if measured < r['budget ms'] else 'outside'} it); a bare all-reduce of these sizes "
+                f"would take {r['all-reduce sweep predicts ms']:.1f} ms; NVLink 3 would carry the bytes in "
+                f"{1e3 * _link(r, 'NVLink 3'):.1f} us and PCIe 4.0 x16 in {1e3 * _link(r, 'PCIe 4.0'):.1f} us "
+                "(datasheet bandwidth; latency comes on top).")
+        title = "Prefill" if phase == "prefill" else "Decode step"
+        out.append(f"**{title}**\n\n" + "\n".join(f"- {x}" for x in lines))
+    if breakdown and breakdown.get("collectives"):
+        b = breakdown
+        out.append(f"**Inside a collective** ({b['collectives']} collectives of one TP generation, stamped on "
+                   f"{b['ranks']} ranks with the clock they share): a median of {1e3 * b['median_s']:.2f} ms each, of "
+                   f"which {1e3 * b['median_wait_s']:.2f} ms waiting for the other rank to arrive and "
+                   f"{1e3 * b['median_after_arrival_s']:.2f} ms after it did, against {1e3 * fit['latency_s']:.2f} ms "
+                   "for a bare small all-reduce: the rest is DTensor's bookkeeping and the hand-off to gloo's thread. "
+                   f"The worst took {1e3 * b['max_s']:.1f} ms: every collective waits for all ranks, so a rank that "
+                   "the operating system pauses holds up the others.")
+    return "\n\n".join(out)
+
+
+def _share(x: float) -> str:
+    return f"{x:.0%}" if x >= 0.01 else "under 1%"
+
+
+def gpu_story(rows: list[dict]) -> str:
+    """What two datasheet GPUs need from their link, per phase (from `link_need`)."""
+    out = []
+    for r in rows:
+        nv, pcie = _link(r, "NVLink 3"), _link(r, "PCIe 4.0")
+        saved = r["saved by TP ms"]
+        out.append(f"{r['model']} on {r['cards']}, {r['phase']}: TP saves {saved:.2f} ms of a "
+                   f"{r['floor on one card ms']:.2f} ms floor and must all-reduce {r['MiB']:.1f} MiB in "
+                   f"{r['collectives']} collectives within it: the bytes take {_share(nv / saved)} of that on "
+                   f"NVLink 3 and {_share(pcie / saved)} on PCIe 4.0 x16 (datasheet rates), and each collective must "
+                   f"also start and finish within {r['allowed us per collective']:.0f} us on average (latency: not "
+                   "on a datasheet).")
+    return "\n".join(f"- {x}" for x in out)
+
+
+def meaning(res: dict, table, bubble: list[dict], dp: dict, mem: list[dict]) -> str:
+    """'What this means', each point built from this run's numbers."""
+    eq = res["equality"]
+    n = len(res["memory"])
+    same = eq["tp_tokens_equal"] and eq["pp_tokens_equal"]
+    dec = table[table["phase"] == "decode"]
+    tp = dec[dec["run"].str.startswith("TP=")].iloc[0]
+    solo = dec.iloc[0]
+    share = dec[dec["run"] == ONE_SHARE]
+    ratios = [r["measured / planner"] for r in mem]
+    fr = split_fractions(res)
+    first, last = bubble[0], bubble[-1]
+    dp_words = _than(dp["replicas against one process"], "one process on all cores")
+    same_dp = ("every request got the same tokens as from one process" if dp["same tokens"] else
+               "but NOT the same tokens as one process")
+    pts = [
+        f"TP={n} and PP={n} gave {'exactly' if same else 'NOT'} the single process's greedy tokens (largest logit "
+        f"difference {eq['tp_max_logit_diff']:.1e} for TP, {eq['pp_max_logit_diff']:.1e} for PP): a split changes "
+        "where the arithmetic happens and the order of some sums, not what is computed.",
+        f"A TP={n} decode step was {_than(solo[tp['run'] + ' vs this run'], solo['run'], solo['ms'])}. On one box TP "
+        "re-divides the cores and memory bandwidth that one process already uses, and adds "
+        f"{int(tp['collectives'])} collectives per step"
+        + (f"; against one rank's share alone it was {share.iloc[0][tp['run'] + ' vs this run']}, which is the GPU "
+           "case, where each rank brings its own memory and arithmetic." if not share.empty else "."),
+        f"The pipeline bubble followed (S-1)/(M+S-1): {first['measured bubble']:.2f} measured against "
+        f"{first['formula (S-1)/(M+S-1)']:.2f} at {first['micro-batches']} micro-batch, {last['measured bubble']:.2f} "
+        f"against {last['formula (S-1)/(M+S-1)']:.2f} at {last['micro-batches']}. The step went from "
+        f"{first['step ms']:.0f} to {last['step ms']:.0f} ms: each micro-batch re-reads its stage's weights, so a "
+        "smaller bubble pays only while micro-batches stay large enough to be compute-bound. PP is for fitting a "
+        f"model; on one box, at {first['micro-batches']} micro-batch, its step was "
+        + _than(first["PP against one process"], "one process", next(v for k, v in first.items() if
+                                                                   k.startswith("one process"))) + ".",
+        f"Two replicas serving halves of the trace: {dp_words} ({same_dp}). Replicas need no "
+        "communication, so on separate machines throughput adds up; on one box they share its memory bandwidth, "
+        "which decode is bound by.",
+        f"Bytes per rank, measured: TP {fr[f'TP={n}']:.2f} and PP {fr[f'PP={n}']:.2f} of the model, a DP replica "
+        f"{fr[f'DP={n}']:.2f}; measured / planner {min(ratios):.3f}-{max(ratios):.3f}. So the planner's per-card "
+        "figures for 13B, 32B and 70B below are what a split really holds.",
+    ]
+    return "\n".join(f"- {p}" for p in pts)
+

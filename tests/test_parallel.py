@@ -181,7 +181,7 @@ def test_replicas_share_a_trace_without_overlap():
 
 def test_allreduce_fit_recovers_latency_and_bandwidth():
     lat, bw = 100e-6, 2e9  # bus bandwidth, bytes/s
-    rows = [{"bytes": b, "seconds": lat + b * pe.bus_factor(2) / bw} for b in (4, 4096, 1 << 20, 1 << 24)]
+    rows = [{"bytes": b, "seconds": lat + b * pe.bus_factor(2) / bw} for b in (4, 64, 1 << 20, 1 << 24)]
     fit = pe.allreduce_fit(rows, 2)
     assert fit["latency_s"] == pytest.approx(lat, rel=1e-3)
     assert fit["busbw_gbps"] == pytest.approx(bw / 1e9, rel=1e-3)
@@ -243,15 +243,30 @@ def test_the_lesson_runs_every_part_on_real_ranks_and_returns_its_tables():
                     micro_batches=[1, 2], n_requests=2, output_len=(2, 3), message_bytes=[4, 4096],
                     hidden_sizes=[256, 128])
     res = pe.run(cfg)
+    assert not _ranks_alive()
     assert res["equality"]["tp_tokens_equal"] and res["equality"]["pp_tokens_equal"]
     assert res["dp"]["dp_tokens_equal"]
-    assert {r["run"] for r in pe.tp_table(res, pe.shape("tinyllama-1.1b"), 2, _card(), 8, 3).to_dict("records")} == {
-        "one process, all cores", "one process, one rank's cores", "TP=2"}
-    assert [r["micro-batches"] for r in pe.bubble_rows(res, 2)] == [1, 2]
+    spec = pe.shape("tinyllama-1.1b")
+    tab = pe.tp_table(res, spec, 2, _card(), 8, 3)
+    assert set(tab["run"]) == {"one process, all cores", "one process, one rank's cores", "TP=2"}
+    bub = pe.bubble_rows(res, 2)
+    assert [r["micro-batches"] for r in bub] == [1, 2]
     assert len(pe.granularity_rows(res)) == 4
     fr = pe.split_fractions(res)
     assert fr["TP=2"] == pytest.approx(0.5, abs=0.01) and fr["DP=2"] == 1.0
-    assert not _ranks_alive()
+    b = res["equality"]["collective_breakdown"]
+    assert b["collectives"] == res["equality"]["comm_per_prefill"][0] * 3 and b["ranks"] == 2
+    # the notebook's sentences and figures are built from these results without error
+    fit = pe.allreduce_fit(res["allreduce"], 2)
+    assert "**Decode step**" in pe.tp_story(tab, pe.interconnect(res, fit), fit, b)
+    assert "greedy tokens" in pe.meaning(res, tab, bub, pe.dp_row(res), pe.memory_rows(res, spec, 2, 8))
+    assert "of its" in pe.floor_notes(tab, spec, 2, _card(), 8, 3)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for fig in (pe.plot_tp(tab), pe.plot_allreduce(res["allreduce"], fit), pe.plot_granularity(
+            pe.granularity_rows(res)), pe.plot_bubble(bub)):
+        matplotlib.pyplot.close(fig)
 
 
 def _card():
