@@ -491,7 +491,7 @@ def collective_breakdown(events_per_rank: list[list[tuple[float, float]]]) -> di
         return {"collectives": 0}
     return {"collectives": len(total) // len(events_per_rank), "ranks": len(events_per_rank),
             "median_wait_s": statistics.median(waits), "median_after_arrival_s": statistics.median(after),
-            "median_s": statistics.median(total), "max_s": max(total)}
+            "median_s": statistics.median(total), "mean_s": statistics.mean(total), "max_s": max(total)}
 
 
 def replica_share(items: list, rank: int, world_size: int) -> list:

@@ -185,8 +185,9 @@ def _equality(ctx, cfg: Config, full, tp, comm, ids, pp_ids) -> dict:
     if ctx.rank == 0:
         with ctx.solo():
             ref = parallel.greedy(full, ids, cfg.new_tokens)
-    comm.events = []
     g = parallel.greedy(tp, ids, cfg.new_tokens, comm)
+    comm.events = []  # a second, warm generation stamps its collectives (the first pays one-time set-up costs)
+    parallel.greedy(tp, ids, cfg.new_tokens, comm)
     events = [None] * ctx.world_size
     dist.all_gather_object(events, comm.events, group=ctx.mesh.get_group())
     comm.events = None
@@ -518,10 +519,13 @@ def kill_demo(world_size: int = 2) -> dict:
 
 
 def pick_device(device: str, world_size: int) -> tuple[str, str | None]:
-    """The device the ranks use and, when NCCL cannot run here, why: several CUDA GPUs run NCCL (one per rank);
-    otherwise the ranks run on CPU cores with gloo, the same code path."""
+    """The device the ranks use ("auto", "cpu" or "cuda" asked) and, when NCCL does not run, why: enough CUDA GPUs
+    run NCCL (one per rank); otherwise the ranks run on CPU cores with gloo, the same code path. Asking for "cuda"
+    without a GPU per rank is an error naming how many there are."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise parallel.ParallelError(f"unknown device {device!r}; choose 'auto', 'cpu' or 'cuda'")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device == "cuda":
+    if device == "cuda" or (device == "auto" and n >= world_size):
         parallel.check_world_size(world_size, "cuda")
         return "cuda", None
     why = (f"NCCL needs {world_size} CUDA GPUs, one per rank; this machine has {n}" if n < world_size else
@@ -778,7 +782,7 @@ def plot_tp(table):
         ax.barh(g["run"], comm, left=g["compute ms"], label="collectives")
         ax.axvline(g["floor ms"].iloc[0], ls="--", color="gray", lw=1, label="roofline floor (whole machine)")
         ax.set(xlabel="ms", title=f"{phase}" + (" (one step)" if phase == "decode" else ""))
-        ax.margins(x=0.08)
+        ax.set_xlim(0, 1.08 * max((g["compute ms"] + comm).max(), g["floor ms"].iloc[0]))
         ax.invert_yaxis()
     axes[1].set_yticklabels([])
     handles, labels = axes[0].get_legend_handles_labels()
@@ -940,13 +944,14 @@ def tp_story(table, inter: list[dict], fit: dict, breakdown: dict | None = None)
         out.append(f"**{title}**\n\n" + "\n".join(f"- {x}" for x in lines))
     if breakdown and breakdown.get("collectives"):
         b = breakdown
-        out.append(f"**Inside a collective** ({b['collectives']} collectives of one TP generation, stamped on "
-                   f"{b['ranks']} ranks with the clock they share): a median of {1e3 * b['median_s']:.2f} ms each, of "
-                   f"which {1e3 * b['median_wait_s']:.2f} ms waiting for the other rank to arrive and "
+        out.append(f"**Inside a collective** ({b['collectives']} collectives of a warm TP generation, stamped on "
+                   f"{b['ranks']} ranks with the clock they share): typically (medians) a collective waits "
+                   f"{1e3 * b['median_wait_s']:.2f} ms for the other rank to arrive and takes "
                    f"{1e3 * b['median_after_arrival_s']:.2f} ms after it did, against {1e3 * fit['latency_s']:.2f} ms "
-                   "for a bare small all-reduce: the rest is DTensor's bookkeeping and the hand-off to gloo's thread. "
-                   f"The worst took {1e3 * b['max_s']:.1f} ms: every collective waits for all ranks, so a rank that "
-                   "the operating system pauses holds up the others.")
+                   "for a bare small all-reduce: the difference is DTensor's bookkeeping and the hand-off to gloo's "
+                   f"thread. On average each took {1e3 * b['mean_s']:.2f} ms and the worst {1e3 * b['max_s']:.1f} ms: "
+                   "every collective waits for all ranks, so a rank that the operating system pauses holds up the "
+                   "others.")
     return "\n\n".join(out)
 
 
@@ -981,6 +986,7 @@ def meaning(res: dict, table, bubble: list[dict], dp: dict, mem: list[dict]) -> 
     ratios = [r["measured / planner"] for r in mem]
     fr = split_fractions(res)
     first, last = bubble[0], bubble[-1]
+    best = min(bubble, key=lambda r: r["step ms"])
     dp_words = _than(dp["replicas against one process"], "one process on all cores")
     same_dp = ("every request got the same tokens as from one process" if dp["same tokens"] else
                "but NOT the same tokens as one process")
@@ -995,8 +1001,9 @@ def meaning(res: dict, table, bubble: list[dict], dp: dict, mem: list[dict]) -> 
            "case, where each rank brings its own memory and arithmetic." if not share.empty else "."),
         f"The pipeline bubble followed (S-1)/(M+S-1): {first['measured bubble']:.2f} measured against "
         f"{first['formula (S-1)/(M+S-1)']:.2f} at {first['micro-batches']} micro-batch, {last['measured bubble']:.2f} "
-        f"against {last['formula (S-1)/(M+S-1)']:.2f} at {last['micro-batches']}. The step went from "
-        f"{first['step ms']:.0f} to {last['step ms']:.0f} ms: each micro-batch re-reads its stage's weights, so a "
+        f"against {last['formula (S-1)/(M+S-1)']:.2f} at {last['micro-batches']}. The step took {first['step ms']:.0f} "
+        f"ms at {first['micro-batches']}, {best['step ms']:.0f} ms at best ({best['micro-batches']}) and "
+        f"{last['step ms']:.0f} ms at {last['micro-batches']}: each micro-batch re-reads its stage's weights, so a "
         "smaller bubble pays only while micro-batches stay large enough to be compute-bound. PP is for fitting a "
         f"model; on one box, at {first['micro-batches']} micro-batch, its step was "
         + _than(first["PP against one process"], "one process", next(v for k, v in first.items() if

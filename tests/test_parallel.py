@@ -170,6 +170,14 @@ def test_tied_embeddings_cannot_split_the_vocabulary():
         parallel.tensor_parallel(LlamaForCausalLM(cfg), Mesh())
 
 
+def test_collective_breakdown_tells_waiting_from_the_rest():
+    # rank 1 arrives 0.5 s late at the first collective; at the second both arrive together, rank 1 ends later
+    b = parallel.collective_breakdown([[(0.0, 1.0), (10.0, 11.0)], [(0.5, 1.0), (10.0, 12.0)]])
+    assert b["collectives"] == 2 and b["ranks"] == 2
+    assert b["median_wait_s"] == 0.0 and b["median_after_arrival_s"] == 0.75
+    assert b["max_s"] == 2.0 and b["mean_s"] == pytest.approx((1.0 + 1.0 + 0.5 + 2.0) / 4)
+
+
 def test_replicas_share_a_trace_without_overlap():
     items = list(range(7))
     shares = [parallel.replica_share(items, r, 3) for r in range(3)]
@@ -229,10 +237,19 @@ def test_planner_tables_for_the_guides_sizes():
     assert need["prefill"]["collectives"] == 2 * 40
 
 
-def test_pick_device_falls_back_to_gloo_with_the_reason():
+def test_pick_device_uses_nccl_on_enough_gpus_and_says_why_not_otherwise(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     dev, why = pe.pick_device("auto", 2)
-    if torch.cuda.device_count() < 2:
-        assert dev == "cpu" and "NCCL on 2 GPUs: skipped" in why
+    assert dev == "cpu" and "NCCL needs 2 CUDA GPUs, one per rank; this machine has 0" in why
+    with pytest.raises(parallel.ParallelError, match="more than the 0 CUDA GPUs here"):
+        pe.pick_device("cuda", 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pe.pick_device("auto", 2) == ("cuda", None)
+    assert pe.pick_device("cpu", 2)[0] == "cpu"
+    with pytest.raises(parallel.ParallelError, match="unknown device"):
+        pe.pick_device("tpu", 2)
 
 
 # ---------------------------------------------------------------- the lesson's whole run, small
@@ -256,6 +273,7 @@ def test_the_lesson_runs_every_part_on_real_ranks_and_returns_its_tables():
     assert fr["TP=2"] == pytest.approx(0.5, abs=0.01) and fr["DP=2"] == 1.0
     b = res["equality"]["collective_breakdown"]
     assert b["collectives"] == res["equality"]["comm_per_prefill"][0] * 3 and b["ranks"] == 2
+    assert b["median_wait_s"] >= 0 and b["max_s"] >= b["median_s"]
     # the notebook's sentences and figures are built from these results without error
     fit = pe.allreduce_fit(res["allreduce"], 2)
     assert "**Decode step**" in pe.tp_story(tab, pe.interconnect(res, fit), fit, b)
