@@ -1003,14 +1003,18 @@ def meaning(res: dict, table, bubble: list[dict], dp: dict, mem: list[dict]) -> 
         f"{first['formula (S-1)/(M+S-1)']:.2f} at {first['micro-batches']} micro-batch, {last['measured bubble']:.2f} "
         f"against {last['formula (S-1)/(M+S-1)']:.2f} at {last['micro-batches']}. The step took {first['step ms']:.0f} "
         f"ms at {first['micro-batches']}, {best['step ms']:.0f} ms at best ({best['micro-batches']}) and "
-        f"{last['step ms']:.0f} ms at {last['micro-batches']}: each micro-batch re-reads its stage's weights, so a "
-        "smaller bubble pays only while micro-batches stay large enough to be compute-bound. PP is for fitting a "
+        f"{last['step ms']:.0f} ms at {last['micro-batches']}"
+        + (": each micro-batch re-reads its stage's weights, so a smaller bubble pays only while micro-batches stay "
+           "large enough to be compute-bound." if last["step ms"] > best["step ms"] else
+           ": every added micro-batch shortened the step, so try more.")
+        + " PP is for fitting a "
         f"model; on one box, at {first['micro-batches']} micro-batch, its step was "
         + _than(first["PP against one process"], "one process", next(v for k, v in first.items() if
                                                                    k.startswith("one process"))) + ".",
-        f"Two replicas serving halves of the trace: {dp_words} ({same_dp}). Replicas need no "
-        "communication, so on separate machines throughput adds up; on one box they share its memory bandwidth, "
-        "which decode is bound by.",
+        f"{n} replicas serving shares of the trace: {dp_words} ({same_dp}). Replicas need no communication, so on "
+        f"{n} machines throughput would add up to {n}x; "
+        + (f"on one box they reached {dp['ratio']:.2f}x because they share its memory bandwidth, which decode is "
+           "bound by." if dp["ratio"] < 0.8 * n else f"on this box they came close ({dp['ratio']:.2f}x)."),
         f"Bytes per rank, measured: TP {fr[f'TP={n}']:.2f} and PP {fr[f'PP={n}']:.2f} of the model, a DP replica "
         f"{fr[f'DP={n}']:.2f}; measured / planner {min(ratios):.3f}-{max(ratios):.3f}. So the planner's per-card "
         "figures for 13B, 32B and 70B below are what a split really holds.",
