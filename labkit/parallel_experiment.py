@@ -93,6 +93,8 @@ def lesson_config(preset: str, model: str, device: str, seed: int, world_size: i
     whose heads divide by `world_size`; hidden sizes you give must all fit."""
     from labkit import params
 
+    params.check("seed", seed, int)
+    params.check("world_size", world_size, int, min=1)
     p = params.pick(preset, **PRESETS)
     got = {}
     for name in ("layers", "prompt_len", "rounds", "pp_batch"):

@@ -145,6 +145,21 @@ def test_heads_layers_and_micro_batches_must_divide():
         parallel.check_microbatches(4, 3)
 
 
+def test_the_notebooks_parameters_are_checked_at_once():
+    from labkit.params import ParamError
+
+    cfg = pe.lesson_config("ci", "llama-2-7b", "cpu", 0, WORLD)
+    assert cfg.layers == 2 and cfg.micro_batches == [1, 2, 4] and max(cfg.message_bytes) == 64 * 2**20
+    with pytest.raises(ParamError, match="layers must be >= 1, got 0"):
+        pe.lesson_config("ci", "llama-2-7b", "cpu", 0, WORLD, layers=0)
+    with pytest.raises(ParamError, match="seed must be int"):
+        pe.lesson_config("ci", "llama-2-7b", "cpu", 1.5, WORLD)
+    with pytest.raises(ParamError, match="unknown preset"):
+        pe.lesson_config("fast", "llama-2-7b", "cpu", 0, WORLD)
+    with pytest.raises(parallel.ParallelError, match="TP degree 2 must divide the 1 attention heads"):
+        pe.lesson_config("ci", "llama-2-7b", "cpu", 0, WORLD, hidden_sizes=[64])  # given sizes are all checked
+
+
 def test_the_lesson_checks_its_configuration_before_starting_ranks():
     with pytest.raises(parallel.ParallelError, match="pipeline stages"):
         pe.Config(layers=3).check()
