@@ -96,6 +96,8 @@ SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
     ShapeSpec("tinyllama-1.1b", "llama", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0),
     ShapeSpec("qwen2.5-0.5b", "qwen2", 896, 4864, 24, 14, 2, 151936, 32768, 1000000.0,
               tie_word_embeddings=True, attention_bias=True),
+    ShapeSpec("qwen2.5-32b", "qwen2", 5120, 27648, 64, 40, 8, 152064, 32768, 1000000.0, attention_bias=True),
+    ShapeSpec("llama-2-70b", "llama", 8192, 28672, 80, 64, 8, 32000, 4096, 10000.0),
 ]}
 
 

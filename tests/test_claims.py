@@ -62,8 +62,6 @@ def test_lesson_01_claims_through_their_statuses():
     assert claims.c2(_profile()).status == claims.REPRODUCED
     assert claims.c2(_profile(decode_bound="compute")).status == claims.NOT_REPRODUCED
     assert claims.c2(None).status == claims.NOT_MEASURED
-    assert claims.c3().status == claims.NOT_REPRODUCED  # one A100-40GB holds 13B fp16 at 4,096 tokens
-    assert claims.c3(context=32768).status == claims.REPRODUCED  # a long context needs two
     assert claims.c4(_profile()).status == claims.PARTLY
     assert claims.c4(_profile(anon_mmap=64 << 20)).status == claims.NOT_REPRODUCED
     assert claims.c4(_profile(loads=False)).status == claims.NOT_MEASURED
@@ -146,3 +144,55 @@ def test_what_to_trust_groups_the_claims_by_status():
     assert lines[0].startswith("Holds on this machine: C2 (memory bandwidth decides decode speed")
     assert lines[1].startswith("Does not hold here, as measured: C3") and lines[2].startswith("Not measured yet")
     assert len(lines) == 3
+
+# ---------------------------------------------------------------- notebook 04 (parallelism): C3, C8, C14
+
+def test_c3_follows_the_planner_and_the_measured_split():
+    assert claims.c3(None).status == claims.NOT_MEASURED
+    one = claims.c3(0.5)  # 13B fp16 at 4,096 tokens fits one A100-40GB
+    assert one.status == claims.NOT_REPRODUCED and "one card holds it" in one.evidence
+    assert claims.c3(0.5, batch=16).status == claims.REPRODUCED  # a batch of 16 needs more than one
+    two = claims.c3(0.5, card="V100-16GB", link="PCIe carries the prefill's all-reduces in time")
+    assert two.status == claims.REPRODUCED and "it takes 2 cards" in two.evidence and "PCIe" in two.evidence
+    assert claims.c3(0.7, card="V100-16GB").status == claims.PARTLY  # TP did not split the weights as assumed
+
+
+def test_c8_needs_3d_only_where_a_model_outgrows_one_node():
+    fr = {"TP=2": 0.5, "PP=2": 0.5, "DP=2": 1.0}
+    assert claims.c8(None).status == claims.NOT_MEASURED
+    assert claims.c8(fr, cards=["A100-80GB"]).status == claims.NOT_REPRODUCED
+    v = claims.c8(fr)  # 70B fp16 does not fit 8 x V100-16GB
+    assert v.status == claims.PARTLY and "V100-16GB >8x" in v.evidence and "DP=2 1.00" in v.evidence
+    assert claims.c8(fr, models=("llama-2-70b",), cards=["V100-16GB"]).status == claims.REPRODUCED
+
+
+def _g(hidden, phase, saved, comm, tp=1.0, one=2.0):
+    return {"hidden": hidden, "phase": phase, "compute saved ms": saved, "collectives ms": comm,
+            "TP compute ms": tp, "one rank ms": one}
+
+
+def test_c14_looks_for_the_size_where_communication_outweighs_the_saving():
+    assert claims.c14([]).status == claims.NOT_MEASURED
+    cross = claims.c14([_g(4096, "decode", 5.0, 1.0), _g(512, "decode", 0.5, 1.0), _g(128, "decode", -1, 1.0)])
+    assert cross.status == claims.REPRODUCED and "from hidden 512 down" in cross.evidence
+    assert "saves nothing" in cross.evidence  # a negative saving is said as such
+    assert claims.c14([_g(4096, "decode", 0.5, 1.0), _g(128, "decode", 0.1, 1.0)]).status == claims.PARTLY
+    assert claims.c14([_g(4096, "decode", 5.0, 1.0), _g(128, "decode", 2.0, 1.0)]).status == claims.NOT_REPRODUCED
+
+
+def test_ledger_judges_lesson_04_claims_from_its_record(tmp_path):
+    from labkit import records
+
+    mem = [{"single": 100.0, "tp": 50.0, "pp": 52.0, "dp": 100.0}, {"single": 100.0, "tp": 50.0, "pp": 48.0,
+                                                                    "dp": 100.0}]
+    gran = [{"hidden": 2048, "phase": "prefill", "compute saved ms": 30.0, "collectives ms": 9.0,
+             "TP compute ms": 40.0, "one rank ms": 70.0},
+            {"hidden": 256, "phase": "prefill", "compute saved ms": 0.5, "collectives ms": 5.0,
+             "TP compute ms": 1.0, "one rank ms": 1.5}]
+    rec = records.make_record("04_parallelism", {"world_size": 2}, {"results": {"memory": mem}, "granularity": gran},
+                              fingerprint={"cpu": "test", "versions": {}})
+    records.write_record(rec, tmp_path / "results")
+    got = {v.claim: v for v in claims.ledger(tmp_path / "results")}
+    assert got["C3"].status == claims.NOT_REPRODUCED and "TP=2 rank holds 0.50" in got["C3"].evidence
+    assert got["C8"].status in (claims.PARTLY, claims.REPRODUCED)
+    assert got["C14"].status == claims.REPRODUCED
