@@ -28,6 +28,11 @@ def _quiet_known_noise() -> None:
 
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).addFilter(_Drop())
+    import warnings
+
+    # torch.compile of a model holding torchao's quantized tensors: the compiled graph just is not kept in
+    # AOTAutograd's on-disk cache (the subclass has no stable hash); compiling works the same.
+    warnings.filterwarnings("ignore", message=".*does not implement _stable_hash_for_caching.*")
 
 
 _quiet_known_noise()

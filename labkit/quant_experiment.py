@@ -228,7 +228,11 @@ def summary_table(quality, speed) -> pd.DataFrame:
     q["MiB on disk"] = q["MiB on disk"] / 2**20
     s = view(speed, {"method": "method", "decode_x_vs_fp32": "decode x fp32", "decode_x_vs_bf16": "decode x bf16",
                      "prefill_x_vs_fp32": "prefill x fp32", "decode_fraction": "decode: of floor"})
-    return q.merge(s, on="method", how="outer", sort=False)
+    out = q.merge(s, on="method", how="outer", sort=False)
+    order: dict[str, int] = {}
+    for m in list(quality["method"]) + list(speed["method"]):  # the quality table's order, "+compile" rows last
+        order.setdefault(m, len(order))
+    return out.sort_values("method", key=lambda col: col.map(order)).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- what the notebook shows
