@@ -7,6 +7,7 @@ tokens as the sequential `generate` baseline, and gives throughput ratios agains
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Sequence
 
@@ -168,7 +169,7 @@ def profile_decode_step(engine: LLMEngine, prompts: list[list[int]], steps: int 
         engine.step()
     batch = sched.num_running
     ctx = sum(engine.get(i).num_tokens for i in ids) / len(ids)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _no_native_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
             engine.step()
@@ -185,6 +186,22 @@ def profile_decode_step(engine: LLMEngine, prompts: list[list[int]], steps: int 
     if hw is not None:
         out.update(step_floors(engine.model, batch, ctx, hw))
     return out
+
+
+@contextlib.contextmanager
+def _no_native_stderr():
+    """The profiler's C++ side writes "USDT: ... profiler_start/stop" straight to file descriptor 2, which a
+    notebook shows as output; silence that descriptor while it starts and stops (Python's stderr is untouched)."""
+    import os
+
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def step_floors(model, batch: int, context: float, hw) -> dict:
