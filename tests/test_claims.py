@@ -32,3 +32,30 @@ def test_c17_is_judged_from_the_configuration_measured():
     short = claims.c17({**good, "prompt_tokens": 64}, repeats=4, fingerprint_stored=True)
     assert short.status == claims.PARTLY and "512-token prompts" in short.evidence.split("not followed")[-1]
     assert claims.c17({}, repeats=1, fingerprint_stored=False).status == claims.NOT_REPRODUCED
+
+
+def test_c10_statuses_follow_the_measured_peaks():
+    assert claims.c10({}, "cpu").status == claims.NOT_MEASURED
+    cpu = claims.c10({"fp32": 100.0, "autocast": 130.0}, "cpu")
+    assert cpu.status == claims.NOT_REPRODUCED and "+30%" in cpu.evidence and "CUDA" in cpu.evidence
+    assert claims.c10({"fp32": 100.0, "autocast": 68.0}, "cpu").status == claims.PARTLY
+    both = {"fp32": 100.0, "autocast": 80.0, "autocast+empty_cache": 70.0}
+    assert claims.c10(both, "cuda").status == claims.REPRODUCED
+    amp_only = claims.c10({"fp32": 100.0, "autocast": 70.0, "autocast+empty_cache": 70.0}, "cuda")
+    assert amp_only.status == claims.PARTLY and "not the peak" in amp_only.evidence
+    assert claims.c10({"fp32": 100.0, "autocast": 95.0, "autocast+empty_cache": 94.0}, "cuda").status == \
+        claims.NOT_REPRODUCED
+
+
+def test_c11_statuses_follow_the_sweep():
+    def row(n, x, save, conclusive=True):
+        return {"n": n, "kernel": "sdpa -> flash", "speedup": x, "conclusive": conclusive, "memory_saving": save}
+
+    assert claims.c11([], "cpu").status == claims.NOT_MEASURED
+    assert claims.c11([], "cpu", skipped="no fused kernel").status == claims.NOT_MEASURABLE
+    v = claims.c11([row(256, 1.2, 0.5), row(2048, 11.0, 0.97)], "cpu", a100_length=1024)
+    assert v.status == claims.REPRODUCED and "n=2,048" in v.measured and "1,024" in v.evidence
+    assert claims.c11([row(2048, 2.0, 0.9)], "cpu").status == claims.PARTLY
+    assert claims.c11([row(2048, 3.5, 0.9, conclusive=False)], "cpu").status == claims.PARTLY
+    assert claims.c11([row(2048, 3.5, 0.1)], "cpu").status == claims.PARTLY
+    assert claims.c11([row(2048, 1.1, 0.1)], "cpu").status == claims.NOT_REPRODUCED
