@@ -38,6 +38,12 @@ GiB = 2**30
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def than(words: str, ref: str) -> str:
+    """A Ratio's words against `ref`: "2.50x faster than eager", or, inside the noise, "no different from eager
+    (inconclusive ...)"."""
+    return f"no different from {ref} ({words})" if words.startswith("inconclusive") else f"{words} than {ref}"
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
@@ -188,7 +194,8 @@ def attention_sweep(layouts: list[Layout], lengths: list[int], backends: list[st
                 here[b]["ms"] = r.median(b) * 1e3
                 if "eager" in run:
                     ratio = r.ratio("eager", b)
-                    here[b]["x_vs_eager"], here[b]["vs_eager"] = ratio.value, ratio.words()
+                    here[b].update({"x_vs_eager": ratio.value, "vs_eager": ratio.words(),
+                                    "conclusive": ratio.conclusive})
                 if card is not None:
                     fl = attention_floor(card, lay, n, dtype_name(dtype), b)
                     here[b]["floor_ms"] = fl.seconds * 1e3
@@ -267,7 +274,8 @@ def prefill_sweep(model, spec: ShapeSpec, layers: int, lengths: list[int], impls
                 here[impl]["ms"] = r.median(impl) * 1e3
                 if "eager" in run:
                     ratio = r.ratio("eager", impl)
-                    here[impl]["x_vs_eager"], here[impl]["vs_eager"] = ratio.value, ratio.words()
+                    here[impl].update({"x_vs_eager": ratio.value, "vs_eager": ratio.words(),
+                                       "conclusive": ratio.conclusive})
                 if fl is not None:
                     here[impl]["floor_ms"] = fl.seconds * 1e3
                     here[impl]["fraction_of_floor"] = fl.seconds / r.median(impl)
@@ -368,13 +376,14 @@ def _compile_summary(ms: list) -> dict:
 
 def compile_study(model, spec: ShapeSpec, layers: int, prompt_len: int, new_tokens: int,
                   variants: list[str], rounds: int = 3, card: Card | None = None, seed: int = 0,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Greedy decoding over a static KV cache (`decode.StaticDecoder`), eager and under torch.compile with each
     variant's inductor options. The first request of each is its cold start: `compile_s` is what dynamo and
     inductor spent compiling in it (from torch's own compile metrics), `first_run_s` the rest. Steady state:
     every variant serves the same request once per round, rounds rotating (`bench.run_rounds`); prefill is
     TTFT, decode the time per output token. Graphs, graph breaks and recompiles are counted from the compile
-    metrics, in the cold start and in steady state (which should add none)."""
+    metrics, in the cold start and in steady state (which should add none). Returns the table and the decoders
+    (for `compile_profiles`)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -428,8 +437,7 @@ def compile_study(model, spec: ShapeSpec, layers: int, prompt_len: int, new_toke
             row["decode_fraction_of_floor"] = df.seconds / (row["decode_ms"] / 1e3)
     out = pd.DataFrame(list(rows.values()))
     out.attrs["load"] = r.load
-    out.attrs["steady_compiles"] = steady
-    return out
+    return out, decoders
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul", "mkldnn::", "aten::_int_mm",
@@ -456,38 +464,53 @@ def step_profile(fn, top: int = 6) -> dict:
             "top": [(e.key[:60], e.self_cpu_time_total / 1e3, e.count) for e in ev[:top]]}
 
 
+def compile_profiles(decoders: dict, spec: ShapeSpec, prompt_len: int, seed: int = 0) -> dict[str, dict]:
+    """`step_profile` of one prefill step and one decode step of each decoder (from `compile_study`), keyed
+    "<variant> prefill" / "<variant> decode": where each step's time goes."""
+    from labkit.models import prompt_ids
+
+    out = {}
+    for name, dec in decoders.items():
+        dev = next(dec.model.parameters()).device
+        ids = prompt_ids(prompt_len, vocab_size=spec.vocab_size, seed=seed).to(dev)
+        pos, nxt = torch.arange(prompt_len, device=dev), torch.tensor([prompt_len], device=dev)
+        with torch.inference_mode():
+            tok = dec._step(ids.clone(), pos).argmax(-1, keepdim=True)
+
+        def prefill(dec=dec, ids=ids, pos=pos):
+            dec.cache.reset()
+            return dec._step(ids.clone(), pos)
+
+        out[f"{name} prefill"] = step_profile(prefill)
+        out[f"{name} decode"] = step_profile(lambda dec=dec, tok=tok, nxt=nxt: dec._step(tok, nxt))
+    return out
+
+
 def compile_explanation(rows: pd.DataFrame, profiles: dict[str, dict]) -> list[str]:
-    """One sentence per compiled row slower than (or no faster than) eager, built from its measurement: the
-    recompiles and graph breaks counted, and the share of the step spent in matrix-multiply calls that compile
-    leaves to the same library (so it can only speed up the rest)."""
+    """A sentence for each compiled row and phase that is not faster than eager, built from what was measured:
+    recompiles and graph breaks (counted), and the eager step's share of time in matrix-multiply library
+    calls, which the compiled graph makes too (so compiling can only shorten the rest)."""
     out = []
-    eager = profiles.get("eager")
     for _, r in rows.iterrows():
-        if r["variant"] == "eager":
-            continue
         for ph in ("prefill", "decode"):
             x = r.get(f"x_{ph}_vs_eager")
-            if x is None or (isinstance(x, float) and math.isnan(x)) or x > 1.05:
+            if r["variant"] == "eager" or x is None or x != x or x > 1 + 0.05:
                 continue
-            why = [f"{r['variant']} {ph}: {r[f'{ph}_vs_eager']}"]
+            why = [f"{r['variant']} {ph} is {than(r[f'{ph}_vs_eager'], 'eager')}"]
             if r["steady_recompiles"]:
-                why.append(f"it recompiled {r['steady_recompiles']} time(s) in steady state")
+                why.append(f"{r['steady_recompiles']} recompile(s) happened in steady state")
             if r["graph_breaks"]:
-                why.append(f"{r['graph_breaks']} graph break(s) split it into {r['graphs']} graphs that run "
-                           "eager code between them")
-            p = profiles.get(f"{r['variant']} {ph}") or profiles.get(r["variant"])
-            e = (eager or {}).get(ph) if isinstance(eager, dict) and ph in (eager or {}) else None
-            e = e or profiles.get(f"eager {ph}")
-            if e and e.get("matmul_share") is not None:
-                rest = 1 - e["matmul_share"]
+                why.append(f"{r['graph_breaks']} graph break(s) leave eager Python between {r['graphs']} graphs")
+            e, c = profiles.get(f"eager {ph}"), profiles.get(f"{r['variant']} {ph}")
+            if e and e["matmul_share"] is not None:
                 why.append(f"{e['matmul_share']:.0%} of the eager {ph} step is matrix multiplication, which the "
-                           f"compiled graph hands to the same library; fusing the other {rest:.0%} can save at most "
-                           f"{rest:.0%} of the time (a {1 / max(e['matmul_share'], 1e-9):.2f}x ceiling)")
-            if p and e:
+                           f"compiled graph hands to the same library, so fusing the other {1 - e['matmul_share']:.0%}"
+                           f" can gain at most {1 / max(e['matmul_share'], 1e-9):.2f}x")
+            if e and c:
                 why.append(f"profiled: eager {e['total_ms']:.1f} ms in {e['calls']} op calls, compiled "
-                           f"{p['total_ms']:.1f} ms in {p['calls']}")
+                           f"{c['total_ms']:.1f} ms in {c['calls']}")
             if not (r["steady_recompiles"] or r["graph_breaks"]):
-                why.append("no recompiles and no graph breaks: the graph itself is no faster")
+                why.append("no recompiles or graph breaks: the compiled graph itself is no faster")
             out.append("; ".join(why) + ".")
     return out
 
@@ -555,7 +578,9 @@ def precision_speed(fp32_model, spec: ShapeSpec, layers: int, modes: list[str], 
     with torch.inference_mode():
         r = run_rounds(run, rounds, device=dev, progress=progress, desc="precision")
     for mode, row in rows.items():
-        row.update({"prefill_ms": r.median(mode, "ttft") * 1e3, "decode_ms": r.median(mode, "tpot") * 1e3})
+        row.update({"prefill_ms": r.median(mode, "ttft") * 1e3, "decode_ms": r.median(mode, "tpot") * 1e3,
+                    "cold_s": r.cold[mode]["s"], "steady_s": r.median(mode)})
+        row["cold_over_warm"] = row["cold_s"] / row["steady_s"]
         if "fp32" in run and mode != "fp32":
             for ph, key in (("prefill", "ttft"), ("decode", "tpot")):
                 ratio = r.ratio("fp32", mode, key)
@@ -596,16 +621,18 @@ def precision_quality(fp32_model, tokenizer, text: str, modes: list[str], max_to
 # ---------------------------------------------------------------- the KV cache
 
 def kv_model(shape_name: str, layers: int = 1, dtype: torch.dtype = torch.bfloat16, seed: int = 0):
-    """A model with `shape_name`'s real attention (hidden size, heads, KV heads, head dim) and a tiny MLP and
-    vocabulary: its KV cache is the real model's per layer, at a fraction of the build time."""
+    """A model whose attention has `shape_name`'s real KV layout (heads, KV heads, head dim: all a cache
+    stores) around a small hidden size, MLP and vocabulary: its KV cache per layer is the real model's, and it
+    builds in a moment (a 13B-wide layer takes seconds to initialize)."""
     from transformers import AutoModelForCausalLM
 
     from labkit.models import _config_for
 
-    spec = replace(shape(shape_name), vocab_size=512, intermediate_size=64)
+    spec = shape(shape_name)
+    cfg = _config_for(replace(spec, vocab_size=512, intermediate_size=64), layers)
+    cfg.hidden_size, cfg.head_dim = 256, spec.head_dim  # q/k/v still project to heads x head_dim
     torch.manual_seed(seed)
-    m = AutoModelForCausalLM.from_config(_config_for(spec, layers), dtype=dtype, attn_implementation="sdpa")
-    return m.eval()
+    return AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
 
 
 def kv_measured(shape_names: list[str], tokens: list[int], dtype: torch.dtype = torch.bfloat16,
@@ -713,3 +740,203 @@ def kv_quant_study(model, tokenizer, text: str, kinds: list[str], window: int = 
         df["bytes_vs_fp"] = df["bytes_held"] / base
         df["ppl_vs_fp"] = df["perplexity"] / df["perplexity"].iloc[0]
     return df
+
+
+def plot_kv(ctx: pd.DataFrame, measured: pd.DataFrame | None = None):
+    """KV cache of the full models against context (formula lines, log-log) with the measured points scaled to
+    every layer, and each model's weights as a dotted level: where the cache outgrows the model."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for i, (name, g) in enumerate(ctx.groupby("shape", sort=False)):
+        ax.plot(g["context"], g["kv_GiB"], color=f"C{i}", label=f"{name} KV cache (formula)")
+        ax.axhline(g["weights_GiB"].iloc[0], color=f"C{i}", ls=":", lw=1)
+        if measured is not None:
+            m = measured[measured["shape"] == name]
+            ax.scatter(m["tokens"], m["full_model_MiB"] / 1024, color=f"C{i}", zorder=3,
+                       label=f"{name} measured (1 layer x {shape(name).num_hidden_layers})")
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens, batch 1)", ylabel="GiB (16-bit)",
+           title="KV cache grows linearly with context; dotted: the model's weights")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def empty_cache_rows(fp32_model, spec: ShapeSpec, prompt_len: int, device: str, seed: int = 0) -> list[dict]:
+    """CUDA only: what torch.cuda.empty_cache() does around a prefill, fp32 and under autocast: allocated and
+    reserved memory before and after it, and the peak. On other devices one row per measurement, skipped with
+    the reason."""
+    from labkit.models import prompt_ids, weight_bytes
+
+    modes = ("fp32", "autocast", "autocast+empty_cache")
+    if not str(device).startswith("cuda"):
+        why = ("skipped: torch.cuda.empty_cache() returns the CUDA caching allocator's unused blocks to the driver; "
+               f"this device is {device}, whose allocator keeps no such cache (freed blocks go back to malloc)")
+        return [{"measurement": m, "status": why} for m in modes]
+    ids = prompt_ids(prompt_len, vocab_size=spec.vocab_size, seed=seed).to(device)
+    ac = "autocast-fp16" if not torch.cuda.is_bf16_supported() else "autocast-bf16"
+    rows = []
+    for m in modes:
+        def fn(m=m):
+            if m.endswith("empty_cache"):
+                torch.cuda.empty_cache()  # the guide's "regular" call, right before the forward
+            with torch.inference_mode(), precision_context(ac if m != "fp32" else "fp32", device):
+                return fp32_model(input_ids=ids, logits_to_keep=1).logits
+
+        r = memory.cuda_empty_cache_effect(fn, device)
+        rows.append({"measurement": m, "status": "ok", "peak_MiB": r["peak_bytes"] / MiB,
+                     "total_peak_MiB": (r["peak_bytes"] + weight_bytes(fp32_model)) / MiB,
+                     **{k.replace("_before", "_MiB").replace("_after", "_MiB_after_empty_cache"): v / MiB
+                        for k, v in r.items() if k != "peak_bytes"}})
+    return rows
+
+
+def _fused_rows(sweep: pd.DataFrame, layout: str) -> list[dict]:
+    """Per length of `layout`: the fastest fused kernel that ran, against eager."""
+    out = []
+    ok = sweep[(sweep["status"] == "ok") & (sweep["layout"] == layout)]
+    for n, g in ok.groupby("n"):
+        eager = g[g["backend"] == "eager"]
+        fused = g[g["backend"].isin(kernels.FUSED) & g["ms"].notna()]
+        if eager.empty or fused.empty:
+            continue
+        best = fused.sort_values("ms").iloc[0]
+        out.append({"n": int(n), "kernel": best["kernel"], "speedup": float(best["x_vs_eager"]),
+                    "conclusive": bool(best["conclusive"]), "words": best["vs_eager"],
+                    "memory_saving": 1 - best["peak_MiB"] / eager["peak_MiB"].iloc[0]})
+    return out
+
+
+def sweep_findings(sweep: pd.DataFrame, prefill: pd.DataFrame, card: Card, a100_length: int | None) -> list[str]:
+    """Sentences from the sweeps: the measured growth of peak memory, where fused kernels pay, and how far
+    from its roofline floor each kernel ran."""
+    out = []
+    ok = sweep[sweep["status"] == "ok"]
+    for lay, g in ok.groupby("layout", sort=False):
+        gr = growth(g, "peak_MiB")
+        ns = sorted(g["n"].unique())
+        out.append(f"{lay}: peak memory grows as " + ", ".join(f"{b} n^{e:.2f}" for b, e in gr.items())
+                   + f" (between {ns[-2]:,} and {ns[-1]:,} tokens)" if len(ns) > 1 else f"{lay}: one length only")
+        rows = _fused_rows(sweep, lay)
+        if rows:
+            pays = next((r["n"] for r in rows if r["speedup"] > 1 and r["conclusive"]), None)
+            last = rows[-1]
+            out.append(f"{lay}: at {last['n']:,} tokens {last['kernel']} is {than(last['words'], 'eager')} with "
+                       f"{last['memory_saving']:.0%} less peak memory; fused is faster from "
+                       + (f"{pays:,} tokens on" if pays else "no length measured here"))
+    top = ok[ok["n"] == ok["n"].max()].dropna(subset=["fraction_of_floor"]) if "fraction_of_floor" in ok else ok[:0]
+    for _, r in top[top["layout"] == top["layout"].iloc[0]].iterrows() if not top.empty else []:
+        fl_s = r["floor_ms"] / 1e3
+        flops = 4.0 * r["heads"] * r["head_dim"] * (r["n"] * (r["n"] + 1) // 2 if r["backend"] != "eager" and
+                                                    r["backend"] != "sdpa-math" else r["n"] ** 2)
+        rate = flops / (r["ms"] / 1e3) / 1e9
+        peak = (card.peak(r["dtype"]) or float("nan")) / 1e9
+        line = (f"{r['backend']} at {r['n']:,} tokens: {r['ms']:.1f} ms against a floor of {fl_s * 1e3:.1f} ms "
+                f"({r['fraction_of_floor']:.0%}); it computed at {rate:,.0f} GFLOP/s against the probed "
+                f"{r['dtype']} matmul peak of {peak:,.0f}")
+        if r["fraction_of_floor"] < 1 / 1.5:
+            line += (": why on this machine: attention multiplies head_dim-wide tiles "
+                     f"({r['head_dim']}) with a softmax between them, far from the large square matmul the probe times"
+                     if r["backend"] != "eager" else
+                     ": why on this machine: eager runs five separate passes over the score matrix, each a "
+                     "memory-bound elementwise kernel, besides its two matmuls")
+        out.append(line)
+    okp = prefill[prefill["status"] == "ok"] if "status" in prefill else prefill[:0]
+    if not okp.empty:
+        n = okp["n"].max()
+        e, f = okp[(okp["n"] == n) & (okp["attention"] == "eager")], okp[(okp["n"] == n) & (okp["attention"] == "sdpa")]
+        if not e.empty and not f.empty:
+            out.append(f"whole prefill of {n:,} tokens ({e['model'].iloc[0]}, {e['layers'].iloc[0]} layer(s)): eager "
+                       f"peaks at {e['peak_MiB'].iloc[0]:,.0f} MiB, sdpa ({f['kernel'].iloc[0]}) at "
+                       f"{f['peak_MiB'].iloc[0]:,.0f} MiB; sdpa is {than(f['vs_eager'].iloc[0], 'eager')}")
+    if a100_length:
+        out.append(f"on an A100 the roofline lets a fused kernel reach 3x eager from {a100_length:,} tokens: the "
+                   "guide's 3x is a long-context figure")
+    return out
+
+
+def verdicts(sweep: pd.DataFrame, prefill: pd.DataFrame, comp: pd.DataFrame, precision: pd.DataFrame,
+             cuda_rows: list[dict], device: str, a100_length: int | None, record: dict | None = None) -> list:
+    """C10, C11 and C15 through labkit.claims, from this lesson's tables."""
+    from labkit import claims
+
+    p = precision.set_index("precision")
+    ac = next((m for m in ("autocast-bf16", "autocast-fp16") if m in p.index), None)
+    peaks = {"fp32": float(p.loc["fp32", "total_peak_MiB"]) if "fp32" in p.index else None,
+             "autocast": float(p.loc[ac, "total_peak_MiB"]) if ac else None}
+    cuda = {r["measurement"]: r for r in cuda_rows if r.get("status") == "ok"}
+    if cuda:  # on CUDA the allocator's own figures, same forward
+        peaks = {"fp32": cuda["fp32"]["total_peak_MiB"], "autocast": cuda["autocast"]["total_peak_MiB"],
+                 "autocast+empty_cache": cuda["autocast+empty_cache"]["total_peak_MiB"]}
+    v10 = claims.c10(peaks, device, record)
+
+    mha = sweep["layout"].iloc[0]
+    rows = _fused_rows(sweep, mha)
+    skipped = None if rows else "; ".join(sweep[sweep["backend"].isin(kernels.FUSED)]["status"].unique())
+    v11 = claims.c11(rows, device, a100_length, skipped, record)
+    okp = prefill[prefill["status"] == "ok"] if "status" in prefill else prefill[:0]
+    if not okp.empty:
+        n = okp["n"].max()
+        e, f = (okp[(okp["n"] == n) & (okp["attention"] == a)]["peak_MiB"] for a in ("eager", "sdpa"))
+        if len(e) and len(f):
+            v11.evidence += f"; whole prefill of {n:,} tokens: sdpa peaks {1 - f.iloc[0] / e.iloc[0]:.0%} lower"
+
+    ratios = {f"{r['variant']} (static-cache decoder)": r["cold_over_warm"] for _, r in comp.iterrows()}
+    if "fp32" in p.index:
+        ratios["eager generate (fp32)"] = float(p.loc["fp32", "cold_over_warm"])
+    v15 = claims.c15(ratios, record)
+    return [v10, v11, v15]
+
+
+def what_this_means(sweep: pd.DataFrame, prefill: pd.DataFrame, comp: pd.DataFrame, precision: pd.DataFrame,
+                    kv: pd.DataFrame, kvq: pd.DataFrame) -> list[str]:
+    """The lesson's conclusions, each built from the measured tables."""
+    out = []
+    ok = sweep[sweep["status"] == "ok"]
+    mha = ok[ok["layout"] == ok["layout"].iloc[0]]
+    gr = growth(mha, "peak_MiB")
+    if "eager" in gr:
+        fused = {b: e for b, e in gr.items() if b in kernels.FUSED}
+        out.append(f"**Memory**: eager attention's peak grew as n^{gr['eager']:.2f} here (the n x n scores), the fused "
+                   "kernels' as " + ", ".join(f"n^{e:.2f} ({b})" for b, e in fused.items())
+                   + ". At long contexts that, not speed, is what decides whether a prompt fits at all.")
+    rows = _fused_rows(sweep, mha["layout"].iloc[0])
+    if rows:
+        a, z = rows[0], rows[-1]
+        out.append(f"**Speed**: the fastest fused kernel went from {a['speedup']:.2f}x eager at {a['n']:,} tokens "
+                   f"to {z['speedup']:.2f}x at {z['n']:,}: the longer the prompt, the more the fused kernel pays.")
+    c = comp.set_index("variant")
+    if "eager" in c.index and len(c) > 1:
+        best = c.drop(index="eager")["decode_ms"].idxmin()
+        b, e = c.loc[best], c.loc["eager"]
+        gain = (e["steady_s"] - b["steady_s"])
+        pays = (f"it pays back its {b['compile_s']:.0f} s of compiling after about "
+                f"{math.ceil(b['compile_s'] / gain):,} requests like this one" if gain > 0 else
+                "on this machine it does not pay back its compile time at this size")
+        out.append(f"**torch.compile**: the best compiled variant ({best}) decodes at {b['decode_ms']:.1f} ms/token "
+                   f"against eager's {e['decode_ms']:.1f} ({than(b['decode_vs_eager'], 'eager')}); its first request "
+                   f"took "
+                   f"{b['cold_s']:.1f} s ({b['cold_over_warm']:.0f}x its steady state); {pays}.")
+    p = precision.set_index("precision")
+    if {"fp32", "bf16"} <= set(p.index):
+        share = p.loc["bf16", "weights_MiB"] / p.loc["fp32", "weights_MiB"]
+        out.append(f"**Precision**: a bf16 cast holds {share:.0%} of fp32's weights, decodes "
+                   f"{than(p.loc['bf16', 'decode_vs_fp32'], 'fp32')} and moves perplexity by "
+                   f"{p.loc['bf16', 'ppl_vs_fp32'] - 1:+.2%}.")
+    ac = next((m for m in ("autocast-bf16", "autocast-fp16") if m in p.index), None)
+    if ac and "fp32" in p.index:
+        out.append(f"**Autocast** keeps the fp32 weights and casts them on every call: its peak (weights included) "
+                   f"was {p.loc[ac, 'total_peak_MiB'] / p.loc['fp32', 'total_peak_MiB'] - 1:+.0%} against fp32, so "
+                   "for inference memory, cast the model instead; no GradScaler is needed either way.")
+    if not kv.empty:
+        per = kv.groupby("shape", sort=False)["bytes_per_token_layer"].first()
+        full = {s: per[s] * shape(s).num_hidden_layers / 1024 for s in per.index}
+        out.append("**KV cache** per token, measured and equal to the formula: " + ", ".join(
+            f"{s} {v:,.0f} KiB" for s, v in full.items()) + ": grouped-query attention stores only the KV heads.")
+    q = kvq[kvq["status"] == "ok"] if "status" in kvq else kvq[:0]
+    i8 = q[q["cache"].str.startswith("int8")]
+    if not i8.empty:
+        r = i8.iloc[0]
+        out.append(f"**int8 KV cache**: {r['bytes_vs_fp']:.0%} of the full-precision cache's bytes for "
+                   f"{r['ppl_vs_fp'] - 1:+.2%} perplexity and {r['top1_agreement']:.1%} of top tokens unchanged.")
+    return out
