@@ -146,9 +146,15 @@ def plan_lengths(layout: Layout, lengths: list[int], backends: list[str], dtype:
         k = torch.empty(1, layout.kv_heads, n, layout.head_dim, dtype=dtype, device=device)  # no memory used
         for b in backends:
             est, status = _plan(b, layout, n, dtype, device, q, k, k)
-            rows.append({"layout": layout.name, "n": n, "backend": b, "estimate_MiB": est / MiB,
-                         "plan": status or "fits"})
+            rows.append({"layout": layout.name, "n": n, "backend": b, "estimate_GiB": est / GiB,
+                         "plan": (status or "fits").split(":")[0], "message": status})
     return pd.DataFrame(rows)
+
+
+def plan_table(plan: pd.DataFrame) -> pd.DataFrame:
+    """`plan_lengths` as one row per length: each backend's estimate (GiB) and whether the planner lets it run."""
+    est = plan.pivot_table(index="n", columns="backend", values="estimate_GiB", sort=False).add_suffix(" GiB")
+    return est.join(plan.pivot(index="n", columns="backend", values="plan"))
 
 
 def attention_sweep(layouts: list[Layout], lengths: list[int], backends: list[str], dtype: torch.dtype,
@@ -284,35 +290,47 @@ def prefill_sweep(model, spec: ShapeSpec, layers: int, lengths: list[int], impls
     return pd.DataFrame(rows)
 
 
-def plot_memory(op: pd.DataFrame, prefill: pd.DataFrame | None = None):
-    """Peak memory against sequence length, log-log: the attention op per backend and layout (left), the whole
-    prefill per attention implementation (right). Dotted guides show n^2 and n through the shortest point."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+def _panel(ax, df: pd.DataFrame, key: str, value: str, ylabel: str, title: str) -> None:
+    """One log-log panel: `value` against n per `key` (backend or attention), a line style per layout (solid:
+    the first, dashed: the second), ticks at the measured lengths."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
-    panels = [("attention op", op, "backend")] + ([("whole prefill", prefill, "attention")] if prefill is not None
-                                                  else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(10, 4.2), squeeze=False)
-    for ax, (title, df, key) in zip(axes[0], panels, strict=True):
-        ok = df[df["status"] == "ok"]
-        layouts = list(dict.fromkeys(ok["layout"] if "layout" in ok else ok["model"]))
-        for li, lay in enumerate(layouts):
-            sub = ok[(ok["layout"] if "layout" in ok else ok["model"]) == lay]
-            for bi, (name, g) in enumerate(sub.groupby(key, sort=False)):
-                ax.plot(g["n"], g["peak_MiB"], marker="o", ls="-" if li == 0 else "--", color=f"C{bi}",
-                        label=f"{name}" + (f" ({lay.split(' (')[0]})" if len(layouts) > 1 else ""))
-        if not ok.empty:
-            n0, lo, hi = ok["n"].min(), ok["peak_MiB"].min(), ok["peak_MiB"].max()
-            ns = np.array(sorted(ok["n"].unique()), dtype=float)
-            for p, lab in ((2, "n^2"), (1, "n")):
-                base = hi / (ns[-1] / n0) ** 2 if p == 2 else lo
-                ax.plot(ns, base * (ns / n0) ** p, ls=":", color="grey", lw=1)
-                ax.annotate(lab, (ns[-1], base * (ns[-1] / n0) ** p), fontsize=8, color="grey")
-        ax.set(xscale="log", yscale="log", xlabel="sequence length n (tokens)", ylabel="peak memory (MiB)",
-               title=title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Peak memory of attention grows as n^2 when the scores are materialized, as n when fused")
+    ok = df[(df["status"] == "ok") & df[value].notna()] if value in df else df.iloc[0:0]
+    col = "layout" if "layout" in ok else "model"
+    layouts = list(dict.fromkeys(ok[col]))
+    names = list(dict.fromkeys(ok[key]))
+    for li, lay in enumerate(layouts):
+        for name, g in ok[ok[col] == lay].groupby(key, sort=False):
+            ax.plot(g["n"], g[value], marker="o", ls=("-", "--", ":")[li % 3], color=f"C{names.index(name)}",
+                    label=name if li == 0 else None)
+    handles = [Line2D([], [], color=f"C{i}", marker="o", label=n) for i, n in enumerate(names)]
+    handles += [Line2D([], [], color="k", ls=("-", "--", ":")[i % 3], label=lay) for i, lay in enumerate(layouts)]
+    ax.set(xscale="log", yscale="log", xlabel="sequence length n (tokens)", ylabel=ylabel, title=title)
+    ns = sorted(ok["n"].unique())
+    ax.set_xticks(ns, [f"{n:,}" for n in ns])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(handles=handles, fontsize=7)
+
+
+def plot_memory(op: pd.DataFrame, prefill: pd.DataFrame | None = None):
+    """Peak memory against sequence length, log-log: the attention op per backend (left; dashed: the second
+    layout), the whole prefill per attention implementation (right). The title gives the measured growth."""
+    import matplotlib.pyplot as plt
+
+    panels = [(op, "backend", "attention op")] + ([(prefill, "attention", "whole prefill (weights excluded)")]
+                                                  if prefill is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(10, 4.4), squeeze=False)
+    for ax, (df, key, title) in zip(axes[0], panels, strict=True):
+        _panel(ax, df, key, "peak_MiB", "peak memory (MiB)", title)
+    first = op[(op["status"] == "ok") & (op["layout"] == op["layout"].iloc[0])]
+    gr = growth(first, "peak_MiB")
+    fused = [b for b in gr if b in kernels.FUSED]
+    if "eager" in gr and fused:
+        fig.suptitle(f"Peak memory against length, measured: eager grows as n^{gr['eager']:.2f}, "
+                     f"{fused[0]} as n^{gr[fused[0]]:.2f} (longest two lengths)")
     fig.tight_layout()
     return fig
 
@@ -321,22 +339,12 @@ def plot_time(op: pd.DataFrame, prefill: pd.DataFrame | None = None):
     """Median time against length, log-log: attention op (left), whole prefill (right)."""
     import matplotlib.pyplot as plt
 
-    panels = [("attention op", op, "backend")] + ([("whole prefill", prefill, "attention")] if prefill is not None
+    panels = [(op, "backend", "attention op")] + ([(prefill, "attention", "whole prefill")] if prefill is not None
                                                   else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(10, 4.2), squeeze=False)
-    for ax, (title, df, key) in zip(axes[0], panels, strict=True):
-        ok = df[(df["status"] == "ok") & df["ms"].notna()] if "ms" in df else df.iloc[0:0]
-        col = "layout" if "layout" in ok else "model"
-        layouts = list(dict.fromkeys(ok[col]))
-        for li, lay in enumerate(layouts):
-            for bi, (name, g) in enumerate(ok[ok[col] == lay].groupby(key, sort=False)):
-                ax.plot(g["n"], g["ms"], marker="o", ls="-" if li == 0 else "--", color=f"C{bi}",
-                        label=f"{name}" + (f" ({lay.split(' (')[0]})" if len(layouts) > 1 else ""))
-        ax.set(xscale="log", yscale="log", xlabel="sequence length n (tokens)", ylabel="median time (ms)",
-               title=title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Time of attention against sequence length (dashed: the GQA layout)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(10, 4.4), squeeze=False)
+    for ax, (df, key, title) in zip(axes[0], panels, strict=True):
+        _panel(ax, df, key, "ms", "median time (ms)", title)
+    fig.suptitle("Time against length: where a fused kernel pays")
     fig.tight_layout()
     return fig
 
@@ -474,15 +482,19 @@ def compile_profiles(decoders: dict, spec: ShapeSpec, prompt_len: int, seed: int
         dev = next(dec.model.parameters()).device
         ids = prompt_ids(prompt_len, vocab_size=spec.vocab_size, seed=seed).to(dev)
         pos, nxt = torch.arange(prompt_len, device=dev), torch.tensor([prompt_len], device=dev)
-        with torch.inference_mode():
-            tok = dec._step(ids.clone(), pos).argmax(-1, keepdim=True)
-
         def prefill(dec=dec, ids=ids, pos=pos):
             dec.cache.reset()
             return dec._step(ids.clone(), pos)
 
+        def decode(dec=dec, nxt=nxt):  # the same step each time: rewind the cache to the prompt, in place
+            for layer in dec.cache.layers:
+                layer.cumulative_length.fill_(prompt_len)
+            return dec._step(tok, nxt)
+
         out[f"{name} prefill"] = step_profile(prefill)
-        out[f"{name} decode"] = step_profile(lambda dec=dec, tok=tok, nxt=nxt: dec._step(tok, nxt))
+        with torch.inference_mode():
+            tok = prefill().argmax(-1, keepdim=True)
+        out[f"{name} decode"] = step_profile(decode)
     return out
 
 
@@ -825,7 +837,8 @@ def sweep_findings(sweep: pd.DataFrame, prefill: pd.DataFrame, card: Card, a100_
                        f"{last['memory_saving']:.0%} less peak memory; fused is faster from "
                        + (f"{pays:,} tokens on" if pays else "no length measured here"))
     top = ok[ok["n"] == ok["n"].max()].dropna(subset=["fraction_of_floor"]) if "fraction_of_floor" in ok else ok[:0]
-    for _, r in top[top["layout"] == top["layout"].iloc[0]].iterrows() if not top.empty else []:
+    top = top[(top["layout"] == top["layout"].iloc[0]) & (top["backend"] != "sdpa")] if not top.empty else top
+    for _, r in top.iterrows():
         fl_s = r["floor_ms"] / 1e3
         flops = 4.0 * r["heads"] * r["head_dim"] * (r["n"] * (r["n"] + 1) // 2 if r["backend"] != "eager" and
                                                     r["backend"] != "sdpa-math" else r["n"] ** 2)
@@ -903,8 +916,10 @@ def what_this_means(sweep: pd.DataFrame, prefill: pd.DataFrame, comp: pd.DataFra
     rows = _fused_rows(sweep, mha["layout"].iloc[0])
     if rows:
         a, z = rows[0], rows[-1]
-        out.append(f"**Speed**: the fastest fused kernel went from {a['speedup']:.2f}x eager at {a['n']:,} tokens "
-                   f"to {z['speedup']:.2f}x at {z['n']:,}: the longer the prompt, the more the fused kernel pays.")
+        trend = ("the longer the prompt, the more the fused kernel pays" if z["speedup"] > a["speedup"] * 1.05 else
+                 "its lead did not grow with the prompt here")
+        out.append(f"**Speed**: the fastest fused kernel went from {than(a['words'], 'eager')} at {a['n']:,} tokens "
+                   f"to {than(z['words'], 'eager')} at {z['n']:,}: {trend}.")
     c = comp.set_index("variant")
     if "eager" in c.index and len(c) > 1:
         best = c.drop(index="eager")["decode_ms"].idxmin()
