@@ -105,3 +105,40 @@ def test_static_decoder_inductor_options(tiny_llama):
         StaticDecoder(tiny_llama, max_len=16, options={"freezing": True})
     with pytest.raises(ValueError, match="unknown inductor option"):
         StaticDecoder(tiny_llama, max_len=16, compile=True, options={"freezeing": True})
+
+
+def test_roofline_floor_of_eager_counts_the_score_traffic_and_all_scores():
+    from labkit import kernels_experiment as kx
+    from labkit.roofline import card
+
+    a100, lay = card("A100-40GB"), kx.Layout.of("llama-2-13b")
+    e, f = kx.attention_floor(a100, lay, 2048, "fp16", "eager"), kx.attention_floor(a100, lay, 2048, "fp16", "flex")
+    assert e.flops == pytest.approx(2 * f.flops, rel=1e-3)  # eager computes the masked half too
+    assert e.bytes - f.bytes == 40 * 2048 * 2048 * kx.eager_score_traffic(2)
+    assert e.bound == "memory" and e.seconds > 3 * f.seconds
+    assert kx.length_for_speedup(a100, lay, 3.0) is not None
+    assert kx.length_for_speedup(a100, lay, 1e9) is None
+
+
+def test_growth_exponent_reads_quadratic_and_linear():
+    import pandas as pd
+
+    from labkit.kernels_experiment import growth
+
+    df = pd.DataFrame({"backend": ["a"] * 3 + ["b"] * 3, "n": [256, 512, 1024] * 2,
+                       "peak_MiB": [1, 4, 16, 1, 2, 4]})
+    assert growth(df, "peak_MiB") == pytest.approx({"a": 2.0, "b": 1.0})
+
+
+def test_attention_sweep_rows_skip_refuse_and_measure():
+    from labkit import kernels_experiment as kx
+
+    lay = kx.Layout("tiny", 4, 2, 16)
+    df = kx.attention_sweep([lay], [32, 64], ["eager", "sdpa-flash", "sdpa-cudnn"], torch.float32, rounds=1,
+                            progress=False)
+    ok = df[df["status"] == "ok"]
+    assert set(ok["backend"]) == {"eager", "sdpa-flash"} and (ok["max_abs_err_vs_eager"] < 1e-5).all()
+    assert df[df["backend"] == "sdpa-cudnn"]["status"].str.startswith("skipped: ").all()
+    plan = kx.plan_lengths(lay, [1 << 22], ["eager", "sdpa-flash"], torch.float32)
+    assert plan.set_index("backend").loc["eager", "plan"] == "refused"
+    assert "GiB (estimate)" in plan.set_index("backend").loc["eager", "message"]

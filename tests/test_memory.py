@@ -95,3 +95,15 @@ def test_cuda_peak_and_empty_cache_need_cuda():
         pytest.skip("this test checks the CPU-only refusal")
     with pytest.raises(RuntimeError, match="needs CUDA"):
         memory.cuda_empty_cache_effect(lambda: None)
+
+
+def test_int8_kv_cache_costs_little_quality_on_the_trained_model():
+    from labkit import models
+    from labkit.kernels_experiment import kv_quant_study
+
+    m, tok = models.load(models.EMBEDDED), models.load_tokenizer(models.EMBEDDED)
+    df = kv_quant_study(m, tok, ["fp (DynamicCache)", "int8 (labkit, per token and head)"], window=256,
+                        windows=1, chunk=32, progress=False).set_index("cache")
+    i8 = df.loc["int8 (labkit, per token and head)"]
+    assert i8["bytes_vs_fp"] == pytest.approx((1 + 4 / 64) / 4)  # fp32 model, head dim 64, fp32 scales
+    assert abs(i8["ppl_vs_fp"] - 1) < 0.02 and i8["top1_agreement"] > 0.95
