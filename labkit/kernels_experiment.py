@@ -588,9 +588,9 @@ def precision_speed(fp32_model, spec: ShapeSpec, layers: int, modes: list[str], 
             with precision_context(mode, dev):
                 return m(input_ids=ids, use_cache=True, logits_to_keep=1).logits
 
-        with torch.inference_mode():
-            _, peak = memory.peak_during(prefill, dev)
-            _, rss = memory.rss_peak_during(prefill) if str(dev) == "cpu" else (None, None)
+        with torch.inference_mode():  # one call: the allocator's peak, and the process's RSS peak around it
+            (_, peak), rss = memory.rss_peak_during(lambda prefill=prefill: memory.peak_during(prefill, dev))
+        rss = rss if str(dev) == "cpu" else None
         wb = weight_bytes(m)
         rows[mode] = {"precision": mode, "weights_MiB": wb / MiB, "prefill_peak_MiB": peak.peak / MiB,
                       "total_peak_MiB": (wb + peak.peak) / MiB,
