@@ -449,9 +449,10 @@ def compile_study(model, spec: ShapeSpec, layers: int, prompt_len: int, new_toke
         row["cold_over_warm"] = row["cold_s"] / row["steady_s"]
         row["steady_recompiles"] = steady["recompiles"] if name != "eager" else 0
         if ref and name != ref:
-            for ph, key in (("prefill", "ttft"), ("decode", "tpot")):
+            for ph, key in (("prefill", "ttft"), ("decode", "tpot"), ("request", "e2e")):
                 ratio = r.ratio(ref, name, key)
                 row[f"x_{ph}_vs_eager"], row[f"{ph}_vs_eager"] = ratio.value, ratio.words()
+                row[f"{ph}_conclusive"] = ratio.conclusive
         if pf is not None:
             row["prefill_floor_ms"], row["decode_floor_ms"] = pf.seconds * 1e3, df.seconds * 1e3
             row["prefill_fraction_of_floor"] = pf.seconds / (row["prefill_ms"] / 1e3)
@@ -532,11 +533,10 @@ def compile_explanation(rows: pd.DataFrame, profiles: dict[str, dict]) -> list[s
                            f"compiled graph hands to the same library, so fusing the other {1 - e['matmul_share']:.0%}"
                            f" can gain at most {1 / max(e['matmul_share'], 1e-9):.2f}x")
             if e and c:
-                why.append(f"profiled once each: compiling cut the rest from {e['total_ms'] - e['matmul_ms']:.1f} ms to"
-                           " "
-                           f"{c['total_ms'] - c['matmul_ms']:.1f} ms ({e['calls']} -> {c['calls']} op calls), while "
-                           f"the matrix multiplications took {c['matmul_ms']:.1f} ms against eager's "
-                           f"{e['matmul_ms']:.1f} ms")
+                rest_e, rest_c = e["total_ms"] - e["matmul_ms"], c["total_ms"] - c["matmul_ms"]
+                why.append(f"profiled once each, the rest went from {rest_e:.1f} ms in eager to {rest_c:.1f} ms "
+                           f"compiled ({e['calls']} -> {c['calls']} op calls), and the matrix multiplications took "
+                           f"{c['matmul_ms']:.1f} ms against eager's {e['matmul_ms']:.1f} ms")
             if not (r["steady_recompiles"] or r["graph_breaks"]):
                 why.append("no recompiles or graph breaks: the compiled graph itself is no faster")
             out.append("; ".join(why) + ".")
@@ -946,10 +946,12 @@ def what_this_means(sweep: pd.DataFrame, prefill: pd.DataFrame, comp: pd.DataFra
     if "eager" in c.index and len(c) > 1:
         best = c.drop(index="eager")["decode_ms"].idxmin()
         b, e = c.loc[best], c.loc["eager"]
-        gain = (e["steady_s"] - b["steady_s"])
+        gain = e["steady_s"] - b["steady_s"]
+        faster = b["request_conclusive"] and b["x_request_vs_eager"] > 1 and gain > 0
         pays = (f"it pays back its {b['compile_s']:.0f} s of compiling after about "
-                f"{math.ceil(b['compile_s'] / gain):,} requests like this one" if gain > 0 else
-                "on this machine it does not pay back its compile time at this size")
+                f"{math.ceil(b['compile_s'] / gain):,} requests like this one" if faster else
+                f"a whole request is {than(b['request_vs_eager'], 'eager')}, so its {b['compile_s']:.0f} s of "
+                "compiling is not paid back at this size on this machine")
         out.append(f"**torch.compile**: the best compiled variant ({best}) decodes at {b['decode_ms']:.1f} ms/token "
                    f"against eager's {e['decode_ms']:.1f} ({than(b['decode_vs_eager'], 'eager')}); its first request "
                    f"took "

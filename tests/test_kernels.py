@@ -142,3 +142,25 @@ def test_attention_sweep_rows_skip_refuse_and_measure():
     plan = kx.plan_lengths(lay, [1 << 22], ["eager", "sdpa-flash"], torch.float32)
     assert plan.set_index("backend").loc["eager", "plan"] == "refused"
     assert "GiB (estimate)" in plan.set_index("backend").loc["eager", "message"]
+
+
+def test_compile_study_reports_compile_time_first_call_and_recompiles_apart(tiny_llama):
+    from labkit import kernels_experiment as kx
+    from labkit.models import ShapeSpec
+
+    spec = ShapeSpec("tiny", "llama", 64, 128, 2, 4, 2, 256, 256, 10000.0)
+    df, decoders = kx.compile_study(tiny_llama, spec, 2, prompt_len=12, new_tokens=4, variants=["eager", "compile"],
+                                    rounds=1, progress=False)
+    r = df.set_index("variant")
+    assert set(decoders) == {"eager", "compile"} and bool(r.loc["compile", "same_tokens_as_eager"])
+    assert r.loc["eager", "compile_s"] == 0 and r.loc["eager", "graphs"] == 0
+    c = r.loc["compile"]
+    assert c["graphs"] == 2 and c["compile_s"] > 0 and c["steady_recompiles"] == 0  # prefill, decode; none later
+    assert c["first_run_s"] == pytest.approx(c["cold_s"] - c["compile_s"])
+    assert any("size mismatch" in x for x in c["recompile_reasons"])  # decode's shapes differ from the prefill's
+    assert c["cold_over_warm"] > 1
+    profiles = kx.compile_profiles(decoders, spec, 12)
+    assert {"eager prefill", "eager decode", "compile prefill", "compile decode"} == set(profiles)
+    assert 0 < profiles["eager decode"]["matmul_share"] < 1
+    with pytest.raises(ValueError, match="unknown compile variant"):
+        kx.compile_study(tiny_llama, spec, 2, 12, 4, ["compile+magic"])
