@@ -877,6 +877,12 @@ def sweep_findings(sweep: pd.DataFrame, prefill: pd.DataFrame, card: Card, a100_
             out.append(f"whole prefill of {n:,} tokens ({e['model'].iloc[0]}, {e['layers'].iloc[0]} layer(s)): eager "
                        f"peaks at {e['peak_MiB'].iloc[0]:,.0f} MiB, sdpa ({f['kernel'].iloc[0]}) at "
                        f"{f['peak_MiB'].iloc[0]:,.0f} MiB; sdpa is {than(f['vs_eager'].iloc[0], 'eager')}")
+        over = okp[okp["fraction_of_floor"] > 1] if "fraction_of_floor" in okp else okp[:0]
+        if not over.empty:
+            r = over.sort_values("fraction_of_floor").iloc[-1]
+            out.append(f"a prefill faster than its floor ({r['attention']} at {r['n']:,} tokens: {r['ms']:.0f} ms "
+                       f"against a floor of {r['floor_ms']:.0f} ms) means its matrix multiplications ran "
+                       "faster than notebook 01's matmul probe: the prefill floor is only as good as that probed rate")
     if a100_length:
         short = a100_length <= min(LENGTHS_TRIED)
         out.append(f"on an A100 (fp16) the roofline lets a fused kernel reach 3x eager from {a100_length:,} tokens"
