@@ -507,13 +507,100 @@ def c14(rows: list[dict] | None, record: dict | None = None) -> Verdict:
 
 # ---------------------------------------------------------------- notebook 06 (kernels and memory): C10, C11, C15
 
+C10_MEMORY_CUT = 0.30  # C10: AMP plus regular empty_cache() cut memory use by 30%
+C10_TOLERANCE = 0.05  # a cut within 5 points of the guide's figure counts as reproducing it
+C11_SPEEDUP = 3.0  # C11: FlashAttention-2 3x faster than plain attention ...
+C11_MEMORY_SAVING = 0.40  # ... and 40% less memory
+
+
+def c10(peaks: dict[str, float], device: str, record: dict | None = None) -> Verdict:
+    """C10 from measured peak memory of the same inference (weights included), bytes: "fp32" (the baseline),
+    "autocast" (AMP) and, on CUDA, "autocast+empty_cache". Reproduced if AMP with empty_cache cuts the peak by
+    about 30%; partly if the cut is there but comes from AMP alone (empty_cache adding under a point), or, where
+    empty_cache cannot be measured (no CUDA), if AMP alone gives it; not reproduced otherwise."""
+    if not peaks.get("fp32") or not peaks.get("autocast"):
+        return not_measured("C10")
+    base, need = peaks["fp32"], C10_MEMORY_CUT - C10_TOLERANCE
+    amp = 1 - peaks["autocast"] / base
+    both = 1 - peaks["autocast+empty_cache"] / base if peaks.get("autocast+empty_cache") else None
+    measured = f"autocast {-amp:+.0%}" + ("" if both is None else f", autocast + empty_cache {-both:+.0%}")
+    ev = f"peak memory against fp32 on {device}: {measured}"
+    if both is None:
+        ev += "; empty_cache() is CUDA's (the CPU has no caching allocator to empty): not measurable here"
+        status = PARTLY if amp >= need else NOT_REPRODUCED
+    elif both >= need:
+        status = REPRODUCED if both - amp >= 0.01 else PARTLY
+        if status == PARTLY:
+            ev += "; the cut is autocast's: empty_cache() lowers reserved memory, not the peak"
+    else:
+        status = NOT_REPRODUCED
+    return Verdict("C10", status, ev, measured=measured, **_source(record))
+
+
+def c11(rows: list[dict], device: str, a100_length: int | None = None, skipped: str | None = None,
+        record: dict | None = None) -> Verdict:
+    """C11 from the attention sweep: one row per length {"n", "kernel", "speedup" (fused over eager, median of
+    rounds), "conclusive", "memory_saving" (1 - fused peak / eager peak)}; judged at the longest length measured.
+    Reproduced if the fused kernel is at least 3x faster (conclusively) and saves at least 40% of the memory,
+    partly if one holds. `a100_length`: the shortest length at which the roofline lets a fused kernel reach 3x on
+    an A100 (the guide's card); `skipped`: why no fused kernel could run here."""
+    where = f"the guide's 3x needs n >= {a100_length:,} on an A100 by the roofline" if a100_length else \
+        "the roofline does not give 3x on an A100 at any length tried"
+    if not rows:
+        if skipped:
+            return Verdict("C11", NOT_MEASURABLE, f"no fused kernel runs here ({skipped}); {where}",
+                           **_source(record))
+        return not_measured("C11")
+    rows = sorted(rows, key=lambda r: r["n"])
+    last = rows[-1]
+    fast = last["speedup"] >= C11_SPEEDUP and last.get("conclusive", True)
+    lean = last["memory_saving"] >= C11_MEMORY_SAVING
+    status = REPRODUCED if fast and lean else PARTLY if fast or lean else NOT_REPRODUCED
+    trend = ", ".join(f"n={r['n']:,}: {r['speedup']:.2f}x, {-r['memory_saving']:+.0%} memory" for r in rows)
+    measured = f"{last['speedup']:.2f}x faster, {-last['memory_saving']:+.0%} memory at n={last['n']:,}"
+    ev = (f"{last['kernel']} against eager attention on {device} ({trend}); this is the fused kernel this device "
+          f"has, not FlashAttention-2 on an A100; {where}")
+    return Verdict("C11", status, ev, measured=measured, **_source(record))
+
 
 # ---------------------------------------------------------------- the ledger (notebook 08)
 
-def _c15_record(record: dict | None) -> Verdict:
-    m = (record or {}).get("metrics", {})
-    ratios = {k: m[f"cold_over_warm_{k}"] for k in ("E2E", "TTFT") if m.get(f"cold_over_warm_{k}")}
-    return c15({f"eager generate ({k})": v for k, v in ratios.items()}, record) if ratios else not_measured("C15")
+def _kernels(record: dict | None) -> list[Verdict] | None:
+    """C10, C11, C15 recomputed from notebook 06's record (its tables, as the lesson judged them)."""
+    if not record or "attention" not in record.get("metrics", {}):
+        return None
+    import pandas as pd
+
+    from labkit import kernels_experiment as kx
+
+    m = record["metrics"]
+    return kx.verdicts(pd.DataFrame(m["attention"]), pd.DataFrame(m["prefill"]), pd.DataFrame(m["compile"]),
+                       pd.DataFrame(m["precision"]), m.get("empty_cache", []), record["config"].get("device", "cpu"),
+                       m.get("a100_length_for_3x"), record)
+
+
+def _c10_record(record: dict | None) -> Verdict:
+    got = _kernels(record)
+    return got[0] if got else not_measured("C10")
+
+
+def _c11_record(record: dict | None) -> Verdict:
+    got = _kernels(record)
+    return got[1] if got else not_measured("C11")
+
+
+def _c15_record(record: dict | None, base: dict | None = None) -> Verdict:
+    """C15 from notebook 06's record (compiled paths, flex, eager), with notebook 00's eager generate added."""
+    ratios = {}
+    m = (base or {}).get("metrics", {})
+    ratios.update({f"eager generate ({k})": m[f"cold_over_warm_{k}"] for k in ("E2E", "TTFT")
+                   if m.get(f"cold_over_warm_{k}")})
+    got = _kernels(record)
+    if got:
+        first = got[2].measured or ""
+        return Verdict("C15", got[2].status, got[2].evidence + ("; notebook 00: " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in ratios.items()) if ratios else ""), measured=first, **_source(record))
+    return c15(ratios, base) if ratios else not_measured("C15")
 
 
 def _c17_record(record: dict | None) -> Verdict:
@@ -523,7 +610,8 @@ def _c17_record(record: dict | None) -> Verdict:
                fingerprint_stored=bool(record.get("fingerprint")), record=record)
 
 
-# claim -> (the experiment whose latest record it reads, the function that judges it). Lessons add theirs here.
+# claim -> (the experiments whose latest records it reads, the function that judges them, taking one record or
+# None per experiment). Lessons add theirs here.
 def _parallel(record: dict | None) -> tuple[dict, int] | None:
     """(measured weight fractions per split, the TP degree) from notebook 04's record."""
     if not record or "results" not in record.get("metrics", {}):
@@ -548,12 +636,15 @@ def _c14_record(record: dict | None) -> Verdict:
     return c14(rows, record=record) if rows else not_measured("C14")
 
 
-SOURCES: dict[str, tuple[str, object]] = {
-    "C1": ("hardware_profile", c1), "C2": ("hardware_profile", c2), "C3": ("04_parallelism", _c3_record),
-    "C8": ("04_parallelism", _c8_record), "C14": ("04_parallelism", _c14_record),
-    "C4": ("hardware_profile", c4), "C5": ("02_quantization", c5), "C6": ("02_quantization", c6),
-    "C9": ("05_continuous_batching", c9), "C12": ("07_case_study", c12), "C13": ("02_quantization", c13),
-    "C15": ("00_baseline", _c15_record), "C16": ("05_continuous_batching", c16), "C17": ("00_baseline", _c17_record),
+SOURCES: dict[str, tuple[tuple[str, ...], object]] = {
+    "C1": (("hardware_profile",), c1), "C2": (("hardware_profile",), c2), "C4": (("hardware_profile",), c4),
+    "C3": (("04_parallelism",), _c3_record), "C8": (("04_parallelism",), _c8_record),
+    "C14": (("04_parallelism",), _c14_record),
+    "C5": (("02_quantization",), c5), "C6": (("02_quantization",), c6), "C13": (("02_quantization",), c13),
+    "C9": (("05_continuous_batching",), c9), "C16": (("05_continuous_batching",), c16),
+    "C10": (("06_kernels_and_memory",), _c10_record), "C11": (("06_kernels_and_memory",), _c11_record),
+    "C15": (("06_kernels_and_memory", "00_baseline"), _c15_record),
+    "C12": (("07_case_study",), c12), "C17": (("00_baseline",), _c17_record),
 }
 
 
@@ -567,9 +658,9 @@ def ledger(root=None) -> list[Verdict]:
         if cid not in SOURCES:
             out.append(Verdict(cid, NOT_MEASURED, f"notebook {CLAIMS[cid].notebook} does not measure it yet"))
             continue
-        experiment, judge = SOURCES[cid]
-        rec = latest(experiment, root)
-        out.append(judge(rec) if rec is not None else not_measured(cid))
+        experiments, judge = SOURCES[cid]
+        recs = [latest(e, root) for e in experiments]
+        out.append(judge(*recs) if any(r is not None for r in recs) else not_measured(cid))
     return out
 
 

@@ -19,21 +19,36 @@ from labkit.bench import RequestTiming, sync
 class StaticDecoder:
     """Greedy decoding of one request at a time with a preallocated cache of `max_len` tokens.
 
-    `compile=True` wraps the forward in torch.compile (shapes are static, so it compiles once per phase)."""
+    `compile=True` wraps the forward in torch.compile (shapes are static, so it compiles once per phase).
+    `options` are inductor settings for that compilation, e.g. {"freezing": True} (weights become constants,
+    so inductor can fold them and prepack them for oneDNN on a CPU) or {"cpp_wrapper": True} (the code that
+    calls the kernels is C++ instead of Python: less overhead per step); they need `compile=True`."""
 
     # torch.compile keeps one cache of compiled graphs per Python function, with room for 8 by default. Every
     # decoder shares `_forward`, and each model x phase (prefill, decode) is one graph, so a lesson comparing a
     # few compiled models would run out and silently fall back to eager: the limit is raised while we run.
     RECOMPILE_LIMIT = 64
 
-    def __init__(self, model, max_len: int, compile: bool = False):
+    def __init__(self, model, max_len: int, compile: bool = False, options: dict | None = None):
         from transformers import StaticCache
+
+        if options and not compile:
+            raise ValueError("inductor options need compile=True")
+        if options:
+            import torch._inductor.config as inductor_config
+
+            unknown = [k for k in options if not hasattr(inductor_config, k)]
+            if unknown:
+                raise ValueError(f"unknown inductor option(s) {unknown}; e.g. 'freezing', 'cpp_wrapper' "
+                                 "(see torch._inductor.config)")
 
         self.model = model
         self.max_len = max_len
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.compiled = compile
-        self._fwd = torch.compile(self._forward, dynamic=False) if compile else self._forward
+        self.options = dict(options or {})
+        self._fwd = (torch.compile(self._forward, dynamic=False, options=self.options or None) if compile
+                     else self._forward)
         if compile:  # the cache allocates itself on first use; do that eagerly, or the compiled graph's
             with torch.inference_mode():  # guards would change after the first call and force a recompile
                 dev = next(model.parameters()).device

@@ -196,3 +196,29 @@ def test_ledger_judges_lesson_04_claims_from_its_record(tmp_path):
     assert got["C3"].status == claims.NOT_REPRODUCED and "TP=2 rank holds 0.50" in got["C3"].evidence
     assert got["C8"].status in (claims.PARTLY, claims.REPRODUCED)
     assert got["C14"].status == claims.REPRODUCED
+
+def test_c10_statuses_follow_the_measured_peaks():
+    assert claims.c10({}, "cpu").status == claims.NOT_MEASURED
+    cpu = claims.c10({"fp32": 100.0, "autocast": 130.0}, "cpu")
+    assert cpu.status == claims.NOT_REPRODUCED and "+30%" in cpu.evidence and "CUDA" in cpu.evidence
+    assert claims.c10({"fp32": 100.0, "autocast": 68.0}, "cpu").status == claims.PARTLY
+    both = {"fp32": 100.0, "autocast": 80.0, "autocast+empty_cache": 70.0}
+    assert claims.c10(both, "cuda").status == claims.REPRODUCED
+    amp_only = claims.c10({"fp32": 100.0, "autocast": 70.0, "autocast+empty_cache": 70.0}, "cuda")
+    assert amp_only.status == claims.PARTLY and "not the peak" in amp_only.evidence
+    assert claims.c10({"fp32": 100.0, "autocast": 95.0, "autocast+empty_cache": 94.0}, "cuda").status == \
+        claims.NOT_REPRODUCED
+
+
+def test_c11_statuses_follow_the_sweep():
+    def row(n, x, save, conclusive=True):
+        return {"n": n, "kernel": "sdpa -> flash", "speedup": x, "conclusive": conclusive, "memory_saving": save}
+
+    assert claims.c11([], "cpu").status == claims.NOT_MEASURED
+    assert claims.c11([], "cpu", skipped="no fused kernel").status == claims.NOT_MEASURABLE
+    v = claims.c11([row(256, 1.2, 0.5), row(2048, 11.0, 0.97)], "cpu", a100_length=1024)
+    assert v.status == claims.REPRODUCED and "n=2,048" in v.measured and "1,024" in v.evidence
+    assert claims.c11([row(2048, 2.0, 0.9)], "cpu").status == claims.PARTLY
+    assert claims.c11([row(2048, 3.5, 0.9, conclusive=False)], "cpu").status == claims.PARTLY
+    assert claims.c11([row(2048, 3.5, 0.1)], "cpu").status == claims.PARTLY
+    assert claims.c11([row(2048, 1.1, 0.1)], "cpu").status == claims.NOT_REPRODUCED

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import record_function
 
+from labkit.kernels import eager_attention
 from labkit.serve.scheduler import SchedulerOutput
 
 ATTENTION = ("sdpa", "eager")
@@ -47,23 +48,6 @@ def unsupported_reason(model) -> str | None:
     if extra or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
         return f"{families}; this model's attention has {extra or 'another layout'}"
     return None
-
-
-def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
-                    scale: float) -> torch.Tensor:
-    """Attention written out: QK^T, mask, softmax in fp32, times V. q [1, heads, n, d]; k, v [1, kv_heads,
-    end, d] (grouped-query heads are repeated). Materializes the n x end score matrix that SDPA's fused
-    kernels avoid."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * scale
-    if causal:  # query i (of the last n positions) sees keys up to end - n + i
-        n, end = q.shape[2], k.shape[2]
-        mask = torch.ones(n, end, dtype=torch.bool, device=q.device).tril(diagonal=end - n)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
