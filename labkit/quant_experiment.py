@@ -170,12 +170,17 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
                          "status": rows.get(name, {}).get("status", f"skipped: {name} was not run")}
             continue
         dec = StaticDecoder(runners[name], max_len=prompt_len + new_tokens, compile=True)
-        callers[key] = lambda d=dec: timed(d.generate(ids, new_tokens)[0])
         rows[key] = {**rows[name], "method": key}
+        wrong, rows[key]["compile_first_call_s"] = _compiled_disagrees(runners[name], dec, ids, new_tokens)
+        if wrong:  # a fast wrong answer is not a speed-up: the row says so and is not timed
+            rows[key]["status"] = f"wrong tokens: {wrong}"
+            continue
+        callers[key] = lambda d=dec: timed(d.generate(ids, new_tokens)[0])
     with torch.inference_mode():
         r = run_rounds(callers, repeats, progress=progress)
     for name in callers:
-        rows[name].update({"cold_s": r.cold[name]["s"], "prefill_ms": 1e3 * r.median(name, "ttft"),
+        first = rows[name].get("compile_first_call_s", r.cold[name]["s"])  # a compiled path's includes compiling
+        rows[name].update({"cold_s": first, "prefill_ms": 1e3 * r.median(name, "ttft"),
                            "decode_ms_per_token": 1e3 * r.median(name, "tpot")})
         for ref in ("fp32", "bf16"):
             rows[name][f"prefill_x_vs_{ref}"] = r.ratio(ref, name, "ttft").value
@@ -194,6 +199,34 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     out = pd.DataFrame([rows[m] for m in order])
     out.attrs["load"] = r.load
     return out
+
+
+NEAR_TIE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}  # top-2 logit gaps that rounding may decide either way
+
+
+@torch.inference_mode()
+def _compiled_disagrees(model: nn.Module, dec, ids: torch.Tensor, new_tokens: int) -> tuple[str | None, float]:
+    """(None if the compiled decoder `dec` gives the eager model's greedy tokens, else what differs; the seconds
+    of its first call, which compiles). A first difference at a near-tie of the eager logits is rounding."""
+    import time
+
+    from labkit.bench import generate_timed
+
+    t0 = time.perf_counter()
+    got = dec.generate(ids, new_tokens)[1][0, ids.shape[1]:].tolist()
+    first = time.perf_counter() - t0
+    ref = generate_timed(model, ids, new_tokens)[1][0, ids.shape[1]:].tolist()
+    if got == ref:
+        return None, first
+    i = next(k for k, (a, b) in enumerate(zip(got, ref, strict=True)) if a != b)
+    logits = model(input_ids=torch.cat([ids, torch.tensor([ref[:i]], dtype=ids.dtype, device=ids.device)], 1)
+                   if i else ids).logits[0, -1].float()
+    gap = float(logits.topk(2).values.diff().abs())
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    if gap <= NEAR_TIE.get(dtype, 5e-2):
+        return None, first
+    return (f"the compiled path's greedy tokens differ from eager's at token {i} ({got[i]} vs {ref[i]}) where eager's "
+            f"top two logits are {gap:.3f} apart, not a near-tie: compiled {got[:6]}..., eager {ref[:6]}..."), first
 
 
 def _floors(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens: int, hw, spec) -> dict:

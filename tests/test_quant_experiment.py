@@ -41,3 +41,23 @@ def test_prediction_lines_explain_a_big_miss_from_the_fractions():
     assert "predicted decode 2.46x fp32" in line and "measured 1.02x" in line
     assert "reached 26% of its bandwidth floor where fp32 reached 50%" in line
     assert qe.prediction_lines(speed, None) == ["no stored profile: run notebook 01 for predictions"]
+
+
+def test_a_compiled_path_that_gives_wrong_tokens_is_not_timed(tiny_llama, monkeypatch):
+    from labkit import decode
+
+    real = decode.StaticDecoder.generate
+
+    def broken(self, input_ids, new_tokens):  # a "compiled" decoder that answers fast and wrongly
+        rt, out = real(self, input_ids, new_tokens)
+        if self.compiled:
+            out = out.clone()
+            out[0, input_ids.shape[1]:] = (out[0, input_ids.shape[1]:] + 7) % 256
+        return rt, out
+
+    monkeypatch.setattr(decode.StaticDecoder, "generate", broken)
+    df = qe.benchmark_methods(tiny_llama, [], prompt_len=8, new_tokens=4, repeats=1, progress=False,
+                              compiled=("fp32",))
+    row = df[df["method"] == "fp32+compile"].iloc[0]
+    assert row["status"].startswith("wrong tokens: the compiled path's greedy tokens differ from eager's at token 0")
+    assert "decode_ms_per_token" not in row or row["decode_ms_per_token"] != row["decode_ms_per_token"]  # NaN
