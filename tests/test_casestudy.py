@@ -189,3 +189,26 @@ def test_pick_prefers_a_batch_invariant_path_within_the_slack(monkeypatch):
     method, rows = casestudy.pick_int8(model, None, list(times), rounds=1, progress=False)
     assert method == "int8-dynamic-legacy"
     assert "batch-dependent" in next(r for r in rows if r["picked"])["note"]
+
+
+def test_a_ratio_is_asserted_only_where_the_machines_ceiling_clears_the_bar_with_margin():
+    b = _row("baseline", 10.0, 2000.0, 9000.0)
+    f = _row("+ fast attention", 45.0, 480.0, 1000.0, b)  # idle TTFT 4.17x, throughput 4.5x
+    ppl = [{"stage": s, "ppl_delta_pct": 0.1} for s in ("baseline", "+ fast attention")]
+    units = {"int8": True, "bf16": True}
+    # the final stage's prefill floor is 400 ms: a TTFT ceiling of 5x, under 1.5 x 4.0 = 6x; throughput 12x
+    proj = [{"stage": "baseline"}, {"stage": "+ fast attention", "ttft_fraction_of_floor": 400 / 480,
+                                     "throughput_ceiling": 120.0}]
+    r = casestudy.check([b, f], ppl, units, "cpu", proj)
+    assert r["ceilings"] == pytest.approx({"ttft": 5.0, "throughput": 12.0})
+    assert r["asserted"] and r["asserted_ratios"] == ["output throughput"] and r["asserted_passed"] and r["passed"]
+    assert "Idle TTFT not asserted: this machine's ceiling for it is 5.0x" in r["message"]
+    slow = _row("+ fast attention", 30.0, 480.0, 1000.0, b)  # throughput 3x: asserted, so it fails
+    r = casestudy.check([b, slow], ppl, units, "cpu", proj)
+    assert not r["asserted_passed"] and "output throughput 3.00x < 4.0x" in r["message"]
+    tight = _row("+ fast attention", 45.0, 600.0, 1000.0, b)  # idle TTFT 3.33x: not met, but not asserted here
+    r = casestudy.check([b, tight], ppl, units, "cpu", proj)
+    assert r["asserted_passed"] and not r["passed"] and "idle TTFT 3.33x lower < 4.0x" in r["message"]
+    proj[1]["ttft_fraction_of_floor"] = 250 / 480  # a ceiling of 8x: now the TTFT is asserted too
+    r = casestudy.check([b, f], ppl, units, "cpu", proj)
+    assert r["asserted_ratios"] == ["output throughput", "idle TTFT"] and r["asserted_passed"]

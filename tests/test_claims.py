@@ -114,6 +114,7 @@ def test_lesson_07_claim_through_its_statuses():
     assert v.status == claims.REPRODUCED and "+ INT8 3.00x (guide 2.3)" in v.evidence
     assert claims.c12(_rec({**m, "passed": False})).status == claims.NOT_REPRODUCED
     assert claims.c12(_rec({**m, "asserted": False})).status == claims.NOT_MEASURABLE
+    assert claims.c12(_rec({**m, "asserted_ratios": ["output throughput"]})).status == claims.PARTLY
     assert claims.c12(None).status == claims.NOT_MEASURED
 
 
