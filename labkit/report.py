@@ -192,7 +192,11 @@ def _case_study_section(reports: Path) -> str:
             continue
         body.append([fmt(r.get(k), u if u == "x" else "") if k != "stage" else html.escape(r[k])
                      for k, _, u in CASE_COLUMNS] + [fmt(ppl.get(r["stage"]))])
-    state = ("passed" if m.get("passed") else "FAILED") if m.get("asserted") else "not asserted on this hardware"
+    if m.get("asserted"):
+        state = ("passed" if m.get("asserted_passed", m.get("passed")) else "FAILED") + (
+            f", asserted: {' and '.join(m['asserted_ratios'])}" if m.get("asserted_ratios") else "")
+    else:
+        state = "not asserted on this hardware"
     where = f"{rec['time'][:19]} · {rec['fingerprint'].get('cpu')} · preset {rec['config'].get('preset')}"
     return (f"<h2>Case study: the guide's 13B stack on this machine ({state})</h2>"
             f"<p>{html.escape(str(m.get('message', '')))}</p><p class=meta>{html.escape(where)}</p>"
