@@ -316,3 +316,44 @@ def prediction_lines(speed, profile: dict | None) -> list[str]:
                                        "it streamed its bytes better than the probe predicted"))
         out.append(line)
     return out
+
+
+def plot_quality(quality):
+    """Perplexity change against fp32 per method (bars, %), each labelled with its bits per weight; hatched bars
+    are fake-quantized (dequantized weights: quality only)."""
+    import matplotlib.pyplot as plt
+
+    ok = quality[quality["status"] == "ok"].sort_values("bits_per_weight", ascending=False)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(ok) + 1.2))
+    y = range(len(ok))
+    change = 100 * (ok["ppl_vs_fp32"] - 1)
+    bars = ax.barh(list(y), change, color=["tab:orange" if f else "tab:blue" for f in ok["fake_quant"]])
+    for b, fake in zip(bars, ok["fake_quant"], strict=True):
+        b.set_hatch("//" if fake else "")
+    for i, (c, bits) in enumerate(zip(change, ok["bits_per_weight"], strict=True)):
+        ax.text(c, i, f" {bits:.1f} bits", va="center", ha="left" if c >= 0 else "right", fontsize=8)
+    ax.set_yticks(list(y), ok["method"])
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.invert_yaxis()
+    ax.margins(x=0.2)  # room for the labels at either end
+    ax.set(xlabel="held-out perplexity change vs fp32 (%)", title="What each method costs in quality")
+    return fig
+
+
+def plot_speed(speed):
+    """Batch-1 decode time per token of every timed path (bars, log scale) with its own bandwidth floor (black
+    tick): how far each kernel is from what its bytes allow."""
+    import matplotlib.pyplot as plt
+
+    ok = speed[speed["status"] == "ok"].sort_values("decode_ms_per_token")
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(ok) + 1.2))
+    y = list(range(len(ok)))
+    ax.barh(y, ok["decode_ms_per_token"], color="tab:blue", label="measured")
+    if "decode_floor_ms" in ok:
+        ax.scatter(ok["decode_floor_ms"], y, marker="|", s=300, color="k", zorder=3, label="its bandwidth floor")
+    ax.set_yticks(y, ok["method"])
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set(xlabel="ms per output token, batch 1 (log)", title="Decode speed of each path against its floor")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    return fig
