@@ -224,3 +224,20 @@ def step_floors(model, batch: int, context: float, hw) -> dict:
     peak = hw.peak(dtype)
     return {"memory_floor_ms": (weights + kv) / (hw.bandwidth_gbps * 1e9) * 1e3,
             "compute_floor_ms": flops / peak * 1e3 if peak else None, "weight_mib": weight_bytes(model) / 2**20}
+
+
+SERVER_VIEW = {"server": "server", "output_throughput": "output tok/s", "goodput": "goodput req/s",
+               "ttft_median_ms": "TTFT p50 ms", "ttft_p99_ms": "TTFT p99 ms", "tpot_median_ms": "TPOT p50 ms",
+               "itl_p99_ms": "ITL p99 ms", "e2e_std_ms": "E2E std ms", "failed": "failed",
+               "same_tokens_as_sequential": "same tokens", "throughput_x_vs_static": "x static",
+               "throughput_x_vs_hf-continuous": "x HF CB", "throughput_x_vs_sequential": "x sequential"}
+
+
+def server_view(rows: list[dict]):
+    """The servers that ran, with the key metrics under readable headers (units in them); the rest is in the
+    record, and `skipped:` rows are listed apart with their reasons whole."""
+    import pandas as pd
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    df = pd.DataFrame(ok).reindex(columns=list(SERVER_VIEW)).rename(columns=SERVER_VIEW)
+    return df.dropna(axis=1, how="all")
