@@ -99,15 +99,20 @@ def quality_model(stage: Stage, cache: dict):
     return cache[key]
 
 
+ELIMINATE_ABOVE = 3.0  # a variant whose first request takes over 3x the fastest one's is out before the rounds
+
+
 def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens: int = 8,
-              output_len: int = 32, rounds: int = 2, progress: bool = True):
+              output_len: int = 32, rounds: int = 2, progress: bool = True, keep: dict | None = None):
     """Quantize `model` with each INT8 candidate, in fp32 and, where the method accepts it, in bf16 (the stack
     adds bf16 as its last stage where it can), and time one request (prompt + `new_tokens`) per variant per
     round, rounds rotating the order (labkit.bench.run_rounds, first call apart). The method whose fastest
     variant serves a request of `output_len` tokens soonest (TTFT + (output_len - 1) x TPOT, medians over
     rounds) is picked, except that a batch-invariant path (quant.BATCH_INVARIANT: a request's answer does not
     depend on its batch neighbours) within INVARIANT_SLACK of it is preferred; each row says why it was not
-    picked. Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>"."""
+    picked. A variant whose first request takes over ELIMINATE_ABOVE x the fastest first request is out before the
+    rounds (its row says so). Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>".
+    `keep`: a dict that receives the picked method's quantized models by (method, dtype), for `measure`."""
     from labkit.bench import run_rounds
     from labkit.progress import tqdm
 
@@ -137,8 +142,14 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
         return run
 
     with torch.inference_mode():
-        r = run_rounds({f"{m} {dt}": request(q) for (m, dt), q in runners.items()}, rounds, progress=progress,
-                       desc="INT8 timing rounds")
+        first = {key: request(q)() for key, q in runners.items()}  # the cold call of each, kept apart
+        cost = {key: f["ttft"] + (output_len - 1) * f["tpot"] for key, f in first.items()}
+        for key in [k for k, c in cost.items() if c > ELIMINATE_ABOVE * min(cost.values())]:
+            rows.append({"method": key[0], "dtype": key[1], "status": "ok", "ttft_ms": first[key]["ttft"] * 1e3,
+                         "tpot_ms": first[key]["tpot"] * 1e3, "request_s": cost[key], "eliminated": True})
+            del runners[key]
+        r = run_rounds({f"{m} {dt}": request(q) for (m, dt), q in runners.items()}, rounds, cold=False,
+                       progress=progress, desc="INT8 timing rounds")
     for m, dt in runners:
         ttft, tpot = r.median(f"{m} {dt}", "ttft"), r.median(f"{m} {dt}", "tpot")
         rows.append({"method": m, "dtype": dt, "status": "ok", "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
@@ -152,10 +163,15 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     for row in ok:
         row["batch_invariant"] = row["method"] in quant.BATCH_INVARIANT
         row["picked"] = row["method"] == best["method"]
-        if not row["picked"]:
+        if row.pop("eliminated", False):
+            row["why_not"] = (f"out after its first request: {row['request_s'] / best['request_s']:.1f}x the picked "
+                              f"path's time (over {ELIMINATE_ABOVE}x the fastest first request)")
+        elif not row["picked"]:
             faster = row["request_s"] < best["request_s"]
             row["why_not"] = (f"answers depend on batch neighbours, and a batch-invariant path is within "
                               f"{INVARIANT_SLACK}x of it" if faster and not row["batch_invariant"] else "slower")
+    if keep is not None:
+        keep.update({key: q for key, q in runners.items() if key[0] == best["method"]})
     if best["method"] not in quant.BATCH_INVARIANT:
         for row in ok:
             if row["picked"]:
@@ -192,7 +208,7 @@ class Server:
 # ---------------------------------------------------------------- measuring
 
 def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: int, idle_repeats: int = 3,
-            rounds: int = 3, progress: bool = True) -> tuple[list[dict], dict, dict, dict]:
+            rounds: int = 3, progress: bool = True, cache: dict | None = None) -> tuple[list[dict], dict, dict, dict]:
     """Every stage on the same trace, in one run, in rotating rounds (labkit.bench.run_rounds) so that drift
     in the machine's load hits every stage alike. Idle TTFT: the first request of each stage is the cold start
     (kept apart), then `idle_repeats` rounds each time one 512-token request on every idle server in turn.
@@ -200,10 +216,11 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
     rotating each round. Every factor is the median over rounds of the ratio measured within a round.
 
     Returns (rows, replays of the last round by stage name, models by stage name, the raw rounds); rows carry
-    the factors against the stage before (`*_x_prev`) and against the baseline (`*_x_base`)."""
+    the factors against the stage before (`*_x_prev`) and against the baseline (`*_x_base`). `cache`: models
+    already quantized by (method, dtype), e.g. from `pick_int8(..., keep=)`."""
     from labkit.bench import run_rounds
 
-    cache: dict = {}
+    cache = {} if cache is None else cache
     servers = {s.name: Server(s, stage_model(s, base, cache), trace, max_batch) for s in stages}
     prompt = list(trace[0].prompt_ids)
     replays: dict = {}
@@ -371,18 +388,21 @@ ASSERT_MARGIN = 1.5  # a ratio is asserted only where this machine's ceiling for
 
 
 def ceilings(rows: list[dict], proj: list[dict] | None) -> dict[str, float]:
-    """The most the final stage could gain over the baseline on this machine, by the roofline: for the idle TTFT,
-    the baseline's measured idle TTFT over the final stage's prefill floor; for throughput, the final stage's
-    throughput ceiling for the trace over the baseline's measured throughput (`project` gives the floors)."""
+    """The most the final stage could gain over the baseline on this machine, by the roofline alone (both at their
+    floors, so the answer is the hardware's and not the run's noise): for the idle TTFT, the baseline's prefill
+    floor over the final stage's (in effect the ratio of their matmul rates); for throughput, the final stage's
+    throughput ceiling for the trace over the baseline's (`project` gives the floors)."""
     if not proj:
         return {}
     final, base = final_stage(rows), rows[0]
-    p = {r["stage"]: r for r in proj}[final["stage"]]
+    p = {r["stage"]: r for r in proj}
+    fp, bp = p[final["stage"]], p[base["stage"]]
     out = {}
-    if p.get("ttft_fraction_of_floor"):
-        out["ttft"] = base["ttft_idle_ms"] / (p["ttft_fraction_of_floor"] * final["ttft_idle_ms"])
-    if p.get("throughput_ceiling"):
-        out["throughput"] = p["throughput_ceiling"] / base["output_throughput"]
+    if fp.get("ttft_fraction_of_floor") and bp.get("ttft_fraction_of_floor"):
+        out["ttft"] = (bp["ttft_fraction_of_floor"] * base["ttft_idle_ms"]) / (
+            fp["ttft_fraction_of_floor"] * final["ttft_idle_ms"])
+    if fp.get("throughput_ceiling") and bp.get("throughput_ceiling"):
+        out["throughput"] = fp["throughput_ceiling"] / bp["throughput_ceiling"]
     return out
 
 
@@ -428,8 +448,8 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
     for k, (key, label) in names.items():
         if units and not asserted[k]:
             summary += (f". {label[0].upper() + label[1:]} not asserted: this machine's ceiling for it is "
-                        f"{out['ceilings'][k]:.1f}x (the roofline floor of the final stage against the baseline as "
-                        f"measured), under {ASSERT_MARGIN}x the {TARGET}x bar, so kernel efficiency and the "
+                        f"{out['ceilings'][k]:.1f}x (the final stage and the baseline both at their roofline floors), "
+                        f"under {ASSERT_MARGIN}x the {TARGET}x bar, so kernel efficiency and the "
                         f"machine's load would decide it, not the stack; measured {out[key]:.2f}x")
     out["message"] = summary
     return out

@@ -196,19 +196,38 @@ def test_a_ratio_is_asserted_only_where_the_machines_ceiling_clears_the_bar_with
     f = _row("+ fast attention", 45.0, 480.0, 1000.0, b)  # idle TTFT 4.17x, throughput 4.5x
     ppl = [{"stage": s, "ppl_delta_pct": 0.1} for s in ("baseline", "+ fast attention")]
     units = {"int8": True, "bf16": True}
-    # the final stage's prefill floor is 400 ms: a TTFT ceiling of 5x, under 1.5 x 4.0 = 6x; throughput 12x
-    proj = [{"stage": "baseline"}, {"stage": "+ fast attention", "ttft_fraction_of_floor": 400 / 480,
-                                     "throughput_ceiling": 120.0}]
+    # prefill floors 2,000 ms and 400 ms: a TTFT ceiling of 5x, under 1.5 x 4.0 = 6x; throughput ceilings 12x apart
+    proj = [{"stage": "baseline", "ttft_fraction_of_floor": 1.0, "throughput_ceiling": 10.0},
+            {"stage": "+ fast attention", "ttft_fraction_of_floor": 400 / 480, "throughput_ceiling": 120.0}]
     r = casestudy.check([b, f], ppl, units, "cpu", proj)
     assert r["ceilings"] == pytest.approx({"ttft": 5.0, "throughput": 12.0})
     assert r["asserted"] and r["asserted_ratios"] == ["output throughput"] and r["asserted_passed"] and r["passed"]
     assert "Idle TTFT not asserted: this machine's ceiling for it is 5.0x" in r["message"]
+    assert r["ceilings"] == casestudy.ceilings([b, f], proj)
     slow = _row("+ fast attention", 30.0, 480.0, 1000.0, b)  # throughput 3x: asserted, so it fails
     r = casestudy.check([b, slow], ppl, units, "cpu", proj)
     assert not r["asserted_passed"] and "output throughput 3.00x < 4.0x" in r["message"]
     tight = _row("+ fast attention", 45.0, 600.0, 1000.0, b)  # idle TTFT 3.33x: not met, but not asserted here
     r = casestudy.check([b, tight], ppl, units, "cpu", proj)
     assert r["asserted_passed"] and not r["passed"] and "idle TTFT 3.33x lower < 4.0x" in r["message"]
-    proj[1]["ttft_fraction_of_floor"] = 250 / 480  # a ceiling of 8x: now the TTFT is asserted too
+    proj[1]["ttft_fraction_of_floor"] = 250 / 480  # a floor of 250 ms, a ceiling of 8x: now TTFT is asserted too
     r = casestudy.check([b, f], ppl, units, "cpu", proj)
     assert r["asserted_ratios"] == ["output throughput", "idle TTFT"] and r["asserted_passed"]
+
+
+def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_picked_models(monkeypatch):
+    times = {"int8-dynamic-legacy": 1.0, "int8-dynamic": 1.1, "int8-weight-only": 9.0}
+    calls = []
+    monkeypatch.setattr(casestudy.quant, "quantize", lambda model, method: method)
+
+    def timed(q, prompt, n):
+        calls.append(q)
+        return type("T", (), {"ttft": times[q], "tpot": 0.0})(), None
+
+    monkeypatch.setattr(casestudy, "generate_timed", timed)
+    keep = {}
+    method, rows = casestudy.pick_int8(torch.nn.Linear(2, 2), None, list(times), rounds=2, progress=False, keep=keep)
+    assert method == "int8-dynamic" and set(keep) == {("int8-dynamic", "fp32"), ("int8-dynamic", "bf16")}
+    assert calls.count("int8-weight-only") == 2  # its first request in each dtype, then out
+    out = [r for r in rows if r["method"] == "int8-weight-only"]
+    assert all(r["why_not"].startswith("out after its first request") for r in out)
