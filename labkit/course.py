@@ -157,7 +157,8 @@ def output_problems(ipynb: Path) -> list[str]:
 
 def try_this(nb_id: str) -> list[dict]:
     """The parameter sets a notebook's "Try this" section suggests: one dict per bullet that gives `-p name=value`
-    options (values read as JSON where they parse, as on the command line)."""
+    options (values read as JSON where they parse, as on the command line). A bullet that starts "On a machine
+    with" needs hardware this one may lack (more cores, a GPU), so it is not among those checked here."""
     import re
 
     import nbformat
@@ -166,7 +167,7 @@ def try_this(nb_id: str) -> list[dict]:
     text = next((c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Try this")), "")
     out = []
     for bullet in re.split(r"\n\* ", text)[1:]:
-        if "--only" in bullet:  # a command for another notebook
+        if "--only" in bullet or bullet.startswith("On a machine with"):  # another notebook's, or other hardware's
             continue
         opts = dict(parse_param(o.replace("'", "")) for o in re.findall(r"-p (\w+=(?:'[^']*'|\S+?))(?=`|\s)", bullet))
         if "--preset full" in bullet:
@@ -289,6 +290,7 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
     """Run the selected notebooks in teaching order, then write reports/index.html."""
     check_preset(preset)
     ids = select(only)
+    check_shared(ids, params)
     for nb_id in ids:  # every name checked before the first notebook starts
         check_parameters(nb_id, {"preset": preset, **params_for(nb_id, params)})
     reports = Path(reports) if reports is not None else reports_dir()
@@ -313,11 +315,25 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
     return run
 
 
+def _shared(params: dict | None) -> dict:
+    return {k: v for k, v in (params or {}).items() if not (k.isdigit() and isinstance(v, dict))}
+
+
 def params_for(nb_id: str, params: dict | None) -> dict:
-    """Parameters for one notebook: the shared ones, overridden by those under its id ({"05": {...}})."""
+    """Parameters for one notebook: the shared ones it declares (`device` reaches the lessons that have one, not
+    the ledger), overridden by those under its id ({"05": {...}}), which must all be its own."""
     params = params or {}
-    shared = {k: v for k, v in params.items() if not (k.isdigit() and isinstance(v, dict))}
+    declared = notebook_parameters(notebooks()[select([nb_id])[0]])
+    shared = {k: v for k, v in _shared(params).items() if k in declared}
     return {**shared, **params.get(nb_id, {})}
+
+
+def check_shared(ids: list[str], params: dict | None) -> None:
+    """A shared parameter that none of the selected notebooks declares is a typo: say so before anything runs."""
+    declared = set().union(*(notebook_parameters(notebooks()[i]) for i in ids)) if ids else set()
+    unknown = sorted(set(_shared(params)) - declared)
+    if unknown:
+        raise ParamError(f"no selected notebook takes parameter(s) {unknown}; they take: {', '.join(sorted(declared))}")
 
 
 def parse_param(text: str) -> tuple[str, object]:

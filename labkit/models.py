@@ -102,7 +102,7 @@ SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
 
 
 def _near_shape(name: str) -> str | None:
-    """The shape name `name` was probably meant to be ("llama-2-70b" -> "llama-2-7b"), or None."""
+    """The shape name `name` was probably meant to be ("llama2-7b" -> "llama-2-7b"), or None."""
     import difflib
 
     hit = difflib.get_close_matches(str(name).lower(), list(SHAPES), n=1, cutoff=0.75)

@@ -8,8 +8,8 @@ from labkit.__main__ import main
 from labkit.params import ParamError
 
 
-def _nb(path, code_cells):
-    cells = [nbformat.v4.new_code_cell('preset = "ci"\nn = 1')]
+def _nb(path, code_cells, params='preset = "ci"\nn = 1'):
+    cells = [nbformat.v4.new_code_cell(params)]
     cells[0].metadata["tags"] = ["parameters"]
     cells += [nbformat.v4.new_code_cell(c) for c in code_cells]
     nb = nbformat.v4.new_notebook(cells=cells)
@@ -26,7 +26,7 @@ def fake_course(tmp_path, monkeypatch):
     writes = ("from labkit import records, report\nimport matplotlib.pyplot as plt\n"
               "records.save('02_partial', {}, {'x': 1})\nreport.save_figure(plt.figure(), '02_partial')")
     _nb(d / "02_writes_then_fails.ipynb", [writes, "raise RuntimeError('after writing')"])
-    _nb(d / "03_writes.ipynb", [writes.replace("02_partial", "03_done")])
+    _nb(d / "03_writes.ipynb", [writes.replace("02_partial", "03_done")], params='preset = "ci"')
     monkeypatch.setattr(course, "NOTEBOOKS_DIR", d)
     return d
 
@@ -71,10 +71,16 @@ def test_unknown_parameter_and_preset_are_refused(fake_course, reports):
         course.run_notebook("00", "huge", None, reports)
 
 
-def test_params_for_merges_per_notebook_overrides():
-    p = {"device": "cpu", "05": {"requests": 8}}
-    assert course.params_for("05", p) == {"device": "cpu", "requests": 8}
-    assert course.params_for("00", p) == {"device": "cpu"}
+def test_params_for_merges_per_notebook_overrides(fake_course):
+    p = {"n": 3, "03": {"preset": "full"}}
+    assert course.params_for("03", p) == {"preset": "full"}  # 03 does not take n: shared ones go where declared
+    assert course.params_for("00", p) == {"n": 3}
+    assert course.params_for("00", {"n": 3, "00": {"n": 4}}) == {"n": 4}
+
+
+def test_a_shared_parameter_no_notebook_takes_is_refused(fake_course, reports):
+    with pytest.raises(ParamError, match=r"no selected notebook takes parameter\(s\) \['nn'\]"):
+        course.run_course("ci", "00", {"nn": 3}, reports)
 
 
 def test_cli_exit_codes(fake_course, reports, capsys):

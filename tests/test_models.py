@@ -59,7 +59,7 @@ def test_unknown_shape_and_bad_layers():
 def test_a_near_miss_of_a_shape_name_names_the_shape_not_a_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="did you mean the shape 'llama-2-7b'") as e:
-        models.load("llama-2-70b")
+        models.load("llama2-7b")  # a typo: the hyphen left out
     assert "hf download" not in str(e.value)
     with pytest.raises(ModelError, match="did you mean 'llama-2-13b'"):
         models.shape("llama-2-13B")
