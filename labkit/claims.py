@@ -165,6 +165,55 @@ def c17(config: dict, repeats: int, fingerprint_stored: bool, record: dict | Non
 
 # ---------------------------------------------------------------- notebook 03 (pruning): C7
 
+C7_SPARSITY = 0.4  # the guide's cut: 40% of the weights of LLaMA-7B
+C7_SPEEDUP = 2.1  # the speed it claims for that cut
+C7_LOSS = 0.012  # and the accuracy it claims to lose
+C7_SPEED_TOLERANCE = 0.10  # a measured speed-up up to 10% below 2.1x still counts as 2.1x
+
+
+def _c7_part(d: dict) -> str:
+    words = (f"{d['label']}: decode {d['decode_words']}, held-out perplexity {d['ppl_change']:+.1%}")
+    if d.get("agreement") is not None:
+        words += f", greedy tokens agreeing with dense {d['agreement']:.1%}"
+    if d.get("ppl_change_recovered") is not None:
+        words += f" ({d['ppl_change_recovered']:+.1%} after the recovery fine-tune)"
+    return words
+
+
+def c7(magnitude: dict | None, structured: dict | None = None, record: dict | None = None) -> Verdict:
+    """C7 from the measured 40% cuts. `magnitude`: the guide's method, unstructured magnitude pruning of 40% of
+    the weights; `structured`: a structured cut of 40% (smaller matrices); each a dict {"label", "decode_x",
+    "decode_words" (bench.Ratio.words()), "ppl_change" (relative), "agreement" (greedy tokens, optional),
+    "ppl_change_recovered" (optional)}. The accuracy loss is read as the held-out perplexity increase.
+
+    Reproduced: magnitude pruning at 40% decodes at least 2.1x faster (within 10%) and loses at most 1.2%.
+    Partly reproduced: one half holds: the magnitude cut loses at most 1.2% (but brings no such speed), or a
+    40% cut of either kind reaches the speed-up. Not reproduced: neither."""
+    if magnitude is None and structured is None:
+        return not_measured("C7")
+    floor = C7_SPEEDUP * (1 - C7_SPEED_TOLERANCE)
+    fast = [d for d in (magnitude, structured) if d is not None and d["decode_x"] >= floor]
+    quality_kept = magnitude is not None and magnitude["ppl_change"] <= C7_LOSS
+    magnitude_fast = magnitude is not None and magnitude in fast
+    if quality_kept and magnitude_fast:
+        status = REPRODUCED
+    elif quality_kept or fast:
+        status = PARTLY
+    else:
+        status = NOT_REPRODUCED
+    parts = [_c7_part(d) for d in (magnitude, structured) if d is not None]
+    held = []
+    if magnitude is not None:
+        held.append(f"the magnitude cut {'keeps' if quality_kept else 'does not keep'} perplexity within "
+                    f"{C7_LOSS:.1%}")
+    held.append(f"{'a' if fast else 'no'} 40% cut reaches {floor:.1f}x ({C7_SPEEDUP}x within "
+                f"{C7_SPEED_TOLERANCE:.0%})" + (f": {', '.join(d['label'] for d in fast)}" if fast else ""))
+    main = magnitude or structured
+    return Verdict("C7", status, "; ".join(parts) + ". " + "; ".join(held),
+                   measured=f"{main['label']}: {main['decode_x']:.2f}x decode, {main['ppl_change']:+.1%} perplexity",
+                   **_source(record))
+
+
 
 # ---------------------------------------------------------------- notebook 04 (parallelism): C3, C8, C14
 

@@ -32,3 +32,22 @@ def test_c17_is_judged_from_the_configuration_measured():
     short = claims.c17({**good, "prompt_tokens": 64}, repeats=4, fingerprint_stored=True)
     assert short.status == claims.PARTLY and "512-token prompts" in short.evidence.split("not followed")[-1]
     assert claims.c17({}, repeats=1, fingerprint_stored=False).status == claims.NOT_REPRODUCED
+
+
+def test_c7_statuses_follow_the_measured_cuts():
+    def cut(label, x, ppl, **kw):
+        return {"label": label, "decode_x": x, "decode_words": f"{x:.2f}x faster", "ppl_change": ppl, **kw}
+
+    assert claims.c7(None, None).status == claims.NOT_MEASURED
+    assert claims.c7(cut("magnitude 40%", 2.0, 0.01)).status == claims.REPRODUCED  # 2.0 is within 10% of 2.1
+    kept_slow = claims.c7(cut("magnitude 40%", 1.01, 0.008, agreement=0.97), cut("ffn 40%", 1.2, 0.05))
+    assert kept_slow.status == claims.PARTLY
+    assert "keeps perplexity within 1.2%" in kept_slow.evidence and "no 40% cut reaches 1.9x" in kept_slow.evidence
+    assert "97.0%" in kept_slow.evidence and "magnitude 40%: 1.01x" in kept_slow.measured
+    fast_structured = claims.c7(cut("magnitude 40%", 1.0, 0.03), cut("ffn 40%", 2.2, 0.08,
+                                                                       ppl_change_recovered=0.02))
+    assert fast_structured.status == claims.PARTLY and "ffn 40%" in fast_structured.evidence.split("reaches")[-1]
+    assert "+2.0% after the recovery" in fast_structured.evidence
+    slow_lossy = claims.c7(cut("magnitude 40%", 1.02, 0.05), cut("ffn 40%", 1.3, 0.04))
+    assert slow_lossy.status == claims.NOT_REPRODUCED and "does not keep" in slow_lossy.evidence
+    assert claims.c7(None, cut("ffn 40%", 1.3, 0.04)).status == claims.NOT_REPRODUCED

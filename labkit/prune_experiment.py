@@ -1,0 +1,540 @@
+"""Notebook 03's experiment: every pruning method measured for quality and for real speed, side by side.
+
+The technique lives in `labkit.prune` (`prune`, `to_sparse`); this module holds the loops that measure it:
+- `evaluate`: quality on the embedded trained model (held-out perplexity, greedy-token agreement with the
+  dense model, parameters, bytes) for the dense model and each variant;
+- `benchmark`: speed on a shape-faithful model, prefill (TTFT) and batch-1 decode (TPOT), every variant timed
+  once per round in rotating order (`bench.run_rounds`), ratios per round, next to what the roofline floor of
+  the pruned shape predicts (`roofline.decode_floor` / `prefill_floor` of the pruned dimensions vs the dense);
+- `sparse_sweep`: the same pruned weights through torch's CSR kernel against the dense kernel, at decode
+  (1 token) and prefill (512 tokens) from 50% to 99% sparsity, and where the sparse kernel starts to win;
+- `recover`: a short fine-tune of a structurally pruned model with `train_tiny.train_steps`;
+- `summary`, `targets`, `c7_inputs` and the plots.
+A variant this machine cannot run is a row "skipped: <reason>", never another variant's numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from labkit.models import ShapeSpec, weight_bytes
+from labkit.prune import STRUCTURED, PruneSkipped, SparseLinear, prune, prune_weight_, semi_structured_unsupported
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from labkit.bench import Ratio
+    from labkit.roofline import Card
+
+MiB = 2**20
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+# ---------------------------------------------------------------- what is pruned
+
+@dataclass
+class Variant:
+    """One pruned model: `steps` of (method, sparsity, cfg) applied in order (one step for most; a mixed
+    structured cut has two). `label` names its row in every table."""
+
+    label: str
+    steps: list[tuple[str, float | None, dict]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, method: str, sparsity: float | None = None, label: str | None = None, **cfg) -> Variant:
+        if label is None:
+            label = f"{method} {sparsity:.0%}" if sparsity is not None else (
+                f"{cfg.get('n', 2)}:{cfg.get('m', 4)} ({cfg.get('score', 'magnitude')})")
+        return cls(label, [(method, sparsity, cfg)])
+
+    @property
+    def kind(self) -> str:
+        methods = {m for m, _, _ in self.steps}
+        if methods <= set(STRUCTURED):
+            return "structured"
+        return "semi-structured" if methods == {"nm"} else "unstructured"
+
+    def apply(self, model: nn.Module, calib: torch.Tensor | None) -> nn.Module:
+        """The pruned copy; `labkit_prune_steps` keeps every step's PruneInfo."""
+        infos, out = [], model
+        for method, sparsity, cfg in self.steps:
+            out = prune(out, method, sparsity, calib=calib, **cfg)
+            infos.append(out.labkit_prune)
+        out.labkit_prune_steps = infos
+        return out
+
+
+def variants(sparsities: list[float], structured: dict[str, float], nm_scores: tuple[str, ...] = ("magnitude",
+             "wanda")) -> list[Variant]:
+    """The lesson's variants: magnitude and Wanda at each sparsity, 2:4 with each score, and each structured
+    method at its sparsity ({"ffn": 0.4, "heads": 0.4, "layers": 0.17}; a key "ffn+heads" takes a pair)."""
+    out = [Variant.of(m, s) for m in ("magnitude", "wanda") for s in sparsities]
+    out += [Variant.of("nm", score=s) for s in nm_scores]
+    for key, s in structured.items():
+        if "+" in key:
+            (a, b), (sa, sb) = key.split("+"), s
+            out.append(Variant(f"{a} {sa:.0%} + {b} {sb:.0%}", [(a, sa, {}), (b, sb, {})]))
+        else:
+            out.append(Variant.of(key, s))
+    return out
+
+
+def _achieved(model: nn.Module) -> str:
+    return " + ".join(f"{i.achieved:.1%} of {i.unit}" for i in model.labkit_prune_steps)
+
+
+# ---------------------------------------------------------------- quality on the trained model
+
+def evaluate(model: nn.Module, tokenizer, plan: list[Variant], *, calib: torch.Tensor, text: str,
+             max_tokens: int | None = 4096, prompts: list[str] | None = None, new_tokens: int = 16,
+             keep: tuple[str, ...] = (), progress: bool = True) -> tuple[pd.DataFrame, dict[str, nn.Module]]:
+    """Quality of each variant on the trained model: held-out perplexity and its change against the dense
+    model, greedy-token agreement with it (teacher-forced, labkit.quality), parameters (all, and nonzero) and
+    bytes. Returns the table and the pruned models whose labels are in `keep` (for the recovery fine-tune)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from labkit.quality import greedy_agreement, perplexity
+
+    kept: dict[str, nn.Module] = {}
+    dense_ppl = perplexity(model, tokenizer, text, max_tokens=max_tokens)["perplexity"]
+    total = sum(p.numel() for p in model.parameters())
+    rows = [{"label": "dense", "kind": "dense", "status": "ok", "achieved": "-", "params_M": total / 1e6,
+             "nonzero_M": total / 1e6, "MiB": weight_bytes(model) / MiB, "perplexity": dense_ppl,
+             "ppl_change": 0.0, "token_agreement": 1.0, "prune_s": 0.0}]
+    for v in tqdm(plan, desc="prune + quality", disable=not progress):
+        row = {"label": v.label, "kind": v.kind}
+        try:
+            p = v.apply(model, calib)
+        except PruneSkipped as e:
+            rows.append({**row, "status": f"skipped: {e}"})
+            continue
+        info = p.labkit_prune_steps[-1]
+        ppl = perplexity(p, tokenizer, text, max_tokens=max_tokens)["perplexity"]
+        row.update({"status": "ok", "achieved": _achieved(p), "params_M": info.params_after / 1e6,
+                    "nonzero_M": info.nonzero_after / 1e6, "MiB": info.bytes / MiB, "perplexity": ppl,
+                    "ppl_change": ppl / dense_ppl - 1,
+                    "prune_s": sum(i.seconds for i in p.labkit_prune_steps)})
+        if prompts:
+            row["token_agreement"] = greedy_agreement(model, p, tokenizer, prompts, new_tokens)["token_agreement"]
+        rows.append(row)
+        if v.label in keep:
+            kept[v.label] = p
+    return pd.DataFrame(rows), kept
+
+
+def activation_spread(model: nn.Module, calib: torch.Tensor) -> pd.DataFrame:
+    """How uneven the inputs of each kind of linear are: the largest input channel's activation norm over the
+    median one, per layer. Wanda's edge over magnitude comes from channels far above the rest."""
+    import pandas as pd
+
+    from labkit.prune import _input_norms, _layers, _linears
+
+    rows = []
+    for i, layer in enumerate(_layers(model)):
+        names = [n for n in _linears(layer) if not n.endswith(("k_proj", "v_proj", "up_proj"))]  # same inputs
+        for name, norm in _input_norms(model, layer, calib, names).items():
+            rows.append({"layer": i, "linear": name.split(".")[-1],
+                         "max_over_median": float(norm.max() / norm.median())})
+    return pd.DataFrame(rows).pivot(index="layer", columns="linear", values="max_over_median")
+
+
+def outlier_demo(out_features: int = 256, in_features: int = 512, tokens: int = 1024, outliers: int = 8,
+                 scale: float = 30.0, sparsity: float = 0.5, seed: int = 0) -> pd.DataFrame:
+    """One random linear layer, pruned by magnitude and by Wanda, with even inputs and with a few channels
+    `scale` times larger (the emergent outlier features of LLMs above a few billion parameters): the layer's
+    relative output error on those inputs. Synthetic, to show when Wanda's activation term matters."""
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=g) / in_features**0.5
+    rows = []
+    for name, boost in (("even inputs", 1.0), (f"{outliers} outlier channels x{scale:g}", scale)):
+        x = torch.randn(tokens, in_features, generator=g)
+        x[:, :outliers] *= boost
+        ref = x @ w.T
+        row = {"inputs": name}
+        for method in ("magnitude", "wanda"):
+            p = w.clone()
+            prune_weight_(p, method, sparsity, x_norm=x.norm(dim=0))
+            row[f"{method} output error"] = float((x @ p.T - ref).norm() / ref.norm())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- recovery fine-tune
+
+def training_ids(tokenizer, chars: int) -> torch.Tensor:
+    """Token ids of the training side of the corpus (the stdlib files not held out), the first `chars`."""
+    from labkit.corpus import join_documents, stdlib_files
+
+    text = join_documents(stdlib_files("train"), chars)
+    return torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
+
+
+def recover(model: nn.Module, ids: torch.Tensor, *, steps: int, batch_size: int = 8, seq_len: int = 256,
+            lr: float = 3e-4, seed: int = 0, progress: bool = True) -> list[float]:
+    """Fine-tune `model` in place for `steps` AdamW steps on windows of `ids` with the embedded model's recipe
+    (labkit.train_tiny.train_steps: cosine schedule, bf16 autocast where the CPU has it), at a lower peak
+    learning rate than training from scratch. Returns the loss of every step."""
+    from labkit.train_tiny import TinyRecipe, train_steps
+
+    r = TinyRecipe(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup_steps=max(1, steps // 10),
+                   seed=seed)
+    return train_steps(model, ids, r, progress=progress, desc="recovery fine-tune")
+
+
+def plot_loss(losses: list[float], label: str):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="per step")
+    k = max(1, len(losses) // 10)
+    if len(losses) >= k:
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(range(k, len(losses) + 1), smooth, lw=2, label=f"mean of {k} steps")
+    ax.set(xlabel="fine-tuning step", ylabel="training loss (nats per token)",
+           title=f"Recovery fine-tune of {label}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------- speed on a shape-faithful model
+
+@dataclass(frozen=True)
+class PrunedShape(ShapeSpec):
+    """A ShapeSpec whose attention may be narrower than the hidden size (pruned heads keep their head_dim), so
+    the roofline functions price a pruned model exactly."""
+
+    q_heads_dim: int = 0  # head_dim of the model
+
+    @property
+    def head_dim(self) -> int:
+        return self.q_heads_dim
+
+    def layer_params(self) -> int:
+        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        attn = 2 * h * q + 2 * h * kv + ((q + 2 * kv) if self.attention_bias else 0)
+        return attn + 3 * h * self.intermediate_size + 2 * h
+
+
+def shape_of(model: nn.Module, layers: int | None = None) -> PrunedShape:
+    """The dimensions of `model` (pruned or not) as a ShapeSpec for labkit.roofline, with `layers` decoder
+    layers (default: as built)."""
+    c = model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    return PrunedShape(getattr(c, "name_or_path", "") or "model", c.model_type, c.hidden_size, c.intermediate_size,
+                       layers or c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.vocab_size,
+                       c.max_position_embeddings, rope, bool(c.tie_word_embeddings),
+                       bool(getattr(c, "attention_bias", False)), q_heads_dim=hd)
+
+
+def _share_embeddings(pruned: nn.Module, dense: nn.Module) -> None:
+    """Timing only: point the pruned copy's embedding and head at the dense model's (pruning leaves them as
+    they were), so several copies of a 7B-shaped model fit in memory at once. Never used for quality."""
+    pruned.model.embed_tokens = dense.model.embed_tokens
+    pruned.lm_head = dense.lm_head
+
+
+def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.Tensor, prompt_len: int = 128,
+              new_tokens: int = 8, repeats: int = 3, seed: int = 0, full_layers: int | None = None,
+              progress: bool = True) -> tuple[pd.DataFrame, dict[str, dict[str, Ratio]]]:
+    """Speed of each variant on a shape-faithful model: time to first token (prefill of `prompt_len` tokens)
+    and time per output token (batch-1 decode) against the dense model, measured side by side in rotating
+    rounds. Next to each: the roofline floors of the pruned shape on `hw` and the speed-up they predict (dense
+    floor / pruned floor: fewer bytes per token for decode, fewer FLOPs for prefill), the fraction of that
+    prediction reached, and the prediction for the full-depth model (`full_layers`). Returns the table and
+    the Ratio objects {label: {"decode": Ratio, "prefill": Ratio}} whose .words() the notebook prints."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from labkit.bench import generate_timed, run_rounds
+    from labkit.models import prompt_ids
+    from labkit.roofline import decode_floor, prefill_floor
+
+    dtype = DTYPE_NAMES[next(model.parameters()).dtype]
+    dev = next(model.parameters()).device
+    ids = prompt_ids(prompt_len, vocab_size=model.config.vocab_size, seed=seed).to(dev)
+    context = prompt_len + new_tokens // 2
+    runners: dict[str, nn.Module] = {"dense": model}
+    rows: dict[str, dict] = {"dense": {"label": "dense", "kind": "dense", "status": "ok", "achieved": "-"}}
+    for v in tqdm(plan, desc="prune the speed model", disable=not progress):
+        row = {"label": v.label, "kind": v.kind}
+        if v.kind == "semi-structured":
+            reason = semi_structured_unsupported(dev, next(model.parameters()).dtype)
+            row["label"] = f"{v.label} + 2:4 kernel"
+            if reason:
+                rows[row["label"]] = {**row, "status": f"skipped: {reason}"}
+                continue
+        try:
+            p = v.apply(model, calib)
+            if v.kind == "semi-structured":  # pragma: no cover - needs an sm80+ GPU
+                from labkit.prune import to_sparse
+
+                p = to_sparse(p, "2:4", inplace=True)
+        except PruneSkipped as e:
+            rows[row["label"]] = {**row, "status": f"skipped: {e}"}
+            continue
+        _share_embeddings(p, model)
+        runners[row["label"]] = p
+        rows[row["label"]] = {**row, "status": "ok", "achieved": _achieved(p)}
+
+    def timed(m: nn.Module) -> dict:
+        rt = generate_timed(m, ids, new_tokens)[0]
+        return {"ttft": rt.ttft, "tpot": rt.tpot}
+
+    with torch.inference_mode():
+        r = run_rounds({k: (lambda m=m: timed(m)) for k, m in runners.items()}, repeats, progress=progress)
+    spec0 = shape_of(model)
+    dense_d, dense_p = decode_floor(spec0, dtype, hw, context), prefill_floor(spec0, dtype, hw, prompt_len)
+    full0 = decode_floor(shape_of(model, full_layers), dtype, hw, context) if full_layers else None
+    ratios: dict[str, dict[str, Ratio]] = {}
+    for name, m in runners.items():
+        spec = shape_of(m)
+        d, pf = decode_floor(spec, dtype, hw, context), prefill_floor(spec, dtype, hw, prompt_len)
+        dec, pre = r.median(name, "tpot"), r.median(name, "ttft")
+        ratios[name] = {"decode": r.ratio("dense", name, "tpot"), "prefill": r.ratio("dense", name, "ttft")}
+        row = rows[name]
+        row.update({"params_M": sum(p.numel() for p in m.parameters()) / 1e6,
+                    "decode_MiB_per_token": d.bytes / MiB, "cold_s": r.cold[name]["s"],
+                    "prefill_ms": 1e3 * pre, "decode_ms": 1e3 * dec,
+                    "prefill_x": ratios[name]["prefill"].value, "decode_x": ratios[name]["decode"].value,
+                    "predicted_prefill_x": dense_p.seconds / pf.seconds,
+                    "predicted_decode_x": dense_d.seconds / d.seconds,
+                    "prefill_floor_ms": 1e3 * pf.seconds, "prefill_of_floor": pf.fraction(pre),
+                    "decode_floor_ms": 1e3 * d.seconds, "decode_of_floor": d.fraction(dec)})
+        row["decode_of_prediction"] = row["decode_x"] / row["predicted_decode_x"]
+        if full0 is not None:
+            kept = spec.num_hidden_layers / spec0.num_hidden_layers  # layer pruning keeps this share of layers
+            full = decode_floor(shape_of(m, max(1, round(full_layers * kept))), dtype, hw, context)
+            row["full_depth_predicted_decode_x"] = full0.seconds / full.seconds
+    out = pd.DataFrame(list(rows.values()))
+    out.attrs["load"] = r.load
+    out.attrs["dtype"] = dtype
+    return out, ratios
+
+
+# ---------------------------------------------------------------- where sparse kernels start to pay
+
+def sparse_sweep(out_features: int, in_features: int, sparsities: list[float], *, hw: Card,
+                 tokens: tuple[int, ...] = (1, 512), rounds: int = 3, seed: int = 0,
+                 progress: bool = True) -> pd.DataFrame:
+    """One fp32 weight matrix of a real model's shape, magnitude-pruned to each sparsity, multiplied by the
+    dense kernel (F.linear) and by torch's CSR kernel (labkit.prune.SparseLinear) side by side in rotating
+    rounds, for each token count (1: a decode step, 512: a prefill). With each measurement, the roofline's
+    prediction: CSR moves 8 bytes per nonzero (value + int32 column index) where dense moves 4 per weight, and
+    does 2 FLOPs per nonzero per token where dense does 2 per weight."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from labkit.bench import run_rounds
+    from labkit.roofline import Floor
+
+    g = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(out_features, in_features, generator=g) * 0.02
+    bw, peak = hw.bandwidth_gbps * 1e9, hw.peak("fp32")
+    rows = []
+
+    def floor(nbytes: float, flops: float) -> Floor:
+        return Floor("matmul", nbytes, flops, nbytes / bw, flops / peak if peak else None)
+
+    bar = tqdm([(s, t) for s in sparsities for t in tokens], desc="dense vs CSR", disable=not progress)
+    for s, t in bar:
+        w = w0.clone()
+        prune_weight_(w, "magnitude", s)
+        csr = SparseLinear(w)
+        x = torch.randn(t, in_features, generator=g)
+        nnz = int(csr.weight.values().numel())
+        with torch.inference_mode():
+            r = run_rounds({"dense": lambda w=w, x=x: nn.functional.linear(x, w), "csr": lambda c=csr, x=x: c(x)},
+                           rounds, progress=False)
+        act = 4 * t * (in_features + out_features)
+        fd = floor(4 * w.numel() + act, 2 * t * w.numel())
+        fc = floor(csr.nbytes() + act, 2 * t * nnz)
+        ratio = r.ratio("dense", "csr")
+        rows.append({"sparsity": s, "tokens": t, "phase": "decode" if t == 1 else f"prefill ({t} tokens)",
+                     "dense_ms": 1e3 * r.median("dense"), "csr_ms": 1e3 * r.median("csr"), "csr_x": ratio.value,
+                     "csr_words": ratio.words(), "csr_faster": ratio.conclusive and ratio.value > 1,
+                     "predicted_csr_x": fd.seconds / fc.seconds, "dense_of_floor": fd.fraction(r.median("dense")),
+                     "csr_of_floor": fc.fraction(r.median("csr")), "csr_MiB": csr.nbytes() / MiB,
+                     "dense_MiB": 4 * w.numel() / MiB})
+    return pd.DataFrame(rows)
+
+
+def crossover(sweep: pd.DataFrame, tokens: int, column: str = "csr_faster") -> float | None:
+    """The lowest sparsity from which the sparse kernel wins at every higher sparsity swept (measured:
+    `csr_faster`, conclusively faster; or predicted: pass column="predicted")."""
+    rows = sweep[sweep["tokens"] == tokens].sort_values("sparsity")
+    wins = (rows["predicted_csr_x"] > 1).tolist() if column == "predicted" else rows[column].tolist()
+    found = None
+    for s, ok in zip(rows["sparsity"].tolist()[::-1], wins[::-1], strict=True):
+        if not ok:
+            break
+        found = s
+    return found
+
+
+def plot_sweep(sweep: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    phases = list(dict.fromkeys(sweep["phase"]))
+    fig, axes = plt.subplots(1, len(phases), figsize=(10, 3.8), squeeze=False)
+    for ax, phase in zip(axes[0], phases, strict=True):
+        d = sweep[sweep["phase"] == phase]
+        ax.plot(100 * d["sparsity"], d["dense_ms"], "o-", label="dense kernel (zeros included)")
+        ax.plot(100 * d["sparsity"], d["csr_ms"], "s-", label="CSR sparse kernel")
+        cross = crossover(sweep, int(d["tokens"].iloc[0]))
+        if cross is not None:
+            ax.axvline(100 * cross, color="grey", ls="--", lw=1, label=f"CSR wins from {cross:.0%}")
+        ax.set(yscale="log", xlabel="sparsity (% of weights zero)", ylabel="time per matmul (ms)", title=phase)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("Where a sparse kernel starts to pay on this machine (one fp32 weight matrix)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- the lesson's table, targets and plots
+
+def summary(quality: pd.DataFrame, speed: pd.DataFrame, recovered: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per variant: quality on the trained model next to speed on the shape-faithful one, and the
+    perplexity after the recovery fine-tune ({label: perplexity}) where one was run."""
+    q = quality.reindex(columns=["label", "kind", "achieved", "params_M", "nonzero_M", "MiB", "perplexity",
+                                 "ppl_change", "token_agreement"])
+    q = q.rename(columns={"achieved": "achieved (quality model)", "MiB": "MiB (quality model)"})
+    s = speed.copy()
+    s["label"] = s["label"].str.replace(" + 2:4 kernel", "", regex=False)
+    s = s.reindex(columns=["label", "status", "achieved", "decode_MiB_per_token", "prefill_x", "decode_x",
+                           "predicted_decode_x", "decode_of_prediction", "full_depth_predicted_decode_x"])
+    s = s.rename(columns={"status": "speed status", "achieved": "achieved (speed model)",
+                          "decode_MiB_per_token": "MiB read per token (speed model)"})
+    out = q.merge(s, on="label", how="outer", sort=False)
+    dense = float(quality.loc[quality["label"] == "dense", "perplexity"].iloc[0])
+    rec = recovered or {}
+    out["ppl_after_recovery"] = out["label"].map(rec)
+    out["ppl_change_after_recovery"] = out["ppl_after_recovery"] / dense - 1
+    return out
+
+
+def _one(df: pd.DataFrame, label: str) -> dict | None:
+    hit = df[df["label"] == label]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def targets(quality: pd.DataFrame, speed: pd.DataFrame, recovered: dict[str, float], *,
+            structured_label: str, sparsity: float = 0.5) -> list[dict]:
+    """The issue's targets, each with the measured figures and whether it was met here."""
+    out = []
+    timed = speed[(speed["kind"] == "unstructured") & (speed["status"] == "ok")]
+    if not timed.empty:
+        worst = max(timed["decode_x"].sub(1).abs().max(), timed["prefill_x"].sub(1).abs().max())
+        out.append({"target": "unstructured pruning on dense kernels: speed within 10% of dense",
+                    "measured": "; ".join(f"{r['label']}: decode {r['decode_x']:.2f}x, prefill {r['prefill_x']:.2f}x"
+                                          for _, r in timed.iterrows()),
+                    "met": bool(worst <= 0.10)})
+    s, q = _one(speed, structured_label), _one(quality, structured_label)
+    if s and q and s["status"] == "ok":
+        out.append({"target": f"{structured_label}: decode speed-up at least 80% of what the bytes saved predict",
+                    "measured": f"decode {s['decode_x']:.2f}x measured, {s['predicted_decode_x']:.2f}x predicted by "
+                                f"the floor ({s['decode_of_prediction']:.0%} of it); perplexity "
+                                f"{q['ppl_change']:+.1%} on the trained model",
+                    "met": bool(s["decode_of_prediction"] >= 0.8)})
+    dense = _one(quality, "dense")
+    for label, after in recovered.items():
+        q = _one(quality, label)
+        lost = q["perplexity"] - dense["perplexity"]
+        won = (q["perplexity"] - after) / lost if lost > 0 else float("nan")
+        out.append({"target": f"recovery of {label}: win back at least half the perplexity the cut lost",
+                    "measured": f"perplexity {dense['perplexity']:.2f} dense -> {q['perplexity']:.2f} pruned -> "
+                                f"{after:.2f} after fine-tuning: {won:.0%} of the loss won back",
+                    "met": bool(won >= 0.5)})
+    mag, wan = _one(quality, f"magnitude {sparsity:.0%}"), _one(quality, f"wanda {sparsity:.0%}")
+    if mag and wan and mag["status"] == "ok" and wan["status"] == "ok":
+        out.append({"target": f"Wanda beats magnitude at {sparsity:.0%} unstructured on perplexity",
+                    "measured": f"magnitude {mag['perplexity']:.3f} ({mag['ppl_change']:+.2%}), Wanda "
+                                f"{wan['perplexity']:.3f} ({wan['ppl_change']:+.2%})",
+                    "met": bool(wan["perplexity"] < mag["perplexity"])})
+    return out
+
+
+def c7_inputs(quality: pd.DataFrame, speed: pd.DataFrame, ratios: dict, *, unstructured_label: str,
+              structured_label: str, recovered: dict[str, float] | None = None) -> tuple[dict | None, dict | None]:
+    """The measured figures claims.c7 judges: for the magnitude cut and for the structured cut, the decode
+    speed-up (value and words), the perplexity change, the greedy-token agreement, and (structured) the
+    perplexity change after recovery."""
+    dense = _one(quality, "dense")
+    out = []
+    for label in (unstructured_label, structured_label):
+        q, s = _one(quality, label), _one(speed, label)
+        if not q or not s or q.get("status") != "ok" or s.get("status") != "ok":
+            out.append(None)
+            continue
+        d = {"label": label, "decode_x": s["decode_x"], "decode_words": ratios[label]["decode"].words(),
+             "ppl_change": q["ppl_change"], "agreement": q.get("token_agreement")}
+        if recovered and label in recovered:
+            d["ppl_change_recovered"] = recovered[label] / dense["perplexity"] - 1
+        out.append(d)
+    return out[0], out[1]
+
+
+def plot_quality_vs_sparsity(quality: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ok = quality[quality["status"] == "ok"]
+    dense = float(ok.loc[ok["label"] == "dense", "perplexity"].iloc[0])
+    for method, marker in (("magnitude", "o"), ("wanda", "s")):
+        d = ok[ok["label"].str.startswith(f"{method} ")]
+        x = d["label"].str.extract(r"(\d+)%")[0].astype(float)
+        ax.plot(x, d["perplexity"], marker + "-", label=f"{method} (unstructured)")
+    for _, r in ok[~ok["label"].str.startswith(("magnitude ", "wanda ", "dense"))].iterrows():
+        x = 50.0 if r["kind"] == "semi-structured" else 100 * (1 - r["params_M"] / ok["params_M"].iloc[0])
+        ax.scatter([x], [r["perplexity"]], marker="^" if r["kind"] == "structured" else "D", zorder=3)
+        ax.annotate(r["label"], (x, r["perplexity"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(dense, color="grey", lw=0.8, ls="--", label=f"dense {dense:.2f}")
+    ax.set(yscale="log", xlabel="sparsity (% of decoder weights; structured: % of all parameters removed)",
+           ylabel="held-out perplexity (log)", title="What each cut costs in quality (trained 16M model)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def plot_quality_vs_speed(table: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ok = table[(table["speed status"] == "ok") & table["ppl_change"].notna()]
+    colors = {"dense": "black", "unstructured": "C0", "semi-structured": "C2", "structured": "C3"}
+    for _, r in ok.iterrows():
+        ax.scatter(r["decode_x"], 100 * r["ppl_change"], color=colors.get(r["kind"], "C4"), zorder=3)
+        ax.annotate(r["label"], (r["decode_x"], 100 * r["ppl_change"]), fontsize=8, xytext=(4, 3),
+                    textcoords="offset points")
+        if r.get("ppl_change_after_recovery") == r.get("ppl_change_after_recovery"):  # not NaN
+            ax.annotate("", (r["decode_x"], 100 * r["ppl_change_after_recovery"]),
+                        (r["decode_x"], 100 * r["ppl_change"]), arrowprops={"arrowstyle": "->", "color": "C3"})
+            ax.scatter(r["decode_x"], 100 * r["ppl_change_after_recovery"], color="C3", marker="*", s=90, zorder=3,
+                       label="after the recovery fine-tune")
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set(xlabel="batch-1 decode speed-up vs dense, measured (x)",
+           ylabel="held-out perplexity change vs dense (%)",
+           title="Quality against measured speed: only smaller matrices are faster")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def config_dict(**kw) -> dict:
+    """Plain values for a record (Variants as their steps)."""
+    return {k: ([dataclasses.asdict(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Variant)
+                else v) for k, v in kw.items()}
+
