@@ -34,6 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -146,13 +147,15 @@ def _zero_smallest(w: torch.Tensor, score: torch.Tensor, k: int) -> None:
     O(n), where a full sort of a 45M-entry matrix takes seconds; ties at the threshold are broken by position."""
     if k <= 0:
         return
-    flat = score.reshape(-1)
-    thr = flat.kthvalue(k).values
-    below = flat < thr
+    flat = score.reshape(-1).contiguous()
+    if flat.device.type == "cpu":  # numpy's introselect: ~7x faster than torch's kthvalue on a CPU
+        thr = torch.as_tensor(np.partition(flat.numpy(), k - 1)[k - 1])
+    else:
+        thr = flat.kthvalue(k).values
+    drop = flat < thr
     tie = (flat == thr).nonzero().squeeze(1)
-    drop = below.clone()
-    drop[tie[: k - int(below.sum())]] = True
-    w.view(-1)[drop] = 0
+    drop[tie[: k - int(drop.sum())]] = True
+    w.view(-1).masked_fill_(drop, 0)
 
 
 def _zero_smallest_per_row(w: torch.Tensor, score: torch.Tensor, k: int) -> None:
@@ -205,7 +208,7 @@ def _unstructured(model: nn.Module, method: str, sparsity: float, calib: torch.T
         norms = _input_norms(model, layer, calib, list(lins)) if calib is not None else {}
         for name, lin in lins.items():
             prune_weight_(lin.weight, method, sparsity, norms.get(name), n, m)
-            zeros += int((lin.weight == 0).sum())
+            zeros += lin.weight.numel() - int(torch.count_nonzero(lin.weight))
             total += lin.weight.numel()
     return zeros / total
 

@@ -15,6 +15,7 @@ A variant this machine cannot run is a row "skipped: <reason>", never another va
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -161,7 +162,7 @@ def outlier_demo(out_features: int = 256, in_features: int = 512, tokens: int = 
         row = {"inputs": name}
         for method in ("magnitude", "wanda"):
             p = w.clone()
-            prune_weight_(p, method, sparsity, x_norm=x.norm(dim=0))
+            prune_weight_(p, method, sparsity, x_norm=x.norm(dim=0) if method == "wanda" else None)
             row[f"{method} output error"] = float((x @ p.T - ref).norm() / ref.norm())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -325,13 +326,18 @@ def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.T
 # ---------------------------------------------------------------- where sparse kernels start to pay
 
 def sparse_sweep(out_features: int, in_features: int, sparsities: list[float], *, hw: Card,
-                 tokens: tuple[int, ...] = (1, 512), rounds: int = 3, seed: int = 0,
-                 progress: bool = True) -> pd.DataFrame:
+                 tokens: tuple[int, ...] = (1, 512), rounds: int = 3, seed: int = 0, device: str = "cpu",
+                 working_set_mib: float = 1024, progress: bool = True) -> pd.DataFrame:
     """One fp32 weight matrix of a real model's shape, magnitude-pruned to each sparsity, multiplied by the
     dense kernel (F.linear) and by torch's CSR kernel (labkit.prune.SparseLinear) side by side in rotating
-    rounds, for each token count (1: a decode step, 512: a prefill). With each measurement, the roofline's
-    prediction: CSR moves 8 bytes per nonzero (value + int32 column index) where dense moves 4 per weight, and
-    does 2 FLOPs per nonzero per token where dense does 2 per weight."""
+    rounds, for each token count (1: a decode step, 512: a prefill). A decode step of a real model reads
+    every layer's weights, far more than any cache, so at 1 token each call cycles through enough copies of
+    the matrix to read `working_set_mib` (a server CPU's L3 can hold a whole matrix and would flatter both
+    kernels); times are per matrix. With each measurement, the roofline's prediction: CSR moves 8 bytes per
+    nonzero (value + int32 column index) where dense moves 4 per weight, and does 2 FLOPs per nonzero per
+    token where dense does 2 per weight."""
+    import math
+
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -339,7 +345,7 @@ def sparse_sweep(out_features: int, in_features: int, sparsities: list[float], *
     from labkit.roofline import Floor
 
     g = torch.Generator().manual_seed(seed)
-    w0 = torch.randn(out_features, in_features, generator=g) * 0.02
+    w0 = (torch.randn(out_features, in_features, generator=g) * 0.02).to(device)
     bw, peak = hw.bandwidth_gbps * 1e9, hw.peak("fp32")
     rows = []
 
@@ -351,20 +357,32 @@ def sparse_sweep(out_features: int, in_features: int, sparsities: list[float], *
         w = w0.clone()
         prune_weight_(w, "magnitude", s)
         csr = SparseLinear(w)
-        x = torch.randn(t, in_features, generator=g)
+        copies = max(1, math.ceil(working_set_mib * MiB / (4 * w.numel()))) if t == 1 else 1
+        ws, cs = [w] + [w.clone() for _ in range(copies - 1)], [csr] + [copy.deepcopy(csr) for _ in range(copies - 1)]
+        x = torch.randn(t, in_features, generator=g).to(device)
         nnz = int(csr.weight.values().numel())
+
+        def dense(ws=ws, x=x) -> None:
+            for m in ws:
+                nn.functional.linear(x, m)
+
+        def sparse(cs=cs, x=x) -> None:
+            for c in cs:
+                c(x)
+
         with torch.inference_mode():
-            r = run_rounds({"dense": lambda w=w, x=x: nn.functional.linear(x, w), "csr": lambda c=csr, x=x: c(x)},
-                           rounds, progress=False)
+            r = run_rounds({"dense": dense, "csr": sparse}, rounds, device=device, progress=False)
+        del ws, cs
         act = 4 * t * (in_features + out_features)
         fd = floor(4 * w.numel() + act, 2 * t * w.numel())
         fc = floor(csr.nbytes() + act, 2 * t * nnz)
+        dense_s, csr_s = r.median("dense") / copies, r.median("csr") / copies
         ratio = r.ratio("dense", "csr")
         rows.append({"sparsity": s, "tokens": t, "phase": "decode" if t == 1 else f"prefill ({t} tokens)",
-                     "dense_ms": 1e3 * r.median("dense"), "csr_ms": 1e3 * r.median("csr"), "csr_x": ratio.value,
+                     "copies": copies, "dense_ms": 1e3 * dense_s, "csr_ms": 1e3 * csr_s, "csr_x": ratio.value,
                      "csr_words": ratio.words(), "csr_faster": ratio.conclusive and ratio.value > 1,
-                     "predicted_csr_x": fd.seconds / fc.seconds, "dense_of_floor": fd.fraction(r.median("dense")),
-                     "csr_of_floor": fc.fraction(r.median("csr")), "csr_MiB": csr.nbytes() / MiB,
+                     "predicted_csr_x": fd.seconds / fc.seconds, "dense_of_floor": fd.fraction(dense_s),
+                     "csr_of_floor": fc.fraction(csr_s), "csr_MiB": csr.nbytes() / MiB,
                      "dense_MiB": 4 * w.numel() / MiB})
     return pd.DataFrame(rows)
 
@@ -416,7 +434,7 @@ def summary(quality: pd.DataFrame, speed: pd.DataFrame, recovered: dict[str, flo
                            "predicted_decode_x", "decode_of_prediction", "full_depth_predicted_decode_x"])
     s = s.rename(columns={"status": "speed status", "achieved": "achieved (speed model)",
                           "decode_MiB_per_token": "MiB read per token (speed model)"})
-    out = q.merge(s, on="label", how="outer", sort=False)
+    out = q.merge(s, on="label", how="left")  # every timed variant has a quality row; keep their order
     dense = float(quality.loc[quality["label"] == "dense", "perplexity"].iloc[0])
     rec = recovered or {}
     out["ppl_after_recovery"] = out["label"].map(rec)
@@ -538,3 +556,86 @@ def config_dict(**kw) -> dict:
     return {k: ([dataclasses.asdict(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Variant)
                 else v) for k, v in kw.items()}
 
+
+
+def what_this_means(table: pd.DataFrame, ratios: dict, sweep: pd.DataFrame | None, spread: pd.DataFrame | None,
+                    *, unstructured_label: str, structured_label: str, sparsity: float = 0.5) -> str:
+    """The lesson's conclusions as markdown, every figure taken from the measured tables."""
+    lines = []
+    u, s = _one(table, unstructured_label), _one(table, structured_label)
+    if u and u.get("speed status") == "ok":
+        lines.append(f"* **Zeros on dense kernels cost the same time.** {unstructured_label} (unstructured) against "
+                     f"the dense model: decode {ratios[unstructured_label]['decode'].words()}, prefill "
+                     f"{ratios[unstructured_label]['prefill'].words()}. Every zero is still stored, read and "
+                     f"multiplied; the cut only costs quality: perplexity {u['ppl_change']:+.1%}.")
+    if sweep is not None and not sweep.empty:
+        parts = []
+        for t in sorted(sweep["tokens"].unique()):
+            c = crossover(sweep, int(t))
+            low = sweep[sweep["tokens"] == t].sort_values("sparsity").iloc[0]
+            phase = "decode (1 token)" if t == 1 else f"prefill ({t} tokens)"
+            parts.append(f"{phase}: from {c:.0%}" if c is not None else f"{phase}: not even at "
+                         f"{sweep['sparsity'].max():.0%}")
+            parts[-1] += (f" (at {low['sparsity']:.0%}, bytes and FLOPs alone predicted {low['predicted_csr_x']:.2f}x; "
+                          f"it ran {low['csr_words']})")
+        lines.append("* **A sparse kernel pays only at high sparsity.** Torch's CSR kernel beats the dense one here "
+                     f"for {'; '.join(parts)}. Each nonzero carries a 4-byte column index and is gathered from "
+                     "scattered addresses, so the sparse kernel reaches a smaller fraction of the machine's "
+                     "bandwidth and FLOP/s than the dense one (see `csr_of_floor` against `dense_of_floor`).")
+    if s and s.get("speed status") == "ok":
+        rec = s.get("ppl_change_after_recovery")
+        rec_words = f", {rec:+.1%} after the recovery fine-tune" if rec == rec and rec is not None else ""
+        lines.append(f"* **Smaller matrices are faster.** {structured_label} reads "
+                     f"{s['MiB read per token (speed model)']:.0f} MiB per decoded token on the speed model; the "
+                     f"roofline floor predicts {s['predicted_decode_x']:.2f}x for decode; measured: decode "
+                     f"{ratios[structured_label]['decode'].words()} ({s['decode_of_prediction']:.0%} of the "
+                     f"prediction), prefill {ratios[structured_label]['prefill'].words()}. With all "
+                     f"layers of the full model (the head a smaller share) the floor predicts "
+                     f"{s['full_depth_predicted_decode_x']:.2f}x. The cost: perplexity {s['ppl_change']:+.1%}"
+                     f"{rec_words}.")
+    mag, wan = _one(table, f"magnitude {sparsity:.0%}"), _one(table, f"wanda {sparsity:.0%}")
+    if mag and wan and spread is not None:
+        better = "beats" if wan["perplexity"] < mag["perplexity"] else "does not beat"
+        lines.append(f"* **Wanda {better} magnitude here** at {sparsity:.0%} ({wan['ppl_change']:+.2%} against "
+                     f"{mag['ppl_change']:+.2%}). Its activation term matters where a few input channels are far "
+                     f"larger than the rest; in this small model the largest channel's activation norm is at most "
+                     f"{float(spread.max().max()):.1f}x the median one (the synthetic outlier layer above shows "
+                     "the difference it makes when they are large).")
+    nm = table[table["kind"] == "semi-structured"]
+    if not nm.empty:
+        st = nm["speed status"].dropna()
+        speed = st.iloc[0] if not st.empty else "not timed"
+        costs = ", ".join(f"{r.ppl_change:+.1%} ({r.label})" for r in nm.itertuples())
+        lines.append(f"* **2:4** costs perplexity {costs}; its speed: {speed}.")
+    return "\n".join(lines)
+
+
+def check_parameters(sparsities, structured, sweep_sparsities) -> None:
+    """The notebook's pruning parameters, checked at once: every sparsity in [0, 1), structured keys among
+    labkit.prune.STRUCTURED (or two joined by '+', with a pair of sparsities)."""
+    from labkit.params import ParamError
+    from labkit.prune import check_sparsity
+
+    def sparse(name: str, value) -> None:
+        try:
+            check_sparsity(value)
+        except ValueError as e:
+            raise ParamError(f"parameter {name}: {e}") from None
+
+    for name, values in (("sparsities", sparsities), ("sweep_sparsities", sweep_sparsities)):
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ParamError(f"parameter {name} must be a non-empty list of sparsities in [0, 1), got {values!r}")
+        for v in values:
+            sparse(name, v)
+    if not isinstance(structured, dict):
+        raise ParamError(f"parameter structured must be a dict like {{'ffn': 0.4, 'heads': 0.4}}, got {structured!r}")
+    for key, value in structured.items():
+        parts = key.split("+")
+        if any(p not in STRUCTURED for p in parts) or len(parts) > 2:
+            raise ParamError(f"parameter structured: unknown cut {key!r}; choose from {list(STRUCTURED)} or two "
+                             "joined by '+' (e.g. 'ffn+heads' with a pair of sparsities)")
+        values = value if len(parts) == 2 else [value]
+        if len(parts) == 2 and (not isinstance(value, (list, tuple)) or len(value) != 2):
+            raise ParamError(f"parameter structured: {key!r} takes a pair of sparsities, got {value!r}")
+        for v in values:
+            sparse(f"structured[{key!r}]", v)
