@@ -97,6 +97,25 @@ def _nonzero(model: nn.Module) -> int:
 
 # ---------------------------------------------------------------- calibration, one layer at a time
 
+class _Stop(Exception):
+    """Raised by a hook once the layer being calibrated has run: the layers after it are not needed."""
+
+
+def _run_until(model: nn.Module, layer: nn.Module, calib: torch.Tensor) -> None:
+    """Forward the calibration batch (all rows at once: they have the same length, so nothing is padded)
+    through `model`, stopping as soon as `layer` has produced its output."""
+    def stop(*_) -> None:
+        raise _Stop
+
+    hook = layer.register_forward_hook(stop)
+    try:
+        model(input_ids=calib, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        hook.remove()
+
+
 @torch.no_grad()
 def _input_norms(model: nn.Module, layer: nn.Module, calib: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     """Sum over the calibration tokens of x_j^2 for each input channel j of the linears `names` of `layer`,
@@ -109,8 +128,7 @@ def _input_norms(model: nn.Module, layer: nn.Module, calib: torch.Tensor, names:
 
     hooks = [mods[n].register_forward_hook(lambda mod, inp, out, n=n: keep(n, inp[0])) for n in names]
     try:
-        for row in calib:
-            model(input_ids=row.unsqueeze(0), use_cache=False)
+        _run_until(model, layer, calib)
     finally:
         for h in hooks:
             h.remove()
@@ -127,13 +145,12 @@ def layer_similarity(model: nn.Module, calib: torch.Tensor) -> list[float]:
     def keep(i: int, args, kwargs, out) -> None:
         x = args[0] if args else kwargs["hidden_states"]
         y = out[0] if isinstance(out, tuple) else out
-        sims[i].append(float(nn.functional.cosine_similarity(x.float(), y.float(), dim=-1).mean()))
+        sims[i].append(float(nn.functional.cosine_similarity(x.float(), y.float(), dim=-1).mean()))  # per token
 
     hooks = [layer.register_forward_hook(lambda m, a, k, o, i=i: keep(i, a, k, o), with_kwargs=True)
              for i, layer in enumerate(layers)]
     try:
-        for row in calib:
-            model(input_ids=row.unsqueeze(0), use_cache=False)
+        _run_until(model, layers[-1], calib)
     finally:
         for h in hooks:
             h.remove()
@@ -389,12 +406,14 @@ class SparseLinear(nn.Module):
     torch's sparse kernel: it reads and multiplies only the nonzeros, plus an index for each one."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        """`weight`: dense (converted here) or already CSR (copied)."""
         super().__init__()
         with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": known, said here
             warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-            csr = weight.detach().to_sparse_csr()
-            self.weight = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
-                                                  csr.shape, check_invariants=False)  # valid: made by torch
+            csr = weight.detach() if weight.layout == torch.sparse_csr else weight.detach().to_sparse_csr()
+            self.weight = torch.sparse_csr_tensor(csr.crow_indices().int().clone(), csr.col_indices().int().clone(),
+                                                  csr.values().clone(), csr.shape,
+                                                  check_invariants=False)  # valid: made by torch
         self.bias = None if bias is None else bias.detach()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 

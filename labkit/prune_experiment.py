@@ -15,7 +15,6 @@ A variant this machine cannot run is a row "skipped: <reason>", never another va
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -358,7 +357,8 @@ def sparse_sweep(out_features: int, in_features: int, sparsities: list[float], *
         prune_weight_(w, "magnitude", s)
         csr = SparseLinear(w)
         copies = max(1, math.ceil(working_set_mib * MiB / (4 * w.numel()))) if t == 1 else 1
-        ws, cs = [w] + [w.clone() for _ in range(copies - 1)], [csr] + [copy.deepcopy(csr) for _ in range(copies - 1)]
+        ws = [w] + [w.clone() for _ in range(copies - 1)]  # distinct memory: no copy can hit another's cache lines
+        cs = [csr] + [SparseLinear(csr.weight) for _ in range(copies - 1)]
         x = torch.randn(t, in_features, generator=g).to(device)
         nnz = int(csr.weight.values().numel())
 
