@@ -169,9 +169,11 @@ def _zero_smallest(w: torch.Tensor, score: torch.Tensor, k: int) -> None:
         thr = torch.as_tensor(np.partition(flat.numpy(), k - 1)[k - 1])
     else:
         thr = flat.kthvalue(k).values
-    drop = flat < thr
-    tie = (flat == thr).nonzero().squeeze(1)
-    drop[tie[: k - int(drop.sum())]] = True
+    drop = flat <= thr
+    extra = int(drop.sum()) - k  # more than k when several entries tie with the k-th smallest
+    if extra > 0:
+        tie = (flat == thr).nonzero().squeeze(1)
+        drop[tie[-extra:]] = False
     w.view(-1).masked_fill_(drop, 0)
 
 

@@ -15,6 +15,7 @@ A variant this machine cannot run is a row "skipped: <reason>", never another va
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -59,11 +60,12 @@ class Variant:
             return "structured"
         return "semi-structured" if methods == {"nm"} else "unstructured"
 
-    def apply(self, model: nn.Module, calib: torch.Tensor | None) -> nn.Module:
-        """The pruned copy; `labkit_prune_steps` keeps every step's PruneInfo."""
+    def apply(self, model: nn.Module, calib: torch.Tensor | None, inplace: bool = False) -> nn.Module:
+        """The pruned copy (or `model` itself, pruned in place); `labkit_prune_steps` keeps every step's
+        PruneInfo."""
         infos, out = [], model
-        for method, sparsity, cfg in self.steps:
-            out = prune(out, method, sparsity, calib=calib, **cfg)
+        for i, (method, sparsity, cfg) in enumerate(self.steps):
+            out = prune(out, method, sparsity, calib=calib, inplace=inplace or i > 0, **cfg)
             infos.append(out.labkit_prune)
         out.labkit_prune_steps = infos
         return out
@@ -237,11 +239,12 @@ def shape_of(model: nn.Module, layers: int | None = None) -> PrunedShape:
                        bool(getattr(c, "attention_bias", False)), q_heads_dim=hd)
 
 
-def _share_embeddings(pruned: nn.Module, dense: nn.Module) -> None:
-    """Timing only: point the pruned copy's embedding and head at the dense model's (pruning leaves them as
-    they were), so several copies of a 7B-shaped model fit in memory at once. Never used for quality."""
-    pruned.model.embed_tokens = dense.model.embed_tokens
-    pruned.lm_head = dense.lm_head
+def _copy_sharing_embeddings(model: nn.Module) -> nn.Module:
+    """Timing only: a copy of `model` that shares its embedding and head (pruning leaves them as they were), so
+    several copies of a 7B-shaped model fit in memory at once and copying is quicker. Never used for quality,
+    where a fine-tune would change the shared tensors."""
+    shared = (model.model.embed_tokens, model.lm_head)
+    return copy.deepcopy(model, memo={id(m): m for m in shared})
 
 
 def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.Tensor, prompt_len: int = 128,
@@ -275,7 +278,7 @@ def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.T
                 rows[row["label"]] = {**row, "status": f"skipped: {reason}"}
                 continue
         try:
-            p = v.apply(model, calib)
+            p = v.apply(_copy_sharing_embeddings(model), calib, inplace=True)
             if v.kind == "semi-structured":  # pragma: no cover - needs an sm80+ GPU
                 from labkit.prune import to_sparse
 
@@ -283,7 +286,6 @@ def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.T
         except PruneSkipped as e:
             rows[row["label"]] = {**row, "status": f"skipped: {e}"}
             continue
-        _share_embeddings(p, model)
         runners[row["label"]] = p
         rows[row["label"]] = {**row, "status": "ok", "achieved": _achieved(p)}
 
