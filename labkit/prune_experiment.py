@@ -171,39 +171,68 @@ def outlier_demo(out_features: int = 256, in_features: int = 512, tokens: int = 
 
 # ---------------------------------------------------------------- recovery fine-tune
 
-def training_ids(tokenizer, chars: int) -> torch.Tensor:
-    """Token ids of the training side of the corpus (the stdlib files not held out), the first `chars`."""
+def training_ids(tokenizer, chars: int, seed: int = 0) -> torch.Tensor:
+    """Token ids of about `chars` characters of the training side of the corpus (the stdlib files not held
+    out), from files drawn at random (seeded) across all of it: the first files in path order are all
+    asyncio/ and a fine-tune on them alone would shift the model toward one package."""
     from labkit.corpus import join_documents, stdlib_files
 
-    text = join_documents(stdlib_files("train"), chars)
+    docs = stdlib_files("train")
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    text = join_documents([docs[i] for i in order], chars)
     return torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
 
 
+def heldout_sample(text: str, pieces: int = 8, chars: int = 1600) -> str:
+    """`pieces` slices of `chars` characters spread evenly through `text` (each starting at a line), for a
+    short evaluation in which many held-out files count: the first 4096 tokens of the held-out text are just
+    its first two files, one of them mostly docstring prose."""
+    step = max(1, (len(text) - chars) // max(1, pieces - 1))
+    out = []
+    for i in range(pieces):
+        start = text.find("\n", i * step) + 1
+        out.append(text[start:start + chars])
+    return "\n".join(out)
+
+
 def recover(model: nn.Module, ids: torch.Tensor, *, steps: int, batch_size: int = 8, seq_len: int = 256,
-            lr: float = 3e-4, seed: int = 0, progress: bool = True) -> list[float]:
+            lr: float | None = None, seed: int = 0, progress: bool = True,
+            desc: str = "recovery fine-tune") -> list[float]:
     """Fine-tune `model` in place for `steps` AdamW steps on windows of `ids` with the embedded model's recipe
-    (labkit.train_tiny.train_steps: cosine schedule, bf16 autocast where the CPU has it), at a lower peak
-    learning rate than training from scratch. Returns the loss of every step."""
+    (labkit.train_tiny.train_steps: warm-up, cosine schedule, bf16 autocast where the CPU has it). The peak
+    learning rate defaults to the one its training ended with (recipe lr x min_lr_frac): a trained model
+    pushed at its starting rate loses more than a mild cut cost. Returns the loss of every step."""
     from labkit.train_tiny import TinyRecipe, train_steps
 
-    r = TinyRecipe(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup_steps=max(1, steps // 10),
-                   seed=seed)
-    return train_steps(model, ids, r, progress=progress, desc="recovery fine-tune")
+    base = TinyRecipe()
+    r = TinyRecipe(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr or base.lr * base.min_lr_frac,
+                   warmup_steps=max(1, steps // 10), seed=seed)
+    return train_steps(model, ids, r, progress=progress, desc=desc)
 
 
-def plot_loss(losses: list[float], label: str):
+def plot_loss(losses: dict[str, list[float]], perplexities: dict[str, tuple[float, float]] | None = None):
+    """Training loss per step of each recovery fine-tune ({label: losses}), smoothed when there are many
+    steps; `perplexities` ({label: (before, after)}) go into the legend."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="per step")
-    k = max(1, len(losses) // 10)
-    if len(losses) >= k:
-        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(range(k, len(losses) + 1), smooth, lw=2, label=f"mean of {k} steps")
+    for i, (label, ls) in enumerate(losses.items()):
+        name = label
+        if perplexities and label in perplexities:
+            before, after = perplexities[label]
+            name += f" (held-out perplexity {before:.2f} -> {after:.2f})"
+        steps = np.arange(1, len(ls) + 1)
+        if len(ls) >= 40:  # smooth long runs: single steps are noisy at this batch size
+            k = len(ls) // 20
+            ax.plot(steps, ls, lw=0.6, alpha=0.3, color=f"C{i}")
+            ax.plot(steps[k - 1:], np.convolve(ls, np.ones(k) / k, mode="valid"), lw=2, color=f"C{i}",
+                    label=f"{name}, mean of {k} steps")
+        else:
+            ax.plot(steps, ls, "o-", ms=3, color=f"C{i}", label=name)
     ax.set(xlabel="fine-tuning step", ylabel="training loss (nats per token)",
-           title=f"Recovery fine-tune of {label}")
-    ax.legend()
+           title="Recovery fine-tune of the structurally pruned models")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
@@ -247,6 +276,23 @@ def _copy_sharing_embeddings(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo={id(m): m for m in shared})
 
 
+def _no_room(model: nn.Module) -> str | None:
+    """Why another pruned copy of `model`'s decoder layers would not fit in memory now, or None: every timed
+    variant stays in memory for the rotating rounds, and a machine that swaps times nothing honestly."""
+    dev = next(model.parameters()).device
+    need = 1.25 * weight_bytes(model.model.layers) + 2**30  # the copy, pruning's temporaries, headroom
+    if dev.type == "cuda":
+        free = torch.cuda.mem_get_info(dev)[0]
+    else:
+        from labkit.hardware import memory_bytes
+
+        free = memory_bytes()["available"]
+    if need <= free:
+        return None
+    return (f"not enough memory for another copy of the decoder layers (about {need / 2**30:.1f} GiB needed, "
+            f"{free / 2**30:.1f} GiB available now): time fewer variants or build fewer layers")
+
+
 def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.Tensor, prompt_len: int = 128,
               new_tokens: int = 8, repeats: int = 3, seed: int = 0, full_layers: int | None = None,
               progress: bool = True) -> tuple[pd.DataFrame, dict[str, dict[str, Ratio]]]:
@@ -277,6 +323,10 @@ def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.T
             if reason:
                 rows[row["label"]] = {**row, "status": f"skipped: {reason}"}
                 continue
+        reason = _no_room(model)
+        if reason:
+            rows[row["label"]] = {**row, "status": f"skipped: {reason}"}
+            continue
         try:
             p = v.apply(_copy_sharing_embeddings(model), calib, inplace=True)
             if v.kind == "semi-structured":  # pragma: no cover - needs an sm80+ GPU
@@ -528,28 +578,40 @@ def plot_quality_vs_sparsity(quality: pd.DataFrame):
 
 
 def plot_quality_vs_speed(table: pd.DataFrame):
+    """Each timed cut: perplexity over dense (log) against the measured decode speed-up (filled), the speed-up
+    the roofline floor predicted for its shape (open, dotted line), and the perplexity after recovery (star)."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ok = table[(table["speed status"] == "ok") & table["ppl_change"].notna()]
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    ok = table[(table["speed status"] == "ok") & table["perplexity"].notna()]
+    dense = float(table.loc[table["label"] == "dense", "perplexity"].iloc[0])
     colors = {"dense": "black", "unstructured": "C0", "semi-structured": "C2", "structured": "C3"}
     for _, r in ok.iterrows():
-        ax.scatter(r["decode_x"], 100 * r["ppl_change"], color=colors.get(r["kind"], "C4"), zorder=3)
-        ax.annotate(r["label"], (r["decode_x"], 100 * r["ppl_change"]), fontsize=8, xytext=(4, 3),
-                    textcoords="offset points")
-        if r.get("ppl_change_after_recovery") == r.get("ppl_change_after_recovery"):  # not NaN
-            ax.annotate("", (r["decode_x"], 100 * r["ppl_change_after_recovery"]),
-                        (r["decode_x"], 100 * r["ppl_change"]), arrowprops={"arrowstyle": "->", "color": "C3"})
-            ax.scatter(r["decode_x"], 100 * r["ppl_change_after_recovery"], color="C3", marker="*", s=90, zorder=3,
-                       label="after the recovery fine-tune")
+        c, y = colors.get(r["kind"], "C4"), r["perplexity"] / dense
+        ax.scatter(r["decode_x"], y, color=c, zorder=3)
+        if r["kind"] != "dense":
+            ax.plot([r["decode_x"], r["predicted_decode_x"]], [y, y], ":", color=c, lw=1)
+            ax.scatter(r["predicted_decode_x"], y, facecolors="none", edgecolors=c, zorder=3)
+        ax.annotate(r["label"], (r["decode_x"], y), fontsize=8, textcoords="offset points",
+                    xytext=(4, -11) if r["kind"] == "dense" else (4, 4))
+        after = r.get("ppl_after_recovery")
+        if after == after and after is not None:  # not NaN: this cut was fine-tuned
+            ax.annotate("", (r["decode_x"], after / dense), (r["decode_x"], y),
+                        arrowprops={"arrowstyle": "->", "color": c, "lw": 1})
+            ax.scatter(r["decode_x"], after / dense, color=c, marker="*", s=110, zorder=3)
     ax.axvline(1.0, color="grey", lw=0.8)
-    ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set(xlabel="batch-1 decode speed-up vs dense, measured (x)",
-           ylabel="held-out perplexity change vs dense (%)",
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(yscale="log", xlabel="batch-1 decode speed-up vs dense (x)",
+           ylabel="held-out perplexity / dense (log)",
            title="Quality against measured speed: only smaller matrices are faster")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    handles = [Line2D([], [], ls="", marker="o", color="grey", label="measured"),
+               Line2D([], [], ls="", marker="o", mfc="none", color="grey", label="predicted by the roofline floor"),
+               Line2D([], [], ls="", marker="*", ms=10, color="grey", label="after the recovery fine-tune")]
+    handles += [Line2D([], [], ls="", marker="o", color=c, label=k) for k, c in colors.items()
+                if k in set(ok["kind"])]
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3, which="both")
     return fig
 
 
@@ -580,10 +642,14 @@ def what_this_means(table: pd.DataFrame, ratios: dict, sweep: pd.DataFrame | Non
                          f"{sweep['sparsity'].max():.0%}")
             parts[-1] += (f" (at {low['sparsity']:.0%}, bytes and FLOPs alone predicted {low['predicted_csr_x']:.2f}x; "
                           f"it ran {low['csr_words']})")
+        lo, hi = sweep["csr_of_floor"].min(), sweep["csr_of_floor"].max()
+        above = (" (above 100%: a matrix-vector product streams memory a little faster than notebook 01's "
+                 "bandwidth probe)") if sweep["dense_of_floor"].max() > 1 else ""
         lines.append("* **A sparse kernel pays only at high sparsity.** Torch's CSR kernel beats the dense one here "
-                     f"for {'; '.join(parts)}. Each nonzero carries a 4-byte column index and is gathered from "
-                     "scattered addresses, so the sparse kernel reaches a smaller fraction of the machine's "
-                     "bandwidth and FLOP/s than the dense one (see `csr_of_floor` against `dense_of_floor`).")
+                     f"for {'; '.join(parts)}. Each nonzero carries a 4-byte column index and its input is gathered "
+                     f"from scattered addresses, so the CSR kernel reaches only {lo:.0%}-{hi:.0%} of its roofline "
+                     f"floor where the dense one reaches {sweep['dense_of_floor'].min():.0%}-"
+                     f"{sweep['dense_of_floor'].max():.0%}{above}.")
     if s and s.get("speed status") == "ok":
         rec = s.get("ppl_change_after_recovery")
         rec_words = f", {rec:+.1%} after the recovery fine-tune" if rec == rec and rec is not None else ""

@@ -141,3 +141,15 @@ def test_bad_parameters_fail_naming_the_valid_range():
         px.check_parameters([0.3], {"ffn+heads": 0.4}, [0.5])
     with pytest.raises(ParamError, match="sweep_sparsities"):
         px.check_parameters([0.3], {"ffn": 0.4}, [])
+
+
+def test_a_copy_that_would_not_fit_is_a_skipped_row(tiny_llama, monkeypatch):
+    from labkit import hardware
+
+    monkeypatch.setattr(hardware, "memory_bytes", lambda: {"total": 2**30, "available": 2**20})
+    calib = torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    table, ratios = px.benchmark(tiny_llama, [px.Variant.of("ffn", 0.5)], hw=HW, calib=calib, prompt_len=8,
+                                 new_tokens=2, repeats=1, progress=False)
+    row = table.set_index("label").loc["ffn 50%"]
+    assert row["status"].startswith("skipped: not enough memory") and "GiB available now" in row["status"]
+    assert set(ratios) == {"dense"}
