@@ -209,7 +209,8 @@ def c7(magnitude: dict | None, structured: dict | None = None, record: dict | No
     held.append(f"{'a' if fast else 'no'} 40% cut reaches {floor:.1f}x ({C7_SPEEDUP}x within "
                 f"{C7_SPEED_TOLERANCE:.0%})" + (f": {', '.join(d['label'] for d in fast)}" if fast else ""))
     main = magnitude or structured
-    return Verdict("C7", status, "; ".join(parts) + ". " + "; ".join(held),
+    judged = "; ".join(held)
+    return Verdict("C7", status, "; ".join(parts) + ". " + judged[0].upper() + judged[1:] + ".",
                    measured=f"{main['label']}: {main['decode_x']:.2f}x decode, {main['ppl_change']:+.1%} perplexity",
                    **_source(record))
 

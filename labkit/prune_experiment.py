@@ -555,6 +555,16 @@ def c7_inputs(quality: pd.DataFrame, speed: pd.DataFrame, ratios: dict, *, unstr
     return out[0], out[1]
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log-scale y ticks as plain numbers (20, 50, 100), not 2x10^1."""
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
 def plot_quality_vs_sparsity(quality: pd.DataFrame):
     import matplotlib.pyplot as plt
 
@@ -572,6 +582,7 @@ def plot_quality_vs_sparsity(quality: pd.DataFrame):
     ax.axhline(dense, color="grey", lw=0.8, ls="--", label=f"dense {dense:.2f}")
     ax.set(yscale="log", xlabel="sparsity (% of decoder weights; structured: % of all parameters removed)",
            ylabel="held-out perplexity (log)", title="What each cut costs in quality (trained 16M model)")
+    _plain_log_ticks(ax)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig
@@ -611,6 +622,7 @@ def plot_quality_vs_speed(table: pd.DataFrame):
     handles += [Line2D([], [], ls="", marker="o", color=c, label=k) for k, c in colors.items()
                 if k in set(ok["kind"])]
     ax.legend(handles=handles, fontsize=8, loc="upper right")
+    _plain_log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
     return fig
 
