@@ -391,6 +391,56 @@ def c12(record: dict | None) -> Verdict:
 
 # ---------------------------------------------------------------- notebook 03 (pruning): C7
 
+C7_SPARSITY = 0.4  # the guide's cut: 40% of the weights of LLaMA-7B
+C7_SPEEDUP = 2.1  # the speed it claims for that cut
+C7_LOSS = 0.012  # and the accuracy it claims to lose
+C7_SPEED_TOLERANCE = 0.10  # a measured speed-up up to 10% below 2.1x still counts as 2.1x
+
+
+def _c7_part(d: dict) -> str:
+    words = (f"{d['label']}: decode {d['decode_words']}, held-out perplexity {d['ppl_change']:+.1%}")
+    if d.get("agreement") is not None:
+        words += f", greedy tokens agreeing with dense {d['agreement']:.1%}"
+    if d.get("ppl_change_recovered") is not None:
+        words += f" ({d['ppl_change_recovered']:+.1%} after the recovery fine-tune)"
+    return words
+
+
+def c7(magnitude: dict | None, structured: dict | None = None, record: dict | None = None) -> Verdict:
+    """C7 from the measured 40% cuts. `magnitude`: the guide's method, unstructured magnitude pruning of 40% of
+    the weights; `structured`: a structured cut of 40% (smaller matrices); each a dict {"label", "decode_x",
+    "decode_words" (bench.Ratio.words()), "ppl_change" (relative), "agreement" (greedy tokens, optional),
+    "ppl_change_recovered" (optional)}. The accuracy loss is read as the held-out perplexity increase.
+
+    Reproduced: magnitude pruning at 40% decodes at least 2.1x faster (within 10%) and loses at most 1.2%.
+    Partly reproduced: one half holds: the magnitude cut loses at most 1.2% (but brings no such speed), or a
+    40% cut of either kind reaches the speed-up. Not reproduced: neither."""
+    if magnitude is None and structured is None:
+        return not_measured("C7")
+    floor = C7_SPEEDUP * (1 - C7_SPEED_TOLERANCE)
+    fast = [d for d in (magnitude, structured) if d is not None and d["decode_x"] >= floor]
+    quality_kept = magnitude is not None and magnitude["ppl_change"] <= C7_LOSS
+    magnitude_fast = magnitude is not None and magnitude in fast
+    if quality_kept and magnitude_fast:
+        status = REPRODUCED
+    elif quality_kept or fast:
+        status = PARTLY
+    else:
+        status = NOT_REPRODUCED
+    parts = [_c7_part(d) for d in (magnitude, structured) if d is not None]
+    held = []
+    if magnitude is not None:
+        held.append(f"the magnitude cut {'keeps' if quality_kept else 'does not keep'} perplexity within "
+                    f"{C7_LOSS:.1%}")
+    held.append(f"{'a' if fast else 'no'} 40% cut reaches {floor:.1f}x ({C7_SPEEDUP}x within "
+                f"{C7_SPEED_TOLERANCE:.0%})" + (f": {', '.join(d['label'] for d in fast)}" if fast else ""))
+    main = magnitude or structured
+    judged = "; ".join(held)
+    return Verdict("C7", status, "; ".join(parts) + ". " + judged[0].upper() + judged[1:] + ".",
+                   measured=f"{main['label']}: {main['decode_x']:.2f}x decode, {main['ppl_change']:+.1%} perplexity",
+                   **_source(record))
+
+
 
 # ---------------------------------------------------------------- notebook 04 (parallelism): C3, C8, C14
 
@@ -626,6 +676,12 @@ def _parallel(record: dict | None) -> tuple[dict, int] | None:
     return split_fractions(record["metrics"]["results"]), len(record["metrics"]["results"]["memory"])
 
 
+def _c7_record(record: dict | None) -> Verdict:
+    """C7 from notebook 03's record: the two 40% cuts' figures as the lesson judged them."""
+    got = (record or {}).get("metrics", {}).get("c7")
+    return c7(got["magnitude"], got["structured"], record) if got else not_measured("C7")
+
+
 def _c3_record(record: dict | None) -> Verdict:
     got = _parallel(record)
     return c3(got[0][f"TP={got[1]}"], tp=got[1], record=record) if got else not_measured("C3")
@@ -644,7 +700,7 @@ def _c14_record(record: dict | None) -> Verdict:
 SOURCES: dict[str, tuple[tuple[str, ...], object]] = {
     "C1": (("hardware_profile",), c1), "C2": (("hardware_profile",), c2), "C4": (("hardware_profile",), c4),
     "C3": (("04_parallelism",), _c3_record), "C8": (("04_parallelism",), _c8_record),
-    "C14": (("04_parallelism",), _c14_record),
+    "C14": (("04_parallelism",), _c14_record), "C7": (("03_pruning",), _c7_record),
     "C5": (("02_quantization",), c5), "C6": (("02_quantization",), c6), "C13": (("02_quantization",), c13),
     "C9": (("05_continuous_batching",), c9), "C16": (("05_continuous_batching",), c16),
     "C10": (("06_kernels_and_memory",), _c10_record), "C11": (("06_kernels_and_memory",), _c11_record),

@@ -198,6 +198,7 @@ def test_ledger_judges_lesson_04_claims_from_its_record(tmp_path):
     assert got["C8"].status in (claims.PARTLY, claims.REPRODUCED)
     assert got["C14"].status == claims.REPRODUCED
 
+
 def test_c10_statuses_follow_the_measured_peaks():
     assert claims.c10({}, "cpu").status == claims.NOT_MEASURED
     cpu = claims.c10({"fp32": 100.0, "autocast": 130.0}, "cpu")
@@ -223,3 +224,35 @@ def test_c11_statuses_follow_the_sweep():
     assert claims.c11([row(2048, 3.5, 0.9, conclusive=False)], "cpu").status == claims.PARTLY
     assert claims.c11([row(2048, 3.5, 0.1)], "cpu").status == claims.PARTLY
     assert claims.c11([row(2048, 1.1, 0.1)], "cpu").status == claims.NOT_REPRODUCED
+
+
+def test_c7_statuses_follow_the_measured_cuts():
+    def cut(label, x, ppl, **kw):
+        return {"label": label, "decode_x": x, "decode_words": f"{x:.2f}x faster", "ppl_change": ppl, **kw}
+
+    assert claims.c7(None, None).status == claims.NOT_MEASURED
+    assert claims.c7(cut("magnitude 40%", 2.0, 0.01)).status == claims.REPRODUCED  # 2.0 is within 10% of 2.1
+    kept_slow = claims.c7(cut("magnitude 40%", 1.01, 0.008, agreement=0.97), cut("ffn 40%", 1.2, 0.05))
+    assert kept_slow.status == claims.PARTLY
+    assert "keeps perplexity within 1.2%" in kept_slow.evidence and "no 40% cut reaches 1.9x" in kept_slow.evidence
+    assert "97.0%" in kept_slow.evidence and "magnitude 40%: 1.01x" in kept_slow.measured
+    fast_structured = claims.c7(cut("magnitude 40%", 1.0, 0.03), cut("ffn 40%", 2.2, 0.08,
+                                                                       ppl_change_recovered=0.02))
+    assert fast_structured.status == claims.PARTLY and "ffn 40%" in fast_structured.evidence.split("reaches")[-1]
+    assert "+2.0% after the recovery" in fast_structured.evidence
+    slow_lossy = claims.c7(cut("magnitude 40%", 1.02, 0.05), cut("ffn 40%", 1.3, 0.04))
+    assert slow_lossy.status == claims.NOT_REPRODUCED and "does not keep" in slow_lossy.evidence
+    assert claims.c7(None, cut("ffn 40%", 1.3, 0.04)).status == claims.NOT_REPRODUCED
+
+
+def test_ledger_judges_c7_from_lesson_03s_record(tmp_path):
+    from labkit import records
+
+    cut = {"label": "magnitude 40%", "decode_x": 1.01, "decode_words": "1.01x (inconclusive)", "ppl_change": 0.008}
+    ffn = {"label": "ffn 40%", "decode_x": 1.3, "decode_words": "1.30x faster", "ppl_change": 0.2}
+    rec = records.make_record("03_pruning", {}, {"c7": {"magnitude": cut, "structured": ffn}},
+                              fingerprint={"cpu": "test", "versions": {}})
+    records.write_record(rec, tmp_path / "results")
+    got = {v.claim: v for v in claims.ledger(tmp_path / "results")}
+    assert got["C7"].status == claims.PARTLY and "magnitude 40%: 1.01x" in got["C7"].measured
+    assert got["C7"].record.endswith(".json")
