@@ -64,8 +64,8 @@ def _serve(args) -> int:
         print(f"error: --kv-cache-gib must be > 0, got {args.kv_cache_gib}", file=sys.stderr)
         return 2
     from labkit import models
-    from labkit.serve.engine import EngineConfig, LLMEngine
-    from labkit.serve.http import create_app, serve
+    from labkit.serve.engine import LLMEngine
+    from labkit.serve.http import create_app, engine_config, serve
 
     try:
         device = resolve_device(args.device)
@@ -85,8 +85,7 @@ def _serve(args) -> int:
         except (models.ModelError, OSError, ValueError) as e:
             tokenizer = None
             print(f"no tokenizer ({str(e).split(';')[0]}): prompts must be lists of token ids", file=sys.stderr)
-        engine = LLMEngine(model, EngineConfig(max_num_seqs=args.max_batch, max_model_len=args.max_model_len,
-                                               kv_cache_bytes=int(args.kv_cache_gib * 2**30), seed=args.seed))
+        engine = LLMEngine(model, engine_config(args.max_batch, args.kv_cache_gib, args.max_model_len, args.seed))
     except (models.ModelError, ParamError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,7 +96,7 @@ def _serve(args) -> int:
           flush=True)
     try:
         serve(create_app(engine, name, tokenizer, max_body_bytes=args.max_body_bytes), args.host, args.port,
-              log_level=args.log_level)
+              log_level=args.log_level, parent_pid=args.parent_pid)
     except OSError as e:  # the port is taken, or the host is not this machine's
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
@@ -187,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies are refused (413)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # stop when it is gone
     b = sub.add_parser("bench", help="replay a request trace against an OpenAI-compatible server; print and record "
                                      "TTFT, TPOT, ITL, E2E, throughput")
     b.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000")

@@ -20,11 +20,14 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
 from labkit.bench import RequestTiming, summarize
-from labkit.serve.workload import Request
+
+if TYPE_CHECKING:  # a trace is any sequence of objects with request_id, arrival_s, prompt_ids, output_len
+    from labkit.serve.workload import Request
 
 
 class ServerUnreachable(RuntimeError):
@@ -185,6 +188,8 @@ async def _one(client: httpx.AsyncClient, base: str, model: str, r: Request, t0:
                 usage = chunk.get("usage")
                 if usage and usage.get("completion_tokens") is not None:
                     res.reported_tokens = int(usage["completion_tokens"])
+                if usage and usage.get("prompt_tokens") is not None:  # the server's count (text is re-tokenized)
+                    res.timing.prompt_tokens = int(usage["prompt_tokens"])
             if not done:
                 res.error = "the stream ended before data: [DONE] (answer cut off)"
             elif not res.timing.token_times:

@@ -19,6 +19,7 @@ over the limit, refused before it is parsed) with an OpenAI-style error body nam
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import json
@@ -38,12 +39,19 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import StreamingResponse
 
-from labkit.serve.engine import LLMEngine, RequestError
+from labkit.serve.engine import EngineConfig, LLMEngine, RequestError
 from labkit.serve.sequence import SamplingParams, SequenceStatus
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt the course sends; a bigger body is refused unread
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def engine_config(max_batch: int = 16, kv_cache_gib: float = 1.0, max_model_len: int | None = None,
+                  seed: int = 0) -> EngineConfig:
+    """The engine `python -m labkit serve` runs (so an in-process replay can use the very same one)."""
+    return EngineConfig(max_num_seqs=max_batch, kv_cache_bytes=int(kv_cache_gib * 2**30), max_model_len=max_model_len,
+                        seed=seed)
 
 
 # ---------------------------------------------------------------- errors in OpenAI's shape
@@ -104,6 +112,7 @@ class EngineLoop:
         self.ended: collections.Counter = collections.Counter()  # requests by how they ended
         self.generation_tokens = 0
         self.prompt_tokens = 0
+        self.steps, self.step_seconds = 0, 0.0  # engine steps and the time spent inside them
         self._recent: collections.deque = collections.deque()  # (time, tokens) per step, for tokens/s
         self._started = time.perf_counter()
         self._closed = False
@@ -212,7 +221,10 @@ class EngineLoop:
     def _step(self) -> None:
         e = self.engine
         before = {sid: e.requests[sid].num_output_tokens for sid in self.live}
+        t0 = time.perf_counter()
         e.step()
+        self.steps += 1
+        self.step_seconds += time.perf_counter() - t0
         new_total = 0
         for sid, n in before.items():
             seq = e.requests[sid]
@@ -245,6 +257,7 @@ class EngineLoop:
                          "blocks_used": bm.num_blocks - bm.num_free_blocks,
                          "generation_tokens": self.generation_tokens, "prompt_tokens": self.prompt_tokens,
                          "tokens_per_s": sum(n for _, n in self._recent) / window, "ended": dict(self.ended),
+                         "steps": self.steps, "step_seconds": self.step_seconds,
                          "alive": not self._closed}
 
 
@@ -652,6 +665,8 @@ def prometheus_text(snap: dict, model_name: str) -> str:
         ("prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", snap["prompt_tokens"]),
         ("generation_tokens_per_second", "gauge", "Tokens generated per second over the last 10 s.",
          snap["tokens_per_s"]),
+        ("engine_steps_total", "counter", "Engine steps (one scheduler iteration each).", snap["steps"]),
+        ("engine_step_seconds_total", "counter", "Seconds spent inside engine steps.", snap["step_seconds"]),
     ]
     out = []
     for name, kind, doc, value in rows:
@@ -734,15 +749,26 @@ def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, timeout_s: floa
     return BackgroundServer(server, thread, _url(sock))
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          parent_pid: int | None = None) -> None:
     """Serve in the foreground until Ctrl+C. Prints `listening on URL` once the socket is bound (with port 0,
-    the port the OS picked), which `launch` waits for."""
+    the port the OS picked), which `launch` waits for. With `parent_pid`, it also stops when that process is gone
+    (a notebook kernel that died must not leave a server behind)."""
     sock = bind(host, port)
     if host not in LOOPBACK:
         print(f"warning: listening on {host}: anyone who can reach this machine can use the server "
               "(it has no authentication)", file=sys.stderr, flush=True)
+    server = _uvicorn_server(app, log_level)
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(server, parent_pid), daemon=True).start()
     print(f"labkit serve: listening on {_url(sock)}", flush=True)
-    _uvicorn_server(app, log_level).run(sockets=[sock])
+    server.run(sockets=[sock])
+
+
+def _exit_with_parent(server, parent_pid: int) -> None:
+    while not server.should_exit and os.getppid() == parent_pid:
+        time.sleep(1.0)
+    server.should_exit = True
 
 
 @dataclass
@@ -761,8 +787,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout_s)
-        if self.process.stdout:
-            self.process.stdout.close()
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
@@ -777,7 +801,8 @@ def launch(args: list[str], timeout_s: float = 300.0, env: dict | None = None) -
     it answers /health. Raises RuntimeError with the server's last output if it exits or does not come up."""
     import httpx
 
-    cmd = [sys.executable, "-m", "labkit", "serve", "--port", "0", "--log-level", "warning", *args]
+    cmd = [sys.executable, "-m", "labkit", "serve", "--port", "0", "--log-level", "warning",
+           "--parent-pid", str(os.getpid()), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     lines: collections.deque = collections.deque(maxlen=40)
@@ -788,6 +813,7 @@ def launch(args: list[str], timeout_s: float = 300.0, env: dict | None = None) -
             lines.append(line.rstrip())
             if not found and line.startswith("labkit serve: listening on "):
                 found.append(line.split(" on ", 1)[1].strip())
+        proc.stdout.close()  # EOF: the server has exited
 
     threading.Thread(target=read, daemon=True).start()
     deadline = time.monotonic() + timeout_s
@@ -795,7 +821,9 @@ def launch(args: list[str], timeout_s: float = 300.0, env: dict | None = None) -
         if found:
             try:
                 if httpx.get(f"{found[0]}/health", timeout=2).status_code == 200:
-                    return ServerProcess(proc, found[0])
+                    server = ServerProcess(proc, found[0])
+                    atexit.register(server.stop, 10)  # a normal exit of this process stops it too
+                    return server
             except httpx.HTTPError:
                 pass
         time.sleep(0.2)
