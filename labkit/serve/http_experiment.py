@@ -185,16 +185,21 @@ def meaning(side: SideBySide, cores: int) -> list[str]:
            f"{thr['over HTTP it is']}."]
     e_in, e_http = med(IN, "engine_ms_per_token"), med(HTTP, "engine_ms_per_token")
     k_in, k_http = med(IN, "tokens_per_step"), med(HTTP, "tokens_per_step")
+    r_eng, r_tpot = side.rounds.ratio(IN, HTTP, "engine_ms_per_token"), side.rounds.ratio(IN, HTTP, "tpot_median_ms")
+    engine_slower = r_eng.conclusive and r_eng.value < 1
+    if engine_slower:
+        why = "part of the cost is the engine itself running slower next to the HTTP layer, not only the layer's work."
+    elif r_tpot.conclusive and r_tpot.value < 1:
+        why = "the engine ran no slower than in process, so the extra time per token is spent outside its steps."
+    else:
+        why = "the engine ran no slower than in process."
     out.append(f"Inside the server the engine's own steps took {e_http:.2f} ms per output token against {e_in:.2f} ms "
-               f"in process ({eng['over HTTP it is']}), at {k_http:.1f} tokens per step against {k_in:.1f}: "
-               + ("part of the cost is the engine itself running slower next to the HTTP layer, not only the "
-                  "layer's own work." if e_http > e_in * 1.05 else
-                  "the engine ran as fast as in process; the difference is outside its steps."))
+               f"in process ({eng['over HTTP it is']}), at {k_http:.1f} tokens per step against {k_in:.1f}: {why}")
     c_in, c_http, c_cli = med(IN, "cpu_cores"), med(HTTP, "cpu_cores"), med(HTTP, "client_cpu_cores")
     text = (f"CPU cores busy, of {cores}: {c_in:.2f} in process; over HTTP {c_http:.2f} for the server's process "
             f"and {c_cli:.2f} for the client ({med(HTTP, 'client_cpu_ms_per_token'):.2f} ms of CPU per token to read "
             "the stream)")
-    if c_http + c_cli < c_in - 0.1 and e_http > e_in * 1.05:
+    if c_http + c_cli < c_in - 0.1 and engine_slower:
         text += (". With cores to spare, the server's engine still took longer per step: its threads spent part of "
                  "each step waiting rather than computing")
     out.append(text + ".")

@@ -384,3 +384,22 @@ def test_cli_serve_then_bench_then_stop(tmp_path):
     recs = sorted((tmp_path / "reports" / "results" / "bench_http").glob("*.json"))
     metrics = [json.loads(p.read_text())["metrics"] for p in recs]
     assert sorted((m["completed"], m["failed"]) for m in metrics) == [(0, 4), (4, 0)]
+
+
+def test_an_engine_that_fails_ends_every_request_with_the_reason(tiny_llama):
+    """A step that raises stops the engine: the requests in flight get the reason (503, or an error event in the
+    stream), new ones are refused with it, /health says so; nothing hangs."""
+    engine = LLMEngine(tiny_llama, EngineConfig(max_num_seqs=4, num_blocks=32))
+
+    def broken(out):
+        raise RuntimeError("out of memory (simulated)")
+
+    engine.runner.run = broken
+    with start_in_thread(create_app(engine, "tiny")) as server:
+        body = {"prompt": [1, 2, 3], "max_tokens": 4}
+        r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=TIMEOUT)
+        assert r.status_code == 503 and "out of memory (simulated)" in r.json()["error"]["message"]
+        r = httpx.post(f"{server.url}/v1/completions", json={**body, "stream": True}, timeout=TIMEOUT)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        health = httpx.get(f"{server.url}/health", timeout=TIMEOUT)
+        assert health.status_code == 503 and "RuntimeError: out of memory" in health.json()["error"]["message"]

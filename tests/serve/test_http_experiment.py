@@ -49,15 +49,17 @@ def test_meaning_follows_the_numbers():
     assert "engine itself running slower" in slower[1] and "waiting rather than computing" in slower[2]
     assert "per FLOP" in slower[-1]
     same = hx.meaning(_rounds([10.0, 10.1, 9.9], [10.0, 9.9, 10.1], cores_http=1.8), cores=2)
-    assert "inconclusive" in same[0] and "ran as fast as in process" in same[1]
+    assert "inconclusive" in same[0] and same[1].endswith("the engine ran no slower than in process.")
     assert "waiting" not in same[2] and not any("per FLOP" in s for s in same)
+    outside = hx.meaning(_rounds([10.0] * 3, [15.0] * 3, engine_http=2.0), cores=2)
+    assert "spent outside its steps" in outside[1] and "waiting" not in outside[2]
 
 
 def test_model_spec_of_the_embedded_and_of_a_shape_model():
     spec = hx.model_spec(models.load(models.EMBEDDED))
     assert (spec.hidden_size, spec.num_hidden_layers, spec.num_key_value_heads, spec.vocab_size) == (384, 6, 2, 8192)
     assert spec.head_dim == 64
-    shape = models.build("llama-2-7b", layers=1)
+    shape = SimpleNamespace(labkit_shape=models.shape("llama-2-7b"))  # what models.build attaches
     assert hx.model_spec(shape) is shape.labkit_shape
 
 
