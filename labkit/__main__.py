@@ -4,6 +4,9 @@
   python -m labkit fingerprint [--json]
   python -m labkit report [--single-file] [--out FILE]
   python -m labkit train-tiny [--steps N] [--out DIR]
+  python -m labkit serve [--model NAME_OR_PATH] [--int8 METHOD] [--host 127.0.0.1] [--port 8000] [--max-batch N]
+                         [--kv-cache-gib G]
+  python -m labkit bench --url URL [--model NAME] [--rate R] [--requests N] [--prompt-len N] [--output-len LO,HI]
 """
 
 from __future__ import annotations
@@ -36,6 +39,117 @@ def _course(args) -> int:
     return 1 if failed else 0
 
 
+def _length(text: str) -> int | tuple[int, int]:
+    """'128' or a range '16,256' (uniform, inclusive), as labkit.serve.workload.make_trace takes them."""
+    parts = [p for p in text.replace(":", ",").split(",") if p.strip()]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO,HI (integers), got {text!r}") from None
+    if len(vals) == 1:
+        return vals[0]
+    if len(vals) == 2:
+        return vals[0], vals[1]
+    raise argparse.ArgumentTypeError(f"expected N or LO,HI, got {text!r}")
+
+
+def _serve(args) -> int:
+    from labkit.params import ParamError, resolve_device
+
+    for name, value, lo in (("--max-batch", args.max_batch, 1), ("--port", args.port, 0)):
+        if value < lo:
+            print(f"error: {name} must be >= {lo}, got {value}", file=sys.stderr)
+            return 2
+    if not args.kv_cache_gib > 0:
+        print(f"error: --kv-cache-gib must be > 0, got {args.kv_cache_gib}", file=sys.stderr)
+        return 2
+    from labkit import models
+    from labkit.serve.engine import LLMEngine
+    from labkit.serve.http import create_app, engine_config, serve
+
+    try:
+        device = resolve_device(args.device)
+        model = models.load(args.model, dtype=args.dtype, device=device, layers=args.layers, seed=args.seed)
+        if args.int8:
+            from labkit.quant import INT8_METHODS, QuantSkipped, quantize
+
+            if args.int8 not in INT8_METHODS:
+                raise ParamError(f"unknown --int8 method {args.int8!r}; choose one of {list(INT8_METHODS)}")
+            try:
+                model = quantize(model, args.int8, inplace=True)
+            except QuantSkipped as e:
+                print(f"error: --int8 {args.int8} cannot run here: {e}", file=sys.stderr)
+                return 2
+        try:
+            tokenizer = models.load_tokenizer(args.model)
+        except (models.ModelError, OSError, ValueError) as e:
+            tokenizer = None
+            print(f"no tokenizer ({str(e).split(';')[0]}): prompts must be lists of token ids", file=sys.stderr)
+        engine = LLMEngine(model, engine_config(args.max_batch, args.kv_cache_gib, args.max_model_len, args.seed))
+    except (models.ModelError, ParamError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = args.served_model_name or args.model
+    sched = engine.scheduler.config
+    print(f"serving {name!r} on {device}{f' ({args.int8})' if args.int8 else ''}: up to {args.max_batch} requests "
+          f"at once, KV cache {sched.num_blocks} blocks of {sched.block_size} tokens, context {sched.max_model_len}",
+          flush=True)
+    try:
+        serve(create_app(engine, name, tokenizer, max_body_bytes=args.max_body_bytes), args.host, args.port,
+              log_level=args.log_level, parent_pid=args.parent_pid)
+    except OSError as e:  # the port is taken, or the host is not this machine's
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _bench(args) -> int:
+    from labkit import bench_http, records
+    from labkit.serve.workload import make_trace
+
+    tokenizer = None
+    if args.text:
+        from labkit.models import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    arrival = "all-at-once" if args.rate is None else ("gamma" if args.burstiness != 1.0 else "poisson")
+    try:
+        trace = make_trace(args.requests, prompt_len=args.prompt_len, output_len=args.output_len, arrival=arrival,
+                           rate=args.rate, burstiness=args.burstiness, vocab_size=args.vocab_size, seed=args.seed,
+                           tokenizer=tokenizer)
+        base = bench_http._base(args.url)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config = {"url": base, "model": args.model, "requests": args.requests, "rate": args.rate,
+              "burstiness": args.burstiness, "prompt_len": args.prompt_len, "output_len": args.output_len,
+              "seed": args.seed, "prompts": "text" if args.text else "token ids", "timeout_s": args.timeout,
+              "max_concurrency": args.max_concurrency, "fingerprint_is": "the machine that ran the client"}
+    try:
+        info = bench_http.probe(base, args.model, timeout_s=args.timeout, prompt="Hello" if args.text else None)
+    except bench_http.ServerUnreachable as e:
+        print(f"error: {e}\nno request was sent; all {args.requests} are counted failed", file=sys.stderr)
+        rec = records.save("bench_http", config, {"sent": 0, "completed": 0, "failed": args.requests,
+                                                  "errors": {str(e): args.requests}})
+        print(f"record: {rec['_path']}")
+        return 1
+    if info["note"]:
+        print(f"note: {info['note']}")
+    extra = {} if args.no_length_fields else info["extra"]
+    replay = bench_http.run(base, info["model"], trace, tokenizer=tokenizer, extra=extra, timeout_s=args.timeout,
+                            max_concurrency=args.max_concurrency, progress=True)
+    slo = {k: v for k, v in (("ttft", args.slo_ttft_ms), ("tpot", args.slo_tpot_ms)) if v is not None}
+    summary = replay.summary(slo_ms=slo or None)
+    print(replay.describe())
+    for key in ("request_throughput", "output_throughput", "goodput", "ttft_median_ms", "ttft_p99_ms",
+                "tpot_median_ms", "tpot_p99_ms", "itl_median_ms", "itl_p99_ms", "e2e_median_ms", "e2e_p99_ms"):
+        if summary.get(key) is not None:
+            print(f"  {key:<20} {summary[key]:>12,.2f}")
+    rec = records.save("bench_http", {**config, "model": info["model"], "extra_fields": extra}, summary)
+    print(f"record: {rec['_path']}")
+    return 0 if not summary["failed"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m labkit", description="The local-LLM speed course's tools.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -55,6 +169,44 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train-tiny", help="retrain the embedded model (it is committed; ~40 min on 2 cores)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--out", type=Path, default=None)
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server over labkit's engine (127.0.0.1 by default)")
+    s.add_argument("--model", default="stdlib-llama-16m",
+                   help="the embedded model (default), a shape name (llama-2-7b, ...) or a model folder")
+    s.add_argument("--layers", type=int, default=None, help="decoder layers of a shape model (default 2)")
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--int8", default=None, metavar="METHOD",
+                   help="quantize the linear layers first with one of labkit.quant.INT8_METHODS (e.g. int8-dynamic)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    s.add_argument("--max-batch", type=int, default=16, help="most requests running at once")
+    s.add_argument("--kv-cache-gib", type=float, default=1.0, help="memory for the paged KV cache")
+    s.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    s.add_argument("--served-model-name", default=None, help="the name clients pass as `model` (default --model)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies are refused (413)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # stop when it is gone
+    b = sub.add_parser("bench", help="replay a request trace against an OpenAI-compatible server; print and record "
+                                     "TTFT, TPOT, ITL, E2E, throughput")
+    b.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000")
+    b.add_argument("--model", default=None, help="the model name to ask for (default: the server's first)")
+    b.add_argument("--requests", type=int, default=32)
+    b.add_argument("--rate", type=float, default=None, help="requests/s, Poisson arrivals (default: all at once)")
+    b.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the arrival gaps (1 = Poisson)")
+    b.add_argument("--prompt-len", type=_length, default=512, help="tokens per prompt: N or LO,HI")
+    b.add_argument("--output-len", type=_length, default=128, help="tokens per answer: N or LO,HI")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--vocab-size", type=int, default=32000, help="token-id prompts are drawn from [3, this)")
+    b.add_argument("--text", action="store_true",
+                   help="send text prompts (held-out text via the embedded tokenizer) instead of token-id lists; "
+                        "for servers that take no token ids (Ollama)")
+    b.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a connection or the next chunk")
+    b.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight at once")
+    b.add_argument("--no-length-fields", action="store_true",
+                   help="do not send ignore_eos / min_tokens (then output lengths are the server's)")
+    b.add_argument("--slo-ttft-ms", type=float, default=None)
+    b.add_argument("--slo-tpot-ms", type=float, default=None)
     args = ap.parse_args(argv)
 
     if args.cmd == "course":
@@ -74,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.single_file:
             print(write_single_file(out=args.out))
         return 0
+    if args.cmd == "serve":
+        return _serve(args)
+    if args.cmd == "bench":
+        return _bench(args)
     if args.cmd == "train-tiny":
         from labkit import DATA
         from labkit.train_tiny import TinyRecipe, train

@@ -1,0 +1,88 @@
+"""Notebook 09's experiment: the side-by-side replay (against a server in this process, so it is cheap), the table
+and sentences built from the numbers, and the learner's-server row that says why it was skipped."""
+
+import os
+from types import SimpleNamespace
+
+from labkit import bench_http, models
+from labkit.bench import Rounds
+from labkit.serve import http_experiment as hx
+from labkit.serve.engine import LLMEngine
+from labkit.serve.http import bind, create_app, engine_config, start_in_thread
+from labkit.serve.workload import make_trace
+
+
+def test_side_by_side_against_a_server_gives_every_row_and_the_same_tokens(tiny_llama):
+    server = start_in_thread(create_app(LLMEngine(tiny_llama, engine_config(8, 0.01)), "tiny"))
+    try:
+        trace = make_trace(6, prompt_len=(8, 20), output_len=(3, 8), arrival="poisson", rate=50.0, vocab_size=256)
+        proc = SimpleNamespace(url=server.url, process=SimpleNamespace(pid=os.getpid()))  # the server runs here
+        side = hx.side_by_side(LLMEngine(tiny_llama, engine_config(8, 0.01)), proc, "tiny", trace, rounds=2,
+                               extra=bench_http.EXTRA, progress=False)
+    finally:
+        server.stop()
+    assert side.same_tokens == 1.0 and side.output_tokens == sum(r.output_len for r in trace)
+    rows = {r["metric"]: r for r in side.table()}
+    assert set(rows) == {label for _, label, _, _ in hx.ROWS}
+    for metric, label, words, _ in hx.ROWS:
+        assert rows[label][hx.HTTP] is not None and rows[label][hx.HTTP] > 0, label
+        assert (rows[label][hx.IN] is None) == (metric == "client_cpu_cores")
+        assert ("over HTTP it is" in rows[label]) == bool(words)
+    assert rows["output tokens per engine step"][hx.IN] >= 1
+
+
+def _rounds(tpot_in, tpot_http, engine_in=2.0, engine_http=2.0, cores_in=1.9, cores_http=1.2, client=0.2):
+    def one(tpot, eng, cores, extra):
+        return {"tpot_median_ms": tpot, "itl_median_ms": tpot, "ttft_median_ms": [30.0] * 3,
+                "e2e_median_ms": [300.0] * 3, "output_throughput": [1000 / t for t in tpot],
+                "engine_ms_per_token": [eng] * 3, "tokens_per_step": [4.0] * 3, "cpu_cores": [cores] * 3, **extra}
+
+    values = {hx.IN: one(tpot_in, engine_in, cores_in, {}),
+              hx.HTTP: one(tpot_http, engine_http, cores_http, {"client_cpu_cores": [client] * 3,
+                                                                "client_cpu_ms_per_token": [0.5] * 3})}
+    return hx.SideBySide(Rounds([hx.IN, hx.HTTP], {}, values), 1.0, 100)
+
+
+def test_meaning_follows_the_numbers():
+    slower = hx.meaning(_rounds([10.0] * 3, [15.0] * 3, engine_http=2.6), cores=2)
+    assert "+5.00 ms per output token" in slower[0] and "1.50x slower" in slower[0] and "+50%" in slower[0]
+    assert "engine itself running slower" in slower[1] and "waiting rather than computing" in slower[2]
+    assert "per FLOP" in slower[-1]
+    same = hx.meaning(_rounds([10.0, 10.1, 9.9], [10.0, 9.9, 10.1], cores_http=1.8), cores=2)
+    assert "inconclusive" in same[0] and same[1].endswith("the engine ran no slower than in process.")
+    assert "waiting" not in same[2] and not any("per FLOP" in s for s in same)
+    outside = hx.meaning(_rounds([10.0] * 3, [15.0] * 3, engine_http=2.0), cores=2)
+    assert "spent outside its steps" in outside[1] and "waiting" not in outside[2]
+
+
+def test_model_spec_of_the_embedded_and_of_a_shape_model():
+    spec = hx.model_spec(models.load(models.EMBEDDED))
+    assert (spec.hidden_size, spec.num_hidden_layers, spec.num_key_value_heads, spec.vocab_size) == (384, 6, 2, 8192)
+    assert spec.head_dim == 64
+    shape = SimpleNamespace(labkit_shape=models.shape("llama-2-7b"))  # what models.build attaches
+    assert hx.model_spec(shape) is shape.labkit_shape
+
+
+def test_server_args_build_the_same_engine_as_engine_config(monkeypatch):
+    """`python -m labkit serve` with server_args(...) runs the engine engine_config(...) builds in process."""
+    from labkit.__main__ import main
+    from labkit.serve import http
+
+    got = {}
+    monkeypatch.setattr(http, "serve", lambda app, host, port, **kw: got.update(app=app, host=host, port=port, **kw))
+    assert main(["serve", *hx.server_args(models.EMBEDDED, None, "fp32", "cpu", 3, 0.02, 0), "--port", "0"]) == 0
+    served = got["app"].engine_loop.engine
+    ref = LLMEngine(models.load(models.EMBEDDED), engine_config(3, 0.02, seed=0))
+    assert served.scheduler.config == ref.scheduler.config and served.config == ref.config
+    assert got["host"] == "127.0.0.1"
+
+
+def test_your_server_says_why_it_was_skipped():
+    trace = make_trace(2, prompt_len=4, output_len=2, vocab_size=256)
+    assert hx.your_server("", "", trace)["status"].startswith("skipped: url is empty")
+    sock = bind()
+    port = sock.getsockname()[1]
+    sock.close()
+    row = hx.your_server(f"http://127.0.0.1:{port}", "", trace, timeout_s=2)
+    assert row["status"].startswith("skipped: could not connect") and "connection refused" in row["status"]
+    assert hx.your_server("127.0.0.1:8000", "", trace)["status"].startswith("skipped: url must start with http")
