@@ -384,7 +384,11 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
 
 # ---------------------------------------------------------------- the check
 
-ASSERT_MARGIN = 1.5  # a ratio is asserted only where this machine's ceiling for it is at least 1.5x the bar
+# A ratio is asserted only where this machine's ceiling for it is at least ASSERT_MARGIN x the bar. 2x, because
+# the ceiling takes both stages at their floors, and the INT8 paths' prefill measured here reaches 44-65% of the
+# int8 GEMM probe's floor (activations are quantized and outputs dequantized around every matmul) while the fp32
+# baseline reaches 80-100% of its own: a 6.8x ceiling on a Xeon with AMX gave 3.4-3.9x measured.
+ASSERT_MARGIN = 2.0
 
 
 def ceilings(rows: list[dict], proj: list[dict] | None) -> dict[str, float]:
