@@ -25,7 +25,7 @@ lab: setup
 
 test: setup
 	$(PY) -m ruff check labkit tests
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not notebooks"
