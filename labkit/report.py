@@ -21,7 +21,8 @@ LESSONS = (("00", "How to measure an LLM's speed", "00_baseline"),
            ("05", "Continuous batching", "05_continuous_batching"),
            ("06", "Kernel swaps and memory", "06_kernels_and_memory"),
            ("07", "Case study: the guide's 13B stack", "07_case_study"),
-           ("08", "The claims ledger", "08_claims_ledger"))
+           ("08", "The claims ledger", "08_claims_ledger"),
+           ("09", "Serving over HTTP", "09_serving_over_http"))
 
 
 def figures_dir(root: Path | None = None) -> Path:
@@ -121,12 +122,58 @@ def _s05(m: dict) -> list[list[str]]:
     return rows
 
 
+def _s03(m: dict) -> list[list[str]]:
+    ppl = {r["label"]: r.get("ppl_change") for r in m.get("quality", []) if r.get("status") == "ok"}
+    return [[html.escape(r["label"]), f"decode {fmt(r['decode_x'], 'x')} dense (floor predicts "
+             f"{fmt(r.get('predicted_decode_x'), 'x')}), perplexity {100 * ppl[r['label']]:+.1f}%"]
+            for r in m.get("speed", []) if r.get("status") == "ok" and r.get("decode_x") and r["label"] in ppl
+            and r["label"] != "dense"]
+
+
+def _s04(m: dict) -> list[list[str]]:
+    rows = []
+    if a := m.get("allreduce_fit"):
+        rows.append(["all-reduce", f"latency {fmt(1e3 * a['latency_s'], 'ms')}, bus bandwidth "
+                                   f"{fmt(a['busbw_gbps'], 'GB/s')} ({a['world_size']} ranks)"])
+    if b := m.get("bubble"):
+        rows.append(["pipeline bubble", ", ".join(f"{r['micro-batches']} micro-batch(es) {fmt(r['measured bubble'])} "
+                                                  f"(formula {fmt(r['formula (S-1)/(M+S-1)'])})" for r in b)])
+    if d := m.get("dp"):
+        rows.append(["data-parallel replicas", html.escape(d.get("replicas against one process", ""))])
+    return rows
+
+
+def _s06(m: dict) -> list[list[str]]:
+    ok = [r for r in m.get("attention", []) if r.get("status") == "ok" and r.get("x_vs_eager")]
+    rows = []
+    if ok:
+        n = max(r["n"] for r in ok)
+        best = max((r for r in ok if r["n"] == n), key=lambda r: r["x_vs_eager"])
+        eager = next((r for r in ok if r["n"] == n and r["backend"] == "eager"), None)
+        rows.append([f"attention at n={n:,}", f"{html.escape(best['backend'])} {fmt(best['x_vs_eager'], 'x')} eager, "
+                     f"peak {fmt(best.get('peak_MiB'), 'MiB')}" + (f" vs {fmt(eager.get('peak_MiB'), 'MiB')}"
+                                                                 if eager else "")])
+    prec = [r for r in m.get("precision", []) if r.get("decode_ms")]
+    if prec:
+        rows.append(["decode by precision", ", ".join(f"{html.escape(r['precision'])} {fmt(r['decode_ms'], 'ms')}/token"
+                                                      + (f" (perplexity {100 * (r['ppl_vs_fp32'] - 1):+.2f}%)" if r.get("ppl_vs_fp32")
+                                                         else "") for r in prec)])
+    return rows
+
+
+def _s09(m: dict) -> list[list[str]]:
+    table = m.get("side_by_side", {}).get("table", [])
+    return [[html.escape(r["metric"]), f"{fmt(r['in process'])} in process, {fmt(r['over HTTP'])} over HTTP"
+             + (f" ({html.escape(r['over HTTP it is'])})" if r.get("over HTTP it is") else "")]
+            for r in table[:5] if r.get("in process") is not None]
+
+
 def _generic(m: dict, limit: int = 8) -> list[list[str]]:
     scal = [(k, v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return [[html.escape(k.replace("_", " ")), fmt(v)] for k, v in scal[:limit]]
 
 
-SUMMARIES = {"00": _s00, "01": _s01, "02": _s02, "05": _s05}
+SUMMARIES = {"00": _s00, "01": _s01, "02": _s02, "03": _s03, "04": _s04, "05": _s05, "06": _s06, "09": _s09}
 
 
 def _latest_for(nb_id: str, experiment: str, reports: Path) -> dict | None:

@@ -44,3 +44,21 @@ def test_single_file_report_needs_no_other_file(tmp_path, monkeypatch, capsys):
     assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
     assert 'href="figures/' not in page and 'src="figures/' not in page and 'href="notebooks/' not in page
     assert "Fingerprint" in page and "made 20" in page and "2,164 ms" in page
+
+
+def test_lessons_03_to_09_summarize_their_records_in_words_with_units():
+    s03 = report.SUMMARIES["03"]({"quality": [{"label": "dense", "status": "ok", "ppl_change": 0.0},
+                                              {"label": "ffn 40%", "status": "ok", "ppl_change": 0.046}],
+                                  "speed": [{"label": "dense", "status": "ok", "decode_x": 1.0},
+                                            {"label": "ffn 40%", "status": "ok", "decode_x": 1.24,
+                                             "predicted_decode_x": 1.25}]})
+    assert s03 == [["ffn 40%", "decode 1.24x dense (floor predicts 1.25x), perplexity +4.6%"]]
+    s04 = report.SUMMARIES["04"]({"allreduce_fit": {"latency_s": 0.00129, "busbw_gbps": 0.92, "world_size": 2}})
+    assert s04 == [["all-reduce", "latency 1.29 ms, bus bandwidth 0.92 GB/s (2 ranks)"]]
+    att = [{"status": "ok", "n": 2048, "backend": b, "x_vs_eager": x, "peak_MiB": p}
+           for b, x, p in (("eager", 1.0, 1604.0), ("sdpa-flash", 14.3, 26.3))]
+    assert report.SUMMARIES["06"]({"attention": att})[0][1] == "sdpa-flash 14.3x eager, peak 26.3 MiB vs 1,604 MiB"
+    table = [{"metric": "TPOT median (ms per output token)", "in process": 15.6, "over HTTP": 22.6,
+              "over HTTP it is": "1.45x slower"}]
+    assert report.SUMMARIES["09"]({"side_by_side": {"table": table}}) == [
+        ["TPOT median (ms per output token)", "15.6 in process, 22.6 over HTTP (1.45x slower)"]]
