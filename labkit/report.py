@@ -154,10 +154,12 @@ def _s06(m: dict) -> list[list[str]]:
                      f"peak {fmt(best.get('peak_MiB'), 'MiB')}" + (f" vs {fmt(eager.get('peak_MiB'), 'MiB')}"
                                                                  if eager else "")])
     prec = [r for r in m.get("precision", []) if r.get("decode_ms")]
+
+    def one(r: dict) -> str:
+        ppl = f" (perplexity {100 * (r['ppl_vs_fp32'] - 1):+.2f}%)" if r.get("ppl_vs_fp32") else ""
+        return f"{html.escape(r['precision'])} {fmt(r['decode_ms'], 'ms')}/token{ppl}"
     if prec:
-        rows.append(["decode by precision", ", ".join(f"{html.escape(r['precision'])} {fmt(r['decode_ms'], 'ms')}/token"
-                                                      + (f" (perplexity {100 * (r['ppl_vs_fp32'] - 1):+.2f}%)" if r.get("ppl_vs_fp32")
-                                                         else "") for r in prec)])
+        rows.append(["decode by precision", ", ".join(one(r) for r in prec)])
     return rows
 
 
