@@ -165,6 +165,29 @@ class LoadWatch:
                 "hold, absolute times are slower than on an idle machine")
 
 
+def fit_threads(sample_s: float = 0.5) -> str | None:
+    """Give torch only the cores other processes leave free, measured over `sample_s` (LoadWatch). OpenMP threads
+    meet at a barrier after every operation, so one thread on a core another process holds stalls them all: on two
+    cores with one busy, two threads run small operations several times slower than one thread does. Returns a
+    line saying what changed, or None when nothing did (idle machine, or no /proc/stat)."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    w = LoadWatch().start()
+    time.sleep(sample_s)
+    share = w.read()["others_cpu_share"]
+    have = torch.get_num_threads()
+    if share is None:
+        return None
+    want = max(1, min(have, cores - round(share * cores)))
+    if want >= have:
+        return None
+    torch.set_num_threads(want)
+    return (f"other processes are using {share * cores:.1f} of {cores} cores: torch runs on {want} thread(s) instead "
+            f"of {have}, so that no thread waits on a busy core at every operation (ratios stay side by side; "
+            "absolute times are this loaded machine's)")
+
+
 # ---------------------------------------------------------------- side by side: rotating rounds
 
 NOISE_FLOOR = 0.05  # a ratio within 5% of 1 is called inconclusive unless a measured noise floor is given

@@ -58,6 +58,10 @@ def start(name: str, preset: str, describe: bool = True) -> Run:
         from labkit.hardware import describe as _describe
 
         print(_describe())
+    from labkit.bench import fit_threads
+
+    if line := fit_threads():
+        print(line)
     return Run(name, preset)
 
 

@@ -204,3 +204,23 @@ def test_summarize_counts_failed_requests():
     assert m["completed"] == 1 and m["failed"] == 2
     with pytest.raises(ValueError, match="3 sent, all failed"):
         summarize([failed] * 3)
+
+
+def test_fit_threads_leaves_busy_cores_to_their_owners(monkeypatch):
+    import torch
+
+    from labkit import bench
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(bench.LoadWatch, "read", lambda self: {"others_cpu_share": 0.02})
+        assert bench.fit_threads(0.0) is None and torch.get_num_threads() == 2  # idle: nothing changes
+        monkeypatch.setattr(bench.LoadWatch, "read", lambda self: {"others_cpu_share": 0.5})
+        line = bench.fit_threads(0.0)
+        assert torch.get_num_threads() == 1 and "1.0 of 2 cores" in line and "1 thread(s) instead of 2" in line
+        monkeypatch.setattr(bench.LoadWatch, "read", lambda self: {"others_cpu_share": 1.0})
+        assert bench.fit_threads(0.0) is None and torch.get_num_threads() == 1  # never below one thread
+    finally:
+        torch.set_num_threads(before)
