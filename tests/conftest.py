@@ -27,3 +27,15 @@ def tiny_llama():
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For test files of tiny tensors: with two threads on two shared cores, OpenMP's waiting makes each small op
+    many times slower whenever another process is busy. One thread keeps such a file fast; restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,13 +13,7 @@ from labkit import prune_experiment as px
 from labkit.params import ParamError
 from labkit.roofline import Card
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 HW = Card("test card", 16, 20.0, {"fp32": 0.2, "bf16": 0.6, "fp16": None, "int8": None, "int4": None})

@@ -20,14 +20,7 @@ TOL = {"int8-weight-only": 0.05, "int8-dynamic": 0.05, "int8-dynamic-legacy": 0.
        "bnb-nf4": 0.3, "int4-rtn": 0.3, "rtn": 0.3, "gptq": 0.3, "awq": 0.3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: with two threads on two shared cores, OpenMP's waiting makes each small op
-    ~100x slower whenever another process is busy. One thread keeps the file fast; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 @pytest.fixture(scope="module")
