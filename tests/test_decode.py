@@ -31,3 +31,43 @@ def test_static_decoder_refuses_what_does_not_fit(tiny_llama):
         dec.generate(torch.ones(1, 6, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="batch size 1"):
         dec.generate(torch.ones(2, 3, dtype=torch.long), 2)
+
+
+def _quantized_step(x, w, k):  # int8-dynamic's arithmetic in plain torch: per-token scale, int8 x int8 -> int32
+    s = x.abs().amax(-1, keepdim=True) / 127
+    xq = torch.round(x / s).clamp(-127, 127).to(torch.int8)
+    return torch._int_mm(xq.reshape(-1, k), w.t()).float() * s.reshape(-1, 1)
+
+
+def test_compiled_int8_decode_step_is_right_for_one_token():
+    """A decode step at batch 1 quantizes a 1x1xK activation inside the compiled graph; torch 2.13's CPU _int_mm
+    returned garbage for the layout inductor gives it. With labkit's workaround applied (it is a no-op where the
+    bug is absent), the compiled step equals eager."""
+    from labkit.decode import work_around_int_mm_bug
+
+    work_around_int_mm_bug("cpu")
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-127, 128, (96, 64), dtype=torch.int8, generator=g)
+    x = torch.randn(1, 1, 64, generator=g)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        got = torch.compile(_quantized_step, dynamic=False)(x, w, 64)
+        assert torch.allclose(got, _quantized_step(x, w, 64))
+
+
+def test_count_compiles_sees_frames_and_graph_breaks():
+    from labkit.decode import count_compiles
+
+    def f(x):
+        y = x.sin()
+        torch._dynamo.graph_break()
+        return y.cos()
+
+    torch._dynamo.reset()
+    g = torch.compile(f, dynamic=False)
+    with count_compiles() as c:
+        g(torch.ones(3))
+    assert c.stats.frames >= 2 and c.stats.graph_breaks >= 1 and c.stats.reasons
+    with count_compiles() as warm:
+        g(torch.ones(3))
+    assert warm.stats.frames == 0 and warm.stats.graph_breaks == 0
