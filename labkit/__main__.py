@@ -7,6 +7,8 @@
   python -m labkit serve [--model NAME_OR_PATH] [--int8 METHOD] [--host 127.0.0.1] [--port 8000] [--max-batch N]
                          [--kv-cache-gib G]
   python -m labkit bench --url URL [--model NAME] [--rate R] [--requests N] [--prompt-len N] [--output-len LO,HI]
+  python -m labkit peers [--shape tinyllama-1.1b] [--layers 8] [--prompt-len 512] [--new-tokens 32] [--repeats 3]
+                         [--labkit bf16,int4-rtn+compile,...] [--check]
 """
 
 from __future__ import annotations
@@ -150,6 +152,50 @@ def _bench(args) -> int:
     return 0 if not summary["failed"] else 1
 
 
+def _peers(args) -> int:
+    import pandas as pd
+
+    from labkit import models, peers, planner, records
+
+    paths = tuple(p.strip() for p in args.labkit.split(",") if p.strip()) if args.labkit else peers.LABKIT_PATHS
+    bad = [p for p in paths if p not in peers.LABKIT_PATHS]
+    if bad or args.layers < 1 or args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
+        why = (f"unknown labkit path(s) {bad}; choose from {list(peers.LABKIT_PATHS)}" if bad else
+               "--layers, --prompt-len and --repeats must be >= 1 and --new-tokens >= 2")
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    try:
+        models.shape(args.shape)
+    except models.ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for engine in peers.INSTALL:
+        why = peers.missing(engine)
+        print(f"{engine}: {'ready' if not why else why}")
+    if args.check:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            got = peers.check_tokens(models.load(), models.load_tokenizer(), "def main(args):\n    ", 24, d)
+        for engine, res in got.items():
+            if engine != "reference":
+                print(f"same greedy tokens as transformers ({engine}): {res}")
+    hw, source = planner.machine_card("cpu")
+    table, rounds = peers.compare(args.shape, args.layers, args.prompt_len, args.new_tokens, args.repeats,
+                                  labkit=paths, hw=hw)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(table.drop(columns=["engine"]).round(3).to_string(index=False))
+    print(f"floors: {hw.bandwidth_gbps:.1f} GB/s from {source}; {table.attrs['threads']} thread(s); load: "
+          f"{table.attrs['load']}")
+    lines = peers.target_lines(rounds, table)
+    print("\n".join(lines))
+    config = {k: table.attrs[k] for k in ("shape", "layers", "prompt_len", "new_tokens", "threads")}
+    rec = records.save(peers.EXPERIMENT, {**config, "repeats": args.repeats, "roofline_source": source},
+                       {"table": table.to_dict("records"), "targets": lines, "load": table.attrs["load"]})
+    print(f"record: {rec['_path']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m labkit", description="The local-LLM speed course's tools.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -207,6 +253,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not send ignore_eos / min_tokens (then output lengths are the server's)")
     b.add_argument("--slo-ttft-ms", type=float, default=None)
     b.add_argument("--slo-tpot-ms", type=float, default=None)
+    pe = sub.add_parser("peers", help="labkit's batch-1 paths next to llama.cpp and CTranslate2 (when installed) "
+                                      "on one shape, timed side by side")
+    pe.add_argument("--shape", default="tinyllama-1.1b", help="a shape name (labkit.models.SHAPES)")
+    pe.add_argument("--layers", type=int, default=8)
+    pe.add_argument("--prompt-len", type=int, default=512)
+    pe.add_argument("--new-tokens", type=int, default=32)
+    pe.add_argument("--repeats", type=int, default=3)
+    pe.add_argument("--labkit", default=None, help="labkit paths to time, comma-separated (default: all)")
+    pe.add_argument("--check", action="store_true",
+                    help="first check that each peer computes the same model (greedy tokens of the embedded one)")
     args = ap.parse_args(argv)
 
     if args.cmd == "course":
@@ -230,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.cmd == "bench":
         return _bench(args)
+    if args.cmd == "peers":
+        return _peers(args)
     if args.cmd == "train-tiny":
         from labkit import DATA
         from labkit.train_tiny import TinyRecipe, train

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from labkit.models import saved_bytes, weight_bytes
-from labkit.quant import FAKE_QUANT, QuantInfo, QuantSkipped, _linear_names, quantize, unsupported
+from labkit.quant import FAKE_QUANT, QuantInfo, QuantSkipped, _linear_names, quantize, quantize_head, unsupported
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # Speed is measured from bf16 for the weight-only kernels that compute in 16 bits (gpt-fast's path); quality
 # from fp32 wherever the method accepts it. Where a method cannot start from the preferred dtype (torchao's
 # CPU int4 needs bf16, quantize_dynamic fp32: quant.unsupported says which), the other one is used.
+HEAD_INT8 = "fp32, int8 head"
 SPEED_PREFERS_BF16 = ("int8-weight-only", "int8-dynamic", "int4-rtn", "bnb-nf4")
 
 
@@ -63,11 +64,13 @@ def _device(model: nn.Module) -> str:
 
 def evaluate_methods(model: nn.Module, tokenizer, methods: list[str], *, calib: torch.Tensor,
                      text: str, max_tokens: int = 4096, prompts: list[str] | None = None,
-                     new_tokens: int = 16, bits: int = 4, group_size: int = 128,
+                     new_tokens: int = 16, bits: int = 4, group_size: int = 128, head_int8: bool = True,
                      progress: bool = True) -> pd.DataFrame:
     """Quality of each method on a trained model: held-out perplexity, its ratio to fp32, greedy-token
     agreement with fp32 (teacher-forced, see labkit.quality), and bytes. One row per method plus fp32 and
-    bf16; a method that cannot run here has its status and no numbers."""
+    bf16; a method that cannot run here has its status and no numbers. Every method keeps the output head;
+    with `head_int8` one more row, "fp32, int8 head", is the fp32 model with only its head quantized
+    (labkit.quant.quantize_head): what quantizing the head costs, apart from the layers."""
     import pandas as pd
 
     from labkit.progress import tqdm
@@ -75,7 +78,8 @@ def evaluate_methods(model: nn.Module, tokenizer, methods: list[str], *, calib: 
     fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
     bf16 = None
     rows = []
-    for method in tqdm(["fp32", "bf16", *methods], desc="quality", disable=not progress):
+    extra = [HEAD_INT8] if head_int8 else []
+    for method in tqdm(["fp32", "bf16", *extra, *methods], desc="quality", disable=not progress):
         base = base_dtype(method, _device(fp32))
         if base == "bf16" and bf16 is None:
             bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
@@ -83,6 +87,8 @@ def evaluate_methods(model: nn.Module, tokenizer, methods: list[str], *, calib: 
         if method in ("fp32", "bf16"):
             q, status = src, "ok"
             q.labkit_quant = QuantInfo(method, 0.0, weight_bytes(q), *_plain_linear(q), config={})
+        elif method == HEAD_INT8:
+            q, status = _status(lambda: quantize_head(fp32))
         else:
             q, status = _status(lambda: quantize(src, method, bits=bits, group_size=group_size, calib=calib))
         row = {"method": method, "base_dtype": base, "status": status}
@@ -261,13 +267,18 @@ def _floors(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens:
     layers = model.config.num_hidden_layers
     elt = model.get_input_embeddings().weight.element_size()
     kv = spec.kv_bytes_per_token(elt, layers=layers) * (prompt_len + new_tokens // 2) if spec is not None else 0
-    read = decode_read_bytes(measured_parts(model)) + kv
+    parts = measured_parts(model)
+    read = decode_read_bytes(parts) + kv
     method = name.removesuffix("+compile")
     compute = COMPUTE_DTYPE.get(method, row.get("base_dtype") or "fp32")
     peak = hw.peak(compute)
     flops = forward_flops(spec, prompt_len, layers=layers) if spec is not None else None
+    head = parts["lm_head"] or parts["embedding"]
     out = {"decode_read_mib": read / 2**20, "decode_floor_ms": read / (hw.bandwidth_gbps * 1e9) * 1e3,
-           "prefill_compute": compute}
+           "prefill_compute": compute, "head_share": head / read}
+    if spec is not None:  # the same weights at the real depth: the head's share shrinks as layers are added
+        full = measured_parts(model, layers=spec.num_hidden_layers)
+        out["head_share_full_depth"] = head / decode_read_bytes(full)
     out["decode_fraction"] = out["decode_floor_ms"] / row["decode_ms_per_token"]
     if flops and peak:
         out["prefill_floor_ms"] = flops / peak * 1e3
@@ -294,6 +305,7 @@ def summary_table(quality, speed) -> pd.DataFrame:
 # ---------------------------------------------------------------- what the notebook shows
 
 SPEED_VIEW = {"method": "method", "base_dtype": "from", "bytes_per_weight": "bytes/weight",
+              "decode_read_mib": "MiB read/token", "head_share": "head share",
               "decode_ms_per_token": "decode ms/token", "decode_floor_ms": "decode floor ms",
               "decode_fraction": "of floor", "decode_x_vs_fp32": "decode x fp32", "prefill_ms": "prefill ms",
               "prefill_floor_ms": "prefill floor ms", "prefill_fraction": "of floor ", "prefill_x_vs_fp32":
@@ -338,6 +350,40 @@ def prediction_lines(speed, profile: dict | None) -> list[str]:
                      f"{f_b:.0%}: " + ("its kernels, not the bytes, set the pace at batch 1" if f_m < f_b else
                                        "it streamed its bytes better than the probe predicted"))
         out.append(line)
+    return out
+
+
+def compile_lines(speed) -> list[str]:
+    """What torch.compile did for each "+compile" row, from the record: its speed against its own eager row (from
+    the same rounds; inconclusive inside the noise), the compile time (cold start), frames compiled and graph
+    breaks, recompiles while timed, and any workaround labkit needed. A row that could not be timed says why."""
+    out = []
+    for _, r in speed[speed["method"].str.endswith("+compile")].iterrows():
+        if r["status"] != "ok":
+            out.append(f"{r['method']}: {r['status']}")
+            continue
+        out.append(f"{r['method']}: decode {r['decode_vs_eager']}, prefill {r['prefill_vs_eager']} than its eager row; "
+                   f"compiling took {r['cold_s']:.0f} s (cold start); {r.get('compile', '')}")
+        if isinstance(r.get("workaround"), str):
+            out.append(f"  ({r['workaround']})")
+    n = speed.attrs.get("recompiles_while_timed")
+    if out and n is not None:
+        out.append(f"frames compiled while the rounds were timed: {n}" + (" (every compiled path stayed on its graphs)"
+                                                                          if n == 0 else ": recompiles, see above"))
+    return out
+
+
+def head_lines(speed) -> list[str]:
+    """How much of a decode step's bytes the output head is, in the fp32 row and a quantized one, at the speed
+    model's depth and at the shape's real depth (the same head over all the layers)."""
+    rows = {r["method"]: r for _, r in speed.iterrows() if r["status"] == "ok" and r.get("head_share") == r.get(
+        "head_share")}
+    out = []
+    for name in ("fp32", "int8-dynamic", "int4-rtn"):
+        if name in rows:
+            r = rows[name]
+            out.append(f"{name}: the head is {r['head_share']:.0%} of the bytes a decode step reads here, "
+                       f"{r['head_share_full_depth']:.0%} with all the shape's layers")
     return out
 
 

@@ -210,3 +210,16 @@ def test_check_methods_names_the_valid_choices():
     assert quant.check_methods(["rtn"]) == ["rtn"]
     with pytest.raises(ParamError, match="choose from"):
         quant.check_methods(["int3-magic"])
+
+
+def test_quantize_head_changes_only_the_head(small):
+    model, x, _, ref = small
+    q = quant.quantize_head(model)
+    mods, qmods = dict(model.named_modules()), dict(q.named_modules())
+    changed = [n for n, m in mods.items() if isinstance(m, nn.Linear)
+               and type(qmods[n].weight) is not type(m.weight)]
+    assert changed == ["lm_head"]
+    assert models.weight_bytes(q.lm_head) < models.weight_bytes(model.lm_head) / 3  # int8 codes + row scales
+    with torch.no_grad():
+        assert _rel(q(input_ids=x).logits, ref) < TOL["int8-weight-only"]
+    assert type(model.lm_head.weight) is nn.Parameter  # the input model is left as it was

@@ -61,3 +61,17 @@ def test_a_compiled_path_that_gives_wrong_tokens_is_not_timed(tiny_llama, monkey
     row = df[df["method"] == "fp32+compile"].iloc[0]
     assert row["status"].startswith("wrong tokens: the compiled path's greedy tokens differ from eager's at token 0")
     assert "decode_ms_per_token" not in row or row["decode_ms_per_token"] != row["decode_ms_per_token"]  # NaN
+
+
+def test_quality_table_has_the_head_only_row():
+    from labkit import models
+
+    model, tok = models.load(models.EMBEDDED), models.load_tokenizer(models.EMBEDDED)
+    text = (models.DATA / "eval" / "heldout.txt").read_text(encoding="utf-8")
+    df = qe.evaluate_methods(model, tok, [], calib=None, text=text, max_tokens=256, progress=False)
+    assert list(df["method"]) == ["fp32", "bf16", qe.HEAD_INT8]
+    head = df.set_index("method").loc[qe.HEAD_INT8]
+    assert head["status"] == "ok" and 0.95 < head["ppl_vs_fp32"] < 1.05  # 8-bit head: small, measured cost
+    assert head["bytes"] < df.set_index("method").loc["fp32", "bytes"]
+    assert list(qe.evaluate_methods(model, tok, [], calib=None, text=text, max_tokens=256, head_int8=False,
+                                    progress=False)["method"]) == ["fp32", "bf16"]

@@ -1,0 +1,82 @@
+"""labkit.peers: llama.cpp and CTranslate2 as optional peers. Where they are installed, the conversions must
+compute the same model as transformers (token-exact greedy output of the trained embedded model); where they are
+not, every row says how to install them. No timing assertions: `python -m labkit peers` prints the ratios."""
+
+import pytest
+import torch
+
+from labkit import models, peers
+
+
+def test_missing_peer_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    why = peers.missing("llama.cpp")
+    assert "llama_cpp missing" in why and "pip install llama-cpp-python" in why
+    with pytest.raises(ValueError, match="unknown peer"):
+        peers.missing("vllm")
+
+
+def test_skipped_peers_are_rows_with_the_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(peers, "missing", lambda engine: f"{engine} is not installed; install it with: x")
+    rows = peers.peer_paths(None, tmp_path, progress=False)
+    assert [r.name for r in rows] == ["llama.cpp bf16", "llama.cpp q8_0", "llama.cpp q4_0", "ctranslate2 int8",
+                                      "ctranslate2 bfloat16"]
+    assert all(r.skipped and r.run is None for r in rows)
+
+
+def test_gguf_permutation_is_llama_cpps_interleaving():
+    w = torch.arange(2 * 8 * 3).reshape(2 * 8, 3)  # 2 heads of 8 rows: halves [0..3],[4..7] -> pairs interleaved
+    p = peers._permute(w, 2)
+    assert torch.equal(p[:8, 0] // 3, torch.tensor([0, 4, 1, 5, 2, 6, 3, 7]))
+    assert torch.equal(p[8:, 0] // 3, torch.tensor([8, 12, 9, 13, 10, 14, 11, 15]))
+
+
+@pytest.mark.parametrize("engine", list(peers.INSTALL))
+def test_converted_model_gives_transformers_greedy_tokens(engine, tmp_path):
+    why = peers.missing(engine)
+    if why:
+        pytest.skip(why)
+    got = peers.check_tokens(models.load(), models.load_tokenizer(), "def main(args):\n    ", 16, tmp_path)
+    assert got[engine] == (True, None), got
+
+
+def test_latest_lines_without_and_with_a_record(tmp_path):
+    from labkit import records
+
+    table, lines = peers.latest_lines(tmp_path)
+    assert table is None and "python -m labkit peers" in lines[-1]
+    rows = [{"path": "llama.cpp q4_0", "status": "ok", "decode tok/s": 10.0}]
+    records.save(peers.EXPERIMENT, {"shape": "tinyllama-1.1b", "layers": 8, "prompt_len": 512, "new_tokens": 32,
+                                    "threads": 2}, {"table": rows, "targets": ["decode: x"]}, root=tmp_path)
+    table, lines = peers.latest_lines(tmp_path)
+    assert list(table["path"]) == ["llama.cpp q4_0"] and lines[-1] == "decode: x"
+    assert "NOT this machine" not in lines[-2] and "tinyllama-1.1b with 8 layer(s)" in lines[-2]
+
+
+def test_target_lines_pick_labkits_fastest_path_and_say_the_ratio():
+    import pandas as pd
+
+    from labkit.bench import run_rounds
+
+    tpot = {"labkit int4-rtn": 0.010, "labkit bnb-nf4": 0.030, "llama.cpp q4_0": 0.020, "labkit bf16": 0.050,
+            "llama.cpp bf16": 0.025}
+    r = run_rounds({k: (lambda v=v: {"ttft": 1.0, "tpot": v}) for k, v in tpot.items()}, 3, progress=False)
+    table = pd.DataFrame([{"path": k, "status": "ok"} for k in tpot] + [{"path": "llama.cpp q8_0", "status": "no"}])
+    lines = peers.target_lines(r, table)
+    assert lines[0] == "decode: labkit int4-rtn is 2.00x faster than llama.cpp q4_0 (meets the >= 1.0x target)"
+    assert lines[1] == "decode: labkit bf16 is 2.00x slower than llama.cpp bf16 (misses the >= 1.0x target)"
+    assert "not measured (the peer did not run)" in lines[2]
+
+
+@pytest.mark.parametrize("argv, message", [(["--labkit", "bf16,nope"], "unknown labkit path(s) ['nope']"),
+                                           (["--layers", "0"], "must be >= 1"),
+                                           (["--shape", "llama2-7b"], "llama-2-7b")])
+def test_peers_command_refuses_bad_options_before_building_anything(argv, message, capsys, monkeypatch):
+    from labkit.__main__ import main
+
+    monkeypatch.setattr(peers, "compare", lambda *a, **k: pytest.fail("compare ran on bad options"))
+    assert main(["peers", *argv]) == 2
+    assert message in capsys.readouterr().err
