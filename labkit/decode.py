@@ -143,6 +143,8 @@ class StaticDecoder:
         self.options = dict(options or {})
         dev = next(model.parameters()).device
         self.workaround = work_around_int_mm_bug(dev.type) if compile else None
+        self.eager_prefill = False  # choose_prefill() may set it: the prompt's forward then runs eager
+        self.prefill_choice: dict | None = None
         self._fwd = (torch.compile(self._forward, dynamic=False, options=self.options or None) if compile
                      else self._forward)
         if compile:  # the cache allocates itself on first use; do that eagerly, or the compiled graph's
@@ -151,8 +153,8 @@ class StaticDecoder:
                                                                                            device=dev))
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        if not self.compiled:
-            return self._fwd(ids, pos)
+        if not self.compiled or (ids.shape[1] > 1 and self.eager_prefill):
+            return self._forward(ids, pos)
         import torch._dynamo.config as dynamo_config
 
         with dynamo_config.patch(recompile_limit=max(self.RECOMPILE_LIMIT, dynamo_config.recompile_limit)):
@@ -162,6 +164,32 @@ class StaticDecoder:
         out = self.model(input_ids=ids, cache_position=pos, past_key_values=self.cache, use_cache=True,
                          logits_to_keep=1)
         return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def choose_prefill(self, input_ids: torch.Tensor, repeats: int = 2) -> dict:
+        """Time the prompt's forward compiled and eager (after both are warm, alternating, best of `repeats`)
+        and keep the faster for prefill; decode steps stay compiled. A compiler that speeds up a one-token step
+        can slow a 512-token one (a weight-only int8 matmul it generates itself instead of calling a tuned
+        GEMM), and which way it goes depends on the kernel and the machine, so it is measured, not assumed.
+        Returns {"compiled_ms", "eager_ms", "prefill": "compiled" | "eager"}."""
+        if not self.compiled:
+            raise ValueError("choose_prefill needs compile=True")
+        n, dev = input_ids.shape[1], input_ids.device
+        pos = torch.arange(n, device=dev)
+        times: dict[str, list[float]] = {"compiled": [], "eager": []}
+        for _ in range(repeats + 1):  # the first round warms both (it may compile) and is not counted
+            for mode in ("compiled", "eager"):
+                self.cache.reset()
+                self.eager_prefill = mode == "eager"
+                sync(dev)
+                t0 = time.perf_counter()
+                self._step(input_ids.clone(), pos).argmax(-1).tolist()
+                times[mode].append(time.perf_counter() - t0)
+        best = {k: min(v[1:]) * 1e3 for k, v in times.items()}
+        self.eager_prefill = best["eager"] < best["compiled"]
+        self.prefill_choice = {"compiled_ms": best["compiled"], "eager_ms": best["eager"],
+                               "prefill": "eager" if self.eager_prefill else "compiled"}
+        return self.prefill_choice
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> tuple[RequestTiming, torch.Tensor]:

@@ -281,10 +281,13 @@ LABKIT_PATHS = ("bf16", "bf16+compile", "int8-dynamic-legacy", "int8-weight-only
                 "int4-rtn", "int4-rtn+compile", "bnb-nf4")
 
 
-def labkit_paths(model: nn.Module, names=LABKIT_PATHS, max_len: int = 1024, progress: bool = True) -> list[Contender]:
+def labkit_paths(model: nn.Module, ids: torch.Tensor, new_tokens: int, names=LABKIT_PATHS,
+                 progress: bool = True) -> list[Contender]:
     """labkit's batch-1 paths on `model` (fp32): eager through transformers' generate, "+compile" through
-    labkit.decode.StaticDecoder under torch.compile. Every linear is quantized, the head included (llama.cpp
-    quantizes its head too). A method that cannot run here is a skipped row."""
+    labkit.decode.StaticDecoder under torch.compile, as notebook 02 runs them (its inductor options, prefill
+    compiled or eager as measured faster on `ids`, and not timed if its greedy tokens differ from eager's by more
+    than rounding). Every linear is quantized, the head included (llama.cpp quantizes its head too). A method
+    that cannot run here is a skipped row."""
     import copy
 
     from labkit.bench import generate_timed
@@ -292,10 +295,11 @@ def labkit_paths(model: nn.Module, names=LABKIT_PATHS, max_len: int = 1024, prog
     from labkit.models import weight_bytes
     from labkit.progress import tqdm
     from labkit.quant import QuantSkipped, quantize
-    from labkit.quant_experiment import SPEED_PREFERS_BF16, base_dtype
+    from labkit.quant_experiment import COMPILE_OPTIONS, SPEED_PREFERS_BF16, _compiled_disagrees, base_dtype
 
     bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
     made: dict[str, nn.Module] = {"bf16": bf16}
+    source: dict[str, nn.Module] = {"bf16": model}  # what each was made from: the reference for its own error
     out = []
     for name in tqdm(names, desc="labkit paths", disable=not progress):
         method = name.removesuffix("+compile")
@@ -303,7 +307,8 @@ def labkit_paths(model: nn.Module, names=LABKIT_PATHS, max_len: int = 1024, prog
         if method not in made:
             base = base_dtype(method, "cpu", "bf16" if method in SPEED_PREFERS_BF16 else "fp32")
             try:
-                made[method] = quantize(bf16 if base == "bf16" else model, method, skip=())
+                source[method] = bf16 if base == "bf16" else model
+                made[method] = quantize(source[method], method, skip=())
             except QuantSkipped as e:
                 out.append(Contender(f"labkit {name}", "labkit", skipped=str(e)))
                 continue
@@ -313,7 +318,12 @@ def labkit_paths(model: nn.Module, names=LABKIT_PATHS, max_len: int = 1024, prog
         emb = m.get_input_embeddings().weight
         read = weight_bytes(m) - emb.numel() * emb.element_size()  # the embedding is looked up, not read
         if name.endswith("+compile"):
-            dec = StaticDecoder(m, max_len=max_len, compile=True)
+            dec = StaticDecoder(m, max_len=ids.shape[1] + new_tokens, compile=True, options=COMPILE_OPTIONS.get(method))
+            wrong, _ = _compiled_disagrees(m, dec, ids, new_tokens, source[method])
+            if wrong:
+                out.append(Contender(f"labkit {name}", "labkit", bits, float(read), skipped=f"wrong tokens: {wrong}"))
+                continue
+            dec.choose_prefill(ids)
             run = (lambda d: (lambda ids, n: _tokens(d.generate(ids, n))))(dec)
         else:
             run = (lambda mod: (lambda ids, n: _tokens(generate_timed(mod, ids, n))))(m)
@@ -347,7 +357,7 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
     work = Path(tmp.name if tmp else workdir)
     try:
         with torch.inference_mode():
-            paths = labkit_paths(model, labkit, max_len=prompt_len + new_tokens, progress=progress)
+            paths = labkit_paths(model, ids, new_tokens, labkit, progress=progress)
         paths += peer_paths(model, work, n_ctx=prompt_len + new_tokens + 8, progress=progress)
         live = {p.name: p for p in paths if not p.skipped}
 

@@ -71,3 +71,15 @@ def test_count_compiles_sees_frames_and_graph_breaks():
     with count_compiles() as warm:
         g(torch.ones(3))
     assert warm.stats.frames == 0 and warm.stats.graph_breaks == 0
+
+
+def test_choose_prefill_keeps_tokens_and_records_the_choice(tiny_llama):
+    ids = torch.randint(3, 256, (1, 12), generator=torch.Generator().manual_seed(5))
+    eager = StaticDecoder(tiny_llama, max_len=20).generate(ids, 5)[1]
+    dec = StaticDecoder(tiny_llama, max_len=20, compile=True)
+    choice = dec.choose_prefill(ids)
+    assert choice["prefill"] in ("compiled", "eager") and choice["compiled_ms"] > 0 and choice["eager_ms"] > 0
+    assert dec.eager_prefill == (choice["eager_ms"] < choice["compiled_ms"])
+    for forced in (True, False):  # either prefill path feeds the compiled decode steps the same cache
+        dec.eager_prefill = forced
+        assert torch.equal(dec.generate(ids, 5)[1], eager)
