@@ -8,7 +8,7 @@
                          [--kv-cache-gib G]
   python -m labkit bench --url URL [--model NAME] [--rate R] [--requests N] [--prompt-len N] [--output-len LO,HI]
   python -m labkit peers [--shape tinyllama-1.1b] [--layers 8] [--prompt-len 512] [--new-tokens 32] [--repeats 3]
-                         [--labkit bf16,int4-rtn+compile,...] [--check]
+                         [--labkit bf16,int4-rtn+compile,...] [--check] [--profile]
 """
 
 from __future__ import annotations
@@ -180,6 +180,11 @@ def _peers(args) -> int:
         for engine, res in got.items():
             if engine != "reference":
                 print(f"same greedy tokens as transformers ({engine}): {res}")
+    if args.profile:
+        for name, rows in peers.profile(args.shape, args.layers, paths).items():
+            print(f"\n{name}: one decode step, kernel by kernel (torch.profiler, self CPU time)")
+            print(pd.DataFrame(rows).round(3).to_string(index=False))
+        return 0
     hw, source = planner.machine_card("cpu")
     table, rounds = peers.compare(args.shape, args.layers, args.prompt_len, args.new_tokens, args.repeats,
                                   labkit=paths, hw=hw)
@@ -263,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--labkit", default=None, help="labkit paths to time, comma-separated (default: all)")
     pe.add_argument("--check", action="store_true",
                     help="first check that each peer computes the same model (greedy tokens of the embedded one)")
+    pe.add_argument("--profile", action="store_true",
+                    help="instead of timing: where each --labkit path's decode step spends its time, op by op")
     args = ap.parse_args(argv)
 
     if args.cmd == "course":

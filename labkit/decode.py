@@ -218,3 +218,26 @@ class StaticDecoder:
                 tok = self.last_logits[-1].argmax(-1, keepdim=True)
         rt = RequestTiming(start=start, token_times=times, prompt_tokens=n)
         return rt, torch.cat([input_ids, *out], dim=1)
+
+
+@torch.inference_mode()
+def profile_decode(run, ids: torch.Tensor, new_tokens: int = 8, top: int = 8) -> list[dict]:
+    """Where the time of decode steps goes, kernel by kernel: torch.profiler around `run(ids, new_tokens)` (a
+    StaticDecoder's or generate_timed-like call), ops sorted by their own CPU time, with calls and ms per decoded
+    token. The rows' total is the profiled time, the share is of that total. The prefill is inside the profile
+    too; keep `ids` short so the decode steps dominate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run(ids, 2)  # warm: compiled graphs and caches exist before the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(ids, new_tokens)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [{"op": e.key, "calls per token": e.count / new_tokens,
+             "ms per token": e.self_cpu_time_total / 1e3 / new_tokens, "share": e.self_cpu_time_total / total}
+            for e in events[:top]]
+    rest = total - sum(e.self_cpu_time_total for e in events[:top])
+    rows.append({"op": "(everything else)", "calls per token": sum(e.count for e in events[top:]) / new_tokens,
+                 "ms per token": rest / 1e3 / new_tokens, "share": rest / total})
+    return rows

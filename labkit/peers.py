@@ -471,3 +471,20 @@ def latest_lines(root=None) -> tuple[object, list[str]]:
     if cpu != cpu_model():
         head += f" - NOT this machine ({cpu_model()}): rerun `python -m labkit peers` here"
     return pd.DataFrame(rec["metrics"]["table"]), [*status, head, *rec["metrics"]["targets"]]
+
+
+def profile(shape: str = "tinyllama-1.1b", layers: int = 8, names=("bf16+compile",), prompt_len: int = 16,
+            new_tokens: int = 8, seed: int = 0, top: int = 8, progress: bool = True) -> dict[str, list[dict]]:
+    """Kernel-by-kernel profiles of labkit's decode steps (labkit.decode.profile_decode) on the same model
+    `compare` times: where a path's time per token goes when it misses its peer. A short prompt, so the decode
+    steps dominate."""
+    from labkit import models
+    from labkit.decode import profile_decode
+    from labkit.models import prompt_ids
+
+    model = models.build(shape, layers=layers, seed=seed).float().eval()
+    ids = prompt_ids(prompt_len, vocab_size=model.config.vocab_size, seed=seed)
+    with torch.inference_mode():
+        paths = labkit_paths(model, ids, new_tokens, names, progress=progress)
+    return {p.name: (profile_decode(p.run, ids, new_tokens, top) if not p.skipped else [{"op": p.skipped}])
+            for p in paths}

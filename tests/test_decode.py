@@ -83,3 +83,14 @@ def test_choose_prefill_keeps_tokens_and_records_the_choice(tiny_llama):
     for forced in (True, False):  # either prefill path feeds the compiled decode steps the same cache
         dec.eager_prefill = forced
         assert torch.equal(dec.generate(ids, 5)[1], eager)
+
+
+def test_profile_decode_accounts_for_the_profiled_time(tiny_llama):
+    from labkit.decode import profile_decode
+
+    dec = StaticDecoder(tiny_llama, max_len=16)
+    rows = profile_decode(dec.generate, torch.randint(3, 256, (1, 4)), new_tokens=6, top=5)
+    assert len(rows) == 6 and rows[-1]["op"] == "(everything else)"
+    assert abs(sum(r["share"] for r in rows) - 1) < 1e-6
+    assert rows[0]["ms per token"] >= rows[1]["ms per token"] > 0
+    assert any("linear" in r["op"] or "addmm" in r["op"] or "mm" in r["op"] for r in rows[:-1])
