@@ -235,7 +235,9 @@ def _gguf_bytes(path: Path) -> float:
 
 
 def _ct2_bytes(folder: Path) -> float:
-    """Bytes a decode step reads from a CTranslate2 model: the file less the embedding table it only looks up."""
+    """Bytes a decode step reads from a CTranslate2 model, as an upper bound: the whole model file, its embedding
+    table included (a decode step only looks up one row of it), so its floor and fraction of the floor are upper
+    bounds."""
     return float((folder / "model.bin").stat().st_size)
 
 
