@@ -243,39 +243,43 @@ def _ct2_bytes(folder: Path) -> float:
 
 def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0", "q4_0"),
                ct2_kinds=("int8", "bfloat16"), n_ctx: int = 1024, progress: bool = True) -> list[Contender]:
-    """Convert `model` for every installed peer (skipped rows for the others) and open a runner per format."""
+    """Convert `model` for every installed peer (skipped rows for the others) and open a runner per format. A
+    format the peer refuses here (CTranslate2's bfloat16 without efficient bf16 kernels) is a skipped row."""
     from labkit.progress import tqdm
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    cache: dict[str, Path] = {}
+
+    def gguf_path(kind: str) -> Contender:
+        if "f32" not in cache:
+            cache["f32"] = to_gguf(model, workdir / "model-f32.gguf")
+        dst = cache["f32"] if kind == "f32" else quantize_gguf(cache["f32"], workdir / f"model-{kind}.gguf", kind)
+        return Contender("", "", GGUF_BITS[kind], _gguf_bytes(dst), LlamaCppRunner(dst, n_ctx=n_ctx).generate)
+
+    def ct2_path(kind: str) -> Contender:
+        if "hf" not in cache:
+            cache["hf"] = save_hf(model, workdir / "hf")
+        dst = to_ct2(cache["hf"], workdir / f"ct2-{kind}", kind)
+        bits = {"int8": 8, "bfloat16": 16, "float32": 32}.get(kind)
+        return Contender("", "", bits, _ct2_bytes(dst), CT2Runner(dst, compute_type=kind).generate)
+
     paths: list[Contender] = []
-    why = missing("llama.cpp")
-    if why:
-        paths += [Contender(f"llama.cpp {k}", "llama.cpp", skipped=why) for k in gguf_kinds]
-    else:
-        f32 = to_gguf(model, workdir / "model-f32.gguf")
-        for kind in tqdm(gguf_kinds, desc="llama.cpp convert", disable=not progress):
-            t0 = time.perf_counter()
-            dst = f32 if kind == "f32" else quantize_gguf(f32, workdir / f"model-{kind}.gguf", kind)
-            runner = LlamaCppRunner(dst, n_ctx=n_ctx)
-            paths.append(Contender(f"llama.cpp {kind}", "llama.cpp", GGUF_BITS[kind], _gguf_bytes(dst), runner.generate,
-                               cold_s=time.perf_counter() - t0))
-    why = missing("ctranslate2")
-    if why:
-        paths += [Contender(f"ctranslate2 {k}", "ctranslate2", skipped=why) for k in ct2_kinds]
-    else:
-        hf = save_hf(model, workdir / "hf")
-        for kind in tqdm(ct2_kinds, desc="ctranslate2 convert", disable=not progress):
+    for engine, kinds, make in (("llama.cpp", gguf_kinds, gguf_path), ("ctranslate2", ct2_kinds, ct2_path)):
+        why = missing(engine)
+        for kind in tqdm(kinds, desc=f"{engine} convert", disable=not progress or bool(why)):
+            name = f"{engine} {kind}"
+            if why:
+                paths.append(Contender(name, engine, skipped=why))
+                continue
             t0 = time.perf_counter()
             try:
-                dst = to_ct2(hf, workdir / f"ct2-{kind}", kind)
-                runner = CT2Runner(dst, compute_type=kind)
-            except (ValueError, RuntimeError) as e:  # e.g. bfloat16 on a CPU without AVX512-BF16
-                paths.append(Contender(f"ctranslate2 {kind}", "ctranslate2", skipped=f"{type(e).__name__}: {e}"[:300]))
+                c = make(kind)
+            except (ValueError, RuntimeError) as e:
+                paths.append(Contender(name, engine, skipped=f"{type(e).__name__}: {e}"[:300]))
                 continue
-            bits = {"int8": 8, "bfloat16": 16, "float32": 32}.get(kind)
-            paths.append(Contender(f"ctranslate2 {kind}", "ctranslate2", bits, _ct2_bytes(dst), runner.generate,
-                               cold_s=time.perf_counter() - t0))
+            c.name, c.engine, c.cold_s = name, engine, time.perf_counter() - t0
+            paths.append(c)
     return paths
 
 

@@ -193,7 +193,7 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
         if wrong:  # a fast wrong answer is not a speed-up: the row says so and is not timed
             rows[key]["status"] = f"wrong tokens: {wrong}"
             continue
-        rows[key].update({f"prefill_{k}": v for k, v in dec.choose_prefill(ids).items()})
+        rows[key].update({f"prefill_{k}": v for k, v in dec.choose_prefill(ids, repeats=1).items()})
         callers[key] = lambda d=dec: timed(d.generate(ids, new_tokens)[0])
     with torch.inference_mode(), count_compiles() as during:
         r = run_rounds(callers, repeats, progress=progress)
