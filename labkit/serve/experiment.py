@@ -30,17 +30,20 @@ def engine_for(model, trace: Sequence[Request], max_num_seqs: int, block_size: i
 
 
 def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SERVERS, max_batch: int = 8,
-                    max_wait_s: float = 1.0, slo_ms: dict | None = None, progress: bool = True):
+                    max_wait_s: float = 1.0, slo_ms: dict | None = None, progress: bool = True,
+                    max_num_batched_tokens: int = 512):
     """Replay `trace` against each server; returns (table rows, replays by server, the engine used).
 
     `max_batch` is the static batch size and the engine's max running sequences, so both are compared at the
-    same maximum batch. Rows carry status "ok" or "skipped: <reason>" (never another server's numbers)."""
+    same maximum batch; `max_num_batched_tokens` is the engine's token budget per step (prompts longer than it
+    are prefilled in chunks, decodes first). Rows carry status "ok" or "skipped: <reason>" (never another
+    server's numbers)."""
     from labkit.progress import tqdm
 
     unknown = sorted(set(servers) - set(SERVERS))
     if unknown:
         raise ValueError(f"unknown servers {unknown}; choose from {list(SERVERS)}")
-    engine = engine_for(model, trace, max_batch)
+    engine = engine_for(model, trace, max_batch, max_num_batched_tokens=max_num_batched_tokens)
     runs = {
         "sequential": lambda: run_sequential(model, trace),
         "static": lambda: run_static(model, trace, batch_size=max_batch, max_wait_s=max_wait_s),
@@ -113,7 +116,8 @@ def occupancy(engine: LLMEngine) -> dict[str, list]:
 
 def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[int, int],
                output_len: int | tuple[int, int], servers: Sequence[str] = ("static", "engine"), max_batch: int = 8,
-               slo_ms: dict | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
+               slo_ms: dict | None = None, seed: int = 0, progress: bool = True,
+               max_num_batched_tokens: int = 512) -> list[dict]:
     """The same kind of Poisson trace at each rate, replayed against `servers`: one row per (rate, server),
     for throughput and latency percentiles against the offered load."""
     from labkit.progress import tqdm
@@ -123,7 +127,8 @@ def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[in
     for rate in tqdm(list(rates), desc="rates", disable=not progress):
         trace = make_trace(n, prompt_len=prompt_len, output_len=output_len, arrival="poisson", rate=rate,
                            vocab_size=model.config.vocab_size, seed=seed)
-        rows, _, _ = compare_servers(model, trace, servers, max_batch=max_batch, slo_ms=slo_ms, progress=False)
+        rows, _, _ = compare_servers(model, trace, servers, max_batch=max_batch, slo_ms=slo_ms, progress=False,
+                                     max_num_batched_tokens=max_num_batched_tokens)
         out += [{"rate": rate, **r} for r in rows]
     return out
 
