@@ -294,46 +294,35 @@ def labkit_paths(model: nn.Module, ids: torch.Tensor, new_tokens: int, names=LAB
     compiled or eager as measured faster on `ids`, and not timed if its greedy tokens differ from eager's by more
     than rounding). Every linear is quantized, the head included (llama.cpp quantizes its head too). A method
     that cannot run here is a skipped row."""
-    import copy
-
     from labkit.bench import generate_timed
     from labkit.decode import StaticDecoder
-    from labkit.models import weight_bytes
-    from labkit.progress import tqdm
-    from labkit.quant import QuantSkipped, quantize
-    from labkit.quant_experiment import COMPILE_OPTIONS, SPEED_PREFERS_BF16, _compiled_disagrees, base_dtype
+    from labkit.quant_experiment import COMPILE_OPTIONS, _compiled_disagrees, _speed_runners
+    from labkit.roofline import decode_read_bytes, measured_parts
 
-    bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
-    made: dict[str, nn.Module] = {"bf16": bf16}
-    source: dict[str, nn.Module] = {"bf16": model}  # what each was made from: the reference for its own error
+    methods = list(dict.fromkeys(n.removesuffix("+compile") for n in names if n.removesuffix("+compile") != "bf16"))
+    runners, rows = _speed_runners(model, methods, progress)  # notebook 02's copies: base dtype, head included
     out = []
-    for name in tqdm(names, desc="labkit paths", disable=not progress):
+    for name in names:
         method = name.removesuffix("+compile")
+        if method not in runners:
+            out.append(Contender(f"labkit {name}", "labkit", skipped=rows[method]["status"]))
+            continue
         t0 = time.perf_counter()
-        if method not in made:
-            base = base_dtype(method, "cpu", "bf16" if method in SPEED_PREFERS_BF16 else "fp32")
-            try:
-                source[method] = bf16 if base == "bf16" else model
-                made[method] = quantize(source[method], method, skip=())
-            except QuantSkipped as e:
-                out.append(Contender(f"labkit {name}", "labkit", skipped=str(e)))
-                continue
-        m = made[method]
-        info = getattr(m, "labkit_quant", None)
-        bits = info.bits_per_weight if info else 16.0
-        emb = m.get_input_embeddings().weight
-        read = weight_bytes(m) - emb.numel() * emb.element_size()  # the embedding is looked up, not read
+        m = runners[method]
+        bits, read = 8 * rows[method]["bytes_per_weight"], decode_read_bytes(measured_parts(m))
         if name.endswith("+compile"):
             dec = StaticDecoder(m, max_len=ids.shape[1] + new_tokens, compile=True, options=COMPILE_OPTIONS.get(method))
-            wrong, _ = _compiled_disagrees(m, dec, ids, new_tokens, source[method])
+            base = runners["fp32"] if method == "bf16" else runners[rows[method]["base_dtype"]]
+            wrong, _ = _compiled_disagrees(m, dec, ids, new_tokens, base)
             if wrong:
-                out.append(Contender(f"labkit {name}", "labkit", bits, float(read), skipped=f"wrong tokens: {wrong}"))
+                out.append(Contender(f"labkit {name}", "labkit", bits, read, skipped=f"wrong tokens: {wrong}"))
                 continue
             dec.choose_prefill(ids)
             run = (lambda d: (lambda ids, n: _tokens(d.generate(ids, n))))(dec)
         else:
             run = (lambda mod: (lambda ids, n: _tokens(generate_timed(mod, ids, n))))(m)
-        out.append(Contender(f"labkit {name}", "labkit", bits, float(read), run, cold_s=time.perf_counter() - t0))
+        cold = rows[method].get("quant_seconds", 0.0) + time.perf_counter() - t0  # quantizing, compiling
+        out.append(Contender(f"labkit {name}", "labkit", bits, read, run, cold_s=cold))
     return out
 
 
