@@ -23,30 +23,47 @@ def perplexity(model, tokenizer, text: str, window: int = 512, stride: int = 256
 
     `max_tokens` caps how many tokens of `text` are used (the preset sets it), always from the start.
     """
-    if stride <= 0 or stride > window:
-        raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
+    ids = text_ids(tokenizer, text, max_tokens)
+    dev = _device_of(model)
+    nlls = []
+    for begin, end, first in windows(ids.numel(), window, stride):
+        logits = model(input_ids=ids[begin:end].unsqueeze(0).to(dev)).logits.float()[0]
+        # token at position t is predicted by logits at t-1; score targets in [first, end)
+        lp = torch.log_softmax(logits[first - begin - 1 : end - begin - 1], dim=-1)
+        nlls.append(-lp.gather(1, ids[first:end].to(dev).unsqueeze(1))[:, 0].double().cpu())
+    return from_nll(torch.cat(nlls), window, stride)
+
+
+def text_ids(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
+    """`text`'s token ids (the first `max_tokens`), at least two of them."""
     ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if ids.numel() < 2:
         raise ValueError("text is too short to measure perplexity (fewer than 2 tokens)")
-    dev = _device_of(model)
-    nll_sum, n_scored, prev_end = 0.0, 0, 0
-    for begin in range(0, ids.numel(), stride):
-        end = min(begin + window, ids.numel())
-        chunk = ids[begin:end].unsqueeze(0).to(dev)
-        logits = model(input_ids=chunk).logits.float()[0]
-        # token at position t is predicted by logits at t-1; score targets in [max(prev_end, begin+1), end)
-        first = max(prev_end, begin + 1)
-        tgt = ids[first:end].to(dev)
-        lp = torch.log_softmax(logits[first - begin - 1 : end - begin - 1], dim=-1)
-        nll_sum += float(-lp.gather(1, tgt.unsqueeze(1)).sum())
-        n_scored += tgt.numel()
+    return ids
+
+
+def windows(n: int, window: int = 512, stride: int = 256) -> list[tuple[int, int, int]]:
+    """The strided windows over `n` tokens as (begin, end, first): the window is tokens [begin, end) and it
+    scores tokens [first, end), those no earlier window scored (each token once, token 0 never)."""
+    if stride <= 0 or stride > window:
+        raise ValueError(f"stride must be in 1..window ({window}), got {stride}")
+    out, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + window, n)
+        out.append((begin, end, max(prev_end, begin + 1)))
         prev_end = end
-        if end == ids.numel():
+        if end == n:
             break
-    return {"perplexity": math.exp(nll_sum / n_scored), "nll": nll_sum / n_scored, "tokens": n_scored,
-            "window": window, "stride": stride}
+    return out
+
+
+def from_nll(nll: torch.Tensor, window: int, stride: int) -> dict:
+    """The perplexity record from every scored token's negative log-likelihood."""
+    mean = float(nll.double().mean())
+    return {"perplexity": math.exp(mean), "nll": mean, "tokens": int(nll.numel()), "window": window,
+            "stride": stride}
 
 
 @torch.no_grad()

@@ -231,3 +231,48 @@ def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_pic
     assert calls.count("int8-weight-only") == 2  # its first request in each dtype, then out
     out = [r for r in rows if r["method"] == "int8-weight-only"]
     assert all(r["why_not"].startswith("out after its first request") for r in out)
+
+
+def test_answers_say_whether_the_batch_or_a_near_tie_parts_them():
+    stages = [casestudy.Stage("baseline"), casestudy.Stage("+ INT8", int8="int8-dynamic"),
+              casestudy.Stage("+ continuous batching", int8="int8-dynamic", server="engine"),
+              casestudy.Stage("legacy batched", int8="int8-dynamic-legacy", server="engine")]
+    ids = models.prompt_ids(96, batch=6, tokenizer=models.load_tokenizer(), seed=2)
+    prompts = [ids[i, : 40 + 9 * i].tolist() for i in range(6)]
+    rows = {r["stage"]: r for r in casestudy.answer_agreement(stages, prompts, new_tokens=12, max_batch=6,
+                                                              progress=False)}
+    assert rows["+ continuous batching"]["identical_alone"] == 1.0  # per-token scales: the batch changes nothing
+    assert rows["legacy batched"]["identical_alone"] < 1.0  # one scale per step: it does
+    for r in rows.values():
+        assert 0 <= r["near_ties"] <= r["parted"] == round((1 - r["identical_to_prev"]) * len(prompts))
+        assert (r["max_parting_gap"] is None) == (r["parted"] == 0)
+
+
+def test_perplexity_is_measured_as_each_stage_serves():
+    from labkit import DATA
+
+    stages = [casestudy.Stage("baseline"), casestudy.Stage("+ continuous batching", server="engine"),
+              casestudy.Stage("legacy batched", int8="int8-dynamic-legacy", server="engine"),
+              casestudy.Stage("legacy alone", int8="int8-dynamic-legacy")]
+    rows = {r["stage"]: r for r in casestudy.perplexities(stages, (DATA / "eval" / "heldout.txt").read_text(),
+                                                          models.load_tokenizer(), 1100, progress=False)}
+    assert rows["baseline"]["served"] == "one window at a time" and "engine" in rows["legacy batched"]["served"]
+    # fp32 served in batches: the same windows and tokens, so the same perplexity up to rounding
+    assert rows["+ continuous batching"]["perplexity"] == pytest.approx(rows["baseline"]["perplexity"], rel=1e-5)
+    # per-tensor int8: the batch's shared scale gives a different number than one window at a time
+    assert rows["legacy batched"]["perplexity"] != pytest.approx(rows["legacy alone"]["perplexity"], rel=1e-6)
+
+
+def test_answers_lines_follow_the_table():
+    base = {"stage": "baseline", "server": "sequential"}
+    one = {"stage": "+ INT8", "server": "sequential"}
+    cb = {"stage": "+ continuous batching", "server": "engine", "identical_alone": 1.0, "identical_to_prev": 0.875,
+          "parted": 1, "near_ties": 1, "max_parting_gap": 0.0035}
+    lines = casestudy.answers_lines([base, one, cb])
+    assert "100%" in lines[0] and "batch-invariant" in lines[0]
+    assert "88% identical" in lines[1] and "near-tie" in lines[1] and "not the method" in lines[1]
+    cb.update(identical_alone=0.5, near_ties=0)
+    lines = casestudy.answers_lines([base, one, cb])
+    assert "changes what some requests get back" in lines[0] and "clear margin" in lines[1]
+    cb.update(parted=0, identical_to_prev=1.0)
+    assert "every answer identical" in casestudy.answers_lines([base, one, cb])[1]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from labkit.bench import summarize
 from labkit.serve.baselines import Unavailable, run_engine, run_hf_continuous, run_sequential, run_static
 from labkit.serve.engine import EngineConfig, LLMEngine
+from labkit.serve.sequence import SamplingParams
 from labkit.serve.workload import Request
 
 SERVERS = ("sequential", "static", "engine", "hf-continuous")
@@ -27,6 +28,37 @@ def engine_for(model, trace: Sequence[Request], max_num_seqs: int, block_size: i
     return LLMEngine(model, EngineConfig(max_num_seqs=max_num_seqs, block_size=block_size,
                                          kv_cache_bytes=kv_cache_bytes, max_model_len=longest,
                                          max_num_batched_tokens=max_num_batched_tokens, attention=attention))
+
+
+def served_perplexity(engine: LLMEngine, ids, window: int = 512, stride: int = 256, decode_tokens: int = 16) -> dict:
+    """Held-out perplexity as `engine` serves: every strided window of `ids` (quality.windows, the same windows
+    and scored tokens as quality.perplexity) is one request asking for its prompt log-probabilities, all queued
+    at once, so each window is computed in the engine's batches exactly as a prompt would be served: its prefill
+    chunks share steps with the windows before it, which go on to generate `decode_tokens` tokens each (greedy,
+    not scored) as the requests of a trace do. Where a server's numerics depend on the batch (per-tensor int8
+    activations), this differs from the one-at-a-time perplexity; where they do not, it matches it up to
+    rounding."""
+    import torch
+
+    from labkit import quality
+
+    ids = [int(t) for t in ids]
+    plan = quality.windows(len(ids), window, stride)
+    params = SamplingParams(max_tokens=decode_tokens, ignore_eos=True, prompt_logprobs=True)
+    sids = [engine.add_request(ids[b:e], params)
+            for b, e, _ in plan]
+    while engine.has_unfinished():
+        engine.step()
+    nll = []
+    for sid, (b, e, first) in zip(sids, plan, strict=True):
+        seq = engine.get(sid)
+        if seq.finish_reason not in ("length", "stop") or seq.prompt_logprobs is None:
+            raise RuntimeError(f"window [{b}, {e}) was not served: {seq.finish_reason}")
+        lps = seq.prompt_logprobs[first - b:]
+        if any(lp is None for lp in lps):
+            raise RuntimeError(f"window [{b}, {e}) has prompt tokens without log-probabilities (prefix cache?)")
+        nll.extend(-lp for lp in lps)
+    return quality.from_nll(torch.tensor(nll, dtype=torch.float64), window, stride)
 
 
 def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SERVERS, max_batch: int = 8,

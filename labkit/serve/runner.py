@@ -164,6 +164,7 @@ class ModelRunner:
             with record_function("labkit::linears"):
                 h = h + attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim))
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
+        self._prompt_logprobs(work, offsets, h[0])
         done = [i for i, w in enumerate(work) if w.end == w.seq.num_tokens]  # a prefill chunk yields no token
         if not done:
             return [None] * len(work)
@@ -176,6 +177,20 @@ class ModelRunner:
         for i, t in zip(done, picked, strict=True):
             tokens[i] = t
         return tokens
+
+    def _prompt_logprobs(self, work, offsets: list[int], h: torch.Tensor) -> None:
+        """For requests that asked for them, log p(prompt token j+1 | tokens <= j) at every prompt position j this
+        step computed, from the hidden states of this very step (the batch the request was served in)."""
+        for i, w in enumerate(work):
+            seq = w.seq
+            last = min(w.end, seq.num_prompt_tokens - 1)  # positions j < last have a prompt token after them
+            if seq.prompt_logprobs is None or w.start >= last:
+                continue
+            rows = h[offsets[i] : offsets[i] + last - w.start]
+            with record_function("labkit::linears"):
+                lp = torch.log_softmax(self.model.lm_head(self.model.model.norm(rows)).float(), dim=-1)
+            tgt = torch.tensor(seq.prompt_token_ids[w.start + 1 : last + 1], device=lp.device)
+            seq.prompt_logprobs[w.start + 1 : last + 1] = lp.gather(1, tgt[:, None])[:, 0].tolist()
 
     def _attention_layer(self, li: int, q: torch.Tensor, work, offsets: list[int], decode, prefill, scale: float,
                          T: int) -> torch.Tensor:

@@ -19,12 +19,16 @@ class SamplingParams:
     """How to pick and when to stop. temperature 0 is greedy (the course's correctness tests use it).
 
     `ignore_eos` keeps generating past the model's EOS (vLLM's benchmark does this so every request produces
-    exactly `max_tokens`); `stop_token_ids` end the request even then, as in vLLM."""
+    exactly `max_tokens`); `stop_token_ids` end the request even then, as in vLLM. `prompt_logprobs` (as vLLM's,
+    for the chosen tokens only): the engine also records the log-probability of each prompt token given the
+    ones before it, computed in whatever batch the request was served in (`Sequence.prompt_logprobs`): how a
+    server's perplexity is measured as it serves."""
 
     max_tokens: int = 64
     temperature: float = 0.0
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    prompt_logprobs: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -38,6 +42,8 @@ class SamplingParams:
         if any(isinstance(x, bool) or not isinstance(x, int) for x in stops):
             raise ValueError(f"stop_token_ids must be ints, got {self.stop_token_ids!r}")
         object.__setattr__(self, "stop_token_ids", stops)
+        if not isinstance(self.prompt_logprobs, bool):
+            raise ValueError(f"prompt_logprobs must be True or False, got {self.prompt_logprobs!r}")
 
     @property
     def greedy(self) -> bool:
@@ -82,9 +88,14 @@ class Sequence:
     token_times: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     num_preemptions: int = 0
+    # with SamplingParams.prompt_logprobs: entry i is log p(prompt token i | tokens before it), None for token 0
+    # (nothing predicts it) and for tokens taken from the prefix cache (not computed)
+    prompt_logprobs: list[float | None] | None = None
 
     def __post_init__(self) -> None:
         self.prompt_token_ids = list(self.prompt_token_ids)
+        if self.sampling_params.prompt_logprobs and self.prompt_logprobs is None:
+            self.prompt_logprobs = [None] * len(self.prompt_token_ids)
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -141,3 +141,74 @@ def test_engine_with_eager_attention_equals_generate(embedded):
         _assert_same_or_near_tie(embedded, p, got, _reference(embedded, p, 12))
     with pytest.raises(ValueError, match="unknown attention"):
         LLMEngine(embedded, EngineConfig(num_blocks=8, attention="flash3"))
+
+
+def test_prompt_logprobs_equal_the_models_own_across_chunks_and_batches(embedded):
+    """Each prompt token's log-probability, computed in chunks of 16 tokens next to other requests, equals
+    log_softmax of the model run on that prompt alone (fp32 rounding apart)."""
+    prompts = _prompts(4, seed=5, lo=30, hi=90)
+    eng = LLMEngine(embedded, EngineConfig(max_num_seqs=4, block_size=8, num_blocks=128, max_model_len=256,
+                                           max_num_batched_tokens=16))
+    sids = [eng.add_request(p, SamplingParams(max_tokens=2, ignore_eos=True, prompt_logprobs=True)) for p in prompts]
+    while eng.has_unfinished():
+        eng.step()
+    for sid, p in zip(sids, prompts, strict=True):
+        got = eng.get(sid).prompt_logprobs
+        assert got[0] is None and len(got) == len(p)
+        with torch.no_grad():
+            lp = torch.log_softmax(embedded(input_ids=torch.tensor([p])).logits[0, :-1].float(), dim=-1)
+        ref = lp.gather(1, torch.tensor(p[1:])[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(got[1:]), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_served_perplexity_equals_one_at_a_time_perplexity(embedded):
+    """Every strided window served at once through the engine (chunks of 64 tokens, 4 windows per step) gives the
+    perplexity quality.perplexity gets one window at a time, on the same scored tokens."""
+    from labkit import corpus, quality
+    from labkit.serve.experiment import served_perplexity
+
+    tok = models.load_tokenizer(models.EMBEDDED)
+    text = corpus.join_documents(corpus.stdlib_files("heldout")[:4])[:4000]
+    ref = quality.perplexity(embedded, tok, text, window=96, stride=48, max_tokens=300)
+    eng = LLMEngine(embedded, EngineConfig(max_num_seqs=4, block_size=8, num_blocks=256, max_model_len=128,
+                                           max_num_batched_tokens=64))
+    got = served_perplexity(eng, quality.text_ids(tok, text, 300), window=96, stride=48)
+    assert got["tokens"] == ref["tokens"] == 299
+    assert abs(got["perplexity"] / ref["perplexity"] - 1) < 1e-5
+
+
+def _alone_and_batched(model, prompts, n=16):
+    params = SamplingParams(max_tokens=n, ignore_eos=True)
+
+    def engine(seqs):
+        return LLMEngine(model, EngineConfig(max_num_seqs=seqs, block_size=8, num_blocks=256, max_model_len=160,
+                                             max_num_batched_tokens=64))
+    with torch.inference_mode():
+        return [engine(1).generate([p], params)[0] for p in prompts], engine(8).generate(prompts, params)
+
+
+@pytest.mark.parametrize("method", ["int8-dynamic", "int8-weight-only"])
+def test_batch_invariant_int8_answers_do_not_depend_on_the_batch(embedded, method):
+    """A request's greedy tokens served alone equal its tokens served in a batch of 8 mixed requests (chunks of
+    64 tokens, so the batch also changes where its prompt is split) for the INT8 paths that scale per token."""
+    import copy
+
+    from labkit import quant
+
+    assert method in quant.BATCH_INVARIANT
+    q = quant.quantize(copy.deepcopy(embedded), method, inplace=True)
+    alone, batched = _alone_and_batched(q, _prompts(8, seed=4, lo=24, hi=120))
+    assert alone == batched
+
+
+def test_per_tensor_int8_answers_do_depend_on_the_batch(embedded):
+    """The contrast that makes the test above mean something: torch.ao's per-tensor activation scale is shared
+    by the whole step, so some answers change when other requests share it."""
+    import copy
+
+    from labkit import quant
+
+    assert "int8-dynamic-legacy" not in quant.BATCH_INVARIANT
+    q = quant.quantize(copy.deepcopy(embedded), "int8-dynamic-legacy", inplace=True)
+    alone, batched = _alone_and_batched(q, _prompts(8, seed=4, lo=24, hi=120))
+    assert alone != batched
