@@ -78,7 +78,7 @@ class Config:
 
 
 PRESETS = {
-    "ci": {"layers": 2, "prompt_len": 32, "new_tokens": 6, "rounds": 3, "micro_batches": [1, 2, 4], "pp_batch": 4,
+    "ci": {"layers": 2, "prompt_len": 32, "new_tokens": 6, "rounds": 2, "micro_batches": [1, 2, 4], "pp_batch": 4,
            "pp_len": 16, "n_requests": 4, "output_len": (4, 8), "largest_message": 4 * 4**12,
            "hidden_sizes": [2048, 512, 128]},
     "full": {"layers": 4, "prompt_len": 512, "new_tokens": 16, "rounds": 5, "micro_batches": [1, 2, 4, 8],
