@@ -275,7 +275,6 @@ def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int 
     earlier windows' decoding, up to `max_batch` running, the same windows and scored tokens) for the batching
     stages, so a path whose numbers depend on the batch shows it here. `served` says which."""
     from labkit.progress import tqdm
-    from labkit.serve.engine import EngineConfig, LLMEngine
     from labkit.serve.experiment import served_perplexity
 
     cache: dict = {}
@@ -288,8 +287,7 @@ def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int 
             with torch.inference_mode():
                 if s.server == "engine":
                     window, new = 512, 16
-                    eng = LLMEngine(m, EngineConfig(max_num_seqs=max_batch, attention=s.attention,
-                                                    max_model_len=window + new))
+                    eng = _small_engine(m, s.attention, max_batch, window + new)
                     done[key] = served_perplexity(eng, quality.text_ids(tokenizer, text, max_tokens),
                                                   window=window)["perplexity"]
                 else:
@@ -318,7 +316,6 @@ def answer_agreement(stages: Sequence[Stage], prompts: list[list[int]], new_toke
     logit error against the fp32 baseline model at the same point (rounding decides, not the method);
     `max_parting_gap` is the largest such gap."""
     from labkit.progress import tqdm
-    from labkit.serve.engine import EngineConfig, LLMEngine
 
     cache: dict = {}
     rows, ref, prev = [], None, None
@@ -328,12 +325,10 @@ def answer_agreement(stages: Sequence[Stage], prompts: list[list[int]], new_toke
         row: dict = {"stage": s.name, "server": s.server}
         with torch.inference_mode():
             if s.server == "engine":
-                def engine(n: int, m=m, s=s) -> LLMEngine:
-                    return LLMEngine(m, EngineConfig(max_num_seqs=n, attention=s.attention,
-                                                     max_model_len=max(map(len, prompts)) + new_tokens))
+                longest = max(map(len, prompts)) + new_tokens
                 params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-                outs = engine(max_batch).generate(prompts, params)
-                alone = [engine(1).generate([p], params)[0] for p in prompts]
+                outs = _small_engine(m, s.attention, max_batch, longest).generate(prompts, params)
+                alone = _small_engine(m, s.attention, 1, longest).generate(prompts, params)  # one running at a time
                 row["identical_alone"] = sum(a == b for a, b in zip(alone, outs, strict=True)) / len(outs)
             else:
                 outs = [generate_timed(m, torch.tensor([p]), new_tokens)[1][0, len(p):].tolist() for p in prompts]
@@ -374,6 +369,16 @@ def answers_lines(rows: list[dict]) -> list[str]:
     else:
         out.append(f"Against {before} (one at a time through generate): every answer identical")
     return out
+
+
+def _small_engine(model, attention: str, max_num_seqs: int, max_len: int):
+    """An engine whose KV cache holds just `max_num_seqs` sequences of `max_len` tokens (the default 1 GiB cache
+    is zeroed at every construction: seconds, for a few short requests)."""
+    from labkit.serve.engine import EngineConfig, LLMEngine
+
+    block = 16
+    return LLMEngine(model, EngineConfig(max_num_seqs=max_num_seqs, attention=attention, max_model_len=max_len,
+                                         block_size=block, num_blocks=max_num_seqs * -(-max_len // block)))
 
 
 def _parting(model, fp32, prompt: list[int], out: list[int], before: list[int]) -> tuple[float, float]:
