@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import struct
 from dataclasses import asdict, dataclass
@@ -133,6 +135,21 @@ def _config_for(spec: ShapeSpec, layers: int):
     return LlamaConfig(**common, attention_bias=spec.attention_bias)
 
 
+@contextlib.contextmanager
+def _no_torch_reset():
+    """Skip torch's own initialisation of Linear and Embedding weights while transformers builds a model: it
+    initialises every one of them again right after (normal_ with the config's initializer_range), so torch's
+    kaiming uniform_ was pure cost (5 of the 12 s a Llama-2-13B layer with its head took to build here)."""
+    saved = {cls: cls.reset_parameters for cls in (torch.nn.Linear, torch.nn.Embedding)}
+    for cls in saved:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for cls, f in saved.items():
+            cls.reset_parameters = f
+
+
 def build(name: str, layers: int | None = None, dtype="fp32", device="cpu", seed: int = 0,
           attn_implementation: str = "sdpa"):
     """A shape-faithful model: `name`'s published dimensions with `layers` decoder layers (default: 2) and
@@ -145,7 +162,7 @@ def build(name: str, layers: int | None = None, dtype="fp32", device="cpu", seed
         raise ModelError(f"layers must be between 1 and {spec.num_hidden_layers} for {name}, got {layers}")
     cfg = _config_for(spec, layers)
     torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device(device), _no_torch_reset():
         model = AutoModelForCausalLM.from_config(cfg, dtype=as_dtype(dtype),
                                                  attn_implementation=attn_implementation)
     model.eval()
