@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import json
 import struct
 from dataclasses import asdict, dataclass
