@@ -99,6 +99,18 @@ def quality_model(stage: Stage, cache: dict):
     return cache[key]
 
 
+def int8_candidates(preset: str, device: str) -> tuple[list[str], list[dict]]:
+    """The INT8 methods `pick_int8` measures for `preset` on `device`, and a row for each one left out: the full
+    preset measures every candidate for the device; ci only the dynamic ones (torchao's per-token path and
+    torch.ao's per-tensor one it is weighed against), since weight-only INT8 costs ~20 s of the course to be
+    eliminated after its first request on CPUs measured so far."""
+    every = list(INT8_CANDIDATES["cuda" if str(device).startswith("cuda") else "cpu"])
+    chosen = [m for m in every if m.startswith("int8-dynamic")] if preset == "ci" else every
+    chosen = chosen or every
+    return chosen, [{"method": m, "status": f"not measured in the {preset} preset (-p int8_candidates or --preset "
+                                            "full)"} for m in every if m not in chosen]
+
+
 ELIMINATE_ABOVE = 3.0  # a variant whose first request takes over 3x the fastest one's is out before the rounds
 
 
@@ -267,6 +279,10 @@ def _stage_row(s: Stage, srv: Server, idle_r, replay_r, base: str, prev: str | N
     return row
 
 
+PPL_WINDOW, PPL_STRIDE = 512, 256  # one set of windows for both ways of serving, so their numbers compare
+PPL_DECODE = 16  # tokens each served window decodes, so later windows' prefills share steps with decoding
+
+
 def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int | None, max_batch: int = 8,
                  progress: bool = True) -> list[dict]:
     """Held-out perplexity of the embedded model under each stage's transformations, measured as the stage
@@ -286,12 +302,12 @@ def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int 
             m = quality_model(s, cache)
             with torch.inference_mode():
                 if s.server == "engine":
-                    window, new = 512, 16
-                    eng = _small_engine(m, s.attention, max_batch, window + new)
-                    done[key] = served_perplexity(eng, quality.text_ids(tokenizer, text, max_tokens),
-                                                  window=window)["perplexity"]
+                    eng = _small_engine(m, s.attention, max_batch, PPL_WINDOW + PPL_DECODE)
+                    done[key] = served_perplexity(eng, quality.text_ids(tokenizer, text, max_tokens), PPL_WINDOW,
+                                                  PPL_STRIDE, decode_tokens=PPL_DECODE)["perplexity"]
                 else:
-                    done[key] = quality.perplexity(m, tokenizer, text, max_tokens=max_tokens)["perplexity"]
+                    done[key] = quality.perplexity(m, tokenizer, text, PPL_WINDOW, PPL_STRIDE,
+                                                   max_tokens=max_tokens)["perplexity"]
         rows.append({"stage": s.name, "perplexity": done[key],
                      "served": f"batched by the engine (up to {max_batch} windows)" if s.server == "engine"
                      else "one window at a time"})

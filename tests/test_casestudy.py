@@ -276,3 +276,11 @@ def test_answers_lines_follow_the_table():
     assert "changes what some requests get back" in lines[0] and "clear margin" in lines[1]
     cb.update(parted=0, identical_to_prev=1.0)
     assert "every answer identical" in casestudy.answers_lines([base, one, cb])[1]
+
+
+def test_int8_candidates_per_preset_name_what_they_leave_out():
+    full, none = casestudy.int8_candidates("full", "cpu")
+    assert full == list(casestudy.INT8_CANDIDATES["cpu"]) and none == []
+    ci, out = casestudy.int8_candidates("ci", "cpu")
+    assert set(ci) | {r["method"] for r in out} == set(full) and not set(ci) & {r["method"] for r in out}
+    assert all(m.startswith("int8-dynamic") for m in ci) and all("not measured" in r["status"] for r in out)

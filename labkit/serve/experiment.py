@@ -45,8 +45,7 @@ def served_perplexity(engine: LLMEngine, ids, window: int = 512, stride: int = 2
     ids = [int(t) for t in ids]
     plan = quality.windows(len(ids), window, stride)
     params = SamplingParams(max_tokens=decode_tokens, ignore_eos=True, prompt_logprobs=True)
-    sids = [engine.add_request(ids[b:e], params)
-            for b, e, _ in plan]
+    sids = [engine.add_request(ids[b:e], params) for b, e, _ in plan]
     while engine.has_unfinished():
         engine.step()
     nll = []
