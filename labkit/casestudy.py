@@ -37,7 +37,7 @@ KEEP_ABOVE = 1.05  # an extra stage is kept only if it beats the stage before by
 INVARIANT_SLACK = 1.5  # a batch-invariant INT8 path is preferred unless the fastest other one is 1.5x faster
 TARGET = 4.0  # the issue's bar: at least 4.0x on throughput and on idle TTFT (the guide reports ~4x on both)
 PPL_TOLERANCE_PCT = 1.0
-INT8_CANDIDATES = {"cpu": ("int8-dynamic-legacy", "int8-dynamic", "int8-weight-only"),
+INT8_CANDIDATES = {"cpu": ("int8-dynamic-onednn", "int8-dynamic-legacy", "int8-dynamic", "int8-weight-only"),
                    "cuda": ("int8-weight-only", "int8-dynamic", "bnb-int8")}
 
 
@@ -101,11 +101,14 @@ def quality_model(stage: Stage, cache: dict):
 
 def int8_candidates(preset: str, device: str) -> tuple[list[str], list[dict]]:
     """The INT8 methods `pick_int8` measures for `preset` on `device`, and a row for each one left out: the full
-    preset measures every candidate for the device; ci only the dynamic ones (torchao's per-token path and
-    torch.ao's per-tensor one it is weighed against), since weight-only INT8 costs ~20 s of the course to be
-    eliminated after its first request on CPUs measured so far."""
-    every = list(INT8_CANDIDATES["cuda" if str(device).startswith("cuda") else "cpu"])
-    chosen = [m for m in every if m.startswith("int8-dynamic")] if preset == "ci" else every
+    preset measures every candidate for the device; ci two dynamic ones: one per-token path (oneDNN's where this
+    CPU runs it, else torchao's) and torch.ao's per-tensor one it is weighed against, since each other variant
+    costs ~20 s of the course (weight-only INT8 is eliminated after its first request on CPUs measured so far,
+    and torchao's per-token path computes what the oneDNN one does through a slower kernel)."""
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    every = list(INT8_CANDIDATES[dev])
+    per_token = "int8-dynamic-onednn" if quant.onednn_unsupported(dev) is None else "int8-dynamic"
+    chosen = [m for m in every if m in (per_token, "int8-dynamic-legacy")] if preset == "ci" else every
     chosen = chosen or every
     return chosen, [{"method": m, "status": f"not measured in the {preset} preset (-p int8_candidates or --preset "
                                             "full)"} for m in every if m not in chosen]

@@ -240,7 +240,9 @@ def _rand(shape: tuple[int, ...], dtype: str, device: str, g: torch.Generator) -
 def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", repeats: int = 3,
                  min_weight_mib: int = 0, seed: int = 0, min_time_s: float = 0.3) -> Probe:
     """Throughput of `tokens` x k activations times an n x k weight, as nn.Linear does it (F.linear);
-    int8 x int8 -> int32 through torch._int_mm, the kernel int8 dynamic quantization calls.
+    int8 x int8 through the fastest int8 kernel labkit's INT8 paths call here: on an x86 CPU with oneDNN its
+    prepacked int8 linear (what "int8-dynamic-onednn" calls; AMX or VNNI where present), elsewhere
+    torch._int_mm (torchao's int8-dynamic). The probe's `shape` names the kernel.
 
     tokens=1 is one decode step (matrix-vector: memory-bound, read it as GB/s); tokens=512 is a prefill
     (matrix-matrix: compute-bound, read it as GFLOP/s). Fast kernels get more repeats (see `_timed`).
@@ -255,7 +257,9 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
         m = 32  # torch._int_mm on CUDA needs more than 16 rows; the time of 32 rows ~ 1 row when memory-bound
     elt = 1 if dtype == "int8" else _TORCH_DTYPES[dtype].itemsize
     copies = max(1, -(-min_weight_mib * MiB // (n * k * elt))) if min_weight_mib else 1
-    shape = f"{m}x{k} @ ({n}x{k})^T" + (f" x{copies} weights" if copies > 1 else "")
+    onednn = dtype == "int8" and not str(device).startswith("cuda") and _onednn_ok()
+    shape = (f"{m}x{k} @ ({n}x{k})^T" + (f" x{copies} weights" if copies > 1 else "")
+             + (" (oneDNN int8 linear)" if onednn else " (torch._int_mm)" if dtype == "int8" else ""))
     out_elt = 4 if dtype == "int8" else elt
     nbytes = copies * (n * k * elt + m * k * elt + m * n * out_elt)
     flops = copies * 2 * m * k * n
@@ -265,7 +269,15 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
     g = torch.Generator().manual_seed(seed)
     x = _rand((m, k), dtype, device, g)
     ws = [_rand((n, k), dtype, device, g) for _ in range(copies)]
-    if dtype == "int8":
+    if onednn:
+        packed = [torch.ops.onednn.qlinear_prepack(w, None) for w in ws]
+        scale, zeros = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+
+        def step():
+            for w in packed:
+                torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, w, scale, zeros, None, 1.0, 0, torch.float32, "none",
+                                                   [], "")
+    elif dtype == "int8":
         def step():
             for w in ws:
                 torch._int_mm(x, w.t())
@@ -279,6 +291,12 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
     except RuntimeError as e:  # a dtype this build or device has no kernel for
         return Probe(name, device, dtype, shape, nbytes, flops, skipped=f"{type(e).__name__}: {e}"[:200])
     return Probe(name, device, dtype, shape, nbytes, flops, timing)
+
+
+def _onednn_ok() -> bool:
+    from labkit.quant import onednn_unsupported
+
+    return onednn_unsupported("cpu") is None
 
 
 def spin_up(device: str = "cpu", seconds: float = 0.5, mib: int = 64) -> None:

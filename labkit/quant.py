@@ -6,6 +6,11 @@ was) and attaches `model.labkit_quant`, a `QuantInfo` with the bytes and the sec
 Methods (see `METHODS`):
 - "int8-weight-only" (W8A16) and "int8-dynamic" (W8A8, activations quantized per token at run time):
   torchao's `quantize_` with `Int8WeightOnlyConfig` / `Int8DynamicActivationInt8WeightConfig`.
+- "int8-dynamic-onednn": the same W8A8 arithmetic as torchao's int8-dynamic (per-token activation scales,
+  per-channel weight scales), its matmul through oneDNN's prepacked int8 linear (`torch.ops.onednn`, the kernel
+  PyTorch's x86 inductor backend lowers quantized linears to: AMX or VNNI where the CPU has them). x86 CPU only.
+  `OneDNNInt8Linear` is the module; the per-token scale is applied outside the integer matmul, so a token's
+  output does not depend on its neighbours.
 - "int8-dynamic-legacy": PyTorch's older `torch.ao.quantization.quantize_dynamic` (fbgemm/x86, CPU only,
   one scale per tensor), as a contrast: deprecated, but still what many tutorials show.
 - "bnb-int8" (LLM.int8) and "bnb-nf4": bitsandbytes through transformers' `BitsAndBytesConfig`. bitsandbytes
@@ -37,18 +42,21 @@ from torch import nn
 
 from labkit.models import weight_bytes
 
-METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8", "bnb-nf4", "int4-rtn",
-           "rtn", "gptq", "awq", "gptqmodel")
+METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-onednn", "int8-dynamic-legacy", "bnb-int8", "bnb-nf4",
+           "int4-rtn", "rtn", "gptq", "awq", "gptqmodel")
 FAKE_QUANT = ("rtn", "gptq", "awq")  # dequantized weights: quality only, no speed of their own
-INT8_METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-legacy", "bnb-int8")  # 8-bit weights, real kernels
+# 8-bit weights, real kernels
+INT8_METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-onednn", "int8-dynamic-legacy", "bnb-int8")
 # Methods whose result for one token does not depend on the other tokens in the batch: weight-only ones, and
 # dynamic ones that scale activations per token. torch.ao's quantize_dynamic scales per tensor (the whole batch
 # shares one scale) and LLM.int8 picks its outlier columns over the whole batch: a request's answer can change
 # with its neighbours in a batching server.
-BATCH_INVARIANT = ("int8-weight-only", "int8-dynamic", "bnb-nf4", "int4-rtn", "rtn", "gptq", "awq")
+BATCH_INVARIANT = ("int8-weight-only", "int8-dynamic", "int8-dynamic-onednn", "bnb-nf4", "int4-rtn", "rtn", "gptq",
+                   "awq")
 # The number type each method's matmul runs in: activations quantized too (int8 x int8); every other method
 # dequantizes its weights and multiplies in the model's own dtype. What a prefill's compute floor is taken at.
-COMPUTE_DTYPE = {"int8-dynamic-legacy": "int8", "int8-dynamic": "int8", "bnb-int8": "int8"}
+COMPUTE_DTYPE = {"int8-dynamic-legacy": "int8", "int8-dynamic": "int8", "int8-dynamic-onednn": "int8",
+                 "bnb-int8": "int8"}
 
 
 def check_methods(methods) -> list[str]:
@@ -299,6 +307,8 @@ def _gptqmodel() -> None:
 def unsupported(method: str, device: str, dtype: torch.dtype) -> str | None:
     """Why `method` cannot quantize a model on `device` ("cpu", "cuda") held in `dtype`, or None if it can.
     `quantize` raises QuantSkipped with this reason; callers planning ahead (the case study) ask first."""
+    if method == "int8-dynamic-onednn":
+        return onednn_unsupported(device, dtype)
     if method == "int8-dynamic-legacy" and device != "cpu":
         return "torch.ao.quantization.quantize_dynamic runs on the CPU only (fbgemm/x86 kernels)"
     if method == "int8-dynamic-legacy" and dtype != torch.float32:
@@ -380,6 +390,11 @@ def _rewrite(q: nn.Module, method: str, names: list[str], dev: torch.device, ski
     if method in ("int8-weight-only", "int8-dynamic", "int4-rtn"):
         quantize_ = _require_torchao()
         quantize_(q, _torchao_config(method, dev, group_size), filter_fn=_linear_filter(skip))
+    elif method == "int8-dynamic-onednn":
+        for name in names:
+            parent, _, leaf = name.rpartition(".")
+            holder = q.get_submodule(parent) if parent else q
+            setattr(holder, leaf, OneDNNInt8Linear.from_linear(getattr(holder, leaf)))
     elif method == "int8-dynamic-legacy":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
@@ -399,6 +414,73 @@ def _rewrite(q: nn.Module, method: str, names: list[str], dev: torch.device, ski
         return ({"calib_shape": list(calib.shape), "damp": damp} if method == "gptq"
                 else {"calib_shape": list(calib.shape), "n_grid": n_grid})
     return {}
+
+
+# ---------------------------------------------------------------- int8-dynamic-onednn
+
+def onednn_unsupported(device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+    """Why oneDNN's int8 linear cannot run here, or None."""
+    import platform
+
+    if device != "cpu":
+        return f"oneDNN's int8 linear (torch.ops.onednn.qlinear_pointwise) runs on x86 CPUs, not {device}"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"oneDNN's int8 linear is PyTorch's x86 path; this CPU is {platform.machine()}"
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return "this PyTorch build has no oneDNN int8 linear (torch.ops.onednn.qlinear_pointwise)"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f"labkit's oneDNN int8 linear takes fp32 or bf16 activations, got {dtype}"
+    return None
+
+
+class OneDNNInt8Linear(nn.Module):
+    """W8A8 linear: int8 weights with one scale per output channel; at run time each token's activations are
+    scaled by their own absmax / 127, rounded to int8, multiplied by oneDNN's prepacked int8 kernel, and the
+    int32 sums rescaled. The kernel is called with activation scale 1 and the per-token scale applied after it,
+    so a token's output is computed from its own numbers only (integer sums are exact): batch-invariant.
+    `weight` (int8) and `weight_scale` are the state; the prepacked copy oneDNN reads is made on first use and
+    is not saved (it holds the same bytes in oneDNN's blocked layout, so the layer keeps both in memory)."""
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("weight", weight)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("bias", bias)
+        self._packed = None
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear) -> OneDNNInt8Linear:
+        w = lin.weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)
+        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        bias = None if lin.bias is None else lin.bias.detach().clone()
+        return cls(q, scale, bias)
+
+    def __getstate__(self):  # copy.deepcopy: oneDNN's opaque tensor cannot be copied; it is packed again
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+            self._zero_points = torch.zeros(self.out_features, dtype=torch.int64)
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        lo, hi = torch.aminmax(x2, dim=1, keepdim=True)  # one pass for each token's absmax
+        s = (torch.maximum(-lo, hi).float() / 127).clamp_min(1e-12)
+        xs = x2.float().div_(s) if x2.dtype != torch.float32 else x2.div(s)
+        xq = xs.round_().clamp_(-127, 127).to(torch.int8)
+        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, 0, self._packed, self.weight_scale.float(),
+                                               self._zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+        y = y.mul_(s)
+        if self.bias is not None:
+            y = y.add_(self.bias.float())
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 def _linear_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:

@@ -16,8 +16,8 @@ from labkit.models import EMBEDDED, MODELS_DIR
 GROUP = 64
 # Relative L2 error of the logits against fp32 that each method must stay under, on the seeded model below.
 # 8-bit grids lose ~1-4% here (per-tensor legacy the most); 4-bit ones ~15-20%; bf16 alone ~1%.
-TOL = {"int8-weight-only": 0.05, "int8-dynamic": 0.05, "int8-dynamic-legacy": 0.08, "bnb-int8": 0.05,
-       "bnb-nf4": 0.3, "int4-rtn": 0.3, "rtn": 0.3, "gptq": 0.3, "awq": 0.3}
+TOL = {"int8-weight-only": 0.05, "int8-dynamic": 0.05, "int8-dynamic-onednn": 0.05, "int8-dynamic-legacy": 0.08,
+       "bnb-int8": 0.05, "bnb-nf4": 0.3, "int4-rtn": 0.3, "rtn": 0.3, "gptq": 0.3, "awq": 0.3}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
@@ -63,6 +63,47 @@ def test_method_keeps_shape_shrinks_and_stays_close(small, method):
     assert info.seconds >= 0
     for k, v in model.state_dict().items():  # the input model is left as it was
         assert torch.equal(v, before[k]), k
+
+
+def _onednn_or_skip():
+    reason = quant.onednn_unsupported("cpu")
+    if reason:
+        pytest.skip(reason)
+
+
+def test_onednn_int8_linear_is_the_per_token_w8a8_formula_and_batch_invariant():
+    """OneDNNInt8Linear computes s_token * s_channel * (int8 x . int8 w) + bias: equal to that formula written
+    in fp64 within fp32 rounding, each row bit-identical whether it is computed alone or among 37 other rows,
+    and about as close to fp32 as torchao's int8-dynamic (per-token too, on a grid of +-127.5 instead of +-127)."""
+    _onednn_or_skip()
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(192, 80)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(80, 192, generator=g) * 0.05)
+    x = torch.randn(38, 192, generator=g) * torch.exp(torch.randn(192, generator=g))  # outlier channels
+    q = quant.OneDNNInt8Linear.from_linear(lin)
+    with torch.no_grad():
+        y = q(x)
+        s = x.abs().amax(1, keepdim=True) / 127
+        xq = torch.round(x / s).clamp(-127, 127)
+        ref = (xq.double() @ q.weight.double().T) * s.double() * q.weight_scale.double() + lin.bias.double()
+        assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5)
+        assert _rel(y, lin(x)) < 0.02  # and close to the fp32 layer
+        for i in (0, 17, 37):
+            assert torch.equal(q(x[i:i + 1])[0], y[i])
+        assert torch.equal(q(x[5:13]), y[5:13])
+        y3 = q(x.reshape(2, 19, 192))  # any leading shape, as nn.Linear
+        assert torch.equal(y3.reshape(38, 80), y)
+        assert q(x.bfloat16()).dtype == torch.bfloat16
+        c = copy.deepcopy(q)  # oneDNN's packed copy is not deep-copyable; the copy packs its own
+        assert torch.equal(c(x), y)
+        try:
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+        except ImportError:
+            return
+        ao = nn.Sequential(copy.deepcopy(lin))
+        quantize_(ao, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+        assert _rel(y, lin(x)) < 1.5 * _rel(ao(x), lin(x))
 
 
 def test_bad_inputs_fail_clearly(small):
