@@ -19,6 +19,7 @@ transformations. The check compares ratios of times measured in one run, never a
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -223,12 +224,18 @@ class Server:
 # ---------------------------------------------------------------- measuring
 
 def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: int, idle_repeats: int = 3,
-            rounds: int = 3, progress: bool = True, cache: dict | None = None) -> tuple[list[dict], dict, dict, dict]:
+            rounds: int = 3, progress: bool = True, cache: dict | None = None,
+            kernels: bool = True) -> tuple[list[dict], dict, dict, dict]:
     """Every stage on the same trace, in one run, in rotating rounds (labkit.bench.run_rounds) so that drift
     in the machine's load hits every stage alike. Idle TTFT: the first request of each stage is the cold start
     (kept apart), then `idle_repeats` rounds each time one 512-token request on every idle server in turn.
     Then `rounds` rounds in which every stage replays the whole trace, one stage after another, the order
     rotating each round. Every factor is the median over rounds of the ratio measured within a round.
+
+    With `kernels`, the idle-TTFT rounds also time one prefill-shaped matmul (prompt tokens x hidden, times an
+    intermediate x hidden weight; hardware.matrix_kernel) in each stage's compute type, in the same rotation, so
+    the machine's matmul rates at that moment are known (`raw["kernels"]`, used by `ceilings`): on a shared
+    machine they can move several-fold within minutes, and not alike for every kernel.
 
     Returns (rows, replays of the last round by stage name, models by stage name, the raw rounds); rows carry
     the factors against the stage before (`*_x_prev`) and against the baseline (`*_x_base`). `cache`: models
@@ -252,14 +259,26 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
                     "failed": m["failed"]}
         return run
 
+    idle_calls = {n: idle(srv) for n, srv in servers.items()}
+    probes = {}
+    if kernels:
+        from labkit import hardware
+
+        cfg, dev = base.config, str(next(base.parameters()).device)
+        for dt in dict.fromkeys(compute_dtype(st) for st in stages):
+            call, flops, kernel = hardware.matrix_kernel(dt, len(prompt), cfg.hidden_size, cfg.intermediate_size,
+                                                         dev)
+            probes[dt] = {"kernel": kernel, "flops": flops,
+                          "shape": f"{len(prompt)}x{cfg.hidden_size} @ ({cfg.intermediate_size}x{cfg.hidden_size})^T"}
+            idle_calls[f"matmul {dt}"] = call
     with torch.inference_mode():
-        idle_r = run_rounds({n: idle(srv) for n, srv in servers.items()}, idle_repeats, progress=progress,
-                            desc="idle TTFT rounds")
+        idle_r = run_rounds(idle_calls, idle_repeats, progress=progress, desc="idle TTFT rounds")
         replay_r = run_rounds({n: replay(srv) for n, srv in servers.items()}, rounds, cold=False,
                               progress=progress, desc="trace replay rounds")
     rows = [_stage_row(s, servers[s.name], idle_r, replay_r, stages[0].name, stages[i - 1].name if i else None)
             for i, s in enumerate(stages)]
-    raw = {"idle": idle_r.to_dict(), "replay": replay_r.to_dict()}
+    raw = {"idle": idle_r.to_dict(), "replay": replay_r.to_dict(),
+           "kernels": {dt: {**p, "s": idle_r.values[f"matmul {dt}"]["s"]} for dt, p in probes.items()}}
     return rows, replays, {n: srv.model for n, srv in servers.items()}, raw
 
 
@@ -410,6 +429,14 @@ def _parting(model, fp32, prompt: list[int], out: list[int], before: list[int]) 
     return float(top2[0] - top2[1]), float((logits - fp32(input_ids=ids).logits[0, -1].float()).abs().max())
 
 
+def compute_dtype(stage) -> str:
+    """The number type a stage's matmuls run in (a Stage or a row): int8 where its INT8 method quantizes the
+    activations too, else the stage's own dtype. What its prefill floor is taken at."""
+    int8, dtype = ((stage.get("int8"), stage.get("dtype", "fp32")) if isinstance(stage, dict)
+                   else (stage.int8, stage.dtype))
+    return quant.COMPUTE_DTYPE.get(int8, dtype) if int8 else dtype
+
+
 def final_stage(rows: list[dict]) -> dict:
     """The last stage that is kept: an extra (bf16) counts only if it beat the stage before on throughput by
     more than KEEP_ABOVE."""
@@ -458,7 +485,7 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
                "output_throughput_full": n_out / total_full, "prefill_share": prefill_s / total_s,
                "weights_gib_full": sum(parts_full.values()) / 2**30}
         if hw is not None:
-            compute = quant.COMPUTE_DTYPE.get(r["int8"], r["dtype"]) if r["int8"] else r["dtype"]
+            compute = compute_dtype(r)
             batch = max_batch if r["server"] == "engine" else 1
             floor_l, ceil_l = _ceiling(n_req, n_out, flops_l, read_l, hw.peak(compute), hw.bandwidth_gbps, batch)
             floor_f, ceil_f = _ceiling(n_req, n_out, flops_f, read_f, hw.peak(compute), hw.bandwidth_gbps, batch)
@@ -474,33 +501,69 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
 # ---------------------------------------------------------------- the check
 
 # A ratio is asserted only where this machine's ceiling for it is at least ASSERT_MARGIN x the bar. 2x, because
-# the ceiling takes both stages at their floors, and the INT8 paths' prefill measured here reaches 44-65% of the
-# int8 GEMM probe's floor (activations are quantized and outputs dequantized around every matmul) while the fp32
-# baseline reaches 80-100% of its own: a 6.8x ceiling on a Xeon with AMX gave 3.4-3.9x measured.
+# the ceiling takes both stages at their floors, and an INT8 stage's prefill also quantizes its activations and
+# rescales its outputs around every matmul, runs attention and the head: measured on a Xeon with AMX, the final
+# stage reached 40-70% of its int8 floor and the fp32 baseline 70-100% of its own when both floors are the matmul
+# rates timed in the same rounds (`measure(kernels=True)`). The idle-TTFT ceiling is taken from those in-run rates:
+# neighbours on a shared host slowed the oneDNN AMX int8 kernel 3x within minutes while fp32 slowed 1.3x, so
+# notebook 01's profile, measured minutes earlier, could promise a ratio the machine no longer offered.
 ASSERT_MARGIN = 2.0
 
 
-def ceilings(rows: list[dict], proj: list[dict] | None) -> dict[str, float]:
+def in_run_card(hw: roofline.Card, kernels: dict | None) -> tuple[roofline.Card, list[str]]:
+    """`hw` (notebook 01's card) with the matmul rates of the number types timed in this run's idle rounds
+    (`measure`, raw["kernels"]: the prefill's own shape, next to the stages) in place of the profile's, and a line
+    per type saying what changed. The floors and ceilings of `project` then use the machine as it was while the
+    stages ran: a rate measured minutes earlier, at another shape, can put a stage above its own floor."""
+    from dataclasses import replace
+
+    if not kernels:
+        return hw, ["no matmuls timed in this run: floors from " + (hw.source or "the card")]
+    peaks, lines = dict(hw.peak_tflops), []
+    for dt, k in kernels.items():
+        rate = k["flops"] / statistics.median(k["s"]) / 1e12
+        old = hw.peak(dt)
+        lines.append(f"{dt} matmul ({k['kernel']}, {k['shape']}): {rate:.2f} TFLOP/s in this run's rounds"
+                     + (f", {old / 1e12:.2f} in notebook 01's profile" if old else ""))
+        peaks[dt] = rate
+    return replace(hw, peak_tflops=peaks, source=f"{hw.source}; matmul rates timed in this run"), lines
+
+
+def kernel_ratio(rows: list[dict], kernels: dict | None) -> float | None:
+    """The final stage's matmul rate over the baseline's, timed in the same rounds as their idle TTFTs (`measure`,
+    raw["kernels"]): the median over rounds of the per-round ratio. None when not timed."""
+    if not kernels:
+        return None
+    fd, bd = compute_dtype(final_stage(rows)), compute_dtype(rows[0])
+    if fd not in kernels or bd not in kernels:
+        return None
+    per = [b / f for b, f in zip(kernels[bd]["s"], kernels[fd]["s"], strict=True)]
+    return float(statistics.median(per))
+
+
+def ceilings(rows: list[dict], proj: list[dict] | None, kernels: dict | None = None) -> dict[str, float]:
     """The most the final stage could gain over the baseline on this machine, by the roofline alone (both at their
     floors, so the answer is the hardware's and not the run's noise): for the idle TTFT, the baseline's prefill
-    floor over the final stage's (in effect the ratio of their matmul rates); for throughput, the final stage's
-    throughput ceiling for the trace over the baseline's (`project` gives the floors)."""
-    if not proj:
-        return {}
-    final, base = final_stage(rows), rows[0]
-    p = {r["stage"]: r for r in proj}
-    fp, bp = p[final["stage"]], p[base["stage"]]
+    floor over the final stage's, in effect the ratio of their matmul rates: measured in the same rounds as the
+    TTFTs where `kernels` (measure's raw["kernels"]) has them, else from notebook 01's profile; for throughput,
+    the final stage's throughput ceiling for the trace over the baseline's (`project` gives the floors)."""
     out = {}
+    final, base = final_stage(rows), rows[0]
+    p = {r["stage"]: r for r in proj or []}
+    fp, bp = p.get(final["stage"], {}), p.get(base["stage"], {})
     if fp.get("ttft_fraction_of_floor") and bp.get("ttft_fraction_of_floor"):
         out["ttft"] = (bp["ttft_fraction_of_floor"] * base["ttft_idle_ms"]) / (
             fp["ttft_fraction_of_floor"] * final["ttft_idle_ms"])
+    in_run = kernel_ratio(rows, kernels)
+    if in_run is not None:
+        out["ttft"] = in_run
     if fp.get("throughput_ceiling") and bp.get("throughput_ceiling"):
         out["throughput"] = fp["throughput_ceiling"] / bp["throughput_ceiling"]
     return out
 
 
 def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: str,
-          proj: list[dict] | None = None) -> dict:
+          proj: list[dict] | None = None, kernels: dict | None = None) -> dict:
     """Final stage vs baseline: throughput and idle-TTFT ratios (each the median over rounds of the ratio measured
     side by side within a round), the loaded-TTFT ratio, the perplexity change.
 
@@ -515,7 +578,7 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
     out = {"final_stage": final["stage"],  # ratios measured within each round, median over rounds
            "throughput_ratio": final["throughput_x_base"], "ttft_idle_ratio": final["ttft_idle_x_base"],
            "ttft_loaded_ratio": final["ttft_loaded_x_base"], "ppl_delta_pct": ppl[final["stage"]],
-           "throughput_rounds": final.get("throughput_x_base_rounds"), "ceilings": ceilings(rows, proj)}
+           "throughput_rounds": final.get("throughput_x_base_rounds"), "ceilings": ceilings(rows, proj, kernels)}
     units = str(device).startswith("cuda") or bool(matrix_units.get("int8") or matrix_units.get("bf16"))
     names = {"throughput": ("throughput_ratio", "output throughput"), "ttft": ("ttft_idle_ratio", "idle TTFT")}
     asserted = {k: units and out["ceilings"].get(k, float("inf")) >= ASSERT_MARGIN * TARGET for k in names}
@@ -534,6 +597,12 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
                f"{GUIDE['ttft_ms'][0] / GUIDE['ttft_ms'][1]:.2f}x)")
     if fails:
         summary += ". Not met: " + "; ".join(fails.values())
+    c = out["ceilings"]
+    if kernel_ratio(rows, kernels) is not None:
+        fd, bd = compute_dtype(final), compute_dtype(rows[0])
+        rate = {dt: kernels[dt]["flops"] / statistics.median(kernels[dt]["s"]) / 1e12 for dt in (fd, bd)}
+        summary += (f". Idle-TTFT ceiling {c['ttft']:.1f}x: the {fd} matmul ({kernels[fd]['kernel']}) ran at "
+                    f"{rate[fd]:.2f} and the {bd} one at {rate[bd]:.2f} TFLOP/s in the same rounds")
     if not units:
         summary += (". Not asserted: this machine has no int8 or bf16 matrix units (no AVX512-VNNI/AVX-VNNI/AMX, "
                     "no CUDA GPU), so INT8 and bf16 have no fast kernels to run on; the factors above are what it "

@@ -237,6 +237,48 @@ def _rand(shape: tuple[int, ...], dtype: str, device: str, g: torch.Generator) -
     return (torch.randn(shape, generator=g) * 0.02).to(device=device, dtype=_TORCH_DTYPES[dtype])
 
 
+def _matrix_step(dtype: str, m: int, k: int, n: int, device: str, copies: int, seed: int, onednn: bool):
+    """A zero-argument call that multiplies m x k activations by `copies` n x k weights in `dtype`."""
+    g = torch.Generator().manual_seed(seed)
+    x = _rand((m, k), dtype, device, g)
+    ws = [_rand((n, k), dtype, device, g) for _ in range(copies)]
+    if onednn:
+        packed = [torch.ops.onednn.qlinear_prepack(w, None) for w in ws]
+        scale, zeros = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+
+        def step():
+            for w in packed:
+                torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, w, scale, zeros, None, 1.0, 0, torch.float32, "none",
+                                                   [], "")
+    elif dtype == "int8":
+        def step():
+            for w in ws:
+                torch._int_mm(x, w.t())
+    else:
+        def step():
+            for w in ws:
+                torch.nn.functional.linear(x, w)
+    return step
+
+
+def matrix_kernel(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", seed: int = 0):
+    """(call, flops, kernel): one untimed call of `probe_matrix`'s kernel for a `tokens` x k by (n x k)^T product,
+    for callers that time it themselves next to other work (the case study times it in the same rounds as its
+    stages, so the ceiling it asserts against is the machine's at that moment). `kernel` names what runs."""
+    if dtype not in PROBE_DTYPES:
+        raise ValueError(f"unknown probe dtype {dtype!r}; choose one of {list(PROBE_DTYPES)}")
+    onednn = dtype == "int8" and not str(device).startswith("cuda") and _onednn_ok()
+    kernel = "oneDNN int8 linear" if onednn else "torch._int_mm" if dtype == "int8" else f"{dtype} F.linear"
+    step = _matrix_step(dtype, tokens, k, n, device, 1, seed, onednn)
+
+    def call():
+        with torch.inference_mode():
+            step()
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+    return call, 2 * tokens * k * n, kernel
+
+
 def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", repeats: int = 3,
                  min_weight_mib: int = 0, seed: int = 0, min_time_s: float = 0.3) -> Probe:
     """Throughput of `tokens` x k activations times an n x k weight, as nn.Linear does it (F.linear);
@@ -266,25 +308,7 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
     reason = device_skip_reason(device)
     if reason:
         return Probe(name, device, dtype, shape, nbytes, flops, skipped=reason)
-    g = torch.Generator().manual_seed(seed)
-    x = _rand((m, k), dtype, device, g)
-    ws = [_rand((n, k), dtype, device, g) for _ in range(copies)]
-    if onednn:
-        packed = [torch.ops.onednn.qlinear_prepack(w, None) for w in ws]
-        scale, zeros = torch.ones(n), torch.zeros(n, dtype=torch.int64)
-
-        def step():
-            for w in packed:
-                torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, w, scale, zeros, None, 1.0, 0, torch.float32, "none",
-                                                   [], "")
-    elif dtype == "int8":
-        def step():
-            for w in ws:
-                torch._int_mm(x, w.t())
-    else:
-        def step():
-            for w in ws:
-                torch.nn.functional.linear(x, w)
+    step = _matrix_step(dtype, m, k, n, device, copies, seed, onednn)
     try:
         with torch.inference_mode():
             timing = _timed(step, repeats, device, min_time_s, warmup=1)

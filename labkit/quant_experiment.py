@@ -345,7 +345,8 @@ def prediction_lines(speed, profile: dict | None) -> list[str]:
     pred = {r["dtype"]: r[next(k for k in r if k.startswith("predicted speed-up"))] for r in profile["predictions"]}
     rows = {r["method"]: r for _, r in speed.iterrows() if r["status"] == "ok"}
     out = []
-    for method, dtype in (("bf16", "bf16"), ("int8-dynamic", "int8"), ("int8-dynamic-legacy", "int8")):
+    for method, dtype in (("bf16", "bf16"), ("int8-dynamic", "int8"), ("int8-dynamic-onednn", "int8"),
+                          ("int8-dynamic-legacy", "int8")):
         if method not in rows or dtype not in pred:
             continue
         got, want = rows[method]["decode_x_vs_fp32"], pred[dtype]

@@ -92,6 +92,12 @@ def test_measure_runs_every_stage_on_the_same_trace_in_rotating_rounds(measured)
         per_round = [a / b for a, b in zip(idle[prev["stage"]]["ttft"], idle[r["stage"]]["ttft"], strict=True)]
         assert len(per_round) == 2 and r["ttft_idle_x_prev"] == pytest.approx(statistics.median(per_round))
         assert r["throughput_x_base_rounds"] and r["failed"] == 0
+    # one prefill-shaped matmul per compute type, timed in the idle rounds beside the stages
+    cfg = base.config
+    assert set(raw["kernels"]) == {casestudy.compute_dtype(s) for s in stages}
+    for dt, k in raw["kernels"].items():
+        assert len(k["s"]) == 2 and min(k["s"]) > 0 and k["flops"] == 2 * 24 * cfg.hidden_size * cfg.intermediate_size
+        assert idle[f"matmul {dt}"]["s"] == k["s"]
     # fp32 stages compute the same function: the engine's greedy tokens equal generate's, request by request
     assert replays["+ continuous batching"][1] == replays["baseline"][1]
     assert replays["+ fast attention"][1] == replays["baseline"][1]
@@ -213,6 +219,27 @@ def test_a_ratio_is_asserted_only_where_the_machines_ceiling_clears_the_bar_with
     proj[1]["ttft_fraction_of_floor"] = 200 / 480  # a floor of 200 ms, a ceiling of 10x: now TTFT is asserted too
     r = casestudy.check([b, f], ppl, units, "cpu", proj)
     assert r["asserted_ratios"] == ["output throughput", "idle TTFT"] and r["asserted_passed"]
+    # matmuls timed in the same rounds as the TTFTs decide the TTFT ceiling over the profile's: int8 3x fp32 in
+    # the run (per round 2.0, 3.0, 4.0 -> median 3.0), so TTFT is not asserted although the profile said 10x
+    b["int8"], f["int8"] = None, "int8-dynamic-onednn"
+    kernels = {"fp32": {"kernel": "fp32 F.linear", "flops": 2e12, "s": [2.0, 3.0, 4.0]},
+               "int8": {"kernel": "oneDNN int8 linear", "flops": 2e12, "s": [1.0, 1.0, 1.0]}}
+    assert casestudy.kernel_ratio([b, f], kernels) == pytest.approx(3.0)
+    r = casestudy.check([b, f], ppl, units, "cpu", proj, kernels)
+    assert r["ceilings"] == pytest.approx({"ttft": 3.0, "throughput": 12.0})
+    assert r["asserted_ratios"] == ["output throughput"]
+    assert ("Idle-TTFT ceiling 3.0x: the int8 matmul (oneDNN int8 linear) ran at 2.00 and the fp32 one at 0.67 "
+            "TFLOP/s in the same rounds") in r["message"]
+    card = roofline.Card("test", 16.0, 50.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "profile")
+    for k in kernels.values():
+        k["shape"] = "512x64 @ (128x64)^T"
+    run_card, lines = casestudy.in_run_card(card, kernels)  # the floors take the in-run rates, bandwidth stays
+    assert run_card.peak("fp32") == pytest.approx(2e12 / 3.0) and run_card.peak("int8") == pytest.approx(2e12)
+    assert run_card.peak("bf16") == card.peak("bf16") and run_card.bandwidth_gbps == 50.0
+    assert lines[1] == ("int8 matmul (oneDNN int8 linear, 512x64 @ (128x64)^T): 2.00 TFLOP/s in this run's rounds, "
+                        "1.60 in notebook 01's profile")
+    assert casestudy.in_run_card(card, None)[0] is card
+    assert casestudy.kernel_ratio([b, f], {"fp32": kernels["fp32"]}) is None  # the final stage's type not timed
 
 
 def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_picked_models(monkeypatch):
