@@ -233,7 +233,8 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
     rotating each round. Every factor is the median over rounds of the ratio measured within a round.
 
     With `kernels`, the idle-TTFT rounds also time one prefill-shaped matmul (prompt tokens x hidden, times an
-    intermediate x hidden weight; hardware.matrix_kernel) in each stage's compute type, in the same rotation, so
+    intermediate x hidden weight; hardware.matrix_kernel, the fastest of 3 calls) in each stage's compute type,
+    in the same rotation, so
     the machine's matmul rates at that moment are known (`raw["kernels"]`, used by `ceilings`): on a shared
     machine they can move several-fold within minutes, and not alike for every kernel.
 
@@ -278,7 +279,7 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
     rows = [_stage_row(s, servers[s.name], idle_r, replay_r, stages[0].name, stages[i - 1].name if i else None)
             for i, s in enumerate(stages)]
     raw = {"idle": idle_r.to_dict(), "replay": replay_r.to_dict(),
-           "kernels": {dt: {**p, "s": idle_r.values[f"matmul {dt}"]["s"]} for dt, p in probes.items()}}
+           "kernels": {dt: {**p, "s": idle_r.values[f"matmul {dt}"]["kernel_s"]} for dt, p in probes.items()}}
     return rows, replays, {n: srv.model for n, srv in servers.items()}, raw
 
 
