@@ -609,6 +609,10 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
                     "no CUDA GPU), so INT8 and bf16 have no fast kernels to run on; the factors above are what it "
                     "measured")
     for k, (key, label) in names.items():
+        if out[key] > c.get(k, float("inf")):
+            summary += (f". The measured {label} ratio ({out[key]:.2f}x) is above its ceiling ({c[k]:.1f}x): the "
+                        "rates the ceiling divides by were timed at other moments than the stages, and the host's "
+                        "load changed in between, so this ceiling understates the machine")
         if units and not asserted[k]:
             summary += (f". {label[0].upper() + label[1:]} not asserted: this machine's ceiling for it is "
                         f"{out['ceilings'][k]:.1f}x (the final stage and the baseline both at their roofline floors), "
