@@ -234,9 +234,8 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
 
     With `kernels`, the idle-TTFT rounds also time one prefill-shaped matmul (prompt tokens x hidden, times an
     intermediate x hidden weight; hardware.matrix_kernel, the fastest of 3 calls) in each stage's compute type,
-    in the same rotation, so
-    the machine's matmul rates at that moment are known (`raw["kernels"]`, used by `ceilings`): on a shared
-    machine they can move several-fold within minutes, and not alike for every kernel.
+    in the same rotation, so the machine's matmul rates at that moment are known (`raw["kernels"]`, used by
+    `ceilings`): on a shared machine they can move several-fold within minutes, and not alike for every kernel.
 
     Returns (rows, replays of the last round by stage name, models by stage name, the raw rounds); rows carry
     the factors against the stage before (`*_x_prev`) and against the baseline (`*_x_base`). `cache`: models
