@@ -268,9 +268,8 @@ def matrix_kernel(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", 
     moment; the fastest of a few, since a floor is the best the machine does). `kernel` names what runs."""
     if dtype not in PROBE_DTYPES:
         raise ValueError(f"unknown probe dtype {dtype!r}; choose one of {list(PROBE_DTYPES)}")
-    onednn = dtype == "int8" and not str(device).startswith("cuda") and _onednn_ok()
-    kernel = "oneDNN int8 linear" if onednn else "torch._int_mm" if dtype == "int8" else f"{dtype} F.linear"
-    step = _matrix_step(dtype, tokens, k, n, device, 1, seed, onednn)
+    kernel = _int8_kernel(device) if dtype == "int8" else f"{dtype} F.linear"
+    step = _matrix_step(dtype, tokens, k, n, device, 1, seed, kernel == "oneDNN int8 linear")
 
     def call() -> dict:
         best = float("inf")
@@ -305,9 +304,10 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
         m = 32  # torch._int_mm on CUDA needs more than 16 rows; the time of 32 rows ~ 1 row when memory-bound
     elt = 1 if dtype == "int8" else _TORCH_DTYPES[dtype].itemsize
     copies = max(1, -(-min_weight_mib * MiB // (n * k * elt))) if min_weight_mib else 1
-    onednn = dtype == "int8" and not str(device).startswith("cuda") and _onednn_ok()
+    kernel = _int8_kernel(device) if dtype == "int8" else None
+    onednn = kernel == "oneDNN int8 linear"
     shape = (f"{m}x{k} @ ({n}x{k})^T" + (f" x{copies} weights" if copies > 1 else "")
-             + (" (oneDNN int8 linear)" if onednn else " (torch._int_mm)" if dtype == "int8" else ""))
+             + (f" ({kernel})" if kernel else ""))
     out_elt = 4 if dtype == "int8" else elt
     nbytes = copies * (n * k * elt + m * k * elt + m * n * out_elt)
     flops = copies * 2 * m * k * n
@@ -323,10 +323,24 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
     return Probe(name, device, dtype, shape, nbytes, flops, timing)
 
 
-def _onednn_ok() -> bool:
-    from labkit.quant import onednn_unsupported
+def onednn_unsupported(device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+    """Why oneDNN's int8 linear (torch.ops.onednn.qlinear_pointwise, what labkit.quant's "int8-dynamic-onednn"
+    calls) cannot run here for activations in `dtype`, or None."""
+    if device != "cpu":
+        return f"oneDNN's int8 linear (torch.ops.onednn.qlinear_pointwise) runs on x86 CPUs, not {device}"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"oneDNN's int8 linear is PyTorch's x86 path; this CPU is {platform.machine()}"
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return "this PyTorch build has no oneDNN int8 linear (torch.ops.onednn.qlinear_pointwise)"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f"labkit's oneDNN int8 linear takes fp32 or bf16 activations, got {dtype}"
+    return None
 
-    return onednn_unsupported("cpu") is None
+
+def _int8_kernel(device: str) -> str:
+    """The int8 matmul the course's INT8 paths call on `device`: oneDNN's on x86 CPUs, else torch._int_mm."""
+    cpu = not str(device).startswith("cuda")
+    return "oneDNN int8 linear" if cpu and onednn_unsupported("cpu") is None else "torch._int_mm"
 
 
 def spin_up(device: str = "cpu", seconds: float = 0.5, mib: int = 64) -> None:

@@ -6,9 +6,10 @@ was) and attaches `model.labkit_quant`, a `QuantInfo` with the bytes and the sec
 Methods (see `METHODS`):
 - "int8-weight-only" (W8A16) and "int8-dynamic" (W8A8, activations quantized per token at run time):
   torchao's `quantize_` with `Int8WeightOnlyConfig` / `Int8DynamicActivationInt8WeightConfig`.
-- "int8-dynamic-onednn": the same W8A8 arithmetic as torchao's int8-dynamic (per-token activation scales,
-  per-channel weight scales), its matmul through oneDNN's prepacked int8 linear (`torch.ops.onednn`, the kernel
-  PyTorch's x86 inductor backend lowers quantized linears to: AMX or VNNI where the CPU has them). x86 CPU only.
+- "int8-dynamic-onednn": torchao's int8-dynamic scheme (per-token activation scales, per-channel weight
+  scales; a +-127 grid where torchao's reaches -128), its matmul through oneDNN's prepacked int8 linear
+  (`torch.ops.onednn`, the kernel PyTorch's x86 inductor backend lowers quantized linears to: AMX or VNNI where
+  the CPU has them). x86 CPU only (`hardware.onednn_unsupported` says why not elsewhere).
   `OneDNNInt8Linear` is the module; the per-token scale is applied outside the integer matmul, so a token's
   output does not depend on its neighbours.
 - "int8-dynamic-legacy": PyTorch's older `torch.ao.quantization.quantize_dynamic` (fbgemm/x86, CPU only,
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from labkit.hardware import onednn_unsupported
 from labkit.models import weight_bytes
 
 METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-onednn", "int8-dynamic-legacy", "bnb-int8", "bnb-nf4",
@@ -392,18 +394,14 @@ def _rewrite(q: nn.Module, method: str, names: list[str], dev: torch.device, ski
         quantize_(q, _torchao_config(method, dev, group_size), filter_fn=_linear_filter(skip))
     elif method == "int8-dynamic-onednn":
         for name in names:
-            parent, _, leaf = name.rpartition(".")
-            holder = q.get_submodule(parent) if parent else q
-            setattr(holder, leaf, OneDNNInt8Linear.from_linear(getattr(holder, leaf)))
+            _swap(q, name, OneDNNInt8Linear.from_linear)
     elif method == "int8-dynamic-legacy":
+        def legacy(lin: nn.Module) -> nn.Module:  # quantize_dynamic takes a set of types; swap only this linear
+            return torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
-            for name in names:  # quantize_dynamic takes a set of types; swap only the chosen linears
-                parent, _, leaf = name.rpartition(".")
-                holder = q.get_submodule(parent) if parent else q
-                wrapped = nn.Sequential(getattr(holder, leaf))
-                qd = torch.ao.quantization.quantize_dynamic(wrapped, {nn.Linear}, dtype=torch.qint8)
-                setattr(holder, leaf, qd[0])
+            for name in names:
+                _swap(q, name, legacy)
     elif method == "rtn":
         with torch.no_grad():
             for name in names:
@@ -417,21 +415,6 @@ def _rewrite(q: nn.Module, method: str, names: list[str], dev: torch.device, ski
 
 
 # ---------------------------------------------------------------- int8-dynamic-onednn
-
-def onednn_unsupported(device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
-    """Why oneDNN's int8 linear cannot run here, or None."""
-    import platform
-
-    if device != "cpu":
-        return f"oneDNN's int8 linear (torch.ops.onednn.qlinear_pointwise) runs on x86 CPUs, not {device}"
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"oneDNN's int8 linear is PyTorch's x86 path; this CPU is {platform.machine()}"
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
-        return "this PyTorch build has no oneDNN int8 linear (torch.ops.onednn.qlinear_pointwise)"
-    if dtype not in (torch.float32, torch.bfloat16):
-        return f"labkit's oneDNN int8 linear takes fp32 or bf16 activations, got {dtype}"
-    return None
-
 
 class OneDNNInt8Linear(nn.Module):
     """W8A8 linear: int8 weights with one scale per output channel; at run time each token's activations are
@@ -481,6 +464,13 @@ class OneDNNInt8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _swap(model: nn.Module, name: str, make: Callable[[nn.Module], nn.Module]) -> None:
+    """Replace the submodule `name` of `model` with `make(submodule)`."""
+    parent, _, leaf = name.rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    setattr(holder, leaf, make(getattr(holder, leaf)))
 
 
 def _linear_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:

@@ -101,9 +101,10 @@ def _s02(m: dict) -> list[list[str]]:
         best = max(s, key=lambda r: r["decode_x_vs_fp32"])
         rows.append(["fastest batch-1 decode", f"{html.escape(best['method'])}: "
                      f"{fmt(best['decode_ms_per_token'], 'ms')}/token, {fmt(best['decode_x_vs_fp32'], 'x')} fp32"])
-    eight = ("int8-dynamic", "int8-dynamic-onednn", "int8-weight-only", "int8-dynamic-legacy", "bnb-int8")
+    from labkit.quant import INT8_METHODS
+
     four = ("gptq", "awq", "rtn", "int4-rtn", "bnb-nf4")
-    for label, names in (("best 8-bit quality", eight), ("best 4-bit quality", four)):
+    for label, names in (("best 8-bit quality", INT8_METHODS), ("best 4-bit quality", four)):
         got = [q[n] for n in names if n in q]
         if got:
             r = min(got, key=lambda r: r["ppl_vs_fp32"])

@@ -5,7 +5,7 @@ import statistics
 import pytest
 import torch
 
-from labkit import casestudy, models, quant, roofline
+from labkit import casestudy, hardware, models, quant, roofline
 from labkit.serve import workload
 
 
@@ -316,5 +316,5 @@ def test_int8_candidates_per_preset_name_what_they_leave_out():
     ci, out = casestudy.int8_candidates("ci", "cpu")
     assert set(ci) | {r["method"] for r in out} == set(full) and not set(ci) & {r["method"] for r in out}
     assert all(m.startswith("int8-dynamic") for m in ci) and all("not measured" in r["status"] for r in out)
-    per_token = "int8-dynamic-onednn" if quant.onednn_unsupported("cpu") is None else "int8-dynamic"
+    per_token = "int8-dynamic-onednn" if hardware.onednn_unsupported("cpu") is None else "int8-dynamic"
     assert sorted(ci) == sorted([per_token, "int8-dynamic-legacy"])

@@ -37,9 +37,7 @@ def test_matrix_probe_every_dtype(dtype):
         _rates_positive(p)
         assert p.gflop_per_s > 0
     if dtype == "int8":  # the kernel the course's INT8 paths call: oneDNN's on x86, torch._int_mm elsewhere
-        from labkit.quant import onednn_unsupported
-
-        assert mm.shape.endswith("(oneDNN int8 linear)" if onednn_unsupported() is None else "(torch._int_mm)")
+        assert mm.shape.endswith("(oneDNN int8 linear)" if H.onednn_unsupported() is None else "(torch._int_mm)")
 
 
 def test_matvec_cycles_through_enough_weights_to_defeat_caches():

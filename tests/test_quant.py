@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import models, quant
+from labkit import hardware, models, quant
 from labkit.models import EMBEDDED, MODELS_DIR
 
 GROUP = 64
@@ -66,7 +66,7 @@ def test_method_keeps_shape_shrinks_and_stays_close(small, method):
 
 
 def _onednn_or_skip():
-    reason = quant.onednn_unsupported("cpu")
+    reason = hardware.onednn_unsupported("cpu")
     if reason:
         pytest.skip(reason)
 
