@@ -106,6 +106,40 @@ def test_onednn_int8_linear_is_the_per_token_w8a8_formula_and_batch_invariant():
         assert _rel(y, lin(x)) < 1.5 * _rel(ao(x), lin(x))
 
 
+def test_onednn_siblings_fed_one_tensor_quantize_it_once():
+    """q/k/v (gate/up) projections receive the same tensor: the second layer reuses the int8 rows of the first
+    instead of quantizing again, with outputs bit-identical to quantizing afresh; another tensor with the same
+    values, an in-place change (outside inference mode) or a tensor of another width is quantized again."""
+    _onednn_or_skip()
+    g = torch.Generator().manual_seed(1)
+    a, b = nn.Linear(64, 32), nn.Linear(64, 48)
+    qa, qb = quant.OneDNNInt8Linear.from_linear(a), quant.OneDNNInt8Linear.from_linear(b)
+    x = torch.randn(5, 64, generator=g)
+
+    def fresh(layer, t):
+        quant._last_tokens = (lambda: None, None, None, None)
+        return layer(t)
+
+    with torch.no_grad():
+        ya = qa(x)
+        first = quant._last_tokens[2]
+        yb = qb(x)
+        assert quant._last_tokens[2] is first  # reused, not recomputed
+        assert torch.equal(ya, fresh(qa, x)) and torch.equal(yb, fresh(qb, x))
+        qa(x)
+        qb(x.clone())  # equal values, another tensor: quantized again
+        assert quant._last_tokens[2] is not first
+        qa(x)
+        x.mul_(3)  # in place: the version counter moves, the cached rows are stale
+        assert torch.equal(qb(x), fresh(qb, x))
+        assert _rel(qb(x), b(x)) < 0.02
+        with pytest.raises(ValueError, match="64"):
+            qa(torch.randn(5, 32))
+    with torch.inference_mode():
+        xi = torch.randn(5, 64, generator=g)
+        assert torch.equal(qb(xi), fresh(qb, xi)) and torch.equal(qa(xi), fresh(qa, xi))
+
+
 def test_bad_inputs_fail_clearly(small):
     model, _, calib, _ = small
     with pytest.raises(ValueError, match="unknown method"):
