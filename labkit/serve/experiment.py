@@ -1,8 +1,9 @@
 """Notebook 05's experiment: one trace replayed against every server, metrics side by side.
 
 `compare_servers` runs the servers one after another on the same trace (same prompts, arrivals, output
-lengths), summarizes each with labkit.bench (vLLM's metrics), checks that each server produced the same greedy
-tokens as the sequential `generate` baseline, and gives throughput ratios against the other servers.
+lengths), in rotating rounds when asked, summarizes each with labkit.bench (vLLM's metrics), checks that each
+server produced the same greedy tokens as the sequential `generate` baseline, and gives throughput ratios
+against the other servers.
 """
 
 from __future__ import annotations
@@ -62,18 +63,25 @@ def served_perplexity(engine: LLMEngine, ids, window: int = 512, stride: int = 2
 
 def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SERVERS, max_batch: int = 8,
                     max_wait_s: float = 1.0, slo_ms: dict | None = None, progress: bool = True,
-                    max_num_batched_tokens: int = 512):
+                    max_num_batched_tokens: int = 512, rounds: int = 1):
     """Replay `trace` against each server; returns (table rows, replays by server, the engine used).
 
     `max_batch` is the static batch size and the engine's max running sequences, so both are compared at the
     same maximum batch; `max_num_batched_tokens` is the engine's token budget per step (prompts longer than it
-    are prefilled in chunks, decodes first). Rows carry status "ok" or "skipped: <reason>" (never another
-    server's numbers)."""
-    from labkit.progress import tqdm
+    are prefilled in chunks, decodes first). With `rounds` > 1 every server replays the trace once per round,
+    the order rotating each round (labkit.bench.run_rounds), so that a change in the machine's load hits every
+    server alike: a row is the server's median-throughput round, `throughput_rounds` lists every round, and each
+    `throughput_x_vs_*` is the median over rounds of the ratio measured within a round. With one round (the
+    default) load drift between the replays can decide a close ranking. Rows carry status "ok" or
+    "skipped: <reason>" (never another server's numbers). The engine's step stats (`occupancy`) are its last
+    replay's."""
+    from labkit.bench import run_rounds
 
     unknown = sorted(set(servers) - set(SERVERS))
     if unknown:
         raise ValueError(f"unknown servers {unknown}; choose from {list(SERVERS)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     engine = engine_for(model, trace, max_batch, max_num_batched_tokens=max_num_batched_tokens)
     runs = {
         "sequential": lambda: run_sequential(model, trace),
@@ -81,15 +89,35 @@ def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SE
         "engine": lambda: run_engine(engine, trace),
         "hf-continuous": lambda: run_hf_continuous(model, trace, max_requests_per_batch=max_batch),
     }
+    done: dict[str, list] = {name: [] for name in servers}
+    skipped: dict[str, str] = {}
+
+    def replay(name: str):
+        def run() -> dict:
+            if name in skipped:
+                return {}
+            if name == "engine":
+                engine.stats.clear()
+            try:
+                done[name].append(runs[name]())
+            except Unavailable as e:
+                skipped[name] = str(e)
+                return {}
+            return {"throughput": summarize(done[name][-1][0])["output_throughput"]}
+        return run
+
+    timed = run_rounds({name: replay(name) for name in servers}, rounds, cold=False, progress=progress,
+                       desc="server rounds" if rounds > 1 else "servers")
     replays, rows = {}, []
-    for name in tqdm(list(servers), desc="servers", disable=not progress):
-        try:
-            replays[name] = runs[name]()
-        except Unavailable as e:
-            rows.append({"server": name, "status": f"skipped: {e}"})
+    for name in servers:
+        if name in skipped:
+            rows.append({"server": name, "status": f"skipped: {skipped[name]}"})
             continue
-        timings, _ = replays[name]
-        rows.append({"server": name, "status": "ok", **summarize(timings, slo_ms=slo_ms)})
+        tput = timed.values[name]["throughput"]
+        pick = sorted(range(len(tput)), key=tput.__getitem__)[(len(tput) - 1) // 2]  # the median round
+        replays[name] = done[name][pick]
+        rows.append({"server": name, "status": "ok", **summarize(replays[name][0], slo_ms=slo_ms),
+                     "rounds": len(tput), "throughput_rounds": tput})
     ref = replays.get("sequential")
     for row in rows:
         if row["status"] == "ok" and ref is not None:
@@ -102,8 +130,36 @@ def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SE
     for row in ok.values():
         for other in ("sequential", "static", "hf-continuous"):
             if other in ok and other != row["server"]:
-                row[f"throughput_x_vs_{other}"] = row["output_throughput"] / ok[other]["output_throughput"]
+                row[f"throughput_x_vs_{other}"] = timed.ratio(other, row["server"], "throughput",
+                                                              higher_is_better=True).value
     return rows, replays, engine
+
+
+def versus_lines(rows: list[dict], trace: str, others: Sequence[str] = ("static", "hf-continuous")) -> list[str]:
+    """The engine's output throughput against each of `others` in words, from the per-round throughputs of
+    `compare_servers` (ratios within a round, their median; a ratio inside the noise floor, or rounds that
+    disagree, is called inconclusive), saying how many rounds it rests on."""
+    from labkit.bench import Ratio
+
+    ok = {r["server"]: r for r in rows if r.get("status") == "ok"}
+    if "engine" not in ok:
+        return []
+    eng = ok["engine"]["throughput_rounds"]
+    out = []
+    for other in others:
+        if other not in ok:
+            continue
+        ratio = Ratio([e / o for e, o in zip(eng, ok[other]["throughput_rounds"], strict=True)])
+        n = len(eng)
+        if n == 1:
+            rounds = "one replay each"
+        elif ratio.conclusive:
+            rounds = f"median of {n} rotating rounds, {min(ratio.values):.2f}-{max(ratio.values):.2f}x"
+        else:  # the words already give the rounds' range
+            rounds = f"{n} rotating rounds"
+        out.append(f"{trace}: the engine's output throughput against {other}: "
+                   f"{ratio.words('higher', 'lower')} ({rounds})")
+    return out
 
 
 def prefill_bound(timings, decode_step_s: float | None = None, batch: int | None = None) -> dict:
@@ -148,7 +204,7 @@ def occupancy(engine: LLMEngine) -> dict[str, list]:
 def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[int, int],
                output_len: int | tuple[int, int], servers: Sequence[str] = ("static", "engine"), max_batch: int = 8,
                slo_ms: dict | None = None, seed: int = 0, progress: bool = True,
-               max_num_batched_tokens: int = 512) -> list[dict]:
+               max_num_batched_tokens: int = 512, rounds: int = 1) -> list[dict]:
     """The same kind of Poisson trace at each rate, replayed against `servers`: one row per (rate, server),
     for throughput and latency percentiles against the offered load."""
     from labkit.progress import tqdm
@@ -159,7 +215,7 @@ def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[in
         trace = make_trace(n, prompt_len=prompt_len, output_len=output_len, arrival="poisson", rate=rate,
                            vocab_size=model.config.vocab_size, seed=seed)
         rows, _, _ = compare_servers(model, trace, servers, max_batch=max_batch, slo_ms=slo_ms, progress=False,
-                                     max_num_batched_tokens=max_num_batched_tokens)
+                                     max_num_batched_tokens=max_num_batched_tokens, rounds=rounds)
         out += [{"rate": rate, **r} for r in rows]
     return out
 

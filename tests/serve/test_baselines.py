@@ -225,3 +225,54 @@ def test_decode_step_profile_accounts_for_the_step(tiny_llama):
     assert sum(parts) == pytest.approx(p["step_ms"], rel=0.35)  # the parts add up to the step, give or take
     assert p["memory_floor_ms"] > 0 and p["compute_floor_ms"] > 0
     assert not eng.has_unfinished() and eng.scheduler.block_manager.num_free_blocks == 64  # it cleaned up
+
+
+def test_compare_servers_in_rotating_rounds(tiny_llama, mixed_trace, monkeypatch):
+    """Each server replays once per round: its row is the median round's replay, every round's throughput is
+    listed, a ratio is the median of the per-round ratios, the engine's stats are one replay's, and a server
+    that cannot run is tried once and skipped with its reason."""
+    import statistics
+
+    from labkit.serve import experiment
+
+    calls = []
+
+    def unavailable(*a, **k):
+        calls.append(1)
+        raise Unavailable("no continuous batching in this build")
+
+    monkeypatch.setattr(experiment, "run_hf_continuous", unavailable)
+    rows, replays, engine = experiment.compare_servers(tiny_llama, mixed_trace, ["sequential", "static", "engine",
+                                                                                "hf-continuous"],
+                                                       max_batch=2, rounds=3, progress=False)
+    ok = {r["server"]: r for r in rows if r["status"] == "ok"}
+    assert set(ok) == {"sequential", "static", "engine"}
+    assert [r["status"] for r in rows if r["server"] == "hf-continuous"] == [
+        "skipped: no continuous batching in this build"] and len(calls) == 1
+    for r in ok.values():
+        assert r["rounds"] == 3 and len(r["throughput_rounds"]) == 3
+        assert r["output_throughput"] == pytest.approx(sorted(r["throughput_rounds"])[1])
+        assert r["same_tokens_as_sequential"] == 1.0
+    per = [e / s for e, s in zip(ok["engine"]["throughput_rounds"], ok["static"]["throughput_rounds"], strict=True)]
+    assert ok["engine"]["throughput_x_vs_static"] == pytest.approx(statistics.median(per))
+    assert sum(st.num_tokens for st in engine.stats) == sum(r.prompt_len + r.output_len - 1 for r in mixed_trace)
+    with pytest.raises(ValueError, match="rounds"):
+        experiment.compare_servers(tiny_llama, mixed_trace, ["static"], rounds=0, progress=False)
+
+
+def test_versus_lines_are_built_from_the_rounds():
+    from labkit.serve.experiment import versus_lines
+
+    def row(server, tput):
+        return {"server": server, "status": "ok", "throughput_rounds": tput}
+
+    three = versus_lines([row("engine", [30.0, 33.0, 36.0]), row("static", [20.0, 20.0, 24.0]),
+                          row("hf-continuous", [29.0, 34.0, 35.0])], "trace 1")
+    assert three[0] == ("trace 1: the engine's output throughput against static: 1.50x higher (median of 3 rotating "
+                        "rounds, 1.50-1.65x)")
+    assert three[1] == ("trace 1: the engine's output throughput against hf-continuous: inconclusive (1.03x, rounds "
+                        "0.97-1.03x, noise floor ±5%) (3 rotating rounds)")
+    one = versus_lines([row("engine", [10.0]), row("static", [20.0]), {"server": "hf-continuous",
+                                                                       "status": "skipped: no"}], "all at once")
+    assert one == ["all at once: the engine's output throughput against static: 2.00x lower (one replay each)"]
+    assert versus_lines([row("static", [1.0])], "x") == []
