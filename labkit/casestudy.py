@@ -112,8 +112,17 @@ def int8_candidates(preset: str, device: str) -> tuple[list[str], list[dict]]:
     per_token = "int8-dynamic-onednn" if hardware.onednn_unsupported(dev) is None else "int8-dynamic"
     chosen = [m for m in every if m in (per_token, "int8-dynamic-legacy")] if preset == "ci" else every
     chosen = chosen or every
-    return chosen, [{"method": m, "status": f"not measured in the {preset} preset (-p int8_candidates or --preset "
-                                            "full)"} for m in every if m not in chosen]
+    rows = [{"method": m, "status": f"not measured in the {preset} preset (-p int8_candidates or --preset full)"}
+            for m in every if m not in chosen]
+    for m in quant.INT8_METHODS:  # the INT8 methods that are no candidate on this kind of device, and why
+        if m not in every:
+            why = quant.unsupported(m, dev, torch.float32) or NOT_A_CANDIDATE.get(m, "not a candidate on " + dev)
+            rows.append({"method": m, "status": f"not a candidate: {why}"})
+    return chosen, rows
+
+
+NOT_A_CANDIDATE = {"bnb-int8": "batch-dependent (LLM.int8 picks its outlier columns over the whole batch, so a "
+                               "request's answer can change with its neighbours); notebook 02 measures its speed"}
 
 
 ELIMINATE_ABOVE = 3.0  # a variant whose first request takes over 3x the fastest one's is out before the rounds

@@ -312,9 +312,14 @@ def test_answers_lines_follow_the_table():
 
 def test_int8_candidates_per_preset_name_what_they_leave_out():
     full, none = casestudy.int8_candidates("full", "cpu")
-    assert full == list(casestudy.INT8_CANDIDATES["cpu"]) and none == []
+    assert full == list(casestudy.INT8_CANDIDATES["cpu"])
+    assert none == [{"method": "bnb-int8", "status": "not a candidate: " + casestudy.NOT_A_CANDIDATE["bnb-int8"]}]
     ci, out = casestudy.int8_candidates("ci", "cpu")
+    out = [r for r in out if "not a candidate" not in r["status"]]
     assert set(ci) | {r["method"] for r in out} == set(full) and not set(ci) & {r["method"] for r in out}
     assert all(m.startswith("int8-dynamic") for m in ci) and all("not measured" in r["status"] for r in out)
+    _, cuda_out = casestudy.int8_candidates("full", "cuda")  # every INT8 method has a row: measured or why not
+    assert {r["method"] for r in cuda_out} == {"int8-dynamic-onednn", "int8-dynamic-legacy"}
+    assert all("not a candidate" in r["status"] and "CPU" in r["status"] for r in cuda_out)
     per_token = "int8-dynamic-onednn" if hardware.onednn_unsupported("cpu") is None else "int8-dynamic"
     assert sorted(ci) == sorted([per_token, "int8-dynamic-legacy"])
