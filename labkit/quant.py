@@ -447,8 +447,9 @@ class OneDNNInt8Linear(nn.Module):
     scaled by their own absmax / 127, rounded to int8, multiplied by oneDNN's prepacked int8 kernel, and the
     int32 sums rescaled. The kernel is called with activation scale 1 and the per-token scale applied after it,
     so a token's output is computed from its own numbers only (integer sums are exact): batch-invariant.
-    `weight` (int8) and `weight_scale` are the state; the prepacked copy oneDNN reads is made on first use and
-    is not saved (it holds the same bytes in oneDNN's blocked layout, so the layer keeps both in memory)."""
+    `weight` (int8) and `weight_scale` are the state; the prepacked copy oneDNN reads is made here, as part of
+    quantizing (a first request would otherwise pay for it), and is not saved: it holds the same bytes in
+    oneDNN's blocked layout, so the layer keeps both in memory; a deep copy packs its own on first use."""
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -457,6 +458,11 @@ class OneDNNInt8Linear(nn.Module):
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("bias", bias)
         self._packed = None
+        self._pack()
+
+    def _pack(self) -> None:
+        self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
+        self._zero_points = torch.zeros(self.out_features, dtype=torch.int64)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> OneDNNInt8Linear:
@@ -472,12 +478,14 @@ class OneDNNInt8Linear(nn.Module):
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None:
-            self._packed = torch.ops.onednn.qlinear_prepack(self.weight, None)
-            self._zero_points = torch.zeros(self.out_features, dtype=torch.int64)
         shape = x.shape
         if shape[-1] != self.in_features:
             raise ValueError(f"input has {shape[-1]} features; this layer takes {self.in_features}")
+        if x.device.type != "cpu":
+            raise ValueError(f"oneDNN's int8 linear runs on the CPU; this input is on {x.device} (quantize the "
+                             "model for that device with another INT8 method)")
+        if self._packed is None:
+            self._pack()
         xq, s = quantize_tokens(x)
         y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, 0, self._packed, self.weight_scale.float(),
                                                self._zero_points, None, 1.0, 0, torch.float32, "none", [], "")

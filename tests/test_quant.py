@@ -135,6 +135,9 @@ def test_onednn_siblings_fed_one_tensor_quantize_it_once():
         assert _rel(qb(x), b(x)) < 0.02
         with pytest.raises(ValueError, match="64"):
             qa(torch.randn(5, 32))
+        with pytest.raises(ValueError, match="runs on the CPU"):
+            qa(torch.empty(5, 64, device="meta"))
+    assert quant.OneDNNInt8Linear.from_linear(a)._packed is not None  # packed when quantized, not in a request
     with torch.inference_mode():
         xi = torch.randn(5, 64, generator=g)
         assert torch.equal(qb(xi), fresh(qb, xi)) and torch.equal(qa(xi), fresh(qa, xi))
