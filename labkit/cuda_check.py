@@ -2,8 +2,8 @@
 and its result, or its traceback, printed and written to OUT/cuda_check.json, so one failing step does not
 hide the others.
 
-    PYTHONPATH=. python3 -m pytest -q tests/test_cuda.py tests/serve/test_engine.py   # on the GPU machine
-    PYTHONPATH=. python3 -m labkit.cuda_check --out "$OUT"
+    python3 -m pytest -q tests/test_cuda.py tests/serve/test_engine.py   # on the GPU machine, repository root
+    python3 -m labkit.cuda_check --out "$OUT"          # (python -m puts the root on the import path)
     .venv/bin/python -m labkit.cuda_check --device cpu --small --out /tmp/check    # the same steps, tiny, here
 
 The GPU machines lent to this project have PyTorch, transformers, pandas and matplotlib but not papermill,
