@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -164,3 +166,45 @@ def test_compile_study_reports_compile_time_first_call_and_recompiles_apart(tiny
     assert 0 < profiles["eager decode"]["matmul_share"] < 1
     with pytest.raises(ValueError, match="unknown compile variant"):
         kx.compile_study(tiny_llama, spec, 2, 12, 4, ["compile+magic"])
+
+
+def _packable_or_skip():
+    reason = kernels.prepack_unsupported(torch.nn.Linear(2, 2))
+    if reason:
+        pytest.skip(reason)
+
+
+def test_packed_linear_computes_the_linear_and_keeps_one_row_on_the_original():
+    _packable_or_skip()
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(96, 40)
+    p = kernels.PackedLinear(lin)
+    with torch.no_grad():
+        for rows in (2, 8, 33):
+            x = torch.randn(rows, 96, generator=g)
+            assert torch.allclose(p(x), lin(x), rtol=1e-4, atol=1e-5)
+        x3 = torch.randn(2, 5, 96, generator=g)
+        assert p(x3).shape == (2, 5, 40) and torch.allclose(p(x3), lin(x3), rtol=1e-4, atol=1e-5)
+        one = torch.randn(1, 1, 96, generator=g)
+        assert torch.equal(p(one), lin(one))  # one row: the original layer, bit for bit
+        c = copy.deepcopy(p)  # oneDNN's packed tensor is not copied: the copy packs its own on first use
+        x = torch.randn(8, 96, generator=g)
+        assert c._packed is None and torch.allclose(c(x), lin(x), rtol=1e-4, atol=1e-5)
+        c.to(torch.bfloat16)  # cast after packing: not fp32, so the original (now bf16) layer computes it
+        xb = torch.randn(8, 96, generator=g).bfloat16()
+        assert torch.equal(c(xb), c.linear(xb))
+
+
+def test_prepack_linears_swaps_fp32_linears_of_a_copy(tiny_llama):
+    _packable_or_skip()
+    packed = kernels.prepack_linears(tiny_llama)
+    swapped = [n for n, m in packed.named_modules() if isinstance(m, kernels.PackedLinear)]
+    assert len(swapped) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer and the head
+    assert not any(isinstance(m, kernels.PackedLinear) for m in tiny_llama.modules())  # the original is untouched
+    ids = torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(packed(ids).logits, tiny_llama(ids).logits, rtol=1e-4, atol=1e-4)
+    meta = torch.nn.Linear(2, 2, device="meta")
+    assert "on meta" in kernels.prepack_unsupported(meta)
+    with pytest.raises(kernels.KernelSkipped, match="on meta"):
+        kernels.prepack_linears(meta)

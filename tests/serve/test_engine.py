@@ -214,3 +214,20 @@ def test_per_tensor_int8_answers_do_depend_on_the_batch(embedded):
     q = quant.quantize(copy.deepcopy(embedded), "int8-dynamic-legacy", inplace=True)
     alone, batched = _alone_and_batched(q, _prompts(8, seed=4, lo=24, hi=120))
     assert alone != batched
+
+
+def test_engine_on_prepacked_fp32_linears_equals_generate(embedded):
+    """labkit.kernels.prepack_linears (oneDNN's packed weights from two rows up) under the engine: the tokens of
+    a batch of mixed requests equal generate's on the plain model, but for near-ties."""
+    from labkit import kernels
+
+    reason = kernels.prepack_unsupported(embedded)
+    if reason:
+        pytest.skip(reason)
+    packed = kernels.prepack_linears(embedded)
+    prompts = _prompts(4, seed=7)
+    eng = LLMEngine(packed, EngineConfig(max_num_seqs=4, block_size=8, num_blocks=128, max_model_len=512,
+                                         max_num_batched_tokens=64))
+    outs = eng.generate(prompts, SamplingParams(max_tokens=12, ignore_eos=True))
+    for p, got in zip(prompts, outs, strict=True):
+        _assert_same_or_near_tie(embedded, p, got, _reference(embedded, p, 12))
