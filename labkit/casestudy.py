@@ -532,12 +532,17 @@ def in_run_card(hw: roofline.Card, kernels: dict | None) -> tuple[roofline.Card,
         return hw, ["no matmuls timed in this run: floors from " + (hw.source or "the card")]
     peaks, lines = dict(hw.peak_tflops), []
     for dt, k in kernels.items():
-        rate = k["flops"] / statistics.median(k["s"]) / 1e12
+        rate = _tflops(k)
         old = hw.peak(dt)
         lines.append(f"{dt} matmul ({k['kernel']}, {k['shape']}): {rate:.2f} TFLOP/s in this run's rounds"
                      + (f", {old / 1e12:.2f} in notebook 01's profile" if old else ""))
         peaks[dt] = rate
     return replace(hw, peak_tflops=peaks, source=f"{hw.source}; matmul rates timed in this run"), lines
+
+
+def _tflops(kernel: dict) -> float:
+    """A matmul timed in `measure`'s rounds (raw["kernels"][dtype]): its rate, median over rounds, in TFLOP/s."""
+    return kernel["flops"] / statistics.median(kernel["s"]) / 1e12
 
 
 def kernel_ratio(rows: list[dict], kernels: dict | None) -> float | None:
@@ -611,7 +616,7 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
     c = out["ceilings"]
     if kernel_ratio(rows, kernels) is not None:
         fd, bd = compute_dtype(final), compute_dtype(rows[0])
-        rate = {dt: kernels[dt]["flops"] / statistics.median(kernels[dt]["s"]) / 1e12 for dt in (fd, bd)}
+        rate = {dt: _tflops(kernels[dt]) for dt in (fd, bd)}
         summary += (f". Idle-TTFT ceiling {c['ttft']:.1f}x: the {fd} matmul ({kernels[fd]['kernel']}) ran at "
                     f"{rate[fd]:.2f} and the {bd} one at {rate[bd]:.2f} TFLOP/s in the same rounds")
     if not units:

@@ -47,9 +47,9 @@ def _prompts(n: int, hi: int, seed: int) -> list[list[int]]:
 
 
 def _alone(model, prompt: list[int], n: int) -> list[int]:
-    ids = torch.tensor([prompt], device=model.device)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                         min_new_tokens=n)
+    from labkit.bench import generate_timed
+
+    _, out = generate_timed(model, torch.tensor([prompt], device=model.device), n)
     return out[0, len(prompt):].tolist()
 
 

@@ -323,15 +323,25 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
     return Probe(name, device, dtype, shape, nbytes, flops, timing)
 
 
+def onednn_op_unsupported(what: str, op: str, device: str = "cpu") -> str | None:
+    """Why PyTorch's x86 oneDNN operator `op` (e.g. "onednn.qlinear_pointwise"), `what` in words, cannot run on
+    `device` here, or None."""
+    if str(device).split(":")[0] != "cpu":
+        return f"{what} (torch.ops.{op}) runs on x86 CPUs, not {device}"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"{what} is PyTorch's x86 path; this CPU is {platform.machine()}"
+    space, _, name = op.partition(".")
+    if not torch.backends.mkldnn.is_available() or not hasattr(getattr(torch.ops, space), name):
+        return f"this PyTorch build has no {what} (torch.ops.{op})"
+    return None
+
+
 def onednn_unsupported(device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
     """Why oneDNN's int8 linear (torch.ops.onednn.qlinear_pointwise, what labkit.quant's "int8-dynamic-onednn"
     calls) cannot run here for activations in `dtype`, or None."""
-    if device != "cpu":
-        return f"oneDNN's int8 linear (torch.ops.onednn.qlinear_pointwise) runs on x86 CPUs, not {device}"
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"oneDNN's int8 linear is PyTorch's x86 path; this CPU is {platform.machine()}"
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
-        return "this PyTorch build has no oneDNN int8 linear (torch.ops.onednn.qlinear_pointwise)"
+    reason = onednn_op_unsupported("oneDNN's int8 linear", "onednn.qlinear_pointwise", device)
+    if reason:
+        return reason
     if dtype not in (torch.float32, torch.bfloat16):
         return f"labkit's oneDNN int8 linear takes fp32 or bf16 activations, got {dtype}"
     return None

@@ -25,7 +25,6 @@ end - n + i (causal aligned to the bottom right, as in decoding after a cached p
 from __future__ import annotations
 
 import importlib.util
-import platform
 import shutil
 import warnings
 from functools import lru_cache
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from labkit.hardware import onednn_op_unsupported
+from labkit.models import swap
 from labkit.planner import HEADROOM, PlanError
 
 BACKENDS = ("eager", "sdpa", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "flash-attn")
@@ -252,13 +253,8 @@ def check_fits(need_bytes: int, what: str, device: str = "cpu") -> None:
 def prepack_unsupported(model: nn.Module) -> str | None:
     """Why `prepack_linears` cannot serve this model here, or None."""
     p = next(model.parameters(), None)
-    if p is None or p.device.type != "cpu":
-        return f"oneDNN's prepacked linear is an x86 CPU kernel; this model is on {None if p is None else p.device}"
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"oneDNN's prepacked linear is PyTorch's x86 path; this CPU is {platform.machine()}"
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return "this PyTorch build has no oneDNN linear (torch.ops.mkldnn._linear_pointwise)"
-    return None
+    return onednn_op_unsupported("oneDNN's prepacked linear", "mkldnn._linear_pointwise",
+                                 "no parameters" if p is None else str(p.device))
 
 
 class PackedLinear(nn.Module):
@@ -302,8 +298,7 @@ def prepack_linears(model: nn.Module, rows_hint: int = 8) -> nn.Module:
     if reason:
         raise KernelSkipped(reason)
     out = copy.deepcopy(model)
-    for parent in list(out.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.float32:
-                setattr(parent, name, PackedLinear(child, rows_hint))
+    for name, mod in list(out.named_modules()):
+        if type(mod) is nn.Linear and mod.weight.dtype == torch.float32:
+            swap(out, name, lambda lin: PackedLinear(lin, rows_hint))
     return out

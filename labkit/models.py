@@ -307,6 +307,13 @@ def _tensor_bytes(t, seen: set) -> int:
     return t.numel() * t.element_size()
 
 
+def swap(model, name: str, make) -> None:
+    """Replace the submodule `name` of `model` with `make(submodule)`: how a technique rewrites one layer."""
+    parent, _, leaf = name.rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    setattr(holder, leaf, make(getattr(holder, leaf)))
+
+
 def weight_bytes(module) -> int:
     """Bytes of everything in `module`'s state dict (parameters and buffers) as stored in memory: packed
     quantized weights with their scales (torchao, torch.ao, bitsandbytes), a tied weight counted once. What a

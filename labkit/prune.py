@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labkit.models import weight_bytes
+from labkit.models import swap, weight_bytes
 
 METHODS = ("magnitude", "wanda", "nm", "ffn", "heads", "layers")
 UNSTRUCTURED = ("magnitude", "wanda")
@@ -459,10 +459,8 @@ def to_sparse(model: nn.Module, layout: str = "csr", inplace: bool = False) -> n
     s = model if inplace else copy.deepcopy(model)
     for layer in _layers(s):
         for name, lin in list(_linears(layer).items()):
-            parent, _, leaf = name.rpartition(".")
-            holder = layer.get_submodule(parent) if parent else layer
             if layout == "csr":
-                setattr(holder, leaf, SparseLinear(lin.weight, lin.bias))
+                swap(layer, name, lambda lin: SparseLinear(lin.weight, lin.bias))
             else:  # pragma: no cover - needs an sm80+ GPU
                 from torch.sparse import to_sparse_semi_structured
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from labkit.hardware import onednn_unsupported
-from labkit.models import weight_bytes
+from labkit.models import swap, weight_bytes
 
 METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-onednn", "int8-dynamic-legacy", "bnb-int8", "bnb-nf4",
            "int4-rtn", "rtn", "gptq", "awq", "gptqmodel")
@@ -395,14 +395,14 @@ def _rewrite(q: nn.Module, method: str, names: list[str], dev: torch.device, ski
         quantize_(q, _torchao_config(method, dev, group_size), filter_fn=_linear_filter(skip))
     elif method == "int8-dynamic-onednn":
         for name in names:
-            _swap(q, name, OneDNNInt8Linear.from_linear)
+            swap(q, name, OneDNNInt8Linear.from_linear)
     elif method == "int8-dynamic-legacy":
         def legacy(lin: nn.Module) -> nn.Module:  # quantize_dynamic takes a set of types; swap only this linear
             return torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
             for name in names:
-                _swap(q, name, legacy)
+                swap(q, name, legacy)
     elif method == "rtn":
         with torch.no_grad():
             for name in names:
@@ -496,13 +496,6 @@ class OneDNNInt8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-def _swap(model: nn.Module, name: str, make: Callable[[nn.Module], nn.Module]) -> None:
-    """Replace the submodule `name` of `model` with `make(submodule)`."""
-    parent, _, leaf = name.rpartition(".")
-    holder = model.get_submodule(parent) if parent else model
-    setattr(holder, leaf, make(getattr(holder, leaf)))
 
 
 def _linear_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
