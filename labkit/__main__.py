@@ -20,8 +20,8 @@ from pathlib import Path
 
 
 def _course(args) -> int:
-    from labkit.course import CourseError, load_params_file, parse_param, run_course
-    from labkit.params import ParamError
+    from labkit.core.params import ParamError
+    from labkit.course.runner import CourseError, load_params_file, parse_param, run_course
 
     try:
         params = load_params_file(args.params) if args.params else {}
@@ -35,7 +35,7 @@ def _course(args) -> int:
     failed = [r for r in run.runs if r.error]
     total = sum(r.seconds for r in run.runs)
     print(f"{len(run.runs) - len(failed)} notebook(s) ran, {len(failed)} failed, {total:.0f} s in all")
-    from labkit.records import reports_dir
+    from labkit.core.records import reports_dir
 
     print(f"report: {(Path(args.reports) if args.reports else reports_dir()) / 'index.html'}")
     return 1 if failed else 0
@@ -56,7 +56,7 @@ def _length(text: str) -> int | tuple[int, int]:
 
 
 def _serve(args) -> int:
-    from labkit.params import ParamError, resolve_device
+    from labkit.core.params import ParamError, resolve_device
 
     for name, value, lo in (("--max-batch", args.max_batch, 1), ("--port", args.port, 0)):
         if value < lo:
@@ -65,15 +65,15 @@ def _serve(args) -> int:
     if not args.kv_cache_gib > 0:
         print(f"error: --kv-cache-gib must be > 0, got {args.kv_cache_gib}", file=sys.stderr)
         return 2
-    from labkit import models
+    from labkit.core import models
+    from labkit.serve.api.http import create_app, engine_config, serve
     from labkit.serve.engine import LLMEngine
-    from labkit.serve.http import create_app, engine_config, serve
 
     try:
         device = resolve_device(args.device)
         model = models.load(args.model, dtype=args.dtype, device=device, layers=args.layers, seed=args.seed)
         if args.int8:
-            from labkit.quant import INT8_METHODS, QuantSkipped, quantize
+            from labkit.techniques.quant import INT8_METHODS, QuantSkipped, quantize
 
             if args.int8 not in INT8_METHODS:
                 raise ParamError(f"unknown --int8 method {args.int8!r}; choose one of {list(INT8_METHODS)}")
@@ -106,12 +106,13 @@ def _serve(args) -> int:
 
 
 def _bench(args) -> int:
-    from labkit import bench_http, records
+    from labkit.core import records
+    from labkit.serve import client as bench_http
     from labkit.serve.workload import make_trace
 
     tokenizer = None
     if args.text:
-        from labkit.models import load_tokenizer
+        from labkit.core.models import load_tokenizer
 
         tokenizer = load_tokenizer()
     arrival = "all-at-once" if args.rate is None else ("gamma" if args.burstiness != 1.0 else "poisson")
@@ -155,7 +156,8 @@ def _bench(args) -> int:
 def _peers(args) -> int:
     import pandas as pd
 
-    from labkit import models, peers, planner, records
+    from labkit.core import models, planner, records
+    from labkit.lessons import peers
 
     paths = tuple(p.strip() for p in args.labkit.split(",") if p.strip()) if args.labkit else peers.LABKIT_PATHS
     bad = [p for p in paths if p not in peers.LABKIT_PATHS]
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--int8", default=None, metavar="METHOD",
-                   help="quantize the linear layers first with one of labkit.quant.INT8_METHODS (e.g. int8-dynamic)")
+                   help="quantize the linear layers first with one of quant.INT8_METHODS (e.g. int8-dynamic)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
     s.add_argument("--max-batch", type=int, default=16, help="most requests running at once")
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--slo-tpot-ms", type=float, default=None)
     pe = sub.add_parser("peers", help="labkit's batch-1 paths next to llama.cpp and CTranslate2 (when installed) "
                                       "on one shape, timed side by side")
-    pe.add_argument("--shape", default="tinyllama-1.1b", help="a shape name (labkit.models.SHAPES)")
+    pe.add_argument("--shape", default="tinyllama-1.1b", help="a shape name (labkit.core.models.SHAPES)")
     pe.add_argument("--layers", type=int, default=8)
     pe.add_argument("--prompt-len", type=int, default=512)
     pe.add_argument("--new-tokens", type=int, default=32)
@@ -277,13 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown preset {args.preset!r}; choose ci or full")
         return _course(args)
     if args.cmd == "fingerprint":
-        from labkit.hardware import describe, fingerprint
+        from labkit.core.hardware import describe, fingerprint
 
         fp = fingerprint()
         print(json.dumps(fp, indent=2) if args.json else describe(fp))
         return 0
     if args.cmd == "report":
-        from labkit.report import write_index, write_single_file
+        from labkit.course.report import write_index, write_single_file
 
         print(write_index())
         if args.single_file:
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return _peers(args)
     if args.cmd == "train-tiny":
         from labkit import DATA
-        from labkit.train_tiny import TinyRecipe, train
+        from labkit.core.train_tiny import TinyRecipe, train
 
         r = TinyRecipe() if args.steps is None else TinyRecipe(steps=args.steps)
         train(r, args.out or DATA / "models" / r.name)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import bench
-from labkit.bench import RequestTiming, summarize
+from labkit.core import bench
+from labkit.core.bench import RequestTiming, summarize
 
 
 class FakeClock:
@@ -209,7 +209,7 @@ def test_summarize_counts_failed_requests():
 def test_fit_threads_leaves_busy_cores_to_their_owners(monkeypatch):
     import torch
 
-    from labkit import bench
+    from labkit.core import bench
 
     before = torch.get_num_threads()
     monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)

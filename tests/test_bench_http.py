@@ -10,11 +10,11 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from labkit import bench_http
 from labkit.__main__ import main
+from labkit.serve import client as bench_http
+from labkit.serve.api.http import bind, create_app, start_in_thread
 from labkit.serve.baselines import run_engine
 from labkit.serve.engine import EngineConfig, LLMEngine
-from labkit.serve.http import bind, create_app, start_in_thread
 from labkit.serve.workload import make_trace
 
 

@@ -5,8 +5,10 @@ import statistics
 import pytest
 import torch
 
-from labkit import casestudy, hardware, models, quant, roofline
+from labkit.core import hardware, models, roofline
+from labkit.lessons import casestudy
 from labkit.serve import workload
+from labkit.techniques import quant
 
 
 def test_plan_names_the_stages_and_skips_bf16_with_fp32_only_int8():
@@ -15,7 +17,7 @@ def test_plan_names_the_stages_and_skips_bf16_with_fp32_only_int8():
     assert stages[0] == casestudy.Stage("baseline")  # fp32, eager, generate
     assert (stages[2].server, stages[2].attention) == ("engine", "eager")
     assert (stages[3].server, stages[3].attention) == ("engine", "sdpa")
-    assert skipped[0]["stage"] == "+ bf16"  # the reason is labkit.quant's own precondition
+    assert skipped[0]["stage"] == "+ bf16"  # the reason is labkit.techniques.quant's own precondition
     assert skipped[0]["status"] == "skipped: " + quant.unsupported("int8-dynamic-legacy", "cpu", torch.bfloat16)
     assert "needs an fp32 model" in skipped[0]["status"]
     stages, skipped = casestudy.plan("int8-weight-only")
@@ -131,7 +133,8 @@ def test_answers_of_fp32_stages_are_identical_to_the_baseline():
 
 
 def test_report_is_headed_by_the_case_study(tmp_path, monkeypatch):
-    from labkit import records, report
+    from labkit.core import records
+    from labkit.course import report
 
     monkeypatch.setenv("LABKIT_REPORTS", str(tmp_path))
     b = _row("baseline", 10.0, 2000.0, 9000.0)

@@ -1,6 +1,6 @@
 import pytest
 
-from labkit import claims
+from labkit.course import claims
 
 
 def test_every_claim_and_snippet_of_the_guide_is_listed():
@@ -122,7 +122,7 @@ def test_lesson_07_claim_through_its_statuses():
 
 
 def test_ledger_reads_the_latest_records_and_never_guesses(tmp_path):
-    from labkit import records
+    from labkit.core import records
 
     root = tmp_path / "results"
     fp = {"cpu": "test cpu", "versions": {}}
@@ -185,7 +185,7 @@ def test_c14_looks_for_the_size_where_communication_outweighs_the_saving():
 
 
 def test_ledger_judges_lesson_04_claims_from_its_record(tmp_path):
-    from labkit import records
+    from labkit.core import records
 
     mem = [{"single": 100.0, "tp": 50.0, "pp": 52.0, "dp": 100.0}, {"single": 100.0, "tp": 50.0, "pp": 48.0,
                                                                     "dp": 100.0}]
@@ -249,7 +249,7 @@ def test_c7_statuses_follow_the_measured_cuts():
 
 
 def test_ledger_judges_c7_from_lesson_03s_record(tmp_path):
-    from labkit import records
+    from labkit.core import records
 
     cut = {"label": "magnitude 40%", "decode_x": 1.01, "decode_words": "1.01x (inconclusive)", "ppl_change": 0.008}
     ffn = {"label": "ffn 40%", "decode_x": 1.3, "decode_words": "1.30x faster", "ppl_change": 0.2}

@@ -3,9 +3,9 @@
 import nbformat
 import pytest
 
-from labkit import course
 from labkit.__main__ import main
-from labkit.params import ParamError
+from labkit.core.params import ParamError
+from labkit.course import runner as course
 
 
 def _nb(path, code_cells, params='preset = "ci"\nn = 1'):
@@ -21,9 +21,9 @@ def _nb(path, code_cells, params='preset = "ci"\nn = 1'):
 def fake_course(tmp_path, monkeypatch):
     d = tmp_path / "notebooks"
     d.mkdir()
-    _nb(d / "00_ok.ipynb", ["from labkit.params import check_preset\ncheck_preset(preset)", "print(n * 2)"])
+    _nb(d / "00_ok.ipynb", ["from labkit.core.params import check_preset\ncheck_preset(preset)", "print(n * 2)"])
     _nb(d / "01_broken.ipynb", ["x = 1", "raise ValueError('deliberate failure')"])
-    writes = ("from labkit import records, report\nimport matplotlib.pyplot as plt\n"
+    writes = ("from labkit.core import records\nfrom labkit.course import report\nimport matplotlib.pyplot as plt\n"
               "records.save('02_partial', {}, {'x': 1})\nreport.save_figure(plt.figure(), '02_partial')")
     _nb(d / "02_writes_then_fails.ipynb", [writes, "raise RuntimeError('after writing')"])
     _nb(d / "03_writes.ipynb", [writes.replace("02_partial", "03_done")], params='preset = "ci"')

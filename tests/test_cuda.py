@@ -1,5 +1,5 @@
 """The CUDA paths, where a GPU is present; CI has none, so every test that needs one skips with the reason.
-A session lent a GPU runs this file and `python -m labkit.cuda_check` (see that module). The dry run of the
+A session lent a GPU runs this file and `python -m labkit.course.cuda_check` (see that module). The dry run of the
 check's steps on the CPU is tested here too, so the script a GPU session starts with is known to run."""
 
 import json
@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from labkit import cuda_check, models
+from labkit.core import models
+from labkit.course import cuda_check
 from labkit.serve import SamplingParams
 from labkit.serve.engine import EngineConfig, LLMEngine
 

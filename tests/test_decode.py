@@ -1,6 +1,6 @@
 import torch
 
-from labkit.decode import StaticDecoder
+from labkit.techniques.decode import StaticDecoder
 
 
 def test_static_decoder_matches_generate_token_for_token(tiny_llama):
@@ -43,7 +43,7 @@ def test_compiled_int8_decode_step_is_right_for_one_token():
     """A decode step at batch 1 quantizes a 1x1xK activation inside the compiled graph; torch 2.13's CPU _int_mm
     returned garbage for the layout inductor gives it. With labkit's workaround applied (it is a no-op where the
     bug is absent), the compiled step equals eager."""
-    from labkit.decode import work_around_int_mm_bug
+    from labkit.techniques.decode import work_around_int_mm_bug
 
     work_around_int_mm_bug("cpu")
     g = torch.Generator().manual_seed(0)
@@ -56,7 +56,7 @@ def test_compiled_int8_decode_step_is_right_for_one_token():
 
 
 def test_count_compiles_sees_frames_and_graph_breaks():
-    from labkit.decode import count_compiles
+    from labkit.techniques.decode import count_compiles
 
     def f(x):
         y = x.sin()
@@ -86,7 +86,7 @@ def test_choose_prefill_keeps_tokens_and_records_the_choice(tiny_llama):
 
 
 def test_profile_decode_accounts_for_the_profiled_time(tiny_llama):
-    from labkit.decode import profile_decode
+    from labkit.techniques.decode import profile_decode
 
     dec = StaticDecoder(tiny_llama, max_len=16)
     rows = profile_decode(dec.generate, torch.randint(3, 256, (1, 4)), new_tokens=6, top=5)

@@ -1,6 +1,6 @@
 import torch
 
-from labkit import hardware
+from labkit.core import hardware
 
 
 def test_fingerprint_on_this_machine():

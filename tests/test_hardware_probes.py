@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from labkit import hardware as H
+from labkit.core import hardware as H
 
 
 def _rates_positive(p: H.Probe) -> None:
@@ -102,7 +102,7 @@ def test_loading_probe_in_fresh_processes(tmp_path):
 def test_generation_probe_on_a_tiny_model():
     from transformers import AutoModelForCausalLM
 
-    from labkit.models import ShapeSpec, _config_for
+    from labkit.core.models import ShapeSpec, _config_for
 
     spec = ShapeSpec("tiny", "llama", 64, 176, 2, 4, 2, 300, 256, 10000.0)
     torch.manual_seed(0)

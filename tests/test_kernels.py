@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from labkit import kernels
-from labkit.planner import PlanError
+from labkit.core.planner import PlanError
+from labkit.techniques import kernels
 
 CASES = {  # heads, kv_heads, queries n, keys end
     "causal MHA": (4, 4, 64, 64),
@@ -80,7 +80,7 @@ def test_estimate_grows_as_n_squared_unfused_and_as_n_fused():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_eager_estimate_matches_the_measured_peak(dtype):
-    from labkit.memory import peak_during
+    from labkit.techniques.memory import peak_during
 
     q, k, v = _qkv(8, 2, 512, 512, dtype)
     _, peak = peak_during(lambda: kernels.attention(q, k, v, "eager"))
@@ -96,7 +96,7 @@ def test_a_length_that_cannot_fit_is_refused_with_the_estimate():
 
 
 def test_static_decoder_inductor_options(tiny_llama):
-    from labkit.decode import StaticDecoder
+    from labkit.techniques.decode import StaticDecoder
 
     ids = torch.randint(3, 256, (1, 9), generator=torch.Generator().manual_seed(5))
     eager = StaticDecoder(tiny_llama, max_len=16).generate(ids, 4)[1]
@@ -110,8 +110,8 @@ def test_static_decoder_inductor_options(tiny_llama):
 
 
 def test_roofline_floor_of_eager_counts_the_score_traffic_and_all_scores():
-    from labkit import kernels_experiment as kx
-    from labkit.roofline import card
+    from labkit.core.roofline import card
+    from labkit.lessons import kernels as kx
 
     a100, lay = card("A100-40GB"), kx.Layout.of("llama-2-13b")
     e, f = kx.attention_floor(a100, lay, 2048, "fp16", "eager"), kx.attention_floor(a100, lay, 2048, "fp16", "flex")
@@ -125,7 +125,7 @@ def test_roofline_floor_of_eager_counts_the_score_traffic_and_all_scores():
 def test_growth_exponent_reads_quadratic_and_linear():
     import pandas as pd
 
-    from labkit.kernels_experiment import growth
+    from labkit.lessons.kernels import growth
 
     df = pd.DataFrame({"backend": ["a"] * 3 + ["b"] * 3, "n": [256, 512, 1024] * 2,
                        "peak_MiB": [1, 4, 16, 1, 2, 4]})
@@ -133,7 +133,7 @@ def test_growth_exponent_reads_quadratic_and_linear():
 
 
 def test_attention_sweep_rows_skip_refuse_and_measure():
-    from labkit import kernels_experiment as kx
+    from labkit.lessons import kernels as kx
 
     lay = kx.Layout("tiny", 4, 2, 16)
     df = kx.attention_sweep([lay], [32, 64], ["eager", "sdpa-flash", "sdpa-cudnn"], torch.float32, rounds=1,
@@ -147,8 +147,8 @@ def test_attention_sweep_rows_skip_refuse_and_measure():
 
 
 def test_compile_study_reports_compile_time_first_call_and_recompiles_apart(tiny_llama):
-    from labkit import kernels_experiment as kx
-    from labkit.models import ShapeSpec
+    from labkit.core.models import ShapeSpec
+    from labkit.lessons import kernels as kx
 
     spec = ShapeSpec("tiny", "llama", 64, 128, 2, 4, 2, 256, 256, 10000.0)
     df, decoders = kx.compile_study(tiny_llama, spec, 2, prompt_len=12, new_tokens=4, variants=["eager", "compile"],

@@ -1,4 +1,5 @@
-from labkit import lesson, records
+from labkit.core import records
+from labkit.course import lesson
 
 
 def test_a_lesson_records_its_preset_and_load_and_says_how_long_it_took(reports, capsys):

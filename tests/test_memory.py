@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from labkit import kernels, memory
+from labkit.techniques import kernels, memory
 
 MiB = 2**20
 
@@ -47,7 +47,7 @@ def test_rss_peak_sees_touched_pages():
 
 @pytest.mark.parametrize("name", ["llama-2-13b", "qwen2.5-0.5b"])
 def test_kv_formula_matches_the_cache_a_real_prefill_allocates(name):
-    from labkit.kernels_experiment import kv_measured
+    from labkit.lessons.kernels import kv_measured
 
     row = kv_measured([name], [96])
     r = row.iloc[0]
@@ -98,8 +98,8 @@ def test_cuda_peak_and_empty_cache_need_cuda():
 
 
 def test_int8_kv_cache_costs_little_quality_on_the_trained_model():
-    from labkit import models
-    from labkit.kernels_experiment import kv_quant_study
+    from labkit.core import models
+    from labkit.lessons.kernels import kv_quant_study
 
     m, tok = models.load(models.EMBEDDED), models.load_tokenizer(models.EMBEDDED)
     df = kv_quant_study(m, tok, ["fp (DynamicCache)", "int8 (labkit, per token and head)"], window=256,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from labkit import models
-from labkit.models import ModelError
+from labkit.core import models
+from labkit.core.models import ModelError
 
 # Published config.json values and parameter counts (Hugging Face model pages of each checkpoint).
 PUBLISHED = {
@@ -156,7 +156,7 @@ def test_embedded_continues_python_plausibly(embedded):
 
 
 def test_embedded_perplexity_reproduces_the_card(embedded):
-    from labkit.quality import perplexity
+    from labkit.core.quality import perplexity
 
     m, tok = embedded
     info = json.loads((models.MODELS_DIR / models.EMBEDDED / "training_info.json").read_text())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from labkit import course
+from labkit.course import runner as course
 
 NOTEBOOKS = list(course.notebooks())
 

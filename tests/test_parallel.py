@@ -1,4 +1,4 @@
-"""labkit.parallel: TP and PP compute what one process computes, the checks refuse what cannot work, and no rank
+"""techniques.parallel: TP and PP compute what one process computes, the checks refuse what cannot work, and no rank
 process outlives a launch, whatever happens to it. Ranks run on CPU cores with gloo (what CI has)."""
 
 import copy
@@ -10,8 +10,8 @@ import psutil
 import pytest
 import torch
 
-from labkit import parallel
-from labkit import parallel_experiment as pe
+from labkit.lessons import parallelism as pe
+from labkit.techniques import parallel
 
 WORLD = 2
 needs_two_cores = pytest.mark.skipif(parallel.cores() < WORLD, reason="TP=2 and PP=2 need 2 CPU cores")
@@ -51,7 +51,7 @@ def _tp_pp_worker(ctx, new_tokens):
     got = parallel.greedy(tp, ids, new_tokens, comm)
     pp_tokens, pp_first = parallel.pipeline_greedy(model, ctx, ids, new_tokens, microbatches=2)
     stage = parallel.stage_module(model, ctx.rank, ctx.world_size)
-    from labkit.models import weight_bytes
+    from labkit.core.models import weight_bytes
 
     return {"ref": ref.tokens.tolist(), "tp": got.tokens.tolist(), "pp": pp_tokens.tolist(),
             "tp_logit_diff": (got.first_logits - ref.first_logits).abs().max().item(),
@@ -146,7 +146,7 @@ def test_heads_layers_and_micro_batches_must_divide():
 
 
 def test_the_notebooks_parameters_are_checked_at_once():
-    from labkit.params import ParamError
+    from labkit.core.params import ParamError
 
     cfg = pe.lesson_config("ci", "llama-2-7b", "cpu", 0, WORLD)
     assert cfg.layers == 2 and cfg.micro_batches == [1, 2, 4] and max(cfg.message_bytes) == 64 * 2**20
@@ -303,6 +303,6 @@ def test_the_lesson_runs_every_part_on_real_ranks_and_returns_its_tables():
 
 
 def _card():
-    from labkit.roofline import Card
+    from labkit.core.roofline import Card
 
     return Card("test", 16, 10.0, {"fp32": 0.1}, measured=True)

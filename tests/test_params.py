@@ -1,6 +1,6 @@
 import pytest
 
-from labkit.params import ParamError, check, default
+from labkit.core.params import ParamError, check, default
 
 
 def test_none_takes_the_preset_and_a_given_value_is_checked_not_replaced():

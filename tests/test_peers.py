@@ -1,11 +1,12 @@
-"""labkit.peers: llama.cpp and CTranslate2 as optional peers. Where they are installed, the conversions must
+"""labkit.lessons.peers: llama.cpp and CTranslate2 as optional peers. Where they are installed, the conversions must
 compute the same model as transformers (token-exact greedy output of the trained embedded model); where they are
 not, every row says how to install them. No timing assertions: `python -m labkit peers` prints the ratios."""
 
 import pytest
 import torch
 
-from labkit import models, peers
+from labkit.core import models
+from labkit.lessons import peers
 
 
 def test_missing_peer_names_the_install_command(monkeypatch):
@@ -44,7 +45,7 @@ def test_converted_model_gives_transformers_greedy_tokens(engine, tmp_path):
 
 
 def test_latest_lines_without_and_with_a_record(tmp_path):
-    from labkit import records
+    from labkit.core import records
 
     table, lines = peers.latest_lines(tmp_path)
     assert table is None and "python -m labkit peers" in lines[-1]
@@ -59,7 +60,7 @@ def test_latest_lines_without_and_with_a_record(tmp_path):
 def test_target_lines_pick_labkits_fastest_path_and_say_the_ratio():
     import pandas as pd
 
-    from labkit.bench import run_rounds
+    from labkit.core.bench import run_rounds
 
     tpot = {"labkit int4-rtn": 0.010, "labkit bnb-nf4": 0.030, "llama.cpp q4_0": 0.020, "labkit bf16": 0.050,
             "llama.cpp bf16": 0.025}

@@ -4,9 +4,9 @@
 import pytest
 import torch
 
-from labkit import planner as P
-from labkit import roofline as R
-from labkit.models import ShapeSpec, _config_for, shape
+from labkit.core import planner as P
+from labkit.core import roofline as R
+from labkit.core.models import ShapeSpec, _config_for, shape
 
 GiB = 2**30
 
@@ -204,8 +204,8 @@ def test_this_machine_is_one_device_in_the_planner():
 
 
 def test_against_floor_words_come_from_the_numbers():
-    from labkit import roofline as R
-    from labkit.models import shape
+    from labkit.core import roofline as R
+    from labkit.core.models import shape
 
     card = R.Card("test", 16.0, 50.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
     f = R.decode_floor(shape("llama-2-7b"), "fp32", card, 512, layers=2)

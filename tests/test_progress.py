@@ -1,4 +1,4 @@
-from labkit import progress
+from labkit.core import progress
 
 
 def test_headless_bars_print_one_summary_line(monkeypatch, capsys):

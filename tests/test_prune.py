@@ -1,4 +1,4 @@
-"""labkit.prune: every method reaches the sparsity it was asked for, leaves embeddings and head dense, and
+"""labkit.techniques.prune: every method reaches the sparsity it was asked for, leaves embeddings and head dense, and
 still generates; structured pruning gives exactly the model you get by silencing the removed parts of the
 original (so the right channels, heads and layers went), with a config that says so and survives
 save_pretrained/from_pretrained; Wanda's defining property (it keeps the weights that multiply large
@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from labkit import models, prune
+from labkit.core import models
+from labkit.techniques import prune
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 

@@ -1,4 +1,4 @@
-"""labkit.prune_experiment on tiny models and synthetic tables: the roofline sees the pruned dimensions
+"""labkit.lessons.pruning on tiny models and synthetic tables: the roofline sees the pruned dimensions
 exactly, the speed table pairs every variant with its prediction (unstructured predicts no gain), the sweep's
 crossover is the sparsity from which the sparse kernel keeps winning, the targets follow the numbers, and bad
 parameters fail naming what is valid. No timing assertions."""
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit import prune_experiment as px
-from labkit.params import ParamError
-from labkit.roofline import Card
+from labkit.core.params import ParamError
+from labkit.core.roofline import Card
+from labkit.lessons import pruning as px
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
@@ -138,7 +138,7 @@ def test_bad_parameters_fail_naming_the_valid_range():
 
 
 def test_a_copy_that_would_not_fit_is_a_skipped_row(tiny_llama, monkeypatch):
-    from labkit import hardware
+    from labkit.core import hardware
 
     monkeypatch.setattr(hardware, "memory_bytes", lambda: {"total": 2**30, "available": 2**20})
     calib = torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(0))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from labkit import quality
+from labkit.core import quality
 
 
 class CharTok:

@@ -1,4 +1,4 @@
-"""labkit.quant: every method on a small seeded Llama (shape kept, bytes shrink, logits close to fp32), and
+"""labkit.techniques.quant: every method on a small seeded Llama (shape kept, bytes shrink, logits close to fp32), and
 the property that defines GPTQ and AWQ: lower layer-output error than round-to-nearest on the calibration
 activations, at the same bits and group size. No timing assertions."""
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import hardware, models, quant
-from labkit.models import EMBEDDED, MODELS_DIR
+from labkit.core import hardware, models
+from labkit.core.models import EMBEDDED, MODELS_DIR
+from labkit.techniques import quant
 
 GROUP = 64
 # Relative L2 error of the logits against fp32 that each method must stay under, on the seeded model below.
@@ -247,8 +248,9 @@ def test_calibration_windows_are_seeded_and_come_from_the_training_side():
 def embedded():
     # the embedded model is committed: its absence is a broken checkout, not missing hardware, so fail
     assert (MODELS_DIR / EMBEDDED).is_dir(), "data/models/stdlib-llama-16m is missing (python -m labkit train-tiny)"
-    from labkit import DATA, models
-    from labkit.quality import perplexity
+    from labkit import DATA
+    from labkit.core import models
+    from labkit.core.quality import perplexity
 
     model, tok = models.load(EMBEDDED), models.load_tokenizer(EMBEDDED)
     text = (DATA / "eval" / "heldout.txt").read_text(encoding="utf-8")
@@ -263,7 +265,7 @@ PPL_BOUND = {"int8-weight-only": 0.01, "int8-dynamic": 0.01, "int8-dynamic-legac
 
 @pytest.mark.parametrize("method", list(PPL_BOUND))
 def test_embedded_model_keeps_perplexity(embedded, method):
-    from labkit.quality import perplexity
+    from labkit.core.quality import perplexity
 
     model, tok, text, base = embedded
     src = copy.deepcopy(model).to(torch.bfloat16) if method == "int4-rtn" else model
@@ -282,7 +284,7 @@ def test_embedded_model_keeps_perplexity(embedded, method):
 
 
 def test_check_methods_names_the_valid_choices():
-    from labkit.params import ParamError
+    from labkit.core.params import ParamError
 
     assert quant.check_methods(None) == list(quant.METHODS)
     assert quant.check_methods(["rtn"]) == ["rtn"]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from labkit import quant_experiment as qe
-from labkit import roofline
+from labkit.core import roofline
+from labkit.lessons import quantization as qe
 
 
 def test_benchmark_rows_carry_floors_and_skip_reasons(tiny_llama):
@@ -44,7 +44,7 @@ def test_prediction_lines_explain_a_big_miss_from_the_fractions():
 
 
 def test_a_compiled_path_that_gives_wrong_tokens_is_not_timed(tiny_llama, monkeypatch):
-    from labkit import decode
+    from labkit.techniques import decode
 
     real = decode.StaticDecoder.generate
 
@@ -64,7 +64,7 @@ def test_a_compiled_path_that_gives_wrong_tokens_is_not_timed(tiny_llama, monkey
 
 
 def test_quality_table_has_the_head_only_row():
-    from labkit import models
+    from labkit.core import models
 
     model, tok = models.load(models.EMBEDDED), models.load_tokenizer(models.EMBEDDED)
     text = (models.DATA / "eval" / "heldout.txt").read_text(encoding="utf-8")

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from labkit import records
+from labkit.core import records
 
 
 def test_round_trip_and_dataframe(reports):

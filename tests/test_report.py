@@ -1,6 +1,7 @@
 """The index page: numbers for people, a line for every lesson, figures that open full size."""
 
-from labkit import records, report
+from labkit.core import records
+from labkit.course import report
 
 
 def test_numbers_are_formatted_for_people():

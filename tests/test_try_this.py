@@ -3,7 +3,7 @@ parameters cell and the set-up cell that checks them run with the suggestion; th
 
 import pytest
 
-from labkit import course
+from labkit.course import runner as course
 
 CASES = [(nb_id, params) for nb_id in course.notebooks() for params in course.try_this(nb_id)]
 

@@ -2,7 +2,7 @@
 
 Every server sees the same rules: a request can start only once its arrival offset has passed on the run's
 clock, and its `RequestTiming.start` is that arrival time, so TTFT includes the time it queued. Each
-returns `(timings, outputs)` in trace order: one `labkit.bench.RequestTiming` and one list of generated
+returns `(timings, outputs)` in trace order: one `labkit.core.bench.RequestTiming` and one list of generated
 token ids per request. All decode greedily and produce exactly `output_len` tokens (EOS ignored, as in
 vLLM's benchmark), so their tokens can be checked against `model.generate` and their speeds compared.
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from labkit.bench import RequestTiming, TimestampStreamer, generate_timed
+from labkit.core.bench import RequestTiming, TimestampStreamer, generate_timed
 from labkit.serve.sequence import SamplingParams
 from labkit.serve.workload import Request
 

@@ -5,7 +5,7 @@
     sid = engine.add_request(ids, params); engine.step(); engine.cancel(sid)  # driving it yourself
 
 Every request ends finished, rejected with a reason, or cancelled; `engine.get(sid)` keeps it afterwards
-(`finish_reason`, output tokens, per-token timestamps -> `to_request_timing()` for labkit.bench).
+(`finish_reason`, output tokens, per-token timestamps -> `to_request_timing()` for labkit.core.bench).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class LLMEngine:
                  progress: bool = False) -> list[list[int]]:
         """Blocking: run every prompt to the end and return the output token ids in prompt order
         (empty for a rejected request; see `get(id).finish_reason`)."""
-        from labkit.progress import tqdm
+        from labkit.core.progress import tqdm
 
         plist = params if isinstance(params, list) else [params] * len(prompts)
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]

@@ -18,8 +18,8 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import record_function
 
-from labkit.kernels import eager_attention
 from labkit.serve.scheduler import SchedulerOutput
+from labkit.techniques.kernels import eager_attention
 
 ATTENTION = ("sdpa", "eager")
 # Model families whose attention is exactly what `run` computes: q/k/v projections (with or without biases),

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from labkit.bench import RequestTiming
+from labkit.core.bench import RequestTiming
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class Sequence:
         self.finish_reason = reason
 
     def to_request_timing(self) -> RequestTiming:
-        """The request's timing as `labkit.bench.summarize` expects it (TTFT, TPOT, ITL, E2E)."""
+        """The request's timing as `labkit.core.bench.summarize` expects it (TTFT, TPOT, ITL, E2E)."""
         return RequestTiming(start=self.arrival_time, token_times=list(self.token_times),
                              prompt_tokens=self.num_prompt_tokens)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labkit.models import prompt_ids
+from labkit.core.models import prompt_ids
 
 ARRIVALS = ("all-at-once", "poisson", "gamma")
 

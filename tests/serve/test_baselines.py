@@ -56,8 +56,8 @@ def test_sequential_queueing_is_part_of_ttft(tiny_llama):
 
 
 def test_prefill_bound_is_amdahl_over_the_sequential_busy_time():
-    from labkit.bench import RequestTiming
-    from labkit.serve.experiment import prefill_bound
+    from labkit.core.bench import RequestTiming
+    from labkit.lessons.batching import prefill_bound
 
     ts = [RequestTiming(start=0.0, token_times=[1.5, 2.0, 2.5], service_start=1.0),  # prefill 0.5 of 1.5 busy
           RequestTiming(start=0.0, token_times=[3.0, 4.5], service_start=2.5)]  # prefill 0.5 of 2.0 busy
@@ -189,8 +189,8 @@ def test_hf_continuous_batching_says_why_it_cannot_run():
 def test_decode_step_time_counts_only_full_back_to_back_decode_steps():
     from types import SimpleNamespace
 
+    from labkit.lessons.batching import decode_step_s
     from labkit.serve.engine import StepStat
-    from labkit.serve.experiment import decode_step_s
 
     st = [StepStat(0.0, True, 2, 64, 0, 0),  # a prefill: the gap after it is not a decode step's time
           StepStat(1.0, False, 2, 2, 0, 0), StepStat(1.2, False, 2, 2, 0, 0), StepStat(1.5, False, 2, 2, 0, 0),
@@ -200,7 +200,7 @@ def test_decode_step_time_counts_only_full_back_to_back_decode_steps():
 
 
 def test_bound_sentence_is_built_from_the_rows():
-    from labkit.serve.experiment import bound_sentence
+    from labkit.lessons.batching import bound_sentence
 
     rows = [{"server": "sequential", "status": "ok", "output_throughput": 10.0, "prefill_share": 0.2,
              "max_x_vs_sequential": 5.0, "max_x_at_batch": 2.4},
@@ -212,9 +212,9 @@ def test_bound_sentence_is_built_from_the_rows():
 
 
 def test_decode_step_profile_accounts_for_the_step(tiny_llama):
-    from labkit import roofline
+    from labkit.core import roofline
+    from labkit.lessons.batching import STEP_PARTS, profile_decode_step
     from labkit.serve.engine import EngineConfig, LLMEngine
-    from labkit.serve.experiment import STEP_PARTS, profile_decode_step
 
     eng = LLMEngine(tiny_llama, EngineConfig(max_num_seqs=4, block_size=4, num_blocks=64, max_model_len=64))
     card = roofline.Card("test", 16.0, 40.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
@@ -233,7 +233,7 @@ def test_compare_servers_in_rotating_rounds(tiny_llama, mixed_trace, monkeypatch
     that cannot run is tried once and skipped with its reason."""
     import statistics
 
-    from labkit.serve import experiment
+    from labkit.lessons import batching as experiment
 
     calls = []
 
@@ -261,7 +261,7 @@ def test_compare_servers_in_rotating_rounds(tiny_llama, mixed_trace, monkeypatch
 
 
 def test_versus_lines_are_built_from_the_rounds():
-    from labkit.serve.experiment import versus_lines
+    from labkit.lessons.batching import versus_lines
 
     def row(server, tput):
         return {"server": server, "status": "ok", "throughput_rounds": tput}

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from labkit import models
+from labkit.core import models
 from labkit.serve import SamplingParams
 from labkit.serve.engine import EngineConfig, LLMEngine
 
@@ -164,8 +164,8 @@ def test_prompt_logprobs_equal_the_models_own_across_chunks_and_batches(embedded
 def test_served_perplexity_equals_one_at_a_time_perplexity(embedded):
     """Every strided window served at once through the engine (chunks of 64 tokens, 4 windows per step) gives the
     perplexity quality.perplexity gets one window at a time, on the same scored tokens."""
-    from labkit import corpus, quality
-    from labkit.serve.experiment import served_perplexity
+    from labkit.core import corpus, quality
+    from labkit.lessons.batching import served_perplexity
 
     tok = models.load_tokenizer(models.EMBEDDED)
     text = corpus.join_documents(corpus.stdlib_files("heldout")[:4])[:4000]
@@ -193,7 +193,7 @@ def test_batch_invariant_int8_answers_do_not_depend_on_the_batch(embedded, metho
     64 tokens, so the batch also changes where its prompt is split) for the INT8 paths that scale per token."""
     import copy
 
-    from labkit import quant
+    from labkit.techniques import quant
 
     assert method in quant.BATCH_INVARIANT
     if quant.unsupported(method, "cpu", torch.float32):
@@ -208,7 +208,7 @@ def test_per_tensor_int8_answers_do_depend_on_the_batch(embedded):
     by the whole step, so some answers change when other requests share it."""
     import copy
 
-    from labkit import quant
+    from labkit.techniques import quant
 
     assert "int8-dynamic-legacy" not in quant.BATCH_INVARIANT
     q = quant.quantize(copy.deepcopy(embedded), "int8-dynamic-legacy", inplace=True)
@@ -217,9 +217,9 @@ def test_per_tensor_int8_answers_do_depend_on_the_batch(embedded):
 
 
 def test_engine_on_prepacked_fp32_linears_equals_generate(embedded):
-    """labkit.kernels.prepack_linears (oneDNN's packed weights from two rows up) under the engine: the tokens of
+    """techniques.kernels.prepack_linears (oneDNN's packed weights from two rows up) under the engine: the tokens of
     a batch of mixed requests equal generate's on the plain model, but for near-ties."""
-    from labkit import kernels
+    from labkit.techniques import kernels
 
     reason = kernels.prepack_unsupported(embedded)
     if reason:

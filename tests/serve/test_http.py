@@ -17,9 +17,9 @@ import httpx
 import pytest
 import torch
 
-from labkit import models
+from labkit.core import models
+from labkit.serve.api.http import create_app, launch, parse_metrics, start_in_thread
 from labkit.serve.engine import EngineConfig, LLMEngine
-from labkit.serve.http import create_app, launch, parse_metrics, start_in_thread
 
 TIMEOUT = httpx.Timeout(20.0)  # every answer must come well within this: a hang fails the test
 

@@ -4,11 +4,12 @@ and sentences built from the numbers, and the learner's-server row that says why
 import os
 from types import SimpleNamespace
 
-from labkit import bench_http, models
-from labkit.bench import Rounds
-from labkit.serve import http_experiment as hx
+from labkit.core import models
+from labkit.core.bench import Rounds
+from labkit.lessons import serving as hx
+from labkit.serve import client as bench_http
+from labkit.serve.api.http import bind, create_app, engine_config, start_in_thread
 from labkit.serve.engine import LLMEngine
-from labkit.serve.http import bind, create_app, engine_config, start_in_thread
 from labkit.serve.workload import make_trace
 
 
@@ -66,7 +67,7 @@ def test_model_spec_of_the_embedded_and_of_a_shape_model():
 def test_server_args_build_the_same_engine_as_engine_config(monkeypatch):
     """`python -m labkit serve` with server_args(...) runs the engine engine_config(...) builds in process."""
     from labkit.__main__ import main
-    from labkit.serve import http
+    from labkit.serve.api import http
 
     got = {}
     monkeypatch.setattr(http, "serve", lambda app, host, port, **kw: got.update(app=app, host=host, port=port, **kw))

@@ -1,6 +1,6 @@
 import pytest
 
-from labkit.bench import summarize
+from labkit.core.bench import summarize
 from labkit.serve import SamplingParams, Sequence, SequenceStatus
 
 

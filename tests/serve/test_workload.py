@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.models import DATA
+from labkit.core.models import DATA
 from labkit.serve.workload import Request, arrival_offsets, make_trace
 
 

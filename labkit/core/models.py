@@ -1,0 +1,341 @@
+"""Models for the course: the embedded trained model, shape-faithful random models, or the learner's own.
+
+- `load("stdlib-llama-16m")`: the embedded model under data/models/, trained by labkit.core.train_tiny. Quality
+  is measured on it.
+- `build("llama-2-13b", layers=2)`: the published dimensions of a real model with fewer layers and seeded
+  random weights (initialised as transformers does). Speed is measured on it; `ShapeSpec` gives the full
+  model's parameter count and bytes, so a notebook can project the full model from the layers it built.
+- `load("/path/to/checkpoint")` or `load("org/name")`: a learner's own model. Safetensors only unless
+  `allow_pickle=True`; `trust_remote_code` stays off unless passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from labkit import DATA
+
+EMBEDDED = "stdlib-llama-16m"
+MODELS_DIR = DATA / "models"
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(DTYPES))}") from None
+
+
+class ModelError(ValueError):
+    """A model could not be loaded or built; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """Published dimensions of a real model (from its config.json on the Hugging Face Hub)."""
+
+    name: str
+    model_type: str  # "llama" or "qwen2"
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rope_theta: float
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2 has biases on q, k, v
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer (attention + SwiGLU MLP + two RMSNorms)."""
+        h, kv = self.hidden_size, self.num_key_value_heads * self.head_dim
+        attn = h * h + 2 * h * kv + h * h
+        if self.attention_bias:
+            attn += h + 2 * kv
+        mlp = 3 * h * self.intermediate_size
+        return attn + mlp + 2 * h
+
+    def embedding_params(self) -> int:
+        emb = self.vocab_size * self.hidden_size
+        return emb if self.tie_word_embeddings else 2 * emb
+
+    def params(self, layers: int | None = None) -> int:
+        """Total parameters with `layers` decoder layers (all of them by default)."""
+        n = self.num_hidden_layers if layers is None else layers
+        return self.embedding_params() + n * self.layer_params() + self.hidden_size  # + final norm
+
+    def kv_bytes_per_token(self, bytes_per_elem: float = 2, layers: int | None = None) -> float:
+        """2 (K and V) x layers x KV heads x head dim x bytes."""
+        n = self.num_hidden_layers if layers is None else layers
+        return 2 * n * self.num_key_value_heads * self.head_dim * bytes_per_elem
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "head_dim": self.head_dim, "params": self.params(),
+                "layer_params": self.layer_params()}
+
+
+SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
+    ShapeSpec("llama-2-7b", "llama", 4096, 11008, 32, 32, 32, 32000, 4096, 10000.0),
+    ShapeSpec("llama-2-13b", "llama", 5120, 13824, 40, 40, 40, 32000, 4096, 10000.0),
+    ShapeSpec("llama-3-8b", "llama", 4096, 14336, 32, 32, 8, 128256, 8192, 500000.0),
+    ShapeSpec("tinyllama-1.1b", "llama", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0),
+    ShapeSpec("qwen2.5-0.5b", "qwen2", 896, 4864, 24, 14, 2, 151936, 32768, 1000000.0,
+              tie_word_embeddings=True, attention_bias=True),
+    ShapeSpec("qwen2.5-32b", "qwen2", 5120, 27648, 64, 40, 8, 152064, 32768, 1000000.0, attention_bias=True),
+    ShapeSpec("llama-2-70b", "llama", 8192, 28672, 80, 64, 8, 32000, 4096, 10000.0),
+]}
+
+
+def _near_shape(name: str) -> str | None:
+    """The shape name `name` was probably meant to be ("llama2-7b" -> "llama-2-7b"), or None."""
+    import difflib
+
+    hit = difflib.get_close_matches(str(name).lower(), list(SHAPES), n=1, cutoff=0.75)
+    return hit[0] if hit else None
+
+
+def shape(name: str) -> ShapeSpec:
+    try:
+        return SHAPES[name]
+    except KeyError:
+        near = _near_shape(name)
+        hint = f"did you mean {near!r}? " if near else ""
+        raise ModelError(f"unknown shape {name!r}; {hint}choose one of {sorted(SHAPES)}") from None
+
+
+def _config_for(spec: ShapeSpec, layers: int):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+                  intermediate_size=spec.intermediate_size, num_hidden_layers=layers,
+                  num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+                  max_position_embeddings=spec.max_position_embeddings,
+                  tie_word_embeddings=spec.tie_word_embeddings,
+                  rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if spec.model_type == "qwen2":
+        return Qwen2Config(**common)
+    return LlamaConfig(**common, attention_bias=spec.attention_bias)
+
+
+@contextlib.contextmanager
+def _no_torch_reset():
+    """Skip torch's own initialisation of Linear and Embedding weights while transformers builds a model: it
+    initialises every one of them again right after (normal_ with the config's initializer_range), so torch's
+    kaiming uniform_ was pure cost (5 of the 12 s a Llama-2-13B layer with its head took to build here)."""
+    saved = {cls: cls.reset_parameters for cls in (torch.nn.Linear, torch.nn.Embedding)}
+    for cls in saved:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        for cls, f in saved.items():
+            cls.reset_parameters = f
+
+
+def build(name: str, layers: int | None = None, dtype="fp32", device="cpu", seed: int = 0,
+          attn_implementation: str = "sdpa"):
+    """A shape-faithful model: `name`'s published dimensions with `layers` decoder layers (default: 2) and
+    seeded random weights, initialised as transformers initialises a new model. In eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    spec = shape(name)
+    layers = 2 if layers is None else int(layers)
+    if not 1 <= layers <= spec.num_hidden_layers:
+        raise ModelError(f"layers must be between 1 and {spec.num_hidden_layers} for {name}, got {layers}")
+    cfg = _config_for(spec, layers)
+    torch.manual_seed(seed)
+    with torch.device(device), _no_torch_reset():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=as_dtype(dtype),
+                                                 attn_implementation=attn_implementation)
+    model.eval()
+    model.labkit_shape = spec  # so callers can project to the full model
+    return model
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith((".", "/", "~")) or "\\" in s or Path(s).exists() or s.count("/") > 1
+
+
+def check_safetensors(path: Path) -> None:
+    """Fail clearly on a truncated or corrupted .safetensors file before transformers reads it."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{path} is truncated (only {size} bytes): download or copy it again")
+        (n,) = struct.unpack("<Q", head)
+        if n <= 0 or 8 + n > size:
+            raise ModelError(f"{path} has a corrupted header (says {n} header bytes, file has {size}): "
+                             "download or copy it again")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelError(f"{path} has a corrupted header (not JSON): download or copy it again") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ModelError(f"{path} is truncated: its header describes {8 + n + end} bytes but the file has "
+                         f"{size}; download or copy it again")
+
+
+def resolve(name_or_path: str) -> Path | str:
+    """The local folder for the embedded name or a path; the hub id unchanged otherwise."""
+    if name_or_path == EMBEDDED or (MODELS_DIR / name_or_path).is_dir():
+        return MODELS_DIR / name_or_path
+    if _looks_like_path(name_or_path):
+        p = Path(name_or_path).expanduser()
+        if not p.exists():
+            raise ModelError(f"no model at {p}: check the path (embedded model: {EMBEDDED!r}; "
+                             f"shape models: {sorted(SHAPES)})")
+        return p
+    return name_or_path
+
+
+def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implementation: str = "sdpa",
+         layers: int | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
+         seed: int = 0):
+    """Load any model the course supports (see the module docstring). Returns the model in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    if name_or_path in SHAPES:
+        return build(name_or_path, layers=layers, dtype=dtype, device=device, seed=seed,
+                     attn_implementation=attn_implementation)
+    near = _near_shape(name_or_path)
+    if near and not _looks_like_path(name_or_path):
+        raise ModelError(f"{name_or_path!r} is not a model the course knows: did you mean the shape {near!r}? "
+                         f"Shapes: {sorted(SHAPES)}; the embedded model: {EMBEDDED!r}; or a local folder")
+    where = resolve(name_or_path)
+    kw = dict(dtype=as_dtype(dtype), attn_implementation=attn_implementation,
+              trust_remote_code=trust_remote_code)
+    if isinstance(where, Path):
+        st = sorted(where.glob("*.safetensors"))
+        pickles = sorted(where.glob("*.bin")) + sorted(where.glob("*.pt")) + sorted(where.glob("*.pth"))
+        if not st and pickles and not allow_pickle:
+            raise ModelError(f"{where} has only pickle weights ({pickles[0].name}); pickles can run code when "
+                             "loaded. Convert them to safetensors, or pass allow_pickle=True if you trust "
+                             "the source")
+        if not st and not pickles:
+            raise ModelError(f"{where} has no weights (*.safetensors); is it a model folder?")
+        if not (where / "config.json").exists():
+            raise ModelError(f"{where} has weights but no config.json: a Hugging Face model folder needs both "
+                             "(save it with model.save_pretrained(folder), or copy config.json beside the weights)")
+        for f in st:
+            check_safetensors(f)
+        kw["use_safetensors"] = bool(st)
+        model = AutoModelForCausalLM.from_pretrained(where, **kw)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, use_safetensors=not allow_pickle, **kw)
+        except OSError as e:
+            raise ModelError(
+                f"could not load {where!r} from the Hugging Face Hub ({e.__class__.__name__}). Offline? "
+                f"Download it once where you have a connection (`hf download {where}`) and pass the local "
+                f"folder, or use the embedded model {EMBEDDED!r} or a shape model {sorted(SHAPES)}") from e
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(name_or_path: str = EMBEDDED):
+    from transformers import AutoTokenizer
+
+    if name_or_path in SHAPES:
+        raise ModelError(f"{name_or_path!r} is a shape model with random weights: it has no tokenizer; "
+                         "use labkit.core.models.prompt_ids() for token ids")
+    return AutoTokenizer.from_pretrained(resolve(name_or_path))
+
+
+TEXTS = {"heldout": "heldout.txt", "calibration": "calibration.txt"}
+
+
+def prompt_ids(n_tokens: int, batch: int = 1, vocab_size: int = 32000, seed: int = 0,
+               tokenizer=None, source: str = "heldout") -> torch.Tensor:
+    """`batch` rows of exactly `n_tokens` token ids (the guide's method uses 512-token prompts). With a
+    tokenizer: seeded windows of real text from data/eval/ (`source`: "heldout", never trained on, for prompts
+    and evaluation; "calibration", from the training side, for GPTQ/AWQ/Wanda calibration); without: seeded
+    random ids in [3, vocab_size) (for shape models, which have no tokenizer)."""
+    if n_tokens < 1:
+        raise ValueError("n_tokens must be >= 1")
+    if tokenizer is None:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(3, vocab_size, (batch, n_tokens), generator=g)
+    if source not in TEXTS:
+        raise ValueError(f"unknown text source {source!r}; choose one of {list(TEXTS)}")
+    text = (DATA / "eval" / TEXTS[source]).read_text(encoding="utf-8")
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
+    if ids.numel() <= n_tokens:
+        raise ValueError(f"{TEXTS[source]} has only {ids.numel()} tokens, need more than {n_tokens}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - n_tokens, (batch,), generator=g).tolist()
+    return torch.stack([ids[s : s + n_tokens] for s in starts])
+
+
+# ---------------------------------------------------------------- bytes
+
+def _tensor_bytes(t, seen: set) -> int:
+    """Bytes a tensor really holds: a torchao subclass is the sum of its inner tensors (qdata, scale, ...)."""
+    if isinstance(t, (tuple, list)):
+        return sum(_tensor_bytes(x, seen) for x in t)
+    if not isinstance(t, torch.Tensor):
+        return 0
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n), seen) for n in names)
+    if t.is_quantized:  # torch.ao's qint8 tensors: 1 byte each (+ one scale per tensor or channel)
+        key = (t.data_ptr(), t.numel())
+    else:
+        key = (t.data_ptr(), t.numel(), t.dtype)
+    if key in seen:
+        return 0
+    seen.add(key)
+    return t.numel() * t.element_size()
+
+
+def swap(model, name: str, make) -> None:
+    """Replace the submodule `name` of `model` with `make(submodule)`: how a technique rewrites one layer."""
+    parent, _, leaf = name.rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    setattr(holder, leaf, make(getattr(holder, leaf)))
+
+
+def weight_bytes(module) -> int:
+    """Bytes of everything in `module`'s state dict (parameters and buffers) as stored in memory: packed
+    quantized weights with their scales (torchao, torch.ao, bitsandbytes), a tied weight counted once. What a
+    decode step streams when it reads every weight."""
+    seen: set = set()
+    return sum(_tensor_bytes(v, seen) for v in module.state_dict(keep_vars=True).values())
+
+
+def saved_bytes(model) -> int:
+    """Bytes `torch.save(model.state_dict())` writes (the size on disk), without keeping them in memory."""
+    import io
+
+    class _Count(io.RawIOBase):
+        n = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            self.n += len(b)
+            return len(b)
+
+    sink = _Count()
+    torch.save(model.state_dict(), sink)
+    return sink.n

@@ -1,0 +1,84 @@
+"""What every lesson notebook does at its start and end, so the notebooks stay short and alike:
+
+    run = lesson.start("03_pruning", preset)   # the machine, the clock and the load, from the first cell
+    lesson.show(fig, "03_quality_vs_speed")    # the figure inline in the notebook, and saved for the index
+    run.save("03_pruning", config, metrics)    # a record; the run's load so far goes with it
+    run.finish()                               # how long the notebook took and whether the machine was busy
+
+A notebook that was timed while another process used the CPU says so, with the share it took: side-by-side
+ratios still hold, absolute times do not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from labkit.core import records
+from labkit.core.bench import LoadWatch
+from labkit.core.params import check_preset
+
+
+@dataclass
+class Run:
+    name: str
+    preset: str
+    started: float = field(default_factory=time.perf_counter)
+    watch: LoadWatch = field(default_factory=lambda: LoadWatch().start())
+    saved: list[str] = field(default_factory=list)
+
+    def load(self) -> dict:
+        """The machine's load since the notebook started (LoadWatch.read)."""
+        return self.watch.read()
+
+    def save(self, experiment: str, config: dict, metrics: dict) -> dict:
+        """records.save with the preset in the config and the load so far in the metrics (`load`)."""
+        rec = records.save(experiment, {"preset": self.preset, **config}, {**metrics, "load": self.load()})
+        self.saved.append(rec["_path"])
+        print(f"stored as the record {experiment} (under reports/results/{experiment}/ once the notebook succeeds)")
+        return rec
+
+    def finish(self) -> dict:
+        """Print the notebook's duration and load; returns them."""
+        load = self.load()
+        seconds = time.perf_counter() - self.started
+        share = load.get("others_cpu_share")
+        busy = ("the machine was otherwise idle" if share is not None and not load["busy"] else
+                self.watch.warning if load["busy"] else "others' CPU use not measurable here")
+        took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+        print(f"{self.name} took {took} (preset {self.preset}); {busy}")
+        return {"seconds": seconds, **load}
+
+
+def start(name: str, preset: str, describe: bool = True) -> Run:
+    """Begin a lesson: validate the preset, print the machine (labkit.core.hardware.describe) and start the clock
+    and the load watch."""
+    check_preset(preset)
+    if describe:
+        from labkit.core.hardware import describe as _describe
+
+        print(_describe())
+    from labkit.core.bench import fit_threads
+
+    if line := fit_threads():
+        print(line)
+    return Run(name, preset)
+
+
+def show(fig, name: str):
+    """Save `fig` for the index (reports/figures/<name>.png) and display it inline in the notebook, once."""
+    import matplotlib.pyplot as plt
+
+    from labkit.course.report import save_figure
+
+    path = save_figure(fig, name)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+    except ImportError:
+        pass
+    plt.close(fig)
+    return path

@@ -1,0 +1,232 @@
+"""Notebook 09's experiment: one trace served by the same engine in process and over HTTP, side by side.
+
+`side_by_side` replays the trace against an in-process `LLMEngine` (labkit.serve.baselines.run_engine) and against
+`python -m labkit serve` (labkit.serve.client) in rotating rounds, with the CPU time each path used per output token
+(the server's process and the client's, read with psutil), so the cost of the HTTP and streaming layer is a ratio
+measured side by side and a number of milliseconds, never two runs taken at different times.
+`your_server` replays the same trace against a learner's OpenAI-compatible server, or says why it did not.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from labkit.core.bench import Rounds, run_rounds, summarize
+from labkit.core.models import ShapeSpec
+from labkit.serve import client as bench_http
+from labkit.serve.baselines import run_engine
+from labkit.serve.workload import Request
+
+METRICS = ("ttft_median_ms", "tpot_median_ms", "itl_median_ms", "e2e_median_ms", "output_throughput")
+IN, HTTP = "in process", "over HTTP"
+ROWS = (  # (metric, label, words for a ratio: (better, worse) with higher_is_better, or None for no ratio)
+    ("tpot_median_ms", "TPOT median (ms per output token)", ("faster", "slower"), False),
+    ("itl_median_ms", "ITL median (ms between tokens)", ("faster", "slower"), False),
+    ("ttft_median_ms", "TTFT median (ms)", ("faster", "slower"), False),
+    ("e2e_median_ms", "E2E median (ms)", ("faster", "slower"), False),
+    ("output_throughput", "output tokens/s", ("higher", "lower"), True),
+    ("engine_ms_per_token", "engine step time per output token (ms)", ("faster", "slower"), False),
+    ("tokens_per_step", "output tokens per engine step", None, False),
+    ("cpu_cores", "CPU cores busy: the engine's process", None, False),
+    ("client_cpu_cores", "CPU cores busy: the HTTP client", None, False),
+)
+
+
+def server_args(model: str, layers: int | None, dtype: str, device: str, max_batch: int, kv_cache_gib: float,
+                seed: int) -> list[str]:
+    """`python -m labkit serve` arguments for the same engine `labkit.serve.api.http.engine_config` builds here."""
+    args = ["--model", model, "--dtype", dtype, "--device", device, "--max-batch", str(max_batch),
+            "--kv-cache-gib", str(kv_cache_gib), "--seed", str(seed)]
+    return args + (["--layers", str(layers)] if layers is not None else [])
+
+
+def _cpu_s(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+class _StepClock:
+    """Counts an in-process engine's steps and the seconds spent inside them (the server reports the same numbers
+    on /metrics: labkit:engine_steps_total, labkit:engine_step_seconds_total)."""
+
+    def __init__(self, engine):
+        self.steps, self.seconds, self._step = 0, 0.0, engine.step
+        engine.step = self
+
+    def __call__(self):
+        t0 = time.perf_counter()
+        try:
+            return self._step()
+        finally:
+            self.steps += 1
+            self.seconds += time.perf_counter() - t0
+
+
+def _server_steps(url: str) -> tuple[float, float]:
+    import httpx
+
+    from labkit.serve.api.http import parse_metrics
+
+    m = parse_metrics(httpx.get(f"{url}/metrics", timeout=30).text)
+    return m["labkit:engine_steps_total"], m["labkit:engine_step_seconds_total"]
+
+
+@dataclass
+class SideBySide:
+    rounds: Rounds
+    same_tokens: float  # fraction of requests with the same greedy tokens over HTTP as in process (last round)
+    output_tokens: int  # per replay
+
+    def median(self, who: str, metric: str) -> float:
+        return self.rounds.median(who, metric)
+
+    def table(self) -> list[dict]:
+        """One row per metric: the medians over rounds, the per-round difference and, for speeds, the ratio in
+        words (rows a path does not have are left empty)."""
+        rows = []
+        for metric, label, words, higher in ROWS:
+            a, b = self.rounds.values[IN].get(metric), self.rounds.values[HTTP].get(metric)
+            row = {"metric": label, IN: statistics.median(a) if a else None, HTTP: statistics.median(b) if b else None}
+            if a and b:
+                row["HTTP minus in process (median of rounds)"] = statistics.median(y - x for x, y in
+                                                                                    zip(a, b, strict=True))
+                if words:
+                    row["over HTTP it is"] = self.rounds.ratio(IN, HTTP, metric, higher_is_better=higher).words(*words)
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"rounds": self.rounds.to_dict(), "same_tokens": self.same_tokens, "output_tokens": self.output_tokens,
+                "table": self.table()}
+
+
+def side_by_side(engine, server, served_name: str, trace: Sequence[Request], rounds: int, extra: dict,
+                 progress: bool = True) -> SideBySide:
+    """Rotating rounds of the trace in process (`engine`) and over HTTP (`server`: a labkit.serve.api.http.ServerProcess
+    serving the same model with the same engine settings). Besides vLLM's metrics each candidate reports the
+    engine's step time per output token and tokens per step (in process: timed around `engine.step`; in the
+    server: from /metrics), and the CPU cores busy over the replay (psutil: this process in process; the server's
+    process and, apart, this one as the client over HTTP). A failed HTTP request fails the run: labkit's own
+    server must not lose one."""
+    import psutil
+
+    me, srv = psutil.Process(), psutil.Process(server.process.pid)
+    clock = engine.step if isinstance(engine.step, _StepClock) else _StepClock(engine)
+    outputs: dict[str, list] = {}
+
+    def in_process() -> dict:
+        c0, n0, s0, w0 = _cpu_s(me), clock.steps, clock.seconds, time.perf_counter()
+        timings, outs = run_engine(engine, trace)
+        wall, cpu = time.perf_counter() - w0, _cpu_s(me) - c0
+        s = summarize(timings)
+        outputs[IN] = outs
+        n = s["total_output_tokens"]
+        return {**{k: s[k] for k in METRICS}, "engine_ms_per_token": (clock.seconds - s0) * 1e3 / n,
+                "tokens_per_step": n / (clock.steps - n0), "cpu_cores": cpu / wall}
+
+    def over_http() -> dict:
+        (n0, s0), c0, v0, w0 = _server_steps(server.url), _cpu_s(me), _cpu_s(srv), time.perf_counter()
+        replay = bench_http.run(server.url, served_name, trace, extra=extra)
+        wall, client, served = time.perf_counter() - w0, _cpu_s(me) - c0, _cpu_s(srv) - v0
+        n1, s1 = _server_steps(server.url)
+        s = replay.summary()
+        if s["failed"]:
+            raise RuntimeError(f"labkit's server lost requests: {replay.describe()}")
+        outputs[HTTP] = replay.outputs
+        n = s["total_output_tokens"]
+        return {**{k: s[k] for k in METRICS}, "engine_ms_per_token": (s1 - s0) * 1e3 / n,
+                "tokens_per_step": n / (n1 - n0), "cpu_cores": served / wall, "client_cpu_cores": client / wall,
+                "client_cpu_ms_per_token": client * 1e3 / n}
+
+    r = run_rounds({IN: in_process, HTTP: over_http}, rounds, progress=progress, desc="in process / over HTTP")
+    same = sum(a == b for a, b in zip(outputs[IN], outputs[HTTP], strict=True)) / len(trace)
+    return SideBySide(r, same, sum(x.output_len for x in trace))
+
+
+def model_spec(model) -> ShapeSpec:
+    """The model's dimensions as a ShapeSpec (a shape model carries its own), for the roofline floors."""
+    spec = getattr(model, "labkit_shape", None)
+    if spec is not None:
+        return spec
+    c = model.config
+    return ShapeSpec(str(getattr(c, "name_or_path", "") or c.model_type), c.model_type, c.hidden_size,
+                     c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                     getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.vocab_size,
+                     c.max_position_embeddings, 10000.0, bool(getattr(c, "tie_word_embeddings", False)),
+                     bool(getattr(c, "attention_bias", False)))
+
+
+def floor_rows(side: SideBySide, floor, hw, dtype: str) -> list[dict]:
+    """TPOT in process and over HTTP next to the floor of one full-batch decode step (a request gets one token per
+    step, so its TPOT cannot beat that step's floor), with the fraction reached and the sentence explaining it."""
+    from labkit.core.roofline import against_floor
+
+    rows = []
+    for who in (IN, HTTP):
+        tpot_s = side.median(who, "tpot_median_ms") / 1e3
+        rows.append({"path": who, "TPOT median (ms)": tpot_s * 1e3, "decode-step floor (ms)": floor.seconds * 1e3,
+                     "fraction of the floor": floor.fraction(tpot_s), "bound": floor.bound,
+                     "why": against_floor(floor, tpot_s, hw, dtype)})
+    return rows
+
+
+def meaning(side: SideBySide, cores: int) -> list[str]:
+    """'What this means', from the measured numbers."""
+    med = side.median
+    rows = {r["metric"]: r for r in side.table()}
+    tpot, thr, eng = rows[ROWS[0][1]], rows[ROWS[4][1]], rows[ROWS[5][1]]
+    tpot_in, tpot_http = med(IN, "tpot_median_ms"), med(HTTP, "tpot_median_ms")
+    out = [f"Over HTTP a request waited {tpot['HTTP minus in process (median of rounds)']:+.2f} ms per output token "
+           f"against the same engine in process (TPOT {tpot_in:.2f} -> {tpot_http:.2f} ms: {tpot['over HTTP it is']}), "
+           f"{(tpot_http - tpot_in) / tpot_in:+.0%} of the in-process time per token. Output throughput over HTTP: "
+           f"{thr['over HTTP it is']}."]
+    e_in, e_http = med(IN, "engine_ms_per_token"), med(HTTP, "engine_ms_per_token")
+    k_in, k_http = med(IN, "tokens_per_step"), med(HTTP, "tokens_per_step")
+    r_eng, r_tpot = side.rounds.ratio(IN, HTTP, "engine_ms_per_token"), side.rounds.ratio(IN, HTTP, "tpot_median_ms")
+    engine_slower = r_eng.conclusive and r_eng.value < 1
+    if engine_slower:
+        why = "part of the cost is the engine itself running slower next to the HTTP layer, not only the layer's work."
+    elif r_tpot.conclusive and r_tpot.value < 1:
+        why = "the engine ran no slower than in process, so the extra time per token is spent outside its steps."
+    else:
+        why = "the engine ran no slower than in process."
+    out.append(f"Inside the server the engine's own steps took {e_http:.2f} ms per output token against {e_in:.2f} ms "
+               f"in process ({eng['over HTTP it is']}), at {k_http:.1f} tokens per step against {k_in:.1f}: {why}")
+    c_in, c_http, c_cli = med(IN, "cpu_cores"), med(HTTP, "cpu_cores"), med(HTTP, "client_cpu_cores")
+    text = (f"CPU cores busy, of {cores}: {c_in:.2f} in process; over HTTP {c_http:.2f} for the server's process "
+            f"and {c_cli:.2f} for the client ({med(HTTP, 'client_cpu_ms_per_token'):.2f} ms of CPU per token to read "
+            "the stream)")
+    if c_http + c_cli < c_in - 0.1 and engine_slower:
+        text += (". With cores to spare, the server's engine still took longer per step: its threads spent part of "
+                 "each step waiting rather than computing")
+    out.append(text + ".")
+    out.append(f"{side.same_tokens:.0%} of the requests got the same greedy tokens over HTTP as in process.")
+    if tpot_http > tpot_in:
+        out.append("The HTTP layer's cost comes per token and per request, not per FLOP: the shorter a decode step "
+                   "(a small model, a fast GPU), the larger its share; a step ten times longer hides much of it.")
+    return out
+
+
+# ---------------------------------------------------------------- the learner's own server
+
+def your_server(url: str, model: str, trace: Sequence[Request], timeout_s: float = 60.0, tokenizer=None,
+                slo_ms: dict | None = None, progress: bool = True) -> dict:
+    """The trace replayed against the server at `url` (vLLM, llama.cpp's server, Ollama, TGI ...): a row with its
+    summary and how many requests failed, or status "skipped: <reason>" when `url` is empty or nobody answers.
+    With a `tokenizer`, prompts go as text; otherwise as token-id lists."""
+    if not url:
+        return {"server": "your server", "status": "skipped: url is empty (pass -p url=http://HOST:PORT, the base "
+                                                  "URL of an OpenAI-compatible server, to measure yours)"}
+    try:
+        info = bench_http.probe(url, model or None, timeout_s, prompt="Hello" if tokenizer is not None else None)
+    except (bench_http.ServerUnreachable, ValueError) as e:
+        return {"server": url, "status": f"skipped: {e}"}
+    replay = bench_http.run(info["url"], info["model"], trace, tokenizer=tokenizer, extra=info["extra"],
+                            timeout_s=timeout_s, progress=progress)
+    s = replay.summary(slo_ms=slo_ms)
+    status = "ok" if not s["failed"] else ("failed" if not s["completed"] else f"ok, {s['failed']} failed")
+    return {"server": f"{info['model']} at {info['url']}", "status": status, **s,
+            "note": " ".join(x for x in (info["note"], replay.describe()) if x)}
