@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.core import bench
+from labkit.core import bench, load
 from labkit.core.bench import RequestTiming, summarize
 
 
@@ -168,7 +168,7 @@ def test_load_watch_sees_another_process_using_the_cpu():
     import sys
     import time as _time
 
-    with bench.LoadWatch() as quiet:
+    with load.LoadWatch() as quiet:
         _time.sleep(0.6)
     # a busy loop that is not our child (started through a middle process that exits at once): our own and our
     # children's CPU time never counts as "others"
@@ -179,7 +179,7 @@ def test_load_watch_sees_another_process_using_the_cpu():
                              check=True).stdout)
     try:
         _time.sleep(0.5)
-        with bench.LoadWatch() as loaded:
+        with load.LoadWatch() as loaded:
             _time.sleep(1.5)
     finally:
         import os
@@ -209,18 +209,27 @@ def test_summarize_counts_failed_requests():
 def test_fit_threads_leaves_busy_cores_to_their_owners(monkeypatch):
     import torch
 
-    from labkit.core import bench
-
     before = torch.get_num_threads()
-    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(load.os, "cpu_count", lambda: 2)
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(bench.LoadWatch, "read", lambda self: {"others_cpu_share": 0.02})
-        assert bench.fit_threads(0.0) is None and torch.get_num_threads() == 2  # idle: nothing changes
-        monkeypatch.setattr(bench.LoadWatch, "read", lambda self: {"others_cpu_share": 0.5})
-        line = bench.fit_threads(0.0)
+        monkeypatch.setattr(load.LoadWatch, "read", lambda self: {"others_cpu_share": 0.02})
+        assert load.fit_threads(0.0) is None and torch.get_num_threads() == 2  # idle: nothing changes
+        monkeypatch.setattr(load.LoadWatch, "read", lambda self: {"others_cpu_share": 0.5})
+        line = load.fit_threads(0.0)
         assert torch.get_num_threads() == 1 and "1.0 of 2 cores" in line and "1 thread(s) instead of 2" in line
-        monkeypatch.setattr(bench.LoadWatch, "read", lambda self: {"others_cpu_share": 1.0})
-        assert bench.fit_threads(0.0) is None and torch.get_num_threads() == 1  # never below one thread
+        monkeypatch.setattr(load.LoadWatch, "read", lambda self: {"others_cpu_share": 1.0})
+        assert load.fit_threads(0.0) is None and torch.get_num_threads() == 1  # never below one thread
     finally:
         torch.set_num_threads(before)
+
+
+def test_bench_still_offers_the_load_watch_its_callers_use():
+    """course.lesson and lessons.parallelism reach the load watch as bench.LoadWatch / bench.fit_threads."""
+    assert bench.LoadWatch is load.LoadWatch and bench.fit_threads is load.fit_threads
+
+
+def test_run_rounds_records_the_load_it_watched(monkeypatch):
+    monkeypatch.setattr(load.LoadWatch, "read", lambda self: setattr(self, "result", {"busy": False, "seen": 1}))
+    r = bench.run_rounds({"a": lambda: None}, 2, progress=False)
+    assert r.load == {"busy": False, "seen": 1}

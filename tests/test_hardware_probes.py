@@ -3,31 +3,32 @@
 import pytest
 import torch
 
-from labkit.core import hardware as H
+from labkit.core import models, onednn, planner, probes, roofline, storage
+from labkit.core.bench import Timing
 
 
-def _rates_positive(p: H.Probe) -> None:
+def _rates_positive(p: probes.Probe) -> None:
     assert p.skipped is None, p.skipped
     assert p.seconds > 0 and p.gb_per_s > 0
     assert p.timing.cold_s > 0 and len(p.timing.times_s) >= 1
 
 
 def test_bandwidth_probe_counts_bytes_read_plus_written():
-    probes = H.probe_bandwidth(mib=2, repeats=2, min_time_s=0)
-    by = {p.name: p for p in probes}
+    found = probes.probe_bandwidth(mib=2, repeats=2, min_time_s=0)
+    by = {p.name: p for p in found}
     assert set(by) == {"read", "copy", "triad"}
     n = 2 * 2**20
     assert by["read"].bytes_moved == n and by["copy"].bytes_moved == 2 * n and by["triad"].bytes_moved == 3 * n
-    for p in probes:
+    for p in found:
         _rates_positive(p)
         row = p.to_dict()
         assert row["GB/s"] == pytest.approx(p.bytes_moved / p.seconds / 1e9)
 
 
-@pytest.mark.parametrize("dtype", H.PROBE_DTYPES)
+@pytest.mark.parametrize("dtype", probes.PROBE_DTYPES)
 def test_matrix_probe_every_dtype(dtype):
-    mv = H.probe_matrix(dtype, tokens=1, k=64, n=96, repeats=1, min_time_s=0)
-    mm = H.probe_matrix(dtype, tokens=32, k=64, n=96, repeats=1, min_time_s=0)
+    mv = probes.probe_matrix(dtype, tokens=1, k=64, n=96, repeats=1, min_time_s=0)
+    mm = probes.probe_matrix(dtype, tokens=32, k=64, n=96, repeats=1, min_time_s=0)
     assert (mv.name, mm.name) == ("matvec", "matmul")
     elt = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}[dtype]
     out = 4 if dtype == "int8" else elt
@@ -37,50 +38,50 @@ def test_matrix_probe_every_dtype(dtype):
         _rates_positive(p)
         assert p.gflop_per_s > 0
     if dtype == "int8":  # the kernel the course's INT8 paths call: oneDNN's on x86, torch._int_mm elsewhere
-        assert mm.shape.endswith("(oneDNN int8 linear)" if H.onednn_unsupported() is None else "(torch._int_mm)")
+        assert mm.shape.endswith("(oneDNN int8 linear)" if onednn.onednn_unsupported() is None else "(torch._int_mm)")
 
 
 def test_matvec_cycles_through_enough_weights_to_defeat_caches():
-    p = H.probe_matrix("fp32", tokens=1, k=256, n=256, repeats=1, min_weight_mib=1)
+    p = probes.probe_matrix("fp32", tokens=1, k=256, n=256, repeats=1, min_weight_mib=1)
     assert p.shape.endswith("x4 weights")  # 256 KiB each, 4 of them = 1 MiB
     assert p.bytes_moved == 4 * (256 * 256 * 4 + 256 * 4 + 256 * 4)
 
 
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="unknown probe dtype"):
-        H.probe_matrix("fp8", 1, 64, 64)
+        probes.probe_matrix("fp8", 1, 64, 64)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_cuda_probes_skip_with_a_reason_without_a_gpu():
-    assert "CUDA not available" in H.device_skip_reason("cuda")
-    assert H.device_skip_reason("cpu") is None
-    probes = H.probe_bandwidth(mib=1, device="cuda") + [H.probe_matrix("bf16", 1, 64, 64, device="cuda")]
-    assert all(p.skipped and p.timing is None and p.gb_per_s is None for p in probes)
-    summary = H.summarize_probes(probes)
+    assert "CUDA not available" in probes.device_skip_reason("cuda")
+    assert probes.device_skip_reason("cpu") is None
+    skipped = probes.probe_bandwidth(mib=1, device="cuda") + [probes.probe_matrix("bf16", 1, 64, 64, device="cuda")]
+    assert all(p.skipped and p.timing is None and p.gb_per_s is None for p in skipped)
+    summary = probes.summarize_probes(skipped)
     assert "cuda" not in summary and summary["skipped"]
 
 
 def test_run_probes_summary_and_agreement():
     kw = dict(devices=("cpu", "cuda"), bandwidth_mib=1, k=64, n=64, prefill_tokens=16, repeats=1,
               progress=False, min_time_s=0)
-    first, second = H.run_probes(**kw), H.run_probes(**kw)
-    assert len(first) == 2 * (3 + 2 * len(H.PROBE_DTYPES))
-    rows = H.probe_agreement(first, second)
+    first, second = probes.run_probes(**kw), probes.run_probes(**kw)
+    assert len(first) == 2 * (3 + 2 * len(probes.PROBE_DTYPES))
+    rows = probes.probe_agreement(first, second)
     assert rows and all(r["ratio"] > 0 for r in rows)
-    cpu = H.summarize_probes(first + second)["cpu"]
+    cpu = probes.summarize_probes(first + second)["cpu"]
     reads = [cpu["bandwidth_gbps"][k] for k in ("read", "copy", "triad")] + list(cpu["matvec_gbps"].values())
     assert cpu["bandwidth_gbps"]["best"] == max(reads)  # no kernel measured here reads faster than the floor's rate
     best = cpu["bandwidth_gbps"]["best_probe"]
     assert cpu["bandwidth_gbps"]["best"] == (cpu["matvec_gbps"][best.split()[1]] if best.startswith("matvec")
                                              else cpu["bandwidth_gbps"][best])
-    assert set(cpu["matmul_gflops"]) == set(H.PROBE_DTYPES) and all(v > 0 for v in cpu["matmul_gflops"].values())
+    assert set(cpu["matmul_gflops"]) == set(probes.PROBE_DTYPES) and all(v > 0 for v in cpu["matmul_gflops"].values())
     with pytest.raises(ValueError, match="differ"):
-        H.probe_agreement(first, list(reversed(second)))
+        probes.probe_agreement(first, list(reversed(second)))
 
 
 def test_disk_probe(tmp_path):
-    d = H.probe_disk(tmp_path, mib=2, repeats=1)
+    d = storage.probe_disk(tmp_path, mib=2, repeats=1)
     assert d["bytes"] == 2 * 2**20
     assert d["write_gbps"] > 0 and d["cold_read_gbps"] > 0 and d["warm_read_gbps"] > 0
     assert list(tmp_path.iterdir()) == []  # the probe file is removed
@@ -91,8 +92,8 @@ def test_loading_probe_in_fresh_processes(tmp_path):
 
     path = tmp_path / "w.safetensors"
     save_file({"a": torch.randn(256, 1024), "b": torch.randn(1024).to(torch.bfloat16)}, str(path))
-    rows = H.probe_loading(path, repeats=1)
-    assert [r["method"] for r in rows] == list(H.LOAD_METHODS)
+    rows = storage.probe_loading(path, repeats=1)
+    assert [r["method"] for r in rows] == list(storage.LOAD_METHODS)
     for r in rows:
         assert r["file_bytes"] == path.stat().st_size
         assert r["first_s"] > 0 and r["repeat_s"] > 0 and r["peak_rss_growth_bytes"] >= 0
@@ -102,12 +103,76 @@ def test_loading_probe_in_fresh_processes(tmp_path):
 def test_generation_probe_on_a_tiny_model():
     from transformers import AutoModelForCausalLM
 
-    from labkit.core.models import ShapeSpec, _config_for
+    from labkit.core.models import ShapeSpec, config_for
 
     spec = ShapeSpec("tiny", "llama", 64, 176, 2, 4, 2, 300, 256, 10000.0)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_config_for(spec, 2)).eval()
+    model = AutoModelForCausalLM.from_config(config_for(spec, 2)).eval()
     ids = torch.randint(3, 300, (1, 12))
-    r = H.probe_generation(model, ids, new_tokens=4, repeats=1)
+    r = probes.probe_generation(model, ids, new_tokens=4, repeats=1)
     assert r["prompt_tokens"] == 12 and r["decode_context"] == 14
     assert r["prefill_s"] > 0 and r["tpot_s"] > 0 and r["ttft_s"] > 0
+
+
+def test_probe_figure_has_a_bar_per_measured_probe():
+    """Notebook 01's "01_probes" figure: GB/s bars for the streaming and matrix-vector probes, GFLOP/s bars for the
+    matrix-matrix ones; skipped probes draw nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labkit.lessons.hardware_profile import plot_probes
+
+    measured = probes.run_probes(devices=("cpu", "cuda"), bandwidth_mib=1, k=32, n=32, prefill_tokens=8,
+                                 dtypes=("fp32",), repeats=1, progress=False, min_time_s=0)
+    done = [p for p in measured if not p.skipped]
+    fig = plot_probes(measured)
+    left, right = fig.axes
+    assert len(left.patches) == sum(p.name != "matmul" for p in done)
+    assert len(right.patches) == sum(p.name == "matmul" for p in done) == 1
+    assert [b.get_width() for b in right.patches] == pytest.approx([p.gflop_per_s for p in done if p.name == "matmul"])
+
+
+def test_hardware_still_offers_the_names_other_modules_import_from_it():
+    """roofline, planner, kernels, memory and the case study import these through labkit.core.hardware."""
+    from labkit.core import hardware
+
+    assert hardware.run_probes is probes.run_probes and hardware.summarize_probes is probes.summarize_probes
+    assert hardware.Probe is probes.Probe and hardware.matrix_kernel is probes.matrix_kernel
+    assert hardware.onednn_unsupported is onednn.onednn_unsupported
+    assert hardware.onednn_op_unsupported is onednn.onednn_op_unsupported
+    assert hardware._proc_status_kib is storage._proc_status_kib and hardware._reset_peak_rss is storage._reset_peak_rss
+
+
+def _probe(rate_gbps: float) -> probes.Probe:
+    """A read probe of 1 GB at `rate_gbps`: a run of a machine whose neighbour may slow it."""
+    return probes.Probe("read", "cpu", "fp32", "1 GB", bytes_moved=10**9, flops=0,
+                        timing=Timing(cold_s=1 / rate_gbps, times_s=[1 / rate_gbps]))
+
+
+def _baseline() -> dict:
+    return {"decode_context": 512, "prompt_tokens": 512, "tpot_s": 1.0, "prefill_s": 1.0}
+
+
+def test_a_busy_neighbour_makes_the_profile_unreliable_and_it_is_stored_so():
+    runs = iter([10.0, 4.0, 9.0])  # every run disagrees with the one before: the neighbour never leaves
+    got = probes.run_until_agree(max_runs=3, run=lambda **_: [_probe(next(runs))])
+    assert len(got.runs) == 3 and not got.reliable and "UNRELIABLE" in got.words()
+    summary = probes.summarize_probes(got.all())
+    assert summary["cpu"]["bandwidth_gbps"]["read"] == pytest.approx(10.0)  # the fastest run, not the mean
+    card = planner.profile_card(summary, _baseline(), models.shape("tinyllama-1.1b"), "fp32", 1,
+                                roofline.this_machine(summary, "cpu"), agreement=got.agreement,
+                                runs=len(got.runs), bar=got.bar)
+    assert card["reliable"] is False and "UNRELIABLE" in planner.profile_note(card)
+
+
+def test_probes_rerun_until_two_runs_agree():
+    runs = iter([10.0, 5.0, 5.2, 99.0])  # a neighbour arrives after run 1 and stays: runs 2 and 3 agree
+    got = probes.run_until_agree(max_runs=4, run=lambda **_: [_probe(next(runs))])
+    assert [round(r[0].gb_per_s, 1) for r in got.runs] == [10.0, 5.0, 5.2] and got.reliable
+    assert probes.summarize_probes(got.all())["cpu"]["bandwidth_gbps"]["read"] == pytest.approx(10.0)
+    runs = iter([10.0, 9.5, 1.0])
+    got = probes.run_until_agree(max_runs=3, run=lambda **_: [_probe(next(runs))])
+    assert len(got.runs) == 2 and got.reliable and "reliable" in got.words()
+    assert planner.profile_note({"reliable": True}) is None
+    with pytest.raises(ValueError, match="max_runs"):
+        probes.run_until_agree(max_runs=1)

@@ -6,7 +6,7 @@ import torch
 
 from labkit.core import planner as P
 from labkit.core import roofline as R
-from labkit.core.models import ShapeSpec, _config_for, shape
+from labkit.core.models import ShapeSpec, config_for, shape
 
 GiB = 2**30
 
@@ -50,7 +50,7 @@ def test_weight_bytes_match_a_real_transformers_model(tied, bias):
 
     spec = ShapeSpec("tiny", "qwen2" if bias else "llama", 64, 176, 4, 4, 2, 300, 128, 10000.0,
                      tie_word_embeddings=tied, attention_bias=bias)
-    model = AutoModelForCausalLM.from_config(_config_for(spec, 3), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config_for(spec, 3), dtype=torch.float32)
     n = sum(p.numel() for p in model.parameters())
     assert R.weight_bytes(spec, "fp32", layers=3) == 4 * n
     assert R.weight_bytes(spec, "bf16", layers=3) == 2 * n

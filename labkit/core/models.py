@@ -119,7 +119,9 @@ def shape(name: str) -> ShapeSpec:
         raise ModelError(f"unknown shape {name!r}; {hint}choose one of {sorted(SHAPES)}") from None
 
 
-def _config_for(spec: ShapeSpec, layers: int):
+def config_for(spec: ShapeSpec, layers: int):
+    """The transformers config (Llama or Qwen2) of `spec`'s dimensions with `layers` decoder layers: what `build`
+    instantiates, and what a caller changes first to build a variant (a smaller vocabulary, another width)."""
     from transformers import LlamaConfig, Qwen2Config
 
     common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
@@ -159,7 +161,7 @@ def build(name: str, layers: int | None = None, dtype="fp32", device="cpu", seed
     layers = 2 if layers is None else int(layers)
     if not 1 <= layers <= spec.num_hidden_layers:
         raise ModelError(f"layers must be between 1 and {spec.num_hidden_layers} for {name}, got {layers}")
-    cfg = _config_for(spec, layers)
+    cfg = config_for(spec, layers)
     torch.manual_seed(seed)
     with torch.device(device), _no_torch_reset():
         model = AutoModelForCausalLM.from_config(cfg, dtype=as_dtype(dtype),

@@ -274,15 +274,19 @@ def load_profile(root=None) -> dict:
     if rec is None:
         raise FileNotFoundError("no hardware profile stored yet: run notebook 01 first "
                                 "(python -m labkit course --only 01)")
+    if note := profile_note(rec["metrics"]):
+        print(note)
     return rec["metrics"]
 
 
 def profile_card(probes: dict, baseline: dict, spec: ShapeSpec, dtype: str, layers: int, hw: Card,
                  disk: dict | None = None, loads: list[dict] | None = None,
-                 agreement: list[dict] | None = None, device: str = "cpu") -> dict:
+                 agreement: list[dict] | None = None, device: str = "cpu", runs: int = 2,
+                 bar: float = 0.15) -> dict:
     """The profile stored as the 'hardware_profile' record: probe summary, the baseline's measured speed
     against its floors (fractions), what that predicts per dtype, disk and loading results, and the two-run
-    agreement of the probes."""
+    agreement of the probes (`runs` of them, the last two compared against `bar`): `reliable` is False when
+    they disagreed, and every later lesson then says so next to its floors (`profile_note`)."""
     d = decode_floor(spec, dtype, hw, baseline["decode_context"], 1, layers)
     p = prefill_floor(spec, dtype, hw, baseline["prompt_tokens"], 1, layers)
     base = {**baseline, "model": spec.name, "dtype": dtype, "layers": layers,
@@ -299,9 +303,21 @@ def profile_card(probes: dict, baseline: dict, spec: ShapeSpec, dtype: str, laye
     if loads:
         card["loads"] = loads
     if agreement:
-        ratios = [r["ratio"] for r in agreement]
-        card["agreement"] = {"max_deviation": max(abs(r - 1) for r in ratios), "rows": agreement}
+        worst = max(abs(r["ratio"] - 1) for r in agreement)
+        card["agreement"] = {"max_deviation": worst, "rows": agreement, "runs": runs, "bar": bar}
+        card["reliable"] = worst <= bar
     return card
+
+
+def profile_note(profile: dict) -> str | None:
+    """A warning to print next to floors taken from `profile`, or None when it is reliable: a profile whose
+    probe runs disagreed (a neighbour was busy) gives floors that later measurements may beat."""
+    if profile.get("reliable", True):
+        return None
+    ag = profile.get("agreement", {})
+    return (f"note: notebook 01's profile is marked UNRELIABLE (its last two probe runs of {ag.get('runs', '?')} "
+            f"differed by up to {ag.get('max_deviation', float('nan')):.0%}, the bar is {ag.get('bar', 0.15):.0%}): "
+            "floors from it may be beaten; rerun notebook 01 on a quiet machine")
 
 
 def expectations(profile: dict, spec: ShapeSpec, base_dtype: str, context: int = 512,

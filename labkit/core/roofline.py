@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from labkit.core.models import ShapeSpec
-
-GiB = 2**30
+from labkit.core.units import GiB
 
 # Bytes per weight of a decoder-layer linear layer. int8: per-output-channel scales (negligible, not
 # counted). int4: group size 128 with an fp16 scale and zero point per group (GPTQ/AWQ layout).
