@@ -120,6 +120,35 @@ def test_roofline_floor_of_eager_counts_the_score_traffic_and_all_scores():
     assert e.bound == "memory" and e.seconds > 3 * f.seconds
     assert kx.length_for_speedup(a100, lay, 3.0) is not None
     assert kx.length_for_speedup(a100, lay, 1e9) is None
+    table = kx.roofline_table(lay, [512, 2048], [(a100, "fp16"), (a100, "fp32")])
+    assert len(table) == 4 and set(table["dtype"]) == {"fp16", "fp32"}
+    at = table[(table["dtype"] == "fp16") & (table["n"] == 2048)].iloc[0]
+    assert at["x_fused_vs_eager"] == pytest.approx(e.seconds / f.seconds)
+
+
+def test_resolve_parameters_takes_the_preset_and_checks_what_is_given():
+    from labkit.core import hardware
+    from labkit.core.params import ParamError
+    from labkit.lessons import kernels as kx
+
+    ci, full = kx.resolve_parameters("ci", device="cpu"), kx.resolve_parameters("full", device="cpu")
+    assert ci.device == "cpu" and max(ci.lengths) <= max(full.lengths) and ci.rounds <= full.rounds
+    assert set(ci.compile_variants) < set(full.compile_variants) == set(kx.COMPILE_VARIANTS)
+    assert set(ci.precisions) < set(full.precisions) == set(kx.PRECISIONS) and ci.kv_shapes == list(kx.KV_SHAPES)
+    assert ci.attn_dtype == ("bf16" if hardware.matrix_units()["bf16"] else "fp32")  # on a CPU, None picks this
+    mine = kx.resolve_parameters("ci", device="cpu", lengths=[64, 128], backends=["eager"], attn_dtype="fp32",
+                                 layers=3)
+    assert (mine.lengths, mine.backends, mine.attn_dtype, mine.layers) == ([64, 128], ["eager"], "fp32", 3)
+    device, seed, *_ = mine  # the notebook unpacks it
+    assert (device, seed) == ("cpu", 0)
+    with pytest.raises(ParamError, match="sdpa-flash"):  # the message names the valid choices
+        kx.resolve_parameters("ci", backends=["flashy"])
+    with pytest.raises(ParamError, match="lengths"):
+        kx.resolve_parameters("ci", lengths=[8])
+    with pytest.raises(ParamError, match="attn_dtype"):
+        kx.resolve_parameters("ci", attn_dtype="int8")
+    with pytest.raises(ParamError, match="preset"):
+        kx.resolve_parameters("medium")
 
 
 def test_growth_exponent_reads_quadratic_and_linear():
@@ -164,6 +193,8 @@ def test_compile_study_reports_compile_time_first_call_and_recompiles_apart(tiny
     profiles = kx.compile_profiles(decoders, spec, 12)
     assert {"eager prefill", "eager decode", "compile prefill", "compile decode"} == set(profiles)
     assert 0 < profiles["eager decode"]["matmul_share"] < 1
+    table = kx.profile_table(profiles)
+    assert list(table["step"]) == list(profiles) and (table["matmul_ms"] <= table["total_ms"]).all()
     with pytest.raises(ValueError, match="unknown compile variant"):
         kx.compile_study(tiny_llama, spec, 2, 12, 4, ["compile+magic"])
 

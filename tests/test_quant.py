@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.core import hardware, models
+from labkit.core import models, onednn
 from labkit.core.models import EMBEDDED, MODELS_DIR
-from labkit.techniques import quant
+from labkit.techniques import quant, quant_onednn
 
 GROUP = 64
 # Relative L2 error of the logits against fp32 that each method must stay under, on the seeded model below.
@@ -67,7 +67,7 @@ def test_method_keeps_shape_shrinks_and_stays_close(small, method):
 
 
 def _onednn_or_skip():
-    reason = hardware.onednn_unsupported("cpu")
+    reason = onednn.onednn_unsupported("cpu")
     if reason:
         pytest.skip(reason)
 
@@ -82,7 +82,7 @@ def test_onednn_int8_linear_is_the_per_token_w8a8_formula_and_batch_invariant():
     with torch.no_grad():
         lin.weight.copy_(torch.randn(80, 192, generator=g) * 0.05)
     x = torch.randn(38, 192, generator=g) * torch.exp(torch.randn(192, generator=g))  # outlier channels
-    q = quant.OneDNNInt8Linear.from_linear(lin)
+    q = quant_onednn.OneDNNInt8Linear.from_linear(lin)
     with torch.no_grad():
         y = q(x)
         s = x.abs().amax(1, keepdim=True) / 127
@@ -114,22 +114,22 @@ def test_onednn_siblings_fed_one_tensor_quantize_it_once():
     _onednn_or_skip()
     g = torch.Generator().manual_seed(1)
     a, b = nn.Linear(64, 32), nn.Linear(64, 48)
-    qa, qb = quant.OneDNNInt8Linear.from_linear(a), quant.OneDNNInt8Linear.from_linear(b)
+    qa, qb = quant_onednn.OneDNNInt8Linear.from_linear(a), quant_onednn.OneDNNInt8Linear.from_linear(b)
     x = torch.randn(5, 64, generator=g)
 
     def fresh(layer, t):
-        quant._last_tokens = (lambda: None, None, None, None)
+        quant_onednn._last_tokens = (lambda: None, None, None, None)
         return layer(t)
 
     with torch.no_grad():
         ya = qa(x)
-        first = quant._last_tokens[2]
+        first = quant_onednn._last_tokens[2]
         yb = qb(x)
-        assert quant._last_tokens[2] is first  # reused, not recomputed
+        assert quant_onednn._last_tokens[2] is first  # reused, not recomputed
         assert torch.equal(ya, fresh(qa, x)) and torch.equal(yb, fresh(qb, x))
         qa(x)
         qb(x.clone())  # equal values, another tensor: quantized again
-        assert quant._last_tokens[2] is not first
+        assert quant_onednn._last_tokens[2] is not first
         qa(x)
         x.mul_(3)  # in place: the version counter moves, the cached rows are stale
         assert torch.equal(qb(x), fresh(qb, x))
@@ -138,7 +138,7 @@ def test_onednn_siblings_fed_one_tensor_quantize_it_once():
             qa(torch.randn(5, 32))
         with pytest.raises(ValueError, match="runs on the CPU"):
             qa(torch.empty(5, 64, device="meta"))
-    assert quant.OneDNNInt8Linear.from_linear(a)._packed is not None  # packed when quantized, not in a request
+    assert quant_onednn.OneDNNInt8Linear.from_linear(a)._packed is not None  # packed when quantized, not in a request
     with torch.inference_mode():
         xi = torch.randn(5, 64, generator=g)
         assert torch.equal(qb(xi), fresh(qb, xi)) and torch.equal(qa(xi), fresh(qa, xi))
@@ -303,3 +303,16 @@ def test_quantize_head_changes_only_the_head(small):
     with torch.no_grad():
         assert _rel(q(input_ids=x).logits, ref) < TOL["int8-weight-only"]
     assert type(model.lm_head.weight) is nn.Parameter  # the input model is left as it was
+
+
+def test_quant_still_offers_the_onednn_linear_it_swaps_in(small):
+    """The module lives in techniques.quant_onednn; `quant.OneDNNInt8Linear` is the same class for its callers, and
+    quantize("int8-dynamic-onednn") swaps it in for every linear but the skipped head."""
+    _onednn_or_skip()
+    assert quant.OneDNNInt8Linear is quant_onednn.OneDNNInt8Linear
+    assert quant.quantize_tokens is quant_onednn.quantize_tokens
+    model = small[0]
+    q = quant.quantize(model, "int8-dynamic-onednn")
+    swapped = [n for n, m in q.named_modules() if isinstance(m, quant_onednn.OneDNNInt8Linear)]
+    assert swapped and "lm_head" not in swapped
+    assert len(swapped) == sum(isinstance(m, nn.Linear) for n, m in model.named_modules() if n != "lm_head")

@@ -152,7 +152,9 @@ class StaticDecoder:
                 self._forward(torch.zeros(1, 1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long,
                                                                                            device=dev))
 
-    def _step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One forward through the cache: `ids` at cache positions `pos`, the last position's logits (compiled
+        where this decoder compiles; an eager prefill where `choose_prefill` found it faster)."""
         if not self.compiled or (ids.shape[1] > 1 and self.eager_prefill):
             return self._forward(ids, pos)
         import torch._dynamo.config as dynamo_config
@@ -183,7 +185,7 @@ class StaticDecoder:
                 self.eager_prefill = mode == "eager"
                 sync(dev)
                 t0 = time.perf_counter()
-                self._step(input_ids.clone(), pos).argmax(-1).tolist()
+                self.step(input_ids.clone(), pos).argmax(-1).tolist()
                 times[mode].append(time.perf_counter() - t0)
         best = {k: min(v[1:]) * 1e3 for k, v in times.items()}
         self.eager_prefill = best["eager"] < best["compiled"]
@@ -207,14 +209,14 @@ class StaticDecoder:
         sync(dev)
         start = time.perf_counter()
         times, out = [], []
-        self.last_logits = [self._step(input_ids, torch.arange(n, device=dev))]
+        self.last_logits = [self.step(input_ids, torch.arange(n, device=dev))]
         tok = self.last_logits[-1].argmax(-1, keepdim=True)
         for i in range(new_tokens):
             out.append(tok)
             tok.tolist()  # wait for the device before stamping
             times.append(time.perf_counter())
             if i + 1 < new_tokens:
-                self.last_logits.append(self._step(tok, torch.tensor([n + i], device=dev)))
+                self.last_logits.append(self.step(tok, torch.tensor([n + i], device=dev)))
                 tok = self.last_logits[-1].argmax(-1, keepdim=True)
         rt = RequestTiming(start=start, token_times=times, prompt_tokens=n)
         return rt, torch.cat([input_ids, *out], dim=1)

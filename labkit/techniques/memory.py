@@ -40,16 +40,17 @@ CPU_METHOD = "profiler: PyTorch CPU allocator events"
 CUDA_METHOD = "torch.cuda max_memory_allocated"
 
 
-def _quiet_profiler() -> None:
-    # Kineto prints a "profiler_start"/"profiler_stop" line to stderr on every profile (at C++ level, so a
-    # notebook shows it); level 6 silences only those lines. A learner's own setting is kept.
+def quiet_profiler() -> None:
+    """Silence Kineto's "profiler_start"/"profiler_stop" lines before a torch.profiler run: it prints them to
+    stderr on every profile (at C++ level, so a notebook shows them); level 6 silences only those lines. A
+    learner's own KINETO_LOG_LEVEL is kept."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 
 def _cpu_peak(fn: Callable[[], object]) -> tuple[object, Peak]:
     from torch.profiler import ProfilerActivity, profile
 
-    _quiet_profiler()
+    quiet_profiler()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
