@@ -4,6 +4,7 @@ import pytest
 
 from labkit.core import roofline
 from labkit.lessons import quantization as qe
+from labkit.lessons import quantization_views as qv
 
 
 def test_benchmark_rows_carry_floors_and_skip_reasons(tiny_llama):
@@ -19,8 +20,41 @@ def test_benchmark_rows_carry_floors_and_skip_reasons(tiny_llama):
     assert fp["decode_fraction"] == pytest.approx(fp["decode_floor_ms"] / fp["decode_ms_per_token"])
     # the int8 copy reads fewer bytes per step than fp32 (its linears are 1 byte per weight)
     assert rows["int8-dynamic-legacy"]["decode_read_mib"] < fp["decode_read_mib"]
-    assert qe.skipped(df) == [f"rtn: {rows['rtn']['status']}", f"gptqmodel: {rows['gptqmodel']['status']}"]
-    assert list(qe.view(df, qe.SPEED_VIEW)["method"]) == ["fp32", "bf16", "int8-dynamic-legacy"]
+    assert qv.skipped(df) == [f"rtn: {rows['rtn']['status']}", f"gptqmodel: {rows['gptqmodel']['status']}"]
+    assert list(qv.view(df, qv.SPEED_VIEW)["method"]) == ["fp32", "bf16", "int8-dynamic-legacy"]
+
+
+def test_settings_fill_in_the_preset_and_refuse_bad_parameters():
+    from labkit.core.params import ParamError
+    from labkit.techniques.quant import METHODS
+
+    kw = dict(model="llama-2-7b", device="cpu", seed=0, bits=4, group_size=128, methods=None, compiled=None,
+              layers=None)
+    ci, full = qe.settings("ci", **kw), qe.settings("full", **kw)
+    assert ci.methods == list(METHODS) and ci.device == "cpu"
+    assert (ci.layers, ci.prompt_len, ci.compiled) == (1, 256, ["int8-dynamic"])
+    assert (full.layers, full.prompt_len, full.ppl_tokens) == (4, 512, None) and "bf16" in full.compiled
+    given = qe.settings("ci", **{**kw, "layers": 3, "methods": ["rtn"], "compiled": ["bf16"]})
+    assert (given.layers, given.methods, given.compiled) == (3, ["rtn"], ["bf16"])
+    for bad, message in ((dict(bits=5), "bits"), (dict(layers=0), "layers"), (dict(layers=33), "layers"),
+                         (dict(model="llama2-7b"), "llama-2-7b"), (dict(compiled=["nope"]), "compiled"),
+                         (dict(methods=["int3"]), "choose from"), (dict(group_size=100), "group_size")):
+        with pytest.raises(ParamError, match=message):
+            qe.settings("ci", **{**kw, **bad})
+
+
+def test_summary_table_sets_quality_next_to_speed_in_the_quality_order():
+    import pandas as pd
+
+    quality = pd.DataFrame([{"method": "fp32", "status": "ok", "bits_per_weight": 32.0, "ppl_vs_fp32": 1.0,
+                             "disk_bytes": 2**21},
+                            {"method": "rtn", "status": "ok", "bits_per_weight": 4.5, "ppl_vs_fp32": 1.1,
+                             "disk_bytes": 2**20}])
+    speed = pd.DataFrame([{"method": "rtn+compile", "status": "ok", "decode_x_vs_fp32": 3.0},
+                          {"method": "fp32", "status": "ok", "decode_x_vs_fp32": 1.0}])
+    t = qv.summary_table(quality, speed)
+    assert list(t["method"]) == ["fp32", "rtn", "rtn+compile"]
+    assert list(t["MiB on disk"].iloc[:2]) == [2.0, 1.0] and t["decode x fp32"].iloc[2] == 3.0
 
 
 def test_base_dtype_follows_quant_unsupported():
@@ -37,10 +71,10 @@ def test_prediction_lines_explain_a_big_miss_from_the_fractions():
                           {"method": "bf16", "status": "ok", "decode_x_vs_fp32": 1.02, "decode_fraction": 0.26}])
     profile = {"predictions": [{"dtype": "fp32", "predicted speed-up vs fp32": 1.0},
                                {"dtype": "bf16", "predicted speed-up vs fp32": 2.46}]}
-    line = qe.prediction_lines(speed, profile)[0]
+    line = qv.prediction_lines(speed, profile)[0]
     assert "predicted decode 2.46x fp32" in line and "measured 1.02x" in line
     assert "reached 26% of its bandwidth floor where fp32 reached 50%" in line
-    assert qe.prediction_lines(speed, None) == ["no stored profile: run notebook 01 for predictions"]
+    assert qv.prediction_lines(speed, None) == ["no stored profile: run notebook 01 for predictions"]
 
 
 def test_a_compiled_path_that_gives_wrong_tokens_is_not_timed(tiny_llama, monkeypatch):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from labkit.core.bench import RequestTiming
+from labkit.core.units import mib, than
 
 EXPERIMENT = "peers"  # the record `python -m labkit peers` writes; notebook 02 shows the latest
 INSTALL = {
@@ -373,7 +374,7 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
         if p.name in callers:
             ttft, tpot = r.median(p.name, "ttft"), r.median(p.name, "tpot")
             row.update({"prefill tok/s": prompt_len / ttft, "decode tok/s": 1 / tpot,
-                        "MiB read per token": p.bytes_read / 2**20, "cold start s": p.cold_s})
+                        "MiB read per token": mib(p.bytes_read), "cold start s": p.cold_s})
             if hw is not None:
                 floor = p.bytes_read / (hw.bandwidth_gbps * 1e9)
                 row.update({"decode floor ms": floor * 1e3, "fraction of floor": floor / tpot})
@@ -410,7 +411,7 @@ def target_lines(rounds, table) -> list[str]:
         ratio = rounds.ratio(peer, best, metric[phase])
         verdict = ("at parity within the noise for" if not ratio.conclusive else
                    "meets" if ratio.value >= 1.0 else "misses")
-        lines.append(f"{phase}: {best} is {ratio.words()} than {peer} ({verdict} the >= 1.0x target)")
+        lines.append(f"{phase}: {best} is {than(ratio.words(), peer)} ({verdict} the >= 1.0x target)")
     return lines
 
 

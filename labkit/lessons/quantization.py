@@ -5,8 +5,9 @@ The technique lives in `labkit.techniques.quant` (`quantize`); this module holds
   bytes) for fp32, bf16 and each method;
 - `benchmark_methods`: speed on a shape-faithful model, prefill (TTFT) and decode (TPOT) at batch 1, every
   method timed once per round in rotating order (`labkit.core.bench.run_rounds`), ratios per round;
-- `summary_table`: quality next to speed, one row per method (labkit.course.claims judges C5, C6, C13 from the
-  record).
+- `settings`: the notebook's parameters checked, with the preset's sizes filled in.
+What the notebook shows from these tables (views, the summary table, lines, figures) is in
+labkit.lessons.quantization_views; labkit.course.claims judges C5, C6, C13 from the record.
 A method that cannot run here is a row "skipped: <reason>", never another method's numbers.
 """
 
@@ -15,12 +16,14 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from labkit.core.models import saved_bytes, weight_bytes
+from labkit.core.units import TORCH_DTYPES, mib
 from labkit.techniques.quant import (
     FAKE_QUANT,
     QuantInfo,
@@ -46,13 +49,53 @@ COMPILE_OPTIONS = {"fp32": {"freezing": True}, "bf16": {"freezing": True}}
 SPEED_PREFERS_BF16 = ("int8-weight-only", "int8-dynamic", "int4-rtn", "bnb-nf4")
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Notebook 02's parameters after checking, with every size its preset decides."""
+
+    device: str  # "cpu" or "cuda..." ("auto" resolved)
+    methods: list[str]  # quant.METHODS when the notebook left it None
+    compiled: list[str]  # runners also timed under torch.compile
+    layers: int  # decoder layers of the speed model
+    prompt_len: int  # speed: prompt tokens, new tokens, timing rounds
+    new_tokens: int
+    repeats: int
+    ppl_tokens: int | None  # quality: held-out tokens for perplexity (None: the whole text)
+    n_calib: int  # GPTQ/AWQ calibration windows and their length
+    calib_len: int
+    n_prompts: int  # prompts for greedy-token agreement
+
+
+def settings(preset: str, *, model: str, device: str, seed: int, bits: int, group_size: int, methods,
+             compiled, layers) -> Settings:
+    """Check notebook 02's parameters in the order the notebook lists them (a bad one fails at once, naming the
+    valid choices: labkit.core.params) and fill in what the preset decides."""
+    from labkit.core.models import SHAPES, shape
+    from labkit.core.params import check, default, pick, resolve_device
+    from labkit.techniques.quant import METHODS, check_methods
+
+    device = resolve_device(device)
+    check("model", model, str, choices=sorted(SHAPES))
+    check("seed", seed, int, min=0)
+    check("bits", bits, int, choices=(2, 3, 4, 8))
+    check("group_size", group_size, int, choices=(32, 64, 128, 256))
+    methods = check_methods(methods)
+    compiled = default("compiled", compiled, preset, ci=["int8-dynamic"],
+                       full=["bf16", "int8-weight-only", "int8-dynamic", "int4-rtn"], kind=list)
+    compiled = check("compiled", compiled, list, choices=("fp32", "bf16", *METHODS))
+    layers = default("layers", layers, preset, ci=1, full=4, min=1, max=shape(model).num_hidden_layers)
+    prompt_len, new_tokens, repeats = pick(preset, ci=(256, 8, 2), full=(512, 32, 5))
+    ppl_tokens, n_calib, calib_len, n_prompts = pick(preset, ci=(2048, 4, 256, 4), full=(None, 64, 512, 16))
+    return Settings(device, methods, list(compiled), layers, prompt_len, new_tokens, repeats, ppl_tokens, n_calib,
+                    calib_len, n_prompts)
+
+
 def base_dtype(method: str, device: str, prefer: str = "fp32") -> str:
     """The dtype `method` starts from on `device`: `prefer`, unless quant.unsupported refuses it there."""
     if method in ("fp32", "bf16"):
         return method
     other = "bf16" if prefer == "fp32" else "fp32"
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if unsupported(method, device, dt[prefer]) and not unsupported(method, device, dt[other]):
+    if unsupported(method, device, TORCH_DTYPES[prefer]) and not unsupported(method, device, TORCH_DTYPES[other]):
         return other
     return prefer
 
@@ -289,7 +332,7 @@ def _floors(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens:
     peak = hw.peak(compute)
     flops = forward_flops(spec, prompt_len, layers=layers) if spec is not None else None
     head = parts["lm_head"] or parts["embedding"]
-    out = {"decode_read_mib": read / 2**20, "decode_floor_ms": read / (hw.bandwidth_gbps * 1e9) * 1e3,
+    out = {"decode_read_mib": mib(read), "decode_floor_ms": read / (hw.bandwidth_gbps * 1e9) * 1e3,
            "prefill_compute": compute, "head_share": head / read}
     if spec is not None:  # the same weights at the real depth: the head's share shrinks as layers are added
         full = measured_parts(model, layers=spec.num_hidden_layers)
@@ -299,151 +342,3 @@ def _floors(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens:
         out["prefill_floor_ms"] = flops / peak * 1e3
         out["prefill_fraction"] = out["prefill_floor_ms"] / row["prefill_ms"]
     return out
-
-
-def summary_table(quality, speed) -> pd.DataFrame:
-    """One row per method that ran anywhere: quality on the trained model next to speed on the shape-faithful
-    one, the key columns under readable headers ("+compile" rows have speed only; the full tables are in the
-    record)."""
-    q = view(quality, {"method": "method", "bits_per_weight": "bits/weight", "ppl_vs_fp32": "perplexity / fp32",
-                       "token_agreement": "greedy tokens = fp32", "disk_bytes": "MiB on disk"})
-    q["MiB on disk"] = q["MiB on disk"] / 2**20
-    s = view(speed, {"method": "method", "decode_x_vs_fp32": "decode x fp32", "decode_x_vs_bf16": "decode x bf16",
-                     "prefill_x_vs_fp32": "prefill x fp32", "decode_fraction": "decode: of floor"})
-    out = q.merge(s, on="method", how="outer", sort=False)
-    order: dict[str, int] = {}
-    for m in list(quality["method"]) + list(speed["method"]):  # the quality table's order, "+compile" rows last
-        order.setdefault(m, len(order))
-    return out.sort_values("method", key=lambda col: col.map(order)).reset_index(drop=True)
-
-
-# ---------------------------------------------------------------- what the notebook shows
-
-SPEED_VIEW = {"method": "method", "base_dtype": "from", "bytes_per_weight": "bytes/weight",
-              "decode_read_mib": "MiB read/token", "head_share": "head share",
-              "decode_ms_per_token": "decode ms/token", "decode_floor_ms": "decode floor ms",
-              "decode_fraction": "of floor", "decode_x_vs_fp32": "decode x fp32", "prefill_ms": "prefill ms",
-              "prefill_floor_ms": "prefill floor ms", "prefill_fraction": "of floor ", "prefill_x_vs_fp32":
-              "prefill x fp32", "cold_s": "first call s"}
-QUALITY_VIEW = {"method": "method", "bits_per_weight": "bits/weight", "ppl_vs_fp32": "perplexity / fp32",
-                "token_agreement": "greedy tokens = fp32", "bytes": "MiB in memory", "quant_seconds": "quantize s"}
-
-
-def view(df, columns: dict) -> pd.DataFrame:
-    """The rows that ran, with the key columns under readable headers (units in them; bytes in MiB). The full
-    table stays in the record."""
-    ok = df[df["status"] == "ok"]
-    out = ok.reindex(columns=list(columns)).rename(columns=columns)
-    if "MiB in memory" in out:
-        out["MiB in memory"] = out["MiB in memory"] / 2**20
-    return out.reset_index(drop=True)
-
-
-def skipped(df) -> list[str]:
-    """'<method>: <reason>' for every row that did not run, the reason whole."""
-    return [f"{r['method']}: {r['status']}" for _, r in df.iterrows() if r["status"] != "ok"]
-
-
-def prediction_lines(speed, profile: dict | None) -> list[str]:
-    """Notebook 01 predicted each dtype's decode speed-up over fp32 from its matrix-vector probes; these lines set
-    that next to what was measured here, and where they differ by more than 1.5x, say from the fractions of the
-    floor which side fell short."""
-    if not profile or not profile.get("predictions"):
-        return ["no stored profile: run notebook 01 for predictions"]
-    pred = {r["dtype"]: r[next(k for k in r if k.startswith("predicted speed-up"))] for r in profile["predictions"]}
-    rows = {r["method"]: r for _, r in speed.iterrows() if r["status"] == "ok"}
-    out = []
-    for method, dtype in (("bf16", "bf16"), ("int8-dynamic", "int8"), ("int8-dynamic-onednn", "int8"),
-                          ("int8-dynamic-legacy", "int8")):
-        if method not in rows or dtype not in pred:
-            continue
-        got, want = rows[method]["decode_x_vs_fp32"], pred[dtype]
-        line = (f"{method}: notebook 01 predicted decode {want:.2f}x fp32 (its {dtype} matrix-vector probe against "
-                f"fp32's), measured {got:.2f}x")
-        if max(got, want) / min(got, want) > 1.5 and "decode_fraction" in rows[method]:
-            f_m, f_b = rows[method]["decode_fraction"], rows["fp32"].get("decode_fraction")
-            line += (f". Why on this machine: this path reached {f_m:.0%} of its bandwidth floor where fp32 reached "
-                     f"{f_b:.0%}: " + ("its kernels, not the bytes, set the pace at batch 1" if f_m < f_b else
-                                       "it streamed its bytes better than the probe predicted"))
-        out.append(line)
-    return out
-
-
-def compile_lines(speed) -> list[str]:
-    """What torch.compile did for each "+compile" row, from the record: its speed against its own eager row (from
-    the same rounds; inconclusive inside the noise), the compile time (cold start), frames compiled and graph
-    breaks, recompiles while timed, and any workaround labkit needed. A row that could not be timed says why."""
-    out = []
-    for _, r in speed[speed["method"].str.endswith("+compile")].iterrows():
-        if r["status"] != "ok":
-            out.append(f"{r['method']}: {r['status']}")
-            continue
-        out.append(f"{r['method']}: decode {r['decode_vs_eager']}, prefill {r['prefill_vs_eager']} than its eager row; "
-                   f"compiling took {r['cold_s']:.0f} s (cold start); {r.get('compile', '')}; inductor options "
-                   f"{r.get('compile_options', '{}')}")
-        if isinstance(r.get("prefill_prefill"), str):
-            out.append(f"  prefill runs {r['prefill_prefill']}: the prompt's forward took "
-                       f"{r['prefill_compiled_ms']:.0f} ms compiled, {r['prefill_eager_ms']:.0f} ms eager "
-                       "(StaticDecoder.choose_prefill)")
-    fixes = sorted({w for w in speed.get("workaround", []) if isinstance(w, str)})
-    out += [f"labkit {w}" for w in fixes]
-    n = speed.attrs.get("recompiles_while_timed")
-    if out and n is not None:
-        out.append(f"frames compiled while the rounds were timed: {n}" + (" (every compiled path stayed on its graphs)"
-                                                                          if n == 0 else ": recompiles, see above"))
-    return out
-
-
-def head_lines(speed) -> list[str]:
-    """How much of a decode step's bytes the output head is, in the fp32 row and a quantized one, at the speed
-    model's depth and at the shape's real depth (the same head over all the layers)."""
-    rows = {r["method"]: r for _, r in speed.iterrows() if r["status"] == "ok" and r.get("head_share") == r.get(
-        "head_share")}
-    out = []
-    for name in ("fp32", "int8-dynamic", "int4-rtn"):
-        if name in rows:
-            r = rows[name]
-            out.append(f"{name}: the head is {r['head_share']:.0%} of the bytes a decode step reads here, "
-                       f"{r['head_share_full_depth']:.0%} with all the shape's layers")
-    return out
-
-
-def plot_quality(quality):
-    """Perplexity change against fp32 per method (bars, %), each labelled with its bits per weight; hatched bars
-    are fake-quantized (dequantized weights: quality only)."""
-    import matplotlib.pyplot as plt
-
-    ok = quality[quality["status"] == "ok"].sort_values("bits_per_weight", ascending=False)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(ok) + 1.2))
-    y = range(len(ok))
-    change = 100 * (ok["ppl_vs_fp32"] - 1)
-    bars = ax.barh(list(y), change, color=["tab:orange" if f else "tab:blue" for f in ok["fake_quant"]])
-    for b, fake in zip(bars, ok["fake_quant"], strict=True):
-        b.set_hatch("//" if fake else "")
-    for i, (c, bits) in enumerate(zip(change, ok["bits_per_weight"], strict=True)):
-        ax.text(c, i, f" {bits:.1f} bits", va="center", ha="left" if c >= 0 else "right", fontsize=8)
-    ax.set_yticks(list(y), ok["method"])
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.invert_yaxis()
-    ax.margins(x=0.2)  # room for the labels at either end
-    ax.set(xlabel="held-out perplexity change vs fp32 (%)", title="What each method costs in quality")
-    return fig
-
-
-def plot_speed(speed):
-    """Batch-1 decode time per token of every timed path (bars, log scale) with its own bandwidth floor (black
-    tick): how far each kernel is from what its bytes allow."""
-    import matplotlib.pyplot as plt
-
-    ok = speed[speed["status"] == "ok"].sort_values("decode_ms_per_token")
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(ok) + 1.2))
-    y = list(range(len(ok)))
-    ax.barh(y, ok["decode_ms_per_token"], color="tab:blue", label="measured")
-    if "decode_floor_ms" in ok:
-        ax.scatter(ok["decode_floor_ms"], y, marker="|", s=300, color="k", zorder=3, label="its bandwidth floor")
-    ax.set_yticks(y, ok["method"])
-    ax.set_xscale("log")
-    ax.invert_yaxis()
-    ax.set(xlabel="ms per output token, batch 1 (log)", title="Decode speed of each path against its floor")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
-    return fig
