@@ -1,17 +1,32 @@
 """labkit: the measurement and technique code behind the course's notebooks.
 
-Layers (dependencies point downwards): notebook plumbing (lesson, report, course) -> casestudy/claims ->
-experiments -> serve -> techniques (quant, prune, parallel, kernels, memory) -> bench/quality ->
-roofline/planner -> models/hardware/records. ARCHITECTURE.md at the top of the repository says which module
-may import which and where a new lesson's code goes.
+Layers (imports point downwards only): course (runner, lesson, report, catalog, claims) -> lessons (one
+experiment per lesson) -> serve.api -> serve (the engine) -> techniques (quant, prune, parallel, kernels, memory,
+decode) -> core (models, hardware, records, params, bench, quality, roofline, planner) -> this file (ROOT, DATA,
+the version). ARCHITECTURE.md at the top of the repository says which module may import which and where a new
+lesson's code goes.
 """
 
 from pathlib import Path
 
-__version__ = "0.1.0"
-
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, as pip recorded it); read from pyproject.toml
+    itself when labkit runs from a checkout that was never installed, so there is one place to bump it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("labkit")
+    except PackageNotFoundError:
+        import tomllib
+
+        return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+__version__ = _version()
 
 
 def _quiet_known_noise() -> None:

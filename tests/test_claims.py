@@ -1,12 +1,12 @@
 import pytest
 
-from labkit.course import claims
+from labkit.course import catalog, claims
 
 
 def test_every_claim_and_snippet_of_the_guide_is_listed():
     assert list(claims.CLAIMS) == [f"C{i}" for i in range(1, 18)]
     assert list(claims.SNIPPETS) == ["S1", "S2", "S3", "S4"]
-    assert all(c.notebook in {"00", "01", "02", "03", "04", "05", "06", "07"} for c in claims.CLAIMS.values())
+    assert all(catalog.find(c.notebook) is not None for c in claims.CLAIMS.values())
 
 
 def test_verdict_refuses_unknown_claims_and_statuses():
@@ -259,3 +259,39 @@ def test_ledger_judges_c7_from_lesson_03s_record(tmp_path):
     got = {v.claim: v for v in claims.ledger(tmp_path / "results")}
     assert got["C7"].status == claims.PARTLY and "magnitude 40%: 1.01x" in got["C7"].measured
     assert got["C7"].record.endswith(".json")
+
+
+def test_each_claim_reads_the_catalogs_record_of_the_lesson_that_measures_it():
+    assert set(claims.SOURCES) == set(claims.CLAIMS)
+    for cid, (lesson_ids, _judge) in claims.SOURCES.items():
+        assert claims.CLAIMS[cid].notebook in lesson_ids, cid
+        assert claims.source_records(cid) == tuple(catalog.lesson(i).record for i in lesson_ids)
+    assert claims.source_records("C15") == (catalog.lesson("06").record, catalog.lesson("00").record)
+
+
+def test_the_package_gathers_every_public_name_of_its_modules():
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(claims.__path__):
+        m = importlib.import_module(f"{claims.__name__}.{mod.name}")
+        public = {k for k, v in vars(m).items() if not k.startswith("_") and getattr(v, "__module__", m.__name__)
+                  == m.__name__ and (callable(v) or k.isupper())}
+        assert public - set(claims.__all__) == set(), mod.name
+    assert all(hasattr(claims, k) for k in claims.__all__)
+
+
+def test_the_ledgers_figure_has_a_bar_per_status_as_long_as_its_count():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vs = [claims.Verdict("C2", claims.REPRODUCED, "x"), claims.Verdict("C3", claims.REPRODUCED, "y"),
+          claims.Verdict("C5", claims.NOT_MEASURED, "z")]
+    fig = claims.plot_counts(vs)
+    bars = fig.axes[0].patches
+    assert [b.get_width() for b in bars] == list(claims.counts(vs).values())
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(claims.STATUSES)
+    assert "3 claims" in fig.axes[0].get_title()
+    plt.close(fig)

@@ -5,6 +5,7 @@ import pytest
 
 from labkit.__main__ import main
 from labkit.core.params import ParamError
+from labkit.course import catalog
 from labkit.course import runner as course
 
 
@@ -27,7 +28,9 @@ def fake_course(tmp_path, monkeypatch):
               "records.save('02_partial', {}, {'x': 1})\nreport.save_figure(plt.figure(), '02_partial')")
     _nb(d / "02_writes_then_fails.ipynb", [writes, "raise RuntimeError('after writing')"])
     _nb(d / "03_writes.ipynb", [writes.replace("02_partial", "03_done")], params='preset = "ci"')
-    monkeypatch.setattr(course, "NOTEBOOKS_DIR", d)
+    monkeypatch.setattr(catalog, "NOTEBOOKS_DIR", d)
+    monkeypatch.setattr(catalog, "LESSONS", tuple(catalog.Lesson(p.stem[:2], p.stem, p.stem, (p.stem,))
+                                                  for p in sorted(d.glob("*.ipynb"))))
     return d
 
 
@@ -132,3 +135,41 @@ def test_output_problems_finds_empty_figures_cut_reasons_and_warnings(tmp_path):
     problems = course.output_problems(path)
     assert problems == ["cell 0 draws a figure but shows none", "cell 1 cuts a skip reason: gptqmodel  skipped: "
                         "GPTQModel is n...", "cell 2 leaks a warning: UserWarning: something odd"]
+
+
+def test_the_catalog_is_consistent_with_itself_and_the_notebooks_folder():
+    assert catalog.problems() == []
+    assert catalog.unlisted() == [], "a notebook in notebooks/ that labkit/course/catalog.py does not list"
+    assert all(les.path.exists() for les in catalog.LESSONS)
+    assert course.select(None) == [les.id for les in catalog.LESSONS]
+
+
+def test_every_notebook_starts_and_saves_under_its_catalog_names():
+    """The literal names in `lesson.start("...")` and `run.save("...")` are the catalog's (Run.save refuses others
+    when the notebook runs; this finds them without running it)."""
+    import re
+
+    for les in catalog.LESSONS:
+        code = "\n".join(c.source for c in nbformat.read(str(les.path), as_version=4).cells if c.cell_type == "code")
+        assert re.findall(r'lesson\.start\("([^"]+)"', code) == [les.notebook]
+        saved = re.findall(r'run\.save\("([^"]+)"', code)
+        assert set(saved) <= set(les.records), (les.notebook, saved)
+
+
+def test_notebook_01s_record_is_the_name_the_planner_reads_back():
+    from labkit.core.planner import PROFILE_EXPERIMENT
+
+    assert catalog.lesson("01").records == (PROFILE_EXPERIMENT,) == (catalog.HARDWARE_PROFILE,)
+
+
+def test_catalog_lookup_and_its_checks():
+    assert catalog.lesson("2") is catalog.lesson("02") is catalog.lesson("02_quantization")
+    assert catalog.find("42") is None
+    with pytest.raises(ValueError, match="no lesson '42'.*00_methodology"):
+        catalog.lesson("42")
+    a = catalog.Lesson("01", "A", "01_a", ("shared",))
+    bad = (a, catalog.Lesson("00", "B", "b", ("shared",)), catalog.Lesson("02", "C", "02_c", ()))
+    assert catalog.problems(bad) == ["lesson ids must be unique and in teaching order, got ['01', '00', '02']",
+                                     "lesson 00: notebook 'b' must start with 00_",
+                                     "record 'shared' is written by lessons 01 and 00", "lesson 02 writes no record"]
+

@@ -31,3 +31,22 @@ def test_labkit_runs_from_another_folder_without_pythonpath(tmp_path):
 def test_no_code_edits_pythonpath_at_run_time():
     hits = [p.name for p in (ROOT / "labkit").rglob("*.py") if "PYTHONPATH" in p.read_text()]
     assert hits == []
+
+
+def test_the_version_is_pyprojects():
+    import labkit
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert labkit.__version__ == project["version"]
+
+
+def test_the_version_is_read_from_pyproject_when_labkit_is_not_installed(monkeypatch):
+    import importlib.metadata
+
+    import labkit
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert labkit._version() == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]

@@ -58,15 +58,15 @@ def _engine_vs_generate(device: str, small: bool) -> dict:
     where they part, the top-2 logit gap there (a near-tie under 1e-4 is rounding, anything else a bug)."""
     from labkit.core import models
     from labkit.serve import SamplingParams
-    from labkit.serve.engine import EngineConfig, LLMEngine
+    from labkit.serve.engine import LLMEngine
 
     m = models.load(models.EMBEDDED, dtype="fp32", device=device)
     prompts, n = _prompts(3 if small else 6, 60 if small else 120, seed=1), 8 if small else 16
     ref = [_alone(m, p, n) for p in prompts]
     out = {}
     for attention in ("sdpa", "eager"):
-        eng = LLMEngine(m, EngineConfig(max_num_seqs=4, block_size=16, num_blocks=256, max_model_len=256,
-                                        max_num_batched_tokens=32, attention=attention))
+        eng = LLMEngine.from_model(m, max_num_seqs=4, block_size=16, num_blocks=256, max_model_len=256,
+                                   max_num_batched_tokens=32, attention=attention)
         got = eng.generate(prompts, SamplingParams(max_tokens=n, ignore_eos=True))
         parted = []
         for p, g, r in zip(prompts, got, ref, strict=True):
@@ -90,11 +90,11 @@ def _flash_prefill(device: str, small: bool) -> dict:
 
     from labkit.core import models
     from labkit.serve import SamplingParams
-    from labkit.serve.engine import EngineConfig, LLMEngine
+    from labkit.serve.engine import LLMEngine
 
     m = models.load(models.EMBEDDED, dtype="bf16", device=device)
     prompt = _prompts(1, 120, seed=2)[0]
-    eng = LLMEngine(m, EngineConfig(max_num_seqs=1, block_size=16, num_blocks=64, max_model_len=256))
+    eng = LLMEngine.from_model(m, max_num_seqs=1, block_size=16, num_blocks=64, max_model_len=256)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         got = eng.generate([prompt], SamplingParams(max_tokens=1, ignore_eos=True))[0]
     return {"flash_prefill": "ran", "first_token_equals_generate": got == _alone(m, prompt, 1)}

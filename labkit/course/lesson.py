@@ -5,6 +5,9 @@
     run.save("03_pruning", config, metrics)    # a record; the run's load so far goes with it
     run.finish()                               # how long the notebook took and whether the machine was busy
 
+The lesson's name and its record names must be those of labkit.course.catalog, the table the index and the claims
+ledger read: a record under another name would be written and then never read, so it is refused at once.
+
 A notebook that was timed while another process used the CPU says so, with the share it took: side-by-side
 ratios still hold, absolute times do not.
 """
@@ -17,12 +20,14 @@ from dataclasses import dataclass, field
 from labkit.core import records
 from labkit.core.bench import LoadWatch
 from labkit.core.params import check_preset
+from labkit.course import catalog
 
 
 @dataclass
 class Run:
     name: str
     preset: str
+    lesson: catalog.Lesson | None = None  # the catalog's row (start fills it in): the records it may write
     started: float = field(default_factory=time.perf_counter)
     watch: LoadWatch = field(default_factory=lambda: LoadWatch().start())
     saved: list[str] = field(default_factory=list)
@@ -32,7 +37,11 @@ class Run:
         return self.watch.read()
 
     def save(self, experiment: str, config: dict, metrics: dict) -> dict:
-        """records.save with the preset in the config and the load so far in the metrics (`load`)."""
+        """records.save with the preset in the config and the load so far in the metrics (`load`). `experiment`
+        must be one of the lesson's records in the catalog (ValueError names them)."""
+        if self.lesson is not None and experiment not in self.lesson.records:
+            raise ValueError(f"lesson {self.name} writes the record(s) {', '.join(self.lesson.records)} "
+                             f"(labkit/course/catalog.py), not {experiment!r}")
         rec = records.save(experiment, {"preset": self.preset, **config}, {**metrics, "load": self.load()})
         self.saved.append(rec["_path"])
         print(f"stored as the record {experiment} (under reports/results/{experiment}/ once the notebook succeeds)")
@@ -51,8 +60,12 @@ class Run:
 
 
 def start(name: str, preset: str, describe: bool = True) -> Run:
-    """Begin a lesson: validate the preset, print the machine (labkit.core.hardware.describe) and start the clock
-    and the load watch."""
+    """Begin a lesson: check its name against the catalog (its notebook's name, "03_pruning") and the preset, print
+    the machine (labkit.core.hardware.describe) and start the clock and the load watch."""
+    row = catalog.find(name)
+    if row is None or name != row.notebook:
+        raise ValueError(f"no lesson {name!r} in labkit/course/catalog.py; the lessons are "
+                         f"{', '.join(les.notebook for les in catalog.LESSONS)}")
     check_preset(preset)
     if describe:
         from labkit.core.hardware import describe as _describe
@@ -62,7 +75,7 @@ def start(name: str, preset: str, describe: bool = True) -> Run:
 
     if line := fit_threads():
         print(line)
-    return Run(name, preset)
+    return Run(name, preset, row)
 
 
 def show(fig, name: str):

@@ -7,7 +7,8 @@ Executed notebooks go to a temporary folder first and are moved into reports/not
 succeed; so do the records and figures they write (staged, see labkit.core.records.staging_dir). A failing run
 leaves nothing half-written in reports/: its executed copy, records and figures stay together in one folder
 whose path is printed. A failure names the notebook and the failing cell with its error. Every selected
-notebook's parameters are checked before the first one starts.
+notebook's parameters are checked before the first one starts. The lessons, their notebooks and their order come
+from labkit.course.catalog; after the run, labkit.course.report writes the index.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from pathlib import Path
 from labkit import ROOT
 from labkit.core.params import PRESETS, ParamError, check_preset
 from labkit.core.records import atomic_write, reports_dir
+from labkit.course import catalog
+from labkit.course.catalog import notebooks
+from labkit.course.report import write_index
 
-NOTEBOOKS_DIR = ROOT / "notebooks"
 KERNEL_NAME = "labkit"
 
 
@@ -54,19 +57,11 @@ class CourseRun:
         return all(r.error is None for r in self.runs)
 
 
-def notebooks() -> dict[str, Path]:
-    """Notebook id ("00", "01", ...) -> path, in teaching order."""
-    out = {}
-    for p in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")):
-        out[p.name[:2]] = p
-    return out
-
-
 def select(only: str | list[str] | None) -> list[str]:
     """Validate a notebook selection like "00,02" and return the ids in teaching order."""
     available = notebooks()
     if not available:
-        raise CourseError(f"no notebooks found in {NOTEBOOKS_DIR}")
+        raise CourseError(f"no lesson of labkit/course/catalog.py has its notebook in {catalog.NOTEBOOKS_DIR}")
     if only is None or only == "" or only == []:
         return list(available)
     ids = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s.strip()]
@@ -199,7 +194,7 @@ def check_try_this(nb_id: str, params: dict, reports: Path) -> str | None:
     _kernel_env(reports, tmp / "staged")
     try:
         papermill.execute_notebook(str(tmp / path.name), str(tmp / "out.ipynb"), parameters=params,
-                                   kernel_name=ensure_kernel(), cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+                                   kernel_name=ensure_kernel(), cwd=str(catalog.NOTEBOOKS_DIR), progress_bar=False)
     except PapermillExecutionError as e:
         return f"{e.ename}: {e.evalue}"
     finally:
@@ -263,7 +258,7 @@ def run_notebook(nb_id: str, preset: str = "ci", params: dict | None = None, rep
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(str(path), str(out_tmp), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(NOTEBOOKS_DIR), progress_bar=progress,
+                                   cwd=str(catalog.NOTEBOOKS_DIR), progress_bar=progress,
                                    execution_timeout=timeout_s)
     except (PapermillExecutionError, RuntimeError, TimeoutError) as e:
         return NotebookRun(nb_id, path.stem, time.perf_counter() - t0, error=_failure_message(nb_id, path, e),
@@ -309,8 +304,6 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
                 break
         else:
             print(f"      done in {r.seconds:.0f} s -> {r.output}", flush=True)
-    from labkit.course.report import write_index
-
     write_index(reports, run)
     return run
 
@@ -358,4 +351,4 @@ def load_params_file(path: Path) -> dict:
     return data
 
 
-__all__ = ["PRESETS", "CourseError", "run_course", "run_notebook", "notebooks", "select"]
+__all__ = ["PRESETS", "ROOT", "CourseError", "run_course", "run_notebook", "notebooks", "select"]

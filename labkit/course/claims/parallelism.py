@@ -1,0 +1,134 @@
+"""The claims about splitting a model over devices (notebook 04): C3 (13B needs two A100s), C8 (3D parallelism
+above 32B) and C14 (too fine-grained TP costs more than it saves).
+
+Judged from the planner's memory plans on reference cards together with the splits and collectives the lesson
+measured; the planner is imported inside each judge so importing the ledger stays light.
+"""
+
+from __future__ import annotations
+
+from labkit.course.claims.verdict import (
+    NOT_REPRODUCED,
+    PARTLY,
+    REPRODUCED,
+    Verdict,
+    not_measured,
+    source,
+)
+
+# ---------------------------------------------------------------- notebook 04 (parallelism): C3, C8, C14
+
+SPLIT_TOLERANCE = 0.05  # C3/C8: a split "holds 1/n of the weights per rank" within 5 points of 1/n
+C3_MODEL = "llama-2-13b"
+
+
+def c3(tp_weight_fraction: float | None, tp: int = 2, card: str = "A100-40GB", dtype: str = "fp16",
+       context: int = 4096, batch: int = 1, link: str | None = None, record: dict | None = None) -> Verdict:
+    """C3 (13B needs two A100s with NVLink TP) from the planner (memory_plan, cards_needed) for 13B on `card`, and
+    the fraction of the weights one TP rank was measured to hold (the planner assumes 1/tp). Reproduced if the
+    planner needs two or more cards and the measured split matches; partly if it needs them but the split does
+    not; not reproduced if one card holds it. `link`: a sentence on what the interconnect must do (speed)."""
+    from labkit.core.planner import cards_needed, max_batch, memory_plan, usable_bytes
+    from labkit.core.roofline import GiB
+    from labkit.core.roofline import card as ref_card
+
+    if tp_weight_fraction is None:
+        return not_measured("C3")
+    hw = ref_card(card)
+    plan = memory_plan(C3_MODEL, dtype, context, batch)
+    n = cards_needed(plan, hw)
+    split_ok = abs(tp_weight_fraction - 1 / tp) <= SPLIT_TOLERANCE
+    split = (f"measured here, a TP={tp} rank holds {tp_weight_fraction:.2f} of the weights "
+             f"({'as' if split_ok else 'not what'} the planner assumes, 1/{tp})")
+    fits = (f"13B {dtype} at {context:,} tokens x batch {batch} needs {plan.total / GiB:.1f} GiB; one {card} has "
+            f"{usable_bytes(hw) / GiB:.1f} GiB usable")
+    if n == 1:
+        status = NOT_REPRODUCED
+        more = memory_plan(C3_MODEL, "fp32", context, batch)
+        ev = (f"{fits}, so one card holds it (up to batch {max_batch(C3_MODEL, dtype, context, hw)}); two are needed "
+              f"for fp32 ({cards_needed(more, hw) or '>8'}x) or larger batches; {split}")
+    else:
+        status = REPRODUCED if split_ok else PARTLY
+        ev = f"{fits}: it takes {n or 'more than 8'} cards; {split}"
+    if link:
+        ev += f". NVLink is about speed, not memory: {link}"
+    return Verdict("C3", status, ev, measured=f"{n or '>8'}x {card} ({dtype})", **source(record))
+
+
+C8_MODELS = ("qwen2.5-32b", "llama-2-70b")
+NODE = 8  # cards in one server: TP stays inside a node (its fast links), PP and DP cross nodes
+
+
+def c8(split_fractions: dict[str, float] | None, models: tuple[str, ...] = C8_MODELS, dtype: str = "fp16",
+       context: int = 4096, batch: int = 1, cards: list[str] | None = None, record: dict | None = None) -> Verdict:
+    """C8 (above 32B, combine data, tensor and pipeline parallelism) from the planner: on which reference cards
+    (datasheets) the 32B and 70B models need more than one 8-card node, i.e. PP across nodes on top of TP. DP
+    never helps memory (a replica holds everything: `split_fractions` says what was measured). Reproduced if
+    every card needs 3D, partly if some do, not reproduced if TP inside one node holds both everywhere."""
+    from labkit.core.planner import cards_needed, memory_plan, supports
+    from labkit.core.roofline import REFERENCE_CARDS
+    from labkit.core.roofline import card as ref_card
+
+    if not split_fractions:
+        return not_measured("C8")
+    hws = [ref_card(c) for c in cards] if cards else list(REFERENCE_CARDS.values())
+    within, beyond, per_model = [], [], []
+    for m in models:
+        plan = memory_plan(m, dtype, context, batch)
+        fits = []
+        for hw in hws:
+            if supports(hw, dtype):
+                n = cards_needed(plan, hw, max_cards=NODE)
+                (within if n else beyond).append((m, hw.name))
+                fits.append(f"{hw.name} {n}x" if n else f"{hw.name} >{NODE}x (PP across nodes)")
+        per_model.append(f"{m}: " + ", ".join(fits))
+    measured = ", ".join(f"{k} {v:.2f}" for k, v in split_fractions.items())
+    ev = (f"fewest cards with TP inside one {NODE}-card node ({dtype}, {context:,} tokens x batch {batch}): "
+          + "; ".join(per_model) + f". DP adds throughput, never memory: measured weights per rank as a fraction "
+          f"of the model: {measured}")
+    status = REPRODUCED if beyond and not within else PARTLY if beyond else NOT_REPRODUCED
+    return Verdict("C8", status, ev, measured=f"{len(beyond)} of {len(within) + len(beyond)} need 3D",
+                   **source(record))
+
+
+def _c14_row(r: dict) -> str:
+    if r["compute saved ms"] > 0:
+        saved = f"saves {r['compute saved ms']:.2f} ms"
+    else:  # the split compute alone is slower than one rank's whole: per-operation overhead, not arithmetic
+        saved = f"saves nothing (TP compute {r['TP compute ms']:.2f} ms > one rank's {r['one rank ms']:.2f} ms)"
+    return f"h={r['hidden']} {saved}, adds {r['collectives ms']:.2f} ms"
+
+
+def c14(rows: list[dict] | None, record: dict | None = None) -> Verdict:
+    """C14 (too fine-grained TP costs more in communication than it saves) from the granularity sweep: rows with
+    "hidden", "phase", "compute saved ms", "collectives ms", "TP compute ms" and "one rank ms"
+    (parallel_experiment.granularity_rows).
+    Reproduced if, in some phase, TP pays at the coarsest split and the collectives outweigh the saving at the
+    finest; partly if they outweigh it at every size measured (the threshold lies above them); not reproduced
+    if the finest split still pays."""
+    if not rows:
+        return not_measured("C14")
+
+    def costs(r: dict) -> bool:
+        return r["collectives ms"] >= r["compute saved ms"]
+
+    phases: dict[str, list[dict]] = {}
+    for r in rows:
+        phases.setdefault(r["phase"], []).append(r)
+    crossover, always = [], []
+    parts = []
+    for phase, rs in phases.items():
+        rs = sorted(rs, key=lambda r: -r["hidden"])
+        parts.append(f"{phase}: " + ", ".join(_c14_row(r) for r in rs))
+        if not costs(rs[0]) and costs(rs[-1]):
+            first = next(r for r in rs if costs(r))
+            crossover.append(f"{phase} from hidden {first['hidden']} down")
+        elif all(costs(r) for r in rs):
+            always.append(phase)
+    if crossover:
+        status, head = REPRODUCED, "communication outweighs the compute saved: " + "; ".join(crossover)
+    elif len(always) == len(phases):
+        status, head = PARTLY, "communication outweighs the saving at every size measured (the threshold lies higher)"
+    else:
+        status, head = NOT_REPRODUCED, "even the finest split measured saved more than its collectives cost"
+    return Verdict("C14", status, f"{head}. " + ". ".join(parts), measured=head.split(":")[0], **source(record))
