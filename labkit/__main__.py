@@ -5,8 +5,9 @@
   python -m labkit report [--single-file] [--out FILE]
   python -m labkit train-tiny [--steps N] [--out DIR]
   python -m labkit serve [--model NAME_OR_PATH] [--int8 METHOD] [--host 127.0.0.1] [--port 8000] [--max-batch N]
-                         [--kv-cache-gib G]
+                         [--kv-cache-gib G] [--max-body-bytes B] [--shutdown-grace-s S]
   python -m labkit bench --url URL [--model NAME] [--rate R] [--requests N] [--prompt-len N] [--output-len LO,HI]
+                         [--vocab-size V | --text] [--timeout S] [--max-concurrency N]
   python -m labkit peers [--shape tinyllama-1.1b] [--layers 8] [--prompt-len 512] [--new-tokens 32] [--repeats 3]
                          [--labkit bf16,int4-rtn+compile,...] [--check] [--profile]
 """
@@ -58,15 +59,20 @@ def _length(text: str) -> int | tuple[int, int]:
 def _serve(args) -> int:
     from labkit.core.params import ParamError, resolve_device
 
-    for name, value, lo in (("--max-batch", args.max_batch, 1), ("--port", args.port, 0)):
+    for name, value, lo in (("--max-batch", args.max_batch, 1), ("--port", args.port, 0),
+                            ("--max-body-bytes", args.max_body_bytes, 1)):
         if value < lo:
             print(f"error: {name} must be >= {lo}, got {value}", file=sys.stderr)
             return 2
     if not args.kv_cache_gib > 0:
         print(f"error: --kv-cache-gib must be > 0, got {args.kv_cache_gib}", file=sys.stderr)
         return 2
+    if not 0 <= args.shutdown_grace_s < float("inf"):
+        print(f"error: --shutdown-grace-s must be a number of seconds >= 0, got {args.shutdown_grace_s}",
+              file=sys.stderr)
+        return 2
     from labkit.core import models
-    from labkit.serve.api.http import create_app, engine_config, serve
+    from labkit.serve import api
     from labkit.serve.engine import LLMEngine
 
     try:
@@ -87,7 +93,7 @@ def _serve(args) -> int:
         except (models.ModelError, OSError, ValueError) as e:
             tokenizer = None
             print(f"no tokenizer ({str(e).split(';')[0]}): prompts must be lists of token ids", file=sys.stderr)
-        engine = LLMEngine(model, engine_config(args.max_batch, args.kv_cache_gib, args.max_model_len, args.seed))
+        engine = LLMEngine(model, api.engine_config(args.max_batch, args.kv_cache_gib, args.max_model_len, args.seed))
     except (models.ModelError, ParamError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,12 +103,35 @@ def _serve(args) -> int:
           f"at once, KV cache {sched.num_blocks} blocks of {sched.block_size} tokens, context {sched.max_model_len}",
           flush=True)
     try:
-        serve(create_app(engine, name, tokenizer, max_body_bytes=args.max_body_bytes), args.host, args.port,
-              log_level=args.log_level, parent_pid=args.parent_pid)
+        api.serve(api.create_app(engine, name, tokenizer, max_body_bytes=args.max_body_bytes), args.host, args.port,
+                  log_level=args.log_level, parent_pid=args.parent_pid, shutdown_grace_s=args.shutdown_grace_s)
     except OSError as e:  # the port is taken, or the host is not this machine's
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _bench_problem(args) -> str | None:
+    """What is wrong with `bench`'s options, in one sentence, or None: checked before anything is sent."""
+    import math
+
+    lengths = [("--prompt-len", args.prompt_len), ("--output-len", args.output_len)]
+    for name, value in lengths:
+        lo, hi = (value, value) if isinstance(value, int) else value
+        if lo < 1 or hi < lo:
+            return f"{name} must be N >= 1 or LO,HI with 1 <= LO <= HI, got {lo if lo == hi else f'{lo},{hi}'}"
+    ints = [("--requests", args.requests, 1), ("--max-concurrency", args.max_concurrency, 1),
+            ("--vocab-size", args.vocab_size, 4), ("--seed", args.seed, 0)]
+    for name, value, lo in ints:
+        if value is not None and value < lo:
+            extra = " (leave it out for no limit)" if name == "--max-concurrency" else ""
+            return f"{name} must be >= {lo}, got {value}{extra}"
+    floats = [("--rate", args.rate), ("--burstiness", args.burstiness), ("--timeout", args.timeout),
+              ("--slo-ttft-ms", args.slo_ttft_ms), ("--slo-tpot-ms", args.slo_tpot_ms)]
+    for name, value in floats:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            return f"{name} must be a number > 0, got {value:g}"
+    return None
 
 
 def _bench(args) -> int:
@@ -110,34 +139,44 @@ def _bench(args) -> int:
     from labkit.serve import client as bench_http
     from labkit.serve.workload import make_trace
 
-    tokenizer = None
-    if args.text:
-        from labkit.core.models import load_tokenizer
-
-        tokenizer = load_tokenizer()
-    arrival = "all-at-once" if args.rate is None else ("gamma" if args.burstiness != 1.0 else "poisson")
     try:
-        trace = make_trace(args.requests, prompt_len=args.prompt_len, output_len=args.output_len, arrival=arrival,
-                           rate=args.rate, burstiness=args.burstiness, vocab_size=args.vocab_size, seed=args.seed,
-                           tokenizer=tokenizer)
-        base = bench_http._base(args.url)
+        problem = _bench_problem(args)
+        base = bench_http.check_url(args.url)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        problem = str(e)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     config = {"url": base, "model": args.model, "requests": args.requests, "rate": args.rate,
               "burstiness": args.burstiness, "prompt_len": args.prompt_len, "output_len": args.output_len,
-              "seed": args.seed, "prompts": "text" if args.text else "token ids", "timeout_s": args.timeout,
-              "max_concurrency": args.max_concurrency, "fingerprint_is": "the machine that ran the client"}
+              "seed": args.seed, "timeout_s": args.timeout, "max_concurrency": args.max_concurrency,
+              "fingerprint_is": "the machine that ran the client"}
     try:
         info = bench_http.probe(base, args.model, timeout_s=args.timeout, prompt="Hello" if args.text else None)
     except bench_http.ServerUnreachable as e:
-        print(f"error: {e}\nno request was sent; all {args.requests} are counted failed", file=sys.stderr)
         rec = records.save("bench_http", config, {"sent": 0, "completed": 0, "failed": args.requests,
                                                   "errors": {str(e): args.requests}})
-        print(f"record: {rec['_path']}")
+        print(f"error: {e}; no request was sent, all {args.requests} counted failed (record: {rec['_path']})",
+              file=sys.stderr)
         return 1
-    if info["note"]:
-        print(f"note: {info['note']}")
+    try:
+        vocab, note = bench_http.token_prompts(info, args.text, args.vocab_size)
+        bench_http.check_fits(info, args.prompt_len, args.output_len)
+        tokenizer = None
+        if vocab is None:
+            from labkit.core.models import load_tokenizer
+
+            tokenizer = load_tokenizer()
+        arrival = "all-at-once" if args.rate is None else ("gamma" if args.burstiness != 1.0 else "poisson")
+        trace = make_trace(args.requests, prompt_len=args.prompt_len, output_len=args.output_len, arrival=arrival,
+                           rate=args.rate, burstiness=args.burstiness, vocab_size=vocab or 32000, seed=args.seed,
+                           tokenizer=tokenizer)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in (info["note"], note):
+        if line:
+            print(f"note: {line}")
     extra = {} if args.no_length_fields else info["extra"]
     replay = bench_http.run(base, info["model"], trace, tokenizer=tokenizer, extra=extra, timeout_s=args.timeout,
                             max_concurrency=args.max_concurrency, progress=True)
@@ -148,9 +187,19 @@ def _bench(args) -> int:
                 "tpot_median_ms", "tpot_p99_ms", "itl_median_ms", "itl_p99_ms", "e2e_median_ms", "e2e_p99_ms"):
         if summary.get(key) is not None:
             print(f"  {key:<20} {summary[key]:>12,.2f}")
-    rec = records.save("bench_http", {**config, "model": info["model"], "extra_fields": extra}, summary)
+    prompts = "text" if vocab is None else f"token ids in [3, {vocab})"
+    rec = records.save("bench_http", {**config, "model": info["model"], "prompts": prompts, "extra_fields": extra},
+                       summary)
     print(f"record: {rec['_path']}")
     return 0 if not summary["failed"] else 1
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """A bad option ends in one line naming it (argparse's default prints the whole usage first)."""
+    def error(message: str):
+        parser.exit(2, f"error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error
 
 
 def _peers(args) -> int:
@@ -237,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     s.add_argument("--served-model-name", default=None, help="the name clients pass as `model` (default --model)")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies are refused (413)")
+    s.add_argument("--shutdown-grace-s", type=float, default=5.0,
+                   help="on SIGTERM or Ctrl+C: new requests get 503, running ones get this long to finish, the rest "
+                        "end with an error event (a second signal stops at once)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # stop when it is gone
@@ -250,16 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--prompt-len", type=_length, default=512, help="tokens per prompt: N or LO,HI")
     b.add_argument("--output-len", type=_length, default=128, help="tokens per answer: N or LO,HI")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--vocab-size", type=int, default=32000, help="token-id prompts are drawn from [3, this)")
+    b.add_argument("--vocab-size", type=int, default=None,
+                   help="token-id prompts are drawn from [3, this) (default: the vocabulary the server states in "
+                        "/v1/models; text prompts when it states none)")
     b.add_argument("--text", action="store_true",
                    help="send text prompts (held-out text via the embedded tokenizer) instead of token-id lists; "
                         "for servers that take no token ids (Ollama)")
     b.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a connection or the next chunk")
-    b.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight at once")
+    b.add_argument("--max-concurrency", type=int, default=None,
+                   help="most requests in flight at once (default: no limit)")
     b.add_argument("--no-length-fields", action="store_true",
                    help="do not send ignore_eos / min_tokens (then output lengths are the server's)")
     b.add_argument("--slo-ttft-ms", type=float, default=None)
     b.add_argument("--slo-tpot-ms", type=float, default=None)
+    _one_line_errors(b)
     pe = sub.add_parser("peers", help="labkit's batch-1 paths next to llama.cpp and CTranslate2 (when installed) "
                                       "on one shape, timed side by side")
     pe.add_argument("--shape", default="tinyllama-1.1b", help="a shape name (labkit.core.models.SHAPES)")

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from labkit.__main__ import main
 from labkit.serve import client as bench_http
-from labkit.serve.api.http import bind, create_app, start_in_thread
+from labkit.serve.api import bind, create_app, start_in_thread
 from labkit.serve.baselines import run_engine
 from labkit.serve.engine import EngineConfig, LLMEngine
 from labkit.serve.workload import make_trace
@@ -53,13 +53,30 @@ def test_replay_over_http_gives_the_in_process_metrics_and_tokens(server, tiny_l
 
 
 def test_cli_bench_against_labkit_records_the_run(server, reports, capsys):
-    rc = main(["bench", "--url", server.url, "--requests", "5", "--prompt-len", "8", "--output-len", "2,4",
-               "--vocab-size", "256"])
+    """No --vocab-size: the client draws token ids from the vocabulary the server states (256 here; the old fixed
+    32,000 made every request to a smaller model fail with HTTP 400)."""
+    rc = main(["bench", "--url", server.url, "--requests", "5", "--prompt-len", "8", "--output-len", "2,4"])
     out = capsys.readouterr().out
     assert rc == 0 and "5 of 5 requests completed" in out and "tpot_median_ms" in out
     rec = json.loads(next((reports / "results" / "bench_http").glob("*.json")).read_text())
     assert rec["metrics"]["completed"] == 5 and rec["metrics"]["failed"] == 0
     assert rec["config"]["extra_fields"] == {"ignore_eos": True, "min_tokens": "output_len"}
+    assert rec["config"]["prompts"] == "token ids in [3, 256)"
+
+
+def test_probe_reads_what_labkit_serves(server, tiny_llama):
+    info = bench_http.probe(server.url)
+    assert info["vocab_size"] == tiny_llama.config.vocab_size
+    assert info["max_model_len"] == tiny_llama.config.max_position_embeddings
+    assert bench_http.token_prompts(info) == (tiny_llama.config.vocab_size, "")
+    assert bench_http.token_prompts(info, vocab_size=100) == (100, "")
+    assert bench_http.token_prompts(info, text=True) == (None, "")
+    with pytest.raises(ValueError, match="exceeds the vocabulary"):
+        bench_http.token_prompts(info, vocab_size=tiny_llama.config.vocab_size + 1)
+    limit = info["max_model_len"]
+    bench_http.check_fits(info, (1, limit - 1), 1)
+    with pytest.raises(ValueError, match=f"takes at most {limit}"):
+        bench_http.check_fits(info, limit, (1, 2))
 
 
 def _closed_port_url() -> str:
@@ -208,3 +225,116 @@ def test_probe_names_what_is_wrong(fake):
         bench_http.probe(url, "other")
     with pytest.raises(ValueError, match="http://"):
         bench_http.run("localhost:8000", "m", _trace(1))
+
+
+# ---------------------------------------------------------------- the CLI: bad options and unreachable servers
+
+def _cli(capsys, *args):
+    try:
+        rc = main(["bench", *args])
+    except SystemExit as e:  # argparse's own errors (a value of the wrong type, a missing option)
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+BAD_OPTIONS = [  # (options, what the one line must name); the URL is never contacted: these fail first
+    (["--url", "http://127.0.0.1:abc"], "its port must be a number from 1 to 65535"),
+    (["--url", "http://[::1"], "an IPv6 address goes in closed brackets"),
+    (["--url", "http://127.0.0.1 :8000"], "url must not contain spaces"),
+    (["--url", "http://127.0.0.1:99999"], "its port must be a number from 1 to 65535"),
+    (["--url", "http://127.0.0.1:0"], "its port must be a number from 1 to 65535"),
+    (["--url", "127.0.0.1:8000"], "url must start with http:// or https://"),
+    (["--url", "http://:8000"], "no host name"),
+    (["--timeout", "0"], "--timeout must be a number > 0, got 0"),
+    (["--timeout", "nan"], "--timeout must be a number > 0, got nan"),
+    (["--max-concurrency", "0"], "--max-concurrency must be >= 1, got 0"),
+    (["--requests", "0"], "--requests must be >= 1, got 0"),
+    (["--requests", "-3"], "--requests must be >= 1, got -3"),
+    (["--rate", "0"], "--rate must be a number > 0, got 0"),
+    (["--rate", "-2"], "--rate must be a number > 0, got -2"),
+    (["--burstiness", "0"], "--burstiness must be a number > 0"),
+    (["--prompt-len", "0"], "--prompt-len must be N >= 1 or LO,HI with 1 <= LO <= HI, got 0"),
+    (["--prompt-len=-5,10"], "--prompt-len must be N >= 1 or LO,HI with 1 <= LO <= HI, got -5,10"),
+    (["--output-len", "8,4"], "--output-len must be N >= 1 or LO,HI with 1 <= LO <= HI, got 8,4"),
+    (["--output-len", "-1"], "--output-len must be"),
+    (["--vocab-size", "3"], "--vocab-size must be >= 4, got 3"),
+    (["--slo-ttft-ms", "0"], "--slo-ttft-ms must be a number > 0"),
+    (["--rate", "abc"], "argument --rate: invalid float value: 'abc'"),
+    (["--prompt-len", "x"], "argument --prompt-len: expected N or LO,HI"),
+]
+
+
+@pytest.mark.parametrize(("options", "why"), BAD_OPTIONS, ids=[" ".join(o) for o, _ in BAD_OPTIONS])
+def test_cli_bench_refuses_a_bad_option_in_one_line_before_any_request(options, why, reports, capsys):
+    args = options if options[0] == "--url" else ["--url", "http://127.0.0.1:8000", *options]
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 2 and not out
+    assert err.startswith("error: ") and err.count("\n") == 1 and why in err, err
+    assert "Traceback" not in err
+    assert not (reports / "results").exists()  # nothing was sent, so nothing is recorded
+
+
+def test_cli_bench_without_url_says_so_in_one_line(capsys):
+    rc, _, err = _cli(capsys, "--requests", "3")
+    assert rc == 2 and err.count("\n") == 1 and "required: --url" in err
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts connections and never answers (a stuck server)."""
+    sock = bind()
+    sock.listen(8)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+@pytest.mark.parametrize("case", ["refused", "host not found", "timed out"])
+def test_cli_bench_names_why_it_could_not_reach_the_server(case, silent_port, reports, capsys):
+    url, why = {"refused": (_closed_port_url(), "connection refused: is the server running?"),
+                "host not found": ("http://no-such-host.invalid:8000", "host not found"),
+                "timed out": (f"http://127.0.0.1:{silent_port}", "for 0.5 s (timed out")}[case]
+    rc, out, err = _cli(capsys, "--url", url, "--requests", "3", "--timeout", "0.5")
+    assert rc == 1 and not out and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and why in err and "no request was sent" in err, err
+    rec = json.loads(next((reports / "results" / "bench_http").glob("*.json")).read_text())
+    assert (rec["metrics"]["completed"], rec["metrics"]["failed"]) == (0, 3)
+
+
+def test_the_real_cli_prints_one_line_and_no_traceback():
+    import subprocess
+    import sys
+
+    for url, why in (("http://127.0.0.1:abc", "its port must be a number"), ("http://[::1", "IPv6")):
+        p = subprocess.run([sys.executable, "-m", "labkit", "bench", "--url", url], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1 and why in p.stderr, p.stderr
+
+
+def test_a_server_that_states_no_vocabulary_gets_text_prompts(fake, reports, capsys):
+    prompts = []
+
+    async def completions(request):
+        body = await request.json()
+        prompts.append(body["prompt"])
+        return _tokens(body["max_tokens"])
+
+    url = fake(_fake(completions))
+    rc, out, _ = _cli(capsys, "--url", url, "--requests", "3", "--prompt-len", "8", "--output-len", "2")
+    assert rc == 0 and "3 of 3 requests completed" in out and "does not say its vocabulary size" in out
+    assert len(prompts) == 1 + 3 and all(isinstance(p, str) and p for p in prompts)  # the probe, then the trace
+    assert json.loads(next((reports / "results" / "bench_http").glob("*.json")).read_text())["config"]["prompts"] == \
+        "text"
+    prompts.clear()
+    assert _cli(capsys, "--url", url, "--requests", "2", "--prompt-len", "8", "--output-len", "2",
+                "--vocab-size", "50")[0] == 0
+    assert all(isinstance(p, list) and all(3 <= t < 50 for t in p) for p in prompts[1:]), prompts
+
+
+def test_model_limits_reads_labkit_vllm_and_llama_cpp_entries():
+    assert bench_http.model_limits({"id": "m", "vocab_size": 8192, "max_model_len": 1024}) == \
+        {"vocab_size": 8192, "max_model_len": 1024}
+    assert bench_http.model_limits({"id": "m", "meta": {"n_vocab": 151936}}) == \
+        {"vocab_size": 151936, "max_model_len": None}
+    assert bench_http.model_limits({"id": "m", "vocab_size": True, "max_model_len": "4096"}) == \
+        {"vocab_size": None, "max_model_len": None}

@@ -5,6 +5,7 @@
 (the server's process and the client's, read with psutil), so the cost of the HTTP and streaming layer is a ratio
 measured side by side and a number of milliseconds, never two runs taken at different times.
 `your_server` replays the same trace against a learner's OpenAI-compatible server, or says why it did not.
+`settings` checks the notebook's parameters and `cost_figure` draws its figure, so the cells stay short.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from labkit.core.bench import Rounds, run_rounds, summarize
 from labkit.core.models import ShapeSpec
@@ -35,9 +37,47 @@ ROWS = (  # (metric, label, words for a ratio: (better, worse) with higher_is_be
 )
 
 
+class Settings(NamedTuple):
+    """Notebook 09's parameters after checking, with every size its preset decides (unpacks in this order)."""
+
+    device: str  # "auto" resolved
+    layers: int | None  # decoder layers of a shape model; None for any other model
+    n_requests: int
+    prompt_len: int
+    output_len: int
+    rate: float  # Poisson arrivals, requests/s
+    rounds: int  # rotating rounds of the side-by-side comparison
+
+
+def settings(preset: str, *, model: str, layers, device: str, dtype: str, seed: int, n_requests, prompt_len,
+             output_len, rate, max_batch: int, kv_cache_gib: float, rounds, url: str, url_model: str, url_text: bool,
+             timeout_s: float) -> Settings:
+    """Check notebook 09's parameters in the order its parameters cell lists them (a bad one fails at once, naming
+    what is valid: labkit.core.params) and fill in what the preset decides."""
+    from labkit.core.models import SHAPES
+    from labkit.core.params import ParamError, check, default, resolve_device
+
+    device = resolve_device(device)
+    check("dtype", dtype, str, choices=("fp32", "bf16"))
+    for name, value, lo in [("seed", seed, 0), ("max_batch", max_batch, 1)]:
+        check(name, value, int, min=lo)
+    for name, value, kind in [("url", url, str), ("url_model", url_model, str), ("url_text", url_text, bool)]:
+        check(name, value, kind)
+    check("timeout_s", timeout_s, float, min=0.1)
+    check("kv_cache_gib", kv_cache_gib, float, min=0.01)
+    if layers is not None and model not in SHAPES:
+        raise ParamError(f"layers applies to shape models ({sorted(SHAPES)}), not to {model!r}")
+    return Settings(device, default("layers", layers, preset, ci=2, full=4, min=1) if model in SHAPES else None,
+                    default("n_requests", n_requests, preset, ci=16, full=64, min=2),
+                    default("prompt_len", prompt_len, preset, ci=64, full=256, min=1),
+                    default("output_len", output_len, preset, ci=32, full=128, min=2),
+                    default("rate", rate, preset, ci=20.0, full=8.0, kind=float, min=1e-3),
+                    default("rounds", rounds, preset, ci=4, full=8, min=1))
+
+
 def server_args(model: str, layers: int | None, dtype: str, device: str, max_batch: int, kv_cache_gib: float,
                 seed: int) -> list[str]:
-    """`python -m labkit serve` arguments for the same engine `labkit.serve.api.http.engine_config` builds here."""
+    """`python -m labkit serve` arguments for the same engine `labkit.serve.api.engine_config` builds here."""
     args = ["--model", model, "--dtype", dtype, "--device", device, "--max-batch", str(max_batch),
             "--kv-cache-gib", str(kv_cache_gib), "--seed", str(seed)]
     return args + (["--layers", str(layers)] if layers is not None else [])
@@ -68,7 +108,7 @@ class _StepClock:
 def _server_steps(url: str) -> tuple[float, float]:
     import httpx
 
-    from labkit.serve.api.http import parse_metrics
+    from labkit.serve.api import parse_metrics
 
     m = parse_metrics(httpx.get(f"{url}/metrics", timeout=30).text)
     return m["labkit:engine_steps_total"], m["labkit:engine_step_seconds_total"]
@@ -105,7 +145,7 @@ class SideBySide:
 
 def side_by_side(engine, server, served_name: str, trace: Sequence[Request], rounds: int, extra: dict,
                  progress: bool = True) -> SideBySide:
-    """Rotating rounds of the trace in process (`engine`) and over HTTP (`server`: a labkit.serve.api.http.ServerProcess
+    """Rotating rounds of the trace in process (`engine`) and over HTTP (`server`: a labkit.serve.api.ServerProcess
     serving the same model with the same engine settings). Besides vLLM's metrics each candidate reports the
     engine's step time per output token and tokens per step (in process: timed around `engine.step`; in the
     server: from /metrics), and the CPU cores busy over the replay (psutil: this process in process; the server's
@@ -210,6 +250,28 @@ def meaning(side: SideBySide, cores: int) -> list[str]:
     return out
 
 
+def cost_figure(side: SideBySide, floor, cores: int):
+    """Figure 09_http_cost: TPOT round by round on both paths against the decode-step floor, and the CPU cores
+    busy during a replay (the engine's process; over HTTP the server's and, stacked on it, the client's)."""
+    import matplotlib.pyplot as plt
+
+    v = side.rounds.values
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for who, marker in ((IN, "o-"), (HTTP, "s-")):
+        axes[0].plot(range(1, len(v[who]["tpot_median_ms"]) + 1), v[who]["tpot_median_ms"], marker, label=who)
+    axes[0].axhline(floor.seconds * 1e3, ls="--", c="gray", label="decode-step floor")
+    axes[0].set(xlabel="round", ylabel="TPOT median (ms)", title="Time per output token, round by round",
+                ylim=(0, None))
+    busy = [side.median(IN, "cpu_cores"), side.median(HTTP, "cpu_cores")]
+    axes[1].bar([IN, HTTP], busy, label="engine's process (the server over HTTP)")
+    axes[1].bar([HTTP], [side.median(HTTP, "client_cpu_cores")], bottom=[busy[1]], label="HTTP client")
+    axes[1].axhline(cores, ls="--", c="gray", label=f"{cores} cores")
+    axes[1].set(ylabel="CPU cores busy (median of rounds)", title="How busy the machine was during a replay")
+    for a in axes:
+        a.legend(fontsize=8)
+    return fig
+
+
 # ---------------------------------------------------------------- the learner's own server
 
 def your_server(url: str, model: str, trace: Sequence[Request], timeout_s: float = 60.0, tokenizer=None,
@@ -224,6 +286,10 @@ def your_server(url: str, model: str, trace: Sequence[Request], timeout_s: float
         info = bench_http.probe(url, model or None, timeout_s, prompt="Hello" if tokenizer is not None else None)
     except (bench_http.ServerUnreachable, ValueError) as e:
         return {"server": url, "status": f"skipped: {e}"}
+    top = max((t for r in trace for t in r.prompt_ids), default=0)
+    if tokenizer is None and info["vocab_size"] is not None and top >= info["vocab_size"]:
+        return {"server": url, "status": f"skipped: {info['model']!r} takes token ids below {info['vocab_size']} and "
+                                          f"the trace's prompts use ids up to {top}; send text (url_text=True)"}
     replay = bench_http.run(info["url"], info["model"], trace, tokenizer=tokenizer, extra=info["extra"],
                             timeout_s=timeout_s, progress=progress)
     s = replay.summary(slo_ms=slo_ms)

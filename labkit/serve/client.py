@@ -2,14 +2,17 @@
 server (labkit's own, vLLM, llama.cpp's server, Ollama, TGI) and get the same `RequestTiming`s, so
 `labkit.core.bench.summarize` gives the metrics the course computes in process (TTFT, TPOT, ITL, E2E, goodput).
 
-    info = probe(url)                                    # reachable? which model? does it take ignore_eos?
-    replay = run(url, info["model"], trace, extra=info["extra"])
+    base = check_url(url)                                # a typo fails here, before anything is sent
+    info = probe(base)                                   # reachable? which model? does it take ignore_eos?
+    vocab, note = token_prompts(info)                    # ids in the vocabulary it states, else text
+    replay = run(base, info["model"], trace, extra=info["extra"])
     replay.summary()                                     # summarize(...) + sent, failed and the errors by kind
 
 Each request is sent at its arrival offset with `stream: true`; every chunk that carries a token is stamped on
 arrival. `RequestTiming.start` is the scheduled send time, as in the in-process replay, so TTFT includes any
 wait. A request that fails (refused, cut off, timed out, server down) is kept with no tokens and its error:
-`summarize` counts it in `failed`, never averaging over the survivors alone.
+`summarize` counts it in `failed`, never averaging over the survivors alone. Its error names the cause
+(connection refused, host not found, timed out after N s, cut off), so failures group by kind.
 """
 
 from __future__ import annotations
@@ -98,26 +101,72 @@ class HttpReplay:
 
 # ---------------------------------------------------------------- talking to a server
 
-def _base(url: str) -> str:
-    """The server's root: 'http://host:8000', 'http://host:8000/' and 'http://host:8000/v1' all mean the same."""
+def check_url(url: str) -> str:
+    """The server's root from a URL a person typed, or ValueError saying what is wrong with it (before anything is
+    sent): 'http://host:8000', 'http://host:8000/' and 'http://host:8000/v1' all mean the same."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"url must be the server's base URL, e.g. http://127.0.0.1:8000, got {url!r}")
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"url must start with http:// or https://, got {url!r}")
+    if any(c.isspace() for c in url):
+        raise ValueError(f"url must not contain spaces, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:  # 'http://[::1' (an unclosed IPv6 bracket), a port that is not a number or too large
+        why = ("its port must be a number from 1 to 65535" if "port" in str(e).lower() else
+               "an IPv6 address goes in closed brackets, e.g. http://[::1]:8000" if "IPv6" in str(e) else str(e))
+        raise ValueError(f"bad url {url!r}: {why}") from None
+    if not host:
+        raise ValueError(f"bad url {url!r}: no host name (e.g. http://127.0.0.1:8000)")
+    if port == 0:
+        raise ValueError(f"bad url {url!r}: its port must be a number from 1 to 65535")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"bad url {url!r}: give the server's base URL only (no user@, ?query or #fragment)")
     return url.removesuffix("/v1")
 
 
+def _oserror(e: BaseException) -> OSError | None:
+    """The socket error under an httpx error (httpx wraps httpcore's, which wraps the OSError; the async path adds
+    anyio's "All connection attempts failed" over the real one): the first with an errno, else the first."""
+    found, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            found.append(e)
+        e = e.__cause__ or e.__context__
+    return next((x for x in found if x.errno is not None), found[0] if found else None)
+
+
 def _why(e: Exception, url: str, timeout_s: float) -> str:
-    """A short, stable message for a failed request (stable so that failures group by kind)."""
-    if isinstance(e, httpx.ConnectError):
-        return f"could not connect to {url} (connection refused: is the server running?)"
+    """A short, stable message for a failed request that names the cause (stable so that failures group by kind):
+    connection refused, host not found, a host or port that cannot be reached, timed out after N s."""
+    import errno
+    import socket
+    import ssl
+
     if isinstance(e, httpx.ConnectTimeout):
-        return f"connecting to {url} timed out after {timeout_s:g} s"
+        return f"connecting to {url} timed out after {timeout_s:g} s (is the host right? a firewall in between?)"
     if isinstance(e, httpx.ReadTimeout):
         return f"no data from the server for {timeout_s:g} s (timed out: server too slow or stuck)"
+    if isinstance(e, httpx.TimeoutException):
+        return f"{url} timed out after {timeout_s:g} s ({type(e).__name__})"
+    if isinstance(e, httpx.ConnectError):
+        os_err = _oserror(e)
+        if isinstance(os_err, ConnectionRefusedError):
+            return f"could not connect to {url} (connection refused: is the server running?)"
+        if isinstance(os_err, socket.gaierror):
+            return f"could not connect to {url} (host not found: {os_err.strerror or os_err})"
+        if isinstance(os_err, ssl.SSLError):
+            return f"could not connect to {url} (TLS failed: {os_err.reason or os_err}; is it http://, not https://?)"
+        if os_err is not None and os_err.errno in (errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"could not connect to {url} (bad address or port: {os_err.strerror})"
+        return f"could not connect to {url} ({os_err or e})"
     if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError)):
         return f"the server closed the connection mid-answer ({type(e).__name__})"
-    if isinstance(e, httpx.HTTPError):
-        return f"{type(e).__name__}: {e}"
     return f"{type(e).__name__}: {e}"
 
 
@@ -215,7 +264,7 @@ async def replay_async(url: str, model: str, trace: Sequence[Request], *, tokeni
 
     if not trace:
         raise ValueError("the trace is empty")
-    base = _base(url)
+    base = check_url(url)
     limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     limits = httpx.Limits(max_connections=max_concurrency or len(trace), max_keepalive_connections=32)
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as client:
@@ -252,12 +301,27 @@ def run(url: str, model: str, trace: Sequence[Request], **kw) -> HttpReplay:
 EXTRA = {"ignore_eos": True, "min_tokens": "output_len"}  # vLLM's fields that fix the output length
 
 
+def _positive_int(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def model_limits(entry: dict) -> dict:
+    """What a /v1/models entry says about the prompts a model takes: `vocab_size` (token-id prompts must lie in
+    [0, vocab_size): labkit's server says `vocab_size`, llama.cpp's `meta.n_vocab`) and `max_model_len` (prompt
+    plus answer, in tokens: labkit's and vLLM's); None for what the server does not say."""
+    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+    return {"vocab_size": _positive_int(entry.get("vocab_size")) or _positive_int(meta.get("n_vocab")),
+            "max_model_len": _positive_int(entry.get("max_model_len"))}
+
+
 def probe(url: str, model: str | None = None, timeout_s: float = 10.0, prompt=None) -> dict:
-    """Check the server before a run: GET /v1/models (reachable, which models), then one 2-token completion with
-    `ignore_eos` / `min_tokens`; a server that refuses those fields is probed again without them. Returns
-    {"url", "models", "model", "extra", "note"}; raises ServerUnreachable with the reason when nobody answers
-    as an OpenAI-compatible server would. `prompt` (default: token ids [1, 2, 3]) is what the probe sends."""
-    base = _base(url)
+    """Check the server before a run: GET /v1/models (reachable, which models, what they take), then one 2-token
+    completion with `ignore_eos` / `min_tokens`; a server that refuses those fields is probed again without them.
+    Returns {"url", "models", "model", "extra", "note", "vocab_size", "max_model_len"} (the last two None where
+    the server does not say); raises ServerUnreachable with the reason when nobody answers as an
+    OpenAI-compatible server would. `prompt` is what the probe sends (default: token ids [1, 2, 3] to a server that
+    states its vocabulary, else the text "Hello")."""
+    base = check_url(url)
     try:
         with httpx.Client(timeout=timeout_s) as client:
             resp = client.get(f"{base}/v1/models")
@@ -265,19 +329,22 @@ def probe(url: str, model: str | None = None, timeout_s: float = 10.0, prompt=No
                 raise ServerUnreachable(f"{base}/v1/models answered {_error_text(resp.status_code, resp.content)}: "
                                         "is this an OpenAI-compatible server?")
             try:
-                models = [m["id"] for m in resp.json()["data"]]
+                entries = {m["id"]: m for m in resp.json()["data"]}
             except (ValueError, KeyError, TypeError):
                 raise ServerUnreachable(f"{base}/v1/models did not answer with an OpenAI model list: "
                                         f"{resp.text[:200]!r}") from None
+            models = list(entries)
             if model is None:
                 if not models:
                     raise ServerUnreachable(f"{base} serves no model")
                 model = models[0]
             elif models and model not in models:
                 raise ServerUnreachable(f"{base} does not serve {model!r}; it serves {models}")
+            limits = model_limits(entries.get(model) or {})
+            if prompt is None:
+                prompt = [1, 2, 3] if (limits["vocab_size"] or 0) > 3 else "Hello"
             note, extra = "", dict(EXTRA)
-            body = {"model": model, "prompt": prompt if prompt is not None else [1, 2, 3], "max_tokens": 2,
-                    "temperature": 0.0}
+            body = {"model": model, "prompt": prompt, "max_tokens": 2, "temperature": 0.0}
             r = client.post(f"{base}/v1/completions", json={**body, "ignore_eos": True, "min_tokens": 2})
             if r.status_code == 400:
                 note = (f"the server refused ignore_eos / min_tokens ({_error_text(400, r.content)}); requests go "
@@ -288,4 +355,35 @@ def probe(url: str, model: str | None = None, timeout_s: float = 10.0, prompt=No
                 raise ServerUnreachable(f"a 2-token test completion failed: {_error_text(r.status_code, r.content)}")
     except httpx.HTTPError as e:
         raise ServerUnreachable(_why(e, base, timeout_s)) from None
-    return {"url": base, "models": models, "model": model, "extra": extra, "note": note}
+    return {"url": base, "models": models, "model": model, "extra": extra, "note": note, **limits}
+
+
+def token_prompts(info: dict, text: bool = False, vocab_size: int | None = None) -> tuple[int | None, str]:
+    """How to write a trace's prompts for the server `probe` described: (the vocabulary to draw token ids from, or
+    None for text, and a note for a person). Text when asked; else `vocab_size` when given (ValueError when it
+    exceeds what the server says it takes); else the server's own vocabulary; else text, since random ids from
+    a vocabulary the server did not state would be refused or mean nothing."""
+    server = info.get("vocab_size")
+    if text:
+        return None, ""
+    if vocab_size is not None:
+        if server is not None and vocab_size > server:
+            raise ValueError(f"--vocab-size {vocab_size} exceeds the vocabulary of {info['model']!r} ({server} "
+                             f"tokens): its prompts take ids in [0, {server})")
+        return vocab_size, ""
+    if server is not None:
+        return server, ""
+    return None, ("the server does not say its vocabulary size, so prompts go as text (give --vocab-size N to "
+                  "send token ids in [3, N))")
+
+
+def check_fits(info: dict, prompt_len: int | tuple[int, int], output_len: int | tuple[int, int]) -> None:
+    """ValueError, before any request, when the longest prompt plus the longest answer exceed the context the
+    server states (`max_model_len`): every such request would be refused."""
+    def longest(n):
+        return n if isinstance(n, int) else max(n)
+
+    p, o, limit = longest(prompt_len), longest(output_len), info.get("max_model_len")
+    if limit is not None and p + o > limit:
+        raise ValueError(f"prompts of up to {p} tokens plus answers of up to {o} need {p + o} tokens of context, but "
+                         f"{info['model']!r} takes at most {limit} (max_model_len)")

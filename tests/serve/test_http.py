@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from labkit.core import models
-from labkit.serve.api.http import create_app, launch, parse_metrics, start_in_thread
+from labkit.serve.api import create_app, launch, parse_metrics, start_in_thread
 from labkit.serve.engine import EngineConfig, LLMEngine
 
 TIMEOUT = httpx.Timeout(20.0)  # every answer must come well within this: a hang fails the test
@@ -48,14 +48,14 @@ def text_server(embedded):
     server.stop()
 
 
-def _generate(model, prompt: list[int], n: int) -> list[int]:
+def reference_tokens(model, prompt: list[int], n: int) -> list[int]:
     ids = torch.tensor([prompt])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
                          min_new_tokens=n)
     return out[0, len(prompt):].tolist()
 
 
-def _same_or_near_tie(model, prompt, got, ref) -> None:
+def same_or_near_tie(model, prompt, got, ref) -> None:
     """Token-exact, unless fp32 rounding decides a near-tie (top-2 logit gap below 1e-4) at the first difference,
     as the engine's own tests allow."""
     if got == ref:
@@ -139,7 +139,7 @@ def test_greedy_tokens_over_http_equal_generate(tiny_server, tiny_llama):
     for k, out in enumerate(got):
         p, n = prompts[k % len(prompts)], n_out[k % len(prompts)]
         assert len(out) == n
-        _same_or_near_tie(tiny_llama, p, out, _generate(tiny_llama, p, n))
+        same_or_near_tie(tiny_llama, p, out, reference_tokens(tiny_llama, p, n))
 
 
 # ---------------------------------------------------------------- reliability
@@ -229,6 +229,8 @@ BAD = [  # (body: a dict merged into OK, or raw bytes; status; param)
     (b"[1, 2]", 400, None),
     (b"\xff\xfe\x00", 400, None),
     (b'{"prompt": [1], "temperature": NaN}', 400, "temperature"),
+    (b'{"prompt": [1], "\\ud800": 1}', 400, "\\ud800"),  # a lone surrogate (valid JSON, not text) as a name
+    (b'{"prompt": [1], "model": "tiny\\udc00"}', 400, "model"),  # ... as a value: refused, not 404 or 500
     ({"model": "llama-9000"}, 404, "model"),
     ({"max_tokens": 0}, 400, "max_tokens"),
     ({"max_tokens": -5}, 400, "max_tokens"),
@@ -336,7 +338,7 @@ def test_text_prompt_stream_and_whole_agree_with_generate(text_server, embedded)
     body = {"model": models.EMBEDDED, "prompt": prompt, "max_tokens": 20, "temperature": 0, "ignore_eos": True}
     whole = httpx.post(f"{url}/v1/completions", json=body, timeout=TIMEOUT).json()
     ids = tok(prompt)["input_ids"]
-    _same_or_near_tie(embedded, ids, whole["choices"][0]["token_ids"], _generate(embedded, ids, 20))
+    same_or_near_tie(embedded, ids, whole["choices"][0]["token_ids"], reference_tokens(embedded, ids, 20))
     assert whole["choices"][0]["text"] == tok.decode(whole["choices"][0]["token_ids"], skip_special_tokens=True)
     with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=TIMEOUT) as r:
         chunks, done = _sse(list(r.iter_lines()))
@@ -352,7 +354,7 @@ def test_chat_uses_the_template(text_server, embedded):
     assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
     ids = tok("system: Be brief.\nuser: import os\nassistant:", add_special_tokens=False)["input_ids"]
     assert out["usage"]["prompt_tokens"] == len(ids)
-    _same_or_near_tie(embedded, ids, out["choices"][0]["token_ids"], _generate(embedded, ids, 12))
+    same_or_near_tie(embedded, ids, out["choices"][0]["token_ids"], reference_tokens(embedded, ids, 12))
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True},
                       timeout=TIMEOUT) as r:
         chunks, done = _sse(list(r.iter_lines()))

@@ -4,11 +4,13 @@ and sentences built from the numbers, and the learner's-server row that says why
 import os
 from types import SimpleNamespace
 
+import pytest
+
 from labkit.core import models
 from labkit.core.bench import Rounds
 from labkit.lessons import serving as hx
 from labkit.serve import client as bench_http
-from labkit.serve.api.http import bind, create_app, engine_config, start_in_thread
+from labkit.serve.api import bind, create_app, engine_config, start_in_thread
 from labkit.serve.engine import LLMEngine
 from labkit.serve.workload import make_trace
 
@@ -67,7 +69,7 @@ def test_model_spec_of_the_embedded_and_of_a_shape_model():
 def test_server_args_build_the_same_engine_as_engine_config(monkeypatch):
     """`python -m labkit serve` with server_args(...) runs the engine engine_config(...) builds in process."""
     from labkit.__main__ import main
-    from labkit.serve.api import http
+    from labkit.serve import api as http
 
     got = {}
     monkeypatch.setattr(http, "serve", lambda app, host, port, **kw: got.update(app=app, host=host, port=port, **kw))
@@ -87,3 +89,61 @@ def test_your_server_says_why_it_was_skipped():
     row = hx.your_server(f"http://127.0.0.1:{port}", "", trace, timeout_s=2)
     assert row["status"].startswith("skipped: could not connect") and "connection refused" in row["status"]
     assert hx.your_server("127.0.0.1:8000", "", trace)["status"].startswith("skipped: url must start with http")
+
+
+def _settings(preset="ci", **kw):
+    args = dict(model=models.EMBEDDED, layers=None, device="cpu", dtype="fp32", seed=0, n_requests=None,
+                prompt_len=None, output_len=None, rate=None, max_batch=8, kv_cache_gib=0.25, rounds=None, url="",
+                url_model="", url_text=False, timeout_s=60.0)
+    return hx.settings(preset, **{**args, **kw})
+
+
+def test_settings_follow_the_preset_keep_what_is_given_and_refuse_bad_values():
+    from labkit.core.params import ParamError
+
+    ci, full = _settings("ci"), _settings("full")
+    assert ci.device == "cpu" and ci.layers is None  # the embedded model has no `layers`
+    for name in ("n_requests", "prompt_len", "output_len", "rounds"):  # sizes: the full preset's are larger
+        assert 0 < getattr(ci, name) <= getattr(full, name), name
+    assert ci.rate > 0 and full.rate > 0
+    given = _settings(n_requests=3, prompt_len=5, output_len=4, rate=2.5, rounds=1)
+    assert given[1:] == (None, 3, 5, 4, 2.5, 1)
+    assert _settings(model="llama-2-7b").layers >= 1 and _settings(model="llama-2-7b", layers=3).layers == 3
+    for bad, name in [({"layers": 2}, "layers"), ({"max_batch": 0}, "max_batch"), ({"url_text": "yes"}, "url_text"),
+                      ({"dtype": "int8"}, "dtype"), ({"n_requests": 1}, "n_requests"), ({"timeout_s": 0}, "timeout_s")]:
+        with pytest.raises(ParamError, match=name):
+            _settings(**bad)
+
+
+def test_cost_figure_draws_both_paths_round_by_round_and_the_busy_cores():
+    import matplotlib.pyplot as plt
+
+    side = _rounds([10.0, 11.0, 12.0], [14.0, 15.0, 16.0])
+    fig = hx.cost_figure(side, SimpleNamespace(seconds=0.004), cores=4)
+    try:
+        left, right = fig.axes
+        lines = {ln.get_label(): list(ln.get_ydata()) for ln in left.get_lines()}
+        assert lines[hx.IN] == side.rounds.values[hx.IN]["tpot_median_ms"]
+        assert lines[hx.HTTP] == side.rounds.values[hx.HTTP]["tpot_median_ms"]
+        assert lines["decode-step floor"][0] == 4.0
+        heights = [p.get_height() for p in right.patches]
+        assert heights == pytest.approx([side.median(hx.IN, "cpu_cores"), side.median(hx.HTTP, "cpu_cores"),
+                                         side.median(hx.HTTP, "client_cpu_cores")])
+        assert any(ln.get_label() == "4 cores" for ln in right.get_lines())
+    finally:
+        plt.close(fig)
+
+
+def test_your_server_refuses_token_ids_outside_the_servers_vocabulary(tiny_llama):
+    vocab = tiny_llama.config.vocab_size
+    trace = make_trace(2, prompt_len=8, output_len=2, vocab_size=vocab * 32)
+    assert max(t for r in trace for t in r.prompt_ids) >= vocab
+    server = start_in_thread(create_app(LLMEngine(tiny_llama, engine_config(4, 0.01)), "tiny"))
+    try:
+        row = hx.your_server(server.url, "", trace, timeout_s=30, progress=False)
+        fits = hx.your_server(server.url, "", make_trace(2, prompt_len=8, output_len=2, vocab_size=vocab),
+                              timeout_s=30, progress=False)
+    finally:
+        server.stop()
+    assert row["status"].startswith(f"skipped: 'tiny' takes token ids below {vocab}") and "url_text" in row["status"]
+    assert fits["status"] == "ok" and fits["completed"] == 2
