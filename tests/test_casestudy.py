@@ -187,8 +187,8 @@ def test_a_stage_at_its_ceiling_projects_to_the_full_ceiling(measured):
 
 def test_pick_prefers_a_batch_invariant_path_within_the_slack(monkeypatch):
     times = {"int8-dynamic-legacy": 1.0, "int8-dynamic": 1.4}
-    monkeypatch.setattr(casestudy.quant, "quantize", lambda model, method: method)
-    monkeypatch.setattr(casestudy, "generate_timed", lambda q, prompt, n: (
+    monkeypatch.setattr(quant, "quantize", lambda model, method: method)
+    monkeypatch.setattr(casestudy.int8, "generate_timed", lambda q, prompt, n: (
         type("T", (), {"ttft": times[q], "tpot": 0.0})(), None))
     model = torch.nn.Linear(2, 2)
     method, rows = casestudy.pick_int8(model, None, list(times), rounds=1, progress=False)
@@ -253,13 +253,13 @@ def test_a_ratio_is_asserted_only_where_the_machines_ceiling_clears_the_bar_with
 def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_picked_models(monkeypatch):
     times = {"int8-dynamic-legacy": 1.0, "int8-dynamic": 1.1, "int8-weight-only": 9.0}
     calls = []
-    monkeypatch.setattr(casestudy.quant, "quantize", lambda model, method: method)
+    monkeypatch.setattr(quant, "quantize", lambda model, method: method)
 
     def timed(q, prompt, n):
         calls.append(q)
         return type("T", (), {"ttft": times[q], "tpot": 0.0})(), None
 
-    monkeypatch.setattr(casestudy, "generate_timed", timed)
+    monkeypatch.setattr(casestudy.int8, "generate_timed", timed)
     keep = {}
     method, rows = casestudy.pick_int8(torch.nn.Linear(2, 2), None, list(times), rounds=2, progress=False, keep=keep)
     assert method == "int8-dynamic" and set(keep) == {("int8-dynamic", "fp32"), ("int8-dynamic", "bf16")}
@@ -326,3 +326,68 @@ def test_int8_candidates_per_preset_name_what_they_leave_out():
     assert all("not a candidate" in r["status"] and "CPU" in r["status"] for r in cuda_out)
     per_token = "int8-dynamic-onednn" if hardware.onednn_unsupported("cpu") is None else "int8-dynamic"
     assert sorted(ci) == sorted([per_token, "int8-dynamic-legacy"])
+
+
+def test_settings_fill_the_preset_and_reject_bad_values():
+    from labkit.core.params import ParamError
+
+    ci, full = casestudy.settings("ci", model="llama-2-13b"), casestudy.settings("full", model="llama-2-13b")
+    assert ci.device in ("cpu", "cuda") and ci.n_requests < full.n_requests and ci.output_len < full.output_len
+    assert ci.layers <= full.layers <= models.shape("llama-2-13b").num_hidden_layers
+    assert ci.rate is None and full.ppl_tokens is None  # all at once: no rate; full: every held-out token
+    assert (ci.int8_candidates, ci.left_out) == tuple(casestudy.int8_candidates("ci", ci.device))
+    assert ci.int8 is None and ci.extras == list(casestudy.EXTRAS)  # None: every extra stage
+    given = casestudy.settings("ci", model="llama-2-13b", device="cpu", arrival="poisson", rate=0.5, layers=2,
+                               int8="int8-dynamic", int8_candidates=["int8-dynamic"], extras=[])
+    assert (given.rate, given.layers, given.int8, given.int8_candidates, given.extras) == (
+        0.5, 2, "int8-dynamic", ["int8-dynamic"], [])
+    assert casestudy.settings("ci", model="llama-2-13b", device="cpu", arrival="poisson").rate > 0  # a default rate
+    too_deep = models.shape("llama-2-13b").num_hidden_layers + 1
+    for bad, what in (({"model": "gpt-9"}, "model"), ({"layers": too_deep}, "layers"), ({"int8": "int4-rtn"}, "int8"),
+                      ({"extras": ["fp8"]}, "extras"), ({"arrival": "bursty"}, "arrival"),
+                      ({"max_batch": 0}, "max_batch")):
+        with pytest.raises(ParamError, match=what):
+            casestudy.settings("ci", **{"model": "llama-2-13b", "device": "cpu", **bad})
+
+
+def _stage_table():
+    import pandas as pd
+
+    b = _row("baseline", 10.0, 2000.0, 9000.0)
+    f = _row("+ fast attention", 45.0, 390.0, 1000.0, b)
+    ok = [{**r, "status": "ok"} for r in (b, f)]
+    return pd.DataFrame(ok + [{"stage": "+ bf16", "status": "skipped: needs fp32"}])
+
+
+def test_the_stage_figure_draws_every_measured_stage_and_no_skipped_one():
+    import matplotlib.pyplot as plt
+
+    table = _stage_table()
+    fig = casestudy.plot_stages(table)
+    ok = table[table["status"] == "ok"]
+    assert len(fig.axes) == 3
+    for ax, column in zip(fig.axes, ["output_throughput", "ttft_idle_ms", "ttft_p50_ms"], strict=True):
+        assert [p.get_height() for p in ax.patches] == ok[column].tolist()
+        assert [t.get_text() for t in ax.get_xticklabels()] == ok["stage"].tolist()
+    plt.close(fig)
+
+
+def test_table_views_keep_the_record_keys_and_only_rename_for_reading():
+    table = _stage_table()
+    view = casestudy.stages_view(table)
+    assert view.columns.tolist()[:3] == ["stage", "status", "ttft_idle_ms"] and "guide_factor" in view.columns
+    assert view["stage"].tolist() == table["stage"].tolist()  # skipped stages are listed, with their reason
+    ok = table[table["status"] == "ok"].to_dict("records")
+    ppl = [{"stage": r["stage"], "ppl_delta_pct": 0.1 * i} for i, r in enumerate(ok)]
+    proj = [{"stage": r["stage"], "prefill_share": 0.5, "throughput_ceiling": 2 * r["output_throughput"]} for r in ok]
+    case = casestudy.case_table(ok, ppl, proj)
+    assert case["stage"].tolist() == [r["stage"] for r in ok]
+    stack = casestudy.stack_view(case)
+    assert stack["tok/s"].tolist() == [r["output_throughput"] for r in ok]
+    assert stack["ceiling tok/s"].tolist() == [2 * r["output_throughput"] for r in ok]
+    assert stack["perplexity %"].tolist() == [p["ppl_delta_pct"] for p in ppl]
+    full = casestudy.full_depth_view(case)
+    assert full["prefill share"].tolist() == [0.5, 0.5] and full["40-layer tok/s"].isna().all()  # not projected
+    guide = casestudy.GUIDE
+    assert f"{guide['throughput'][0]} -> {guide['throughput'][1]} tok/s" in casestudy.guide_line()
+

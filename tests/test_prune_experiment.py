@@ -147,3 +147,22 @@ def test_a_copy_that_would_not_fit_is_a_skipped_row(tiny_llama, monkeypatch):
     row = table.set_index("label").loc["ffn 50%"]
     assert row["status"].startswith("skipped: not enough memory") and "GiB available now" in row["status"]
     assert set(ratios) == {"dense"}
+
+
+def test_settings_fill_the_preset_keep_what_was_given_and_check_it(monkeypatch):
+    from labkit.core import planner
+
+    monkeypatch.setattr(planner, "machine_card", lambda device: (HW, f"test card for {device}"))
+    cuts = {"sparsities": [0.3], "structured": {"ffn": 0.4}}
+    ci, full = px.settings("ci", device="cpu", **cuts), px.settings("full", device="cpu", **cuts)
+    assert (ci.device, ci.hw, ci.hw_source) == ("cpu", HW, "test card for cpu")
+    assert ci.prompt_len < full.prompt_len and ci.recovery_steps < full.recovery_steps and ci.n_calib < full.n_calib
+    assert set(ci.sweep_sparsities) < set(full.sweep_sparsities)
+    assert ci.ppl_tokens is not None and full.ppl_tokens is None  # full: every held-out token
+    given = px.settings("ci", device="cpu", layers=3, prompt_len=7, sweep_sparsities=[0.9], repeats=4, **cuts)
+    assert (given.layers, given.prompt_len, given.sweep_sparsities, given.repeats) == (3, 7, [0.9], 4)
+    assert HW.name in ci.card_line() and f"{HW.bandwidth_gbps:.1f} GB/s" in ci.card_line()
+    for bad, what in (({"layers": 1}, "layers"), ({"seed": "0"}, "seed"), ({"new_tokens": 1}, "new_tokens"),
+                      ({"sparsities": [1.5]}, "sparsities"), ({"structured": {"rows": 0.2}}, "rows")):
+        with pytest.raises(ParamError, match=what):
+            px.settings("ci", device="cpu", **{**cuts, **bad})

@@ -1,0 +1,125 @@
+"""The '+ INT8' stage's method, picked by measurement: `int8_candidates` (what the preset measures on this kind of
+device, and a row for every method left out, saying why) and `pick_int8` (every candidate timed on one request
+in rotating rounds, the fastest taken, a batch-invariant path preferred within INVARIANT_SLACK).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+
+from labkit.core import hardware
+from labkit.core.bench import generate_timed
+from labkit.techniques import quant
+
+INVARIANT_SLACK = 1.5  # a batch-invariant INT8 path is preferred unless the fastest other one is 1.5x faster
+INT8_CANDIDATES = {"cpu": ("int8-dynamic-onednn", "int8-dynamic-legacy", "int8-dynamic", "int8-weight-only"),
+                   "cuda": ("int8-weight-only", "int8-dynamic", "bnb-int8")}
+
+
+def int8_candidates(preset: str, device: str) -> tuple[list[str], list[dict]]:
+    """The INT8 methods `pick_int8` measures for `preset` on `device`, and a row for each one left out: the full
+    preset measures every candidate for the device; ci two dynamic ones: one per-token path (oneDNN's where this
+    CPU runs it, else torchao's) and torch.ao's per-tensor one it is weighed against, since each other variant
+    adds its quantization and timing rounds to the course (weight-only INT8 cost ~20 s to be eliminated after its
+    first request on the CPUs measured so far; torchao's per-token path computes what the oneDNN one does
+    through a slower kernel)."""
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    every = list(INT8_CANDIDATES[dev])
+    per_token = "int8-dynamic-onednn" if hardware.onednn_unsupported(dev) is None else "int8-dynamic"
+    chosen = [m for m in every if m in (per_token, "int8-dynamic-legacy")] if preset == "ci" else every
+    chosen = chosen or every
+    rows = [{"method": m, "status": f"not measured in the {preset} preset (-p int8_candidates or --preset full)"}
+            for m in every if m not in chosen]
+    for m in quant.INT8_METHODS:  # the INT8 methods that are no candidate on this kind of device, and why
+        if m not in every:
+            why = quant.unsupported(m, dev, torch.float32) or NOT_A_CANDIDATE.get(m, "not a candidate on " + dev)
+            rows.append({"method": m, "status": f"not a candidate: {why}"})
+    return chosen, rows
+
+
+NOT_A_CANDIDATE = {"bnb-int8": "batch-dependent (LLM.int8 picks its outlier columns over the whole batch, so a "
+                               "request's answer can change with its neighbours); notebook 02 measures its speed"}
+
+
+ELIMINATE_ABOVE = 3.0  # a variant whose first request takes over 3x the fastest one's is out before the rounds
+
+
+def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens: int = 8,
+              output_len: int = 32, rounds: int = 2, progress: bool = True, keep: dict | None = None):
+    """Quantize `model` with each INT8 candidate, in fp32 and, where the method accepts it, in bf16 (the stack
+    adds bf16 as its last stage where it can), and time one request (prompt + `new_tokens`) per variant per
+    round, rounds rotating the order (labkit.core.bench.run_rounds, first call apart). The method whose fastest
+    variant serves a request of `output_len` tokens soonest (TTFT + (output_len - 1) x TPOT, medians over
+    rounds) is picked, except that a batch-invariant path (quant.BATCH_INVARIANT: a request's answer does not
+    depend on its batch neighbours) within INVARIANT_SLACK of it is preferred; each row says why it was not
+    picked. A variant whose first request takes over ELIMINATE_ABOVE x the fastest first request is out before the
+    rounds (its row says so). Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>".
+    `keep`: a dict that receives the picked method's quantized models by (method, dtype), for `measure`."""
+    from labkit.core.bench import run_rounds
+    from labkit.core.progress import tqdm
+
+    dev = str(next(model.parameters()).device).split(":")[0]
+    rows, runners = [], {}
+    bf16 = None
+    for method in tqdm(list(candidates), desc="INT8 paths", disable=not progress):
+        for dtype in ("fp32", "bf16"):
+            if dtype == "bf16" and quant.unsupported(method, dev, torch.bfloat16):
+                continue
+            if dtype == "bf16" and bf16 is None:
+                bf16 = copy.deepcopy(model).to(torch.bfloat16)
+            try:
+                runners[(method, dtype)] = quant.quantize(model if dtype == "fp32" else bf16, method)
+            except quant.QuantSkipped as e:
+                rows.append({"method": method, "dtype": dtype, "status": f"skipped: {e}"})
+                break
+    del bf16
+    if not runners:
+        raise quant.QuantSkipped("no INT8 path runs here: " + "; ".join(f"{r['method']}: {r['status']}"
+                                                                        for r in rows))
+
+    def request(q):
+        def run() -> dict:
+            rt, _ = generate_timed(q, prompt, new_tokens)
+            return {"ttft": rt.ttft, "tpot": rt.tpot}
+        return run
+
+    with torch.inference_mode():
+        first = {key: request(q)() for key, q in runners.items()}  # the cold call of each, kept apart
+        cost = {key: f["ttft"] + (output_len - 1) * f["tpot"] for key, f in first.items()}
+        for key in [k for k, c in cost.items() if c > ELIMINATE_ABOVE * min(cost.values())]:
+            rows.append({"method": key[0], "dtype": key[1], "status": "ok", "ttft_ms": first[key]["ttft"] * 1e3,
+                         "tpot_ms": first[key]["tpot"] * 1e3, "request_s": cost[key], "eliminated": True})
+            del runners[key]
+        r = run_rounds({f"{m} {dt}": request(q) for (m, dt), q in runners.items()}, rounds, cold=False,
+                       progress=progress, desc="INT8 timing rounds")
+    for m, dt in runners:
+        ttft, tpot = r.median(f"{m} {dt}", "ttft"), r.median(f"{m} {dt}", "tpot")
+        rows.append({"method": m, "dtype": dt, "status": "ok", "ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
+                     "request_s": ttft + (output_len - 1) * tpot})
+    ok = [row for row in rows if row["status"] == "ok"]
+    best = min(ok, key=lambda row: row["request_s"])
+    invariant = [row for row in ok if row["method"] in quant.BATCH_INVARIANT]
+    best_inv = min(invariant, key=lambda row: row["request_s"]) if invariant else None
+    if best_inv is not None and best_inv["request_s"] <= INVARIANT_SLACK * best["request_s"]:
+        best = best_inv  # a request's answer should not depend on its batch neighbours: worth a little speed
+    for row in ok:
+        row["batch_invariant"] = row["method"] in quant.BATCH_INVARIANT
+        row["picked"] = row["method"] == best["method"]
+        if row.pop("eliminated", False):
+            row["why_not"] = (f"out after its first request: {row['request_s'] / best['request_s']:.1f}x the picked "
+                              f"path's time (over {ELIMINATE_ABOVE}x the fastest first request)")
+        elif not row["picked"]:
+            faster = row["request_s"] < best["request_s"]
+            row["why_not"] = (f"answers depend on batch neighbours, and a batch-invariant path is within "
+                              f"{INVARIANT_SLACK}x of it" if faster and not row["batch_invariant"] else "slower")
+    if keep is not None:
+        keep.update({key: q for key, q in runners.items() if key[0] == best["method"]})
+    if best["method"] not in quant.BATCH_INVARIANT:
+        for row in ok:
+            if row["picked"]:
+                row["note"] = ("batch-dependent (answers can change with batch neighbours): every batch-invariant "
+                               f"path here is more than {INVARIANT_SLACK}x slower")
+    return best["method"], rows
