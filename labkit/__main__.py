@@ -1,6 +1,6 @@
 """Command line for the course.
 
-  python -m labkit course [--preset ci|full] [--only 00,02] [-p name=value ...] [--params ci/params.json]
+  python -m labkit course [--preset ci|full] [--only 00,02] [-p name=value ...] [--params ci/params.json] [--plan]
   python -m labkit fingerprint [--json]
   python -m labkit report [--single-file] [--out FILE]
   python -m labkit train-tiny [--steps N] [--out DIR]
@@ -10,6 +10,7 @@
                          [--vocab-size V | --text] [--timeout S] [--max-concurrency N]
   python -m labkit peers [--shape tinyllama-1.1b] [--layers 8] [--prompt-len 512] [--new-tokens 32] [--repeats 3]
                          [--labkit bf16,int4-rtn+compile,...] [--check] [--profile]
+  python -m labkit advise [--model NAME|PATH] [--users N] [--ttft-ms X]
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from pathlib import Path
 
 def _course(args) -> int:
     from labkit.core.params import ParamError
-    from labkit.course.runner import CourseError, load_params_file, parse_param, run_course
+    from labkit.course.runner import CourseError, course_plan_for, load_params_file, parse_param, run_course
 
     try:
         params = load_params_file(args.params) if args.params else {}
         params.update(dict(parse_param(p) for p in args.param))
         if "preset" in params:
             raise ParamError("give the preset with --preset, not as a parameter")
+        if args.plan:
+            print("\n".join(course_plan_for(args.preset, args.only, params, args.reports).lines()))
+            return 0
         run = run_course(args.preset, args.only, params, args.reports)
     except (CourseError, ParamError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -252,6 +256,19 @@ def _peers(args) -> int:
     return 0
 
 
+def _advise(args) -> int:
+    from labkit.core.models import ModelError
+    from labkit.course import advise
+
+    try:
+        advice = advise.advise(args.model, args.users, args.ttft_ms)
+    except (ModelError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(advice.lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m labkit", description="The local-LLM speed course's tools.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -262,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a notebook parameter (value read as JSON when it parses)")
     c.add_argument("--params", type=Path, default=None, help="JSON file of parameters (e.g. ci/params.json)")
     c.add_argument("--reports", type=Path, default=None, help="output folder (default: reports/)")
+    c.add_argument("--plan", action="store_true",
+                   help="print the plan (this machine's kind, each lesson's expected time here) and run nothing")
     f = sub.add_parser("fingerprint", help="print this machine's features that decide LLM speed")
     f.add_argument("--json", action="store_true")
     r = sub.add_parser("report", help="rebuild reports/index.html from what is in reports/")
@@ -328,6 +347,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="first check that each peer computes the same model (greedy tokens of the embedded one)")
     pe.add_argument("--profile", action="store_true",
                     help="instead of timing: where each --labkit path's decode step spends its time, op by op")
+    ad = sub.add_parser("advise", help="what to run here: runtime, number format, batching and the expected TTFT / "
+                                        "TPOT / throughput, from this machine's records (never a guess)")
+    ad.add_argument("--model", default=None,
+                    help="a shape name or a model folder (default: the shape notebook 02 measured)")
+    ad.add_argument("--users", type=int, default=1, help="users at once (more than 1: batching decides)")
+    ad.add_argument("--ttft-ms", type=float, default=None, help="a time-to-first-token target, ms")
+    _one_line_errors(ad)
     args = ap.parse_args(argv)
 
     if args.cmd == "course":
@@ -353,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.cmd == "peers":
         return _peers(args)
+    if args.cmd == "advise":
+        return _advise(args)
     if args.cmd == "train-tiny":
         from labkit import DATA
         from labkit.core.train_tiny import TinyRecipe, train

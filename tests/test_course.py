@@ -4,8 +4,10 @@ import nbformat
 import pytest
 
 from labkit.__main__ import main
+from labkit.core import records
 from labkit.core.params import ParamError
 from labkit.course import catalog
+from labkit.course import plan as course_plan
 from labkit.course import runner as course
 
 
@@ -101,7 +103,9 @@ def test_a_failed_notebook_leaves_its_records_and_figures_with_its_executed_copy
     run = course.run_course("ci", "02,03", reports=reports, stop_on_error=False)
     failed, ok = run.runs
     assert failed.error and "after writing" in failed.error and ok.error is None
-    assert [p.parent.name for p in (reports / "results").glob("*/*.json")] == ["03_done"]
+    assert [p.parent.name for p in (reports / "results").glob("*/*.json")] == ["03_done", "course_times"]
+    (timed,) = records.read_records(reports / "results", "course_times")  # the failed one's time is not stored
+    assert timed["config"]["lesson"] == "03"
     assert [p.name for p in (reports / "figures").glob("*.png")] == ["03_done.png"]
     kept = failed.failed_copy.parent
     assert list(kept.glob("staged/results/02_partial/*.json")) and (kept / "staged/figures/02_partial.png").exists()
@@ -135,6 +139,26 @@ def test_output_problems_finds_empty_figures_cut_reasons_and_warnings(tmp_path):
     problems = course.output_problems(path)
     assert problems == ["cell 0 draws a figure but shows none", "cell 1 cuts a skip reason: gptqmodel  skipped: "
                         "GPTQModel is n...", "cell 2 leaks a warning: UserWarning: something odd"]
+
+
+def test_output_problems_finds_reprs_raw_dicts_e_notation_and_raw_byte_counts(tmp_path):
+    """What a learner saw under figures and tables: a path's repr, a dict, an object's repr, 3.047e+04, 62940720.
+    Words, separated numbers, dates in paths and a stderr log are not flagged."""
+    shown = ["PosixPath('/tmp/labkit-1/figures/03_x.png')", "{'read_gbps': 1.2, 'write_gbps': 0.8}",
+             "<labkit.core.bench.Rounds object at 0x7f3a2c>", "ttft_ms    3.047e+04", "bytes    62940720"]
+    fine = ["weights: 60.0 MiB, 62,940,720 bytes read in 1.2 s", "saved /r/results/04_x/20240101T120000123.json",
+            "<Figure size 800x320 with 1 Axes>", "<IPython.core.display.Markdown object>"]
+    cells = [nbformat.v4.new_code_cell(f"x{i}") for i in range(len(shown) + len(fine) + 1)]
+    for c, text in zip(cells[:-1], shown + fine, strict=True):
+        c.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": text}, execution_count=1)]
+    cells[-1].outputs = [nbformat.v4.new_output("stream", name="stderr", text="step 1.5e-05 s {'a': 1}\n")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    problems = course.output_problems(path)
+    assert problems == [f"cell 0 shows a path's repr: {shown[0]}", f"cell 1 shows a raw dict: {shown[1]}",
+                        f"cell 2 shows an object's repr: {shown[2]}",
+                        f"cell 3 shows a number in e-notation: {shown[3]}", f"cell 4 shows a raw count: {shown[4]}"]
 
 
 def test_the_catalog_is_consistent_with_itself_and_the_notebooks_folder():
@@ -173,3 +197,111 @@ def test_catalog_lookup_and_its_checks():
                                      "lesson 00: notebook 'b' must start with 00_",
                                      "record 'shared' is written by lessons 01 and 00", "lesson 02 writes no record"]
 
+
+
+# ---------------------------------------------------------------- the plan: expected time per lesson on this machine
+
+
+def _fp(cpu="Test CPU 9000", avx512=True, cores=2):
+    return {"cpu": cpu, "usable_cores": cores, "gpus": [], "versions": {},
+            "isa": {"avx2": True, "avx512f": avx512, "avx512_vnni": avx512, "avx512_bf16": False, "amx_bf16": False}}
+
+
+def _profile(reports, fp, fp32, bw):
+    metrics = {"device": "cpu", "probes": {"cpu": {"matmul_gflops": {"fp32": fp32}, "bandwidth_gbps": {"best": bw}}}}
+    rec = records.make_record(catalog.HARDWARE_PROFILE, {}, metrics, fingerprint=fp)
+    records.write_record(rec, reports / "results")
+
+
+def _time(reports, fp, lesson_id, seconds, params=None, preset="ci"):
+    m = course_plan.machine(fp)
+    config = {"lesson": lesson_id, "preset": preset, "params": params or {}, "machine_key": course_plan.machine_key(m)}
+    records.write_record(records.make_record(course_plan.TIMES, config, {"seconds": seconds}, fingerprint=fp),
+                         reports / "results")
+
+
+REF = {"machine": "the reference box", "preset": "ci", "source": "test", "fp32_gflops": 100.0, "bandwidth_gbps": 20.0}
+
+
+def test_the_plan_names_the_machine_kind_and_the_features_that_decide_speed():
+    m = course_plan.machine(_fp())
+    text = course_plan.describe_machine(m)
+    assert "Test CPU 9000" in text and "AVX-512 yes" in text and "VNNI yes" in text and "AMX no" in text
+    assert "2 usable cores" in text and "GPU: none" in text
+    assert course_plan.machine_key(m) != course_plan.machine_key(course_plan.machine(_fp(avx512=False)))
+    assert course_plan.machine_key(m) != course_plan.machine_key(course_plan.machine(_fp(cores=4)))
+
+
+def test_the_estimate_is_the_last_run_on_this_machine_with_these_parameters(reports, monkeypatch):
+    monkeypatch.setattr(catalog, "REFERENCE", REF)
+    here, other = _fp(), _fp(cpu="Other CPU")
+    _time(reports, here, "03", 50.0)
+    _time(reports, here, "03", 70.0)  # the latest counts
+    _time(reports, here, "03", 900.0, params={"layers": 4})  # other parameters: another lesson's time
+    _time(reports, other, "03", 10.0)  # another machine kind says nothing about this one
+    plan = course_plan.make_plan(["03", "04"], "ci", {}, reports, fp=here)
+    e = plan.estimates["03"]
+    assert (e.seconds, e.basis) == (70.0, "measured here") and "last run on this machine" in e.source
+    assert plan.estimates["04"].basis == "reference"  # never run here, no profile: the reference as it is
+    assert plan.estimates["04"].seconds == catalog.lesson("04").reference_s
+    assert "no notebook-01 profile" in plan.estimates["04"].source
+    assert plan.total_s == 70.0 + catalog.lesson("04").reference_s
+    assert course_plan.make_plan(["03"], "full", {}, reports, fp=here).estimates["03"].basis == "none"
+
+
+def test_the_reference_time_is_scaled_by_this_machines_profile(reports, monkeypatch):
+    monkeypatch.setattr(catalog, "REFERENCE", REF)
+    here = _fp()
+    _profile(reports, _fp(cpu="Other CPU"), 1.0, 1.0)  # another machine's profile is not used
+    assert course_plan.make_plan(["04"], "ci", {}, reports, fp=here).rates is None
+    _profile(reports, here, 2 * REF["fp32_gflops"], REF["bandwidth_gbps"] / 2)  # twice the flops, half the bandwidth
+    plan = course_plan.make_plan(["04"], "ci", {}, reports, fp=here)
+    want = catalog.lesson("04").reference_s * (course_plan.COMPUTE_SHARE * 0.5 + (1 - course_plan.COMPUTE_SHARE) * 2)
+    assert plan.estimates["04"].basis == "scaled" and plan.estimates["04"].seconds == pytest.approx(want)
+    assert any("notebook 01's profile" in line for line in plan.lines())
+    monkeypatch.setattr(catalog, "REFERENCE", {**REF, "fp32_gflops": None})  # the reference's rates unknown
+    e = course_plan.make_plan(["04"], "ci", {}, reports, fp=here).estimates["04"]
+    assert e.basis == "reference" and "rates are not recorded" in e.source
+
+
+def test_a_lesson_with_a_budget_is_expected_to_take_at_most_its_budget(reports, monkeypatch):
+    monkeypatch.setattr(catalog, "REFERENCE", REF)
+    les = catalog.lesson("02")
+    assert les.budget_s is not None and les.reference_s > les.budget_s
+    e = course_plan.estimate(les, "ci", {}, "key", [], None)
+    assert e.seconds == les.budget_s and "budget_s" in e.source
+    assert course_plan.estimate(les, "ci", {"budget_s": 90}, "key", [], None).seconds == 90
+
+
+def test_the_budget_of_notebook_02_is_the_one_its_settings_use():
+    from labkit.lessons import quantization
+
+    assert catalog.lesson("02").budget_s == quantization.BUDGET_CI_S
+
+
+def test_a_lesson_over_its_estimate_says_so():
+    e = course_plan.Estimate("03", "03_x", 100.0, "its last run on this machine", "measured here")
+    assert course_plan.outcome_line(e, 140.0).startswith("took 140 s against an estimate of 100 s (1.40x)")
+    over = course_plan.outcome_line(e, 160.0)
+    assert over.startswith("OVER ITS ESTIMATE") and "1.60x" in over and "last run on this machine" in over
+    assert "no estimate" in course_plan.outcome_line(course_plan.Estimate("03", "03_x", None, "none", "none"), 5)
+
+
+def test_the_runner_prints_the_plan_stores_each_time_and_the_next_plan_starts_from_it(fake_course, reports, capsys,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(catalog, "REFERENCE", REF)
+    fp = _fp()
+    run = course.run_course("ci", "00", {"n": 3}, reports=reports, fp=fp)
+    out = capsys.readouterr().out
+    assert out.startswith("Plan for preset ci on this machine: Test CPU 9000")
+    assert "00_ok" in out.splitlines()[2] and "no run here" in out  # the fake lesson has no reference time
+    assert out.rstrip().splitlines()[-1].strip().startswith("took ")  # what it took, as the lesson's last line
+    (rec,) = records.read_records(reports / "results", course_plan.TIMES)
+    assert rec["config"]["params"] == {"n": 3} and rec["metrics"]["seconds"] == pytest.approx(run.runs[0].seconds)
+    again = course.course_plan_for("ci", "00", {"n": 3}, reports, fp=fp).estimates["00"]
+    assert again.basis == "measured here" and again.seconds == pytest.approx(run.runs[0].seconds)
+    assert course.course_plan_for("ci", "00", {"n": 4}, reports, fp=fp).estimates["00"].basis == "none"
+    assert "estimated from" in (reports / "index.html").read_text()
+    assert main(["course", "--only", "00", "--plan", "--reports", str(reports)]) == 0
+    assert "Plan for preset ci" in capsys.readouterr().out
+    assert len(records.read_records(reports / "results", course_plan.TIMES)) == 1  # --plan ran nothing

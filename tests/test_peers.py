@@ -24,8 +24,35 @@ def test_skipped_peers_are_rows_with_the_reason(monkeypatch, tmp_path):
     monkeypatch.setattr(peers, "missing", lambda engine: f"{engine} is not installed; install it with: x")
     rows = peers.peer_paths(None, tmp_path, progress=False)
     assert [r.name for r in rows] == ["llama.cpp bf16", "llama.cpp q8_0", "llama.cpp q4_0", "ctranslate2 int8",
-                                      "ctranslate2 bfloat16"]
+                                      "ctranslate2 bfloat16", "openvino-genai fp32", "openvino-genai int8",
+                                      "openvino-genai int4", "onnxruntime-genai int4", "onnxruntime-genai int8"]
     assert all(r.skipped and r.run is None for r in rows)
+    assert all(r.skipped.startswith(f"{r.engine} is not installed") for r in rows)
+
+
+@pytest.mark.parametrize("engine, module, command", [("openvino-genai", "openvino_genai", "pip install openvino-genai"),
+                                                     ("onnxruntime-genai", "onnxruntime_genai",
+                                                      "pip install onnxruntime-genai")])
+def test_openvino_and_onnxruntime_rows_say_how_to_install_or_that_they_are_not_timed(engine, module, command,
+                                                                                     monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    why = peers.missing(engine)
+    assert module in why and command in why and "requirements" not in why
+    monkeypatch.setattr(peers, "missing", lambda e: None if e == engine else "x is not installed")
+    rows = [r for r in peers.peer_paths(None, tmp_path, gguf_kinds=(), ct2_kinds=(), progress=False)
+            if r.engine == engine]
+    assert [r.name.split()[-1] for r in rows] == list(peers.NOT_CONVERTED[engine])
+    assert all("does not convert models for it yet" in r.skipped and r.run is None for r in rows)
+
+
+def test_peer_runtimes_stay_out_of_requirements():
+    from labkit import ROOT
+
+    reqs = (ROOT / "requirements.txt").read_text().lower()
+    assert not any(name in reqs for name in ("openvino", "onnxruntime", "llama-cpp", "ctranslate2"))
 
 
 def test_gguf_permutation_is_llama_cpps_interleaving():
@@ -35,7 +62,7 @@ def test_gguf_permutation_is_llama_cpps_interleaving():
     assert torch.equal(p[8:, 0] // 3, torch.tensor([8, 12, 9, 13, 10, 14, 11, 15]))
 
 
-@pytest.mark.parametrize("engine", list(peers.INSTALL))
+@pytest.mark.parametrize("engine", [e for e in peers.INSTALL if e not in peers.NOT_CONVERTED])
 def test_converted_model_gives_transformers_greedy_tokens(engine, tmp_path):
     why = peers.missing(engine)
     if why:

@@ -109,3 +109,93 @@ def test_quality_table_has_the_head_only_row():
     assert head["bytes"] < df.set_index("method").loc["fp32", "bytes"]
     assert list(qe.evaluate_methods(model, tok, [], calib=None, text=text, max_tokens=256, head_int8=False,
                                     progress=False)["method"]) == ["fp32", "bf16"]
+
+
+# ---------------------------------------------------------------- the time budget: what runs, from each row's probe
+
+from labkit.core import budget  # noqa: E402
+
+FAST, SLOW = budget.RowCost(0.5, 0.1), budget.RowCost(2.0, 1.0)
+
+
+def _costs(**slow):
+    return {"fp32": FAST, "bf16": FAST, "int8": FAST, **{n: SLOW for n in slow}}
+
+
+def test_everything_runs_when_it_fits_the_budget():
+    c = budget.choose(_costs(), 100.0, rounds=2, tokens=8)
+    assert (c.rounds, c.main, c.once, c.not_run, c.notes) == (2, ["fp32", "bf16", "int8"], [], {}, {})
+    assert c.seconds == c.wanted_s == pytest.approx(2 * 3 * FAST.call_s(8)) and not c.cut
+    assert budget.choose(_costs(bnb=1), None, rounds=2, tokens=8).not_run == {}  # no budget: no cut
+
+
+def test_a_slow_row_is_timed_once_with_the_fewest_tokens_beside_the_references():
+    costs = _costs(bnb=1)
+    full = 2 * (3 * FAST.call_s(8) + SLOW.call_s(8))
+    small = 2 * 3 * FAST.call_s(8) + SLOW.call_s(2) + 2 * FAST.call_s(8)
+    c = budget.choose(costs, (full + small) / 2, rounds=2, tokens=8)
+    assert c.once == ["bnb"] and c.tokens["bnb"] == budget.MIN_TOKENS and c.rounds == 2 and not c.not_run
+    assert c.seconds == pytest.approx(small) and c.wanted_s == pytest.approx(full)
+    assert "timed once with 2 of 8 tokens" in c.notes["bnb"] and "budget_s=" in c.notes["bnb"]
+    assert set(c.notes) == {"bnb"}  # the rows that ran as asked carry no note
+
+
+def test_rounds_are_cut_before_any_row_is_dropped_and_dropped_rows_are_listed_with_their_cost():
+    costs = _costs(bnb=1, nf4=1)
+    one_round = 3 * FAST.call_s(8) + 2 * SLOW.call_s(2) + 2 * FAST.call_s(8)
+    c = budget.choose(costs, one_round + 0.01, rounds=3, tokens=8, lesson_budget_s=200)
+    assert (c.rounds, sorted(c.once), c.not_run) == (1, ["bnb", "nf4"], {})
+    assert "timed in 1 of 3 rounds" in c.notes["int8"]
+    tight = budget.choose(costs, 3 * FAST.call_s(8) + 0.01, rounds=3, tokens=8, lesson_budget_s=200)
+    assert sorted(tight.not_run) == ["bnb", "nf4"] and tight.main == ["fp32", "bf16", "int8"]
+    assert tight.not_run["bnb"] == pytest.approx(3 * SLOW.call_s(8))  # what the preset's sizes would take here
+    note = tight.notes["bnb"]
+    assert note.startswith("not run here: would take ~") and f"budget_s={budget.suggest_budget(200 + tight.wanted_s)}" \
+        in note
+    assert budget.suggest_budget(200 + tight.wanted_s) >= 200 + tight.wanted_s
+
+
+def test_the_references_always_run_and_the_plan_says_when_even_they_do_not_fit():
+    c = budget.choose(_costs(bnb=1), 0.1, rounds=2, tokens=8)
+    assert c.main == ["fp32", "bf16"] and c.rounds == 1 and set(c.not_run) == {"int8", "bnb"}
+    assert c.over and "fp32, bf16" in c.over
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        budget.choose(_costs(), 10, rounds=0, tokens=8)
+
+
+def test_a_budget_cuts_rows_in_the_benchmark_and_never_reports_them_as_measured(tiny_llama):
+    import time
+
+    df = qe.benchmark_methods(tiny_llama, ["int8-dynamic-legacy"], prompt_len=8, new_tokens=4, repeats=2,
+                              progress=False, deadline=time.perf_counter(), budget_s=60)
+    rows = {r["method"]: r for _, r in df.iterrows()}
+    b = df.attrs["budget"]
+    assert b["budget_s"] == 0 and b["rounds"] == 1 and list(b["not_run"]) == ["int8-dynamic-legacy"]
+    assert rows["int8-dynamic-legacy"]["status"].startswith("not run here: would take ~")
+    assert pd_isna(rows["int8-dynamic-legacy"].get("decode_ms_per_token"))
+    assert rows["fp32"]["status"] == "ok" and rows["fp32"]["decode_ms_per_token"] > 0
+    assert any(line.startswith("budget: 0 s were left") for line in qv.budget_lines(df))
+    assert "int8-dynamic-legacy" not in list(qv.view(df, qv.SPEED_VIEW)["method"])
+    roomy = qe.benchmark_methods(tiny_llama, ["int8-dynamic-legacy"], prompt_len=8, new_tokens=4, repeats=2,
+                                 progress=False, deadline=time.perf_counter() + 600, budget_s=600)
+    assert roomy.attrs["budget"]["not_run"] == {} and (roomy["status"] == "ok").all()
+    assert qv.budget_lines(roomy)[0].endswith("everything fits")
+
+
+def pd_isna(v):
+    import pandas as pd
+
+    return v is None or bool(pd.isna(v))
+
+
+def test_the_budget_follows_the_preset_and_is_checked():
+    from labkit.core.params import ParamError
+
+    kw = dict(model="llama-2-7b", device="cpu", seed=0, bits=4, group_size=128, methods=None, compiled=None,
+              layers=None)
+    assert qe.settings("ci", **kw).budget_s == qe.BUDGET_CI_S and qe.settings("full", **kw).budget_s is None
+    assert qe.settings("full", **kw, budget_s=900).budget_s == 900
+    with pytest.raises(ParamError, match="budget_s"):
+        qe.settings("ci", **kw, budget_s=1)
+    assert qe.speed_deadline(None, 0.0) is None
+    assert qe.speed_deadline(100.0, 5.0) == pytest.approx(5.0 + 100.0 * (1 - qe.AFTER_SPEED_SHARE))

@@ -80,3 +80,65 @@ def test_each_lesson_is_summarised_from_the_record_the_catalog_names(tmp_path, m
     page = report.write_index(tmp_path).read_text()
     assert "int8-dynamic: 5.00 ms/token, 2.00x fp32" in page and "preset full" in page
 
+
+
+def _section(page: str, lesson_id: str) -> str:
+    start = page.index(f'<section id="lesson-{lesson_id}">')
+    return page[start:page.index("</section>", start)]
+
+
+def test_index_shows_the_ledger_open_in_08s_section_and_no_raw_metric_keys(tmp_path, monkeypatch):
+    """What a learner found: a collapsed claims table, raw keys ("ppl delta pct"), an empty 08 section, figures
+    shrunk two to a row. Now: the ledger open in 08's section, keys in words, one figure per row."""
+    import html
+
+    from labkit.course.claims.verdict import CLAIMS
+
+    monkeypatch.setenv("LABKIT_REPORTS", str(tmp_path))
+    results = tmp_path / "results"
+    verdicts = [{"claim": "C5", "status": "reproduced", "guide": "1/4 size, >95%", "measured": "0.27 of fp32",
+                 "evidence": "int8 layers 27% of fp32, perplexity +0.4%"},
+                {"claim": "C9", "status": "not reproduced", "guide": "1.4x", "measured": "1.1x",
+                 "evidence": "continuous batching 1.1x static"}]
+    records.save("08_claims_ledger", {"preset": "ci"}, {"verdicts": verdicts, "counts": {
+        "reproduced": 1, "partly": 0, "not reproduced": 1}}, root=results)
+    case = {"final_stage": "int8 + batching + sdpa", "throughput_ratio": 3.1, "ttft_idle_ratio": 2.2,
+            "ttft_loaded_ratio": 4.0, "ppl_delta_pct": 0.8, "passed": False, "asserted": False,
+            "stages": [{"stage": "baseline", "status": "ok", "ttft_idle_ms": 812.0, "output_throughput": 4.1}],
+            "quality": [{"stage": "baseline", "ppl_delta_pct": 0.0}], "message": "measured"}
+    records.save("07_case_study", {"preset": "ci"}, case, root=results)
+    (tmp_path / "figures").mkdir()
+    for name in ("07_stages", "08_ledger_counts"):
+        (tmp_path / "figures" / f"{name}.png").write_bytes(b"png")
+    page = report.write_index(tmp_path).read_text()
+    ledger = _section(page, "08")
+    assert "<details" not in page and "<table class=claims>" in ledger  # open, in 08's section
+    assert "1 reproduced, 1 not reproduced" in ledger and '<a href="#lesson-08">' in page
+    for v in verdicts:
+        assert v["evidence"] in ledger and CLAIMS[v["claim"]].words in ledger.replace("&quot;", '"')
+    assert 'src="figures/08_ledger_counts.png"' in ledger
+    s07 = _section(page, "07")
+    assert "3.10x the baseline" in s07 and "+0.80%" in s07 and 'src="figures/07_stages.png"' in s07
+    for key in ("ppl_delta_pct", "ttft_idle_ratio", "ttft_loaded_ratio", "throughput_ratio", "ttft_idle_ms"):
+        assert key not in page and key.replace("_", " ") not in page, key  # a key, with or without underscores
+    assert "width:48%" not in page and "max-width:100%" in page  # one figure per row, at the column's width
+    para = s07.index(f"<p class=summary>{html.escape(report.QUESTIONS['07'])} On this machine: ")
+    assert para < s07.index("<figure>")  # the lesson's paragraph, then its figure
+
+
+def test_a_lesson_without_its_own_summary_shows_its_numbers_in_words():
+    from labkit.course import summaries
+
+    rows = summaries.generic({"ppl_delta_pct": 1.25, "ttft_idle_ratio": 2.0, "note": "text"})
+    assert rows == [["perplexity change (%)", "1.25"], ["idle TTFT, times lower than the baseline (x)", "2.00"]]
+
+
+def test_the_index_opens_with_the_advice_from_its_records(tmp_path):
+    """The recommendation heads the index; with no records it names the commands that make them, no number."""
+    from labkit.course import report
+
+    (tmp_path / "results").mkdir(parents=True)
+    page = report.write_index(tmp_path).read_text()
+    assert "What to run on this machine" in page
+    head = page.split("What to run on this machine", 1)[1].split("</pre>", 1)[0]
+    assert "notebook 01" in head or "--only 01" in head or "labkit course" in head

@@ -1,8 +1,10 @@
 """Figures and the course's index page (reports/index.html): what a learner reads first after a run.
 
-The index is headed by the claims ledger's summary and the case study's table, then the machine's headline
-rates, then one short summary per lesson (numbers with units, from the lesson's latest record) with its figures
-(click for full size), and a line for each lesson not run or not written yet.
+The index is headed by the claims ledger's counts and the case study's table, then the machine, then one section
+per lesson: the question it asks and its numbers (with units, from its latest record) in one paragraph, its
+figures one per row at the column's width (click for full size), or a line saying it has not run. Lesson 08's
+section holds the ledger itself, open: every claim, its verdict and the evidence. Metric keys never show: labels
+come from the summaries or from labkit.core.tables.words ("ppl_delta_pct" -> "perplexity change (%)").
 """
 
 from __future__ import annotations
@@ -35,36 +37,71 @@ def save_figure(fig, name: str) -> Path:
 
 # ---------------------------------------------------------------- the lessons
 
-def _table(rows: list[list[str]], head: list[str] | None = None) -> str:
+def _table(rows: list[list[str]], head: list[str] | None = None, cls: str = "") -> str:
     h = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>" if head else ""
-    return "<table>" + h + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    c = f" class={cls}" if cls else ""
+    return (f"<table{c}>" + h + "".join("<tr>" + "".join(f"<td>{x}</td>" for x in r) + "</tr>" for r in rows)
+            + "</table>")
+
+
+def _paragraph(les: catalog.Lesson, rows: list[list[str]]) -> str:
+    """The lesson's question and its numbers in one paragraph: "label: value; label: value." (rows are escaped
+    HTML already, as the summaries write them)."""
+    ask = QUESTIONS.get(les.id, "")
+    found = "; ".join(f"<b>{label}</b>: {text}" for label, text in rows if text != "–")  # not in this record
+    return f"<p class=summary>{html.escape(ask)}{' On this machine: ' + found + '.' if found else ''}</p>"
+
+
+def _gallery(figs: list[Path]) -> str:
+    """The figures one per row, each at the column's width at most (never shrunk below it), a click for full size."""
+    return "".join(f'<figure><a href="figures/{f.name}"><img src="figures/{f.name}" alt="{html.escape(f.stem)}" '
+                   f'title="{html.escape(f.stem)} (click for full size)"></a>'
+                   f"<figcaption>{html.escape(f.stem.split('_', 1)[-1].replace('_', ' '))}</figcaption></figure>"
+                   for f in figs)
 
 
 def _lesson_sections(reports: Path) -> str:
-    """One section per lesson of the catalog: its main record's summary and its figures, or why there is none."""
+    """One section per lesson of the catalog: its summary paragraph next to its figures, or why there is none;
+    lesson 08's holds the claims ledger."""
     figs = sorted(figures_dir(reports).glob("*.png"))
     parts = []
     for les in catalog.LESSONS:
-        head = f"<h3>{les.id} · {html.escape(les.title)}</h3>"
+        head = f'<section id="lesson-{les.id}"><h3>{les.id} · {html.escape(les.title)}</h3>'
         if not les.path.exists():
-            parts.append(head + "<p class=meta>not written yet</p>")
+            parts.append(head + "<p class=meta>not written yet</p></section>")
             continue
         rec = latest(les.record, reports / "results")
         if rec is None:
-            parts.append(head + f"<p class=meta>not run yet: <code>python -m labkit course --only {les.id}</code></p>")
+            parts.append(head + f"<p class=meta>not run yet: <code>python -m labkit course --only {les.id}</code>"
+                                "</p></section>")
             continue
         nb_html = reports / "notebooks" / f"{les.notebook}.html"
         link = f' · <a href="notebooks/{nb_html.name}">the executed notebook</a>' if nb_html.exists() else ""
         mine = [f for f in figs if f.name.startswith(f"{les.id}_")]
-        gallery = "".join(f'<a href="figures/{f.name}"><img src="figures/{f.name}" alt="{html.escape(f.stem)}" '
-                          f'title="{html.escape(f.stem)} (click for full size)"></a>' for f in mine)
+        body = _ledger(rec) if les.id == LEDGER_LESSON else _paragraph(les, les.summary(rec["metrics"]))
         parts.append(head + f"<p class=meta>{html.escape(rec['time'][:19])} · preset "
-                     f"{html.escape(str(rec['config'].get('preset')))}{link}</p>" + _table(les.summary(rec["metrics"]))
-                     + (f"<div class=gallery>{gallery}</div>" if gallery else ""))
+                     f"{html.escape(str(rec['config'].get('preset')))}{link}</p>{body}{_gallery(mine)}</section>")
     return "".join(parts)
 
 
 # ---------------------------------------------------------------- the case study and the ledger
+
+LEDGER_LESSON = "08"
+QUESTIONS = {  # what each lesson asks, the first sentence of its paragraph on the index
+    "00": "How to time an LLM: TTFT, TPOT and throughput as vLLM's benchmark defines them, the cold start, and the "
+          "noise floor below which a difference means nothing.",
+    "01": "What this machine can do: its memory bandwidth and matrix-multiply rates, and how far a baseline decode "
+          "and prefill are from the roofline floors they give.",
+    "02": "Fewer bits per weight: how much faster batch-1 decode gets, and how much perplexity each method costs.",
+    "03": "Pruning: which cuts make decode faster on this machine, and what they cost in perplexity.",
+    "04": "Splitting a model over ranks (tensor, pipeline, data parallelism): what the collectives cost here.",
+    "05": "Serving many requests: continuous batching against static batching and one request at a time.",
+    "06": "Attention kernels, torch.compile and precision: the speed and memory of each, at growing lengths.",
+    "07": "The guide's 13B stack (INT8, continuous batching, fast attention) applied stage by stage on this machine.",
+    "08": "Every claim of the guide, judged from the records the other lessons stored.",
+    "09": "The same engine over HTTP: what the server, JSON and streaming add to each request.",
+}
+
 
 def _latest_of(lesson_id: str, reports: Path) -> dict | None:
     """The newest main record of a lesson (None if it has not run, or this course has no such lesson)."""
@@ -73,8 +110,8 @@ def _latest_of(lesson_id: str, reports: Path) -> dict | None:
 
 
 CASE_COLUMNS = (("stage", "stage", ""), ("ttft_idle_ms", "idle TTFT", "ms"), ("ttft_p50_ms", "TTFT p50 loaded", "ms"),
-                ("output_throughput", "output", "tok/s"), ("throughput_x_prev", "x prev", "x"),
-                ("guide_factor", "guide x", "x"))
+                ("output_throughput", "output", "tok/s"), ("throughput_x_prev", "vs the stage before", "x"),
+                ("guide_factor", "the guide's factor", "x"))
 
 
 def _case_study_section(reports: Path) -> str:
@@ -83,15 +120,17 @@ def _case_study_section(reports: Path) -> str:
     if rec is None:
         return ""
     m = rec["metrics"]
-    ppl = {q["stage"]: q["perplexity"] for q in m.get("quality", [])}
-    head = [t + (f" ({u})" if u and u != "x" else "") for _, t, u in CASE_COLUMNS] + ["perplexity"]
+    ppl = {q["stage"]: q for q in m.get("quality", [])}
+    head = [t + (f" ({u})" if u and u != "x" else "") for _, t, u in CASE_COLUMNS] + [
+        "perplexity", "perplexity change (%)"]
     body = []
     for r in m.get("stages", []):
         if r.get("status", "ok") != "ok":  # a stage that could not run here: its reason in the row
             body.append([html.escape(r["stage"]), html.escape(r["status"])] + [""] * (len(head) - 2))
             continue
         body.append([fmt(r.get(k), u if u == "x" else "") if k != "stage" else html.escape(r[k])
-                     for k, _, u in CASE_COLUMNS] + [fmt(ppl.get(r["stage"]))])
+                     for k, _, u in CASE_COLUMNS] + [fmt(ppl.get(r["stage"], {}).get(k)) for k in (
+                         "perplexity", "ppl_delta_pct")])
     if m.get("asserted"):
         state = ("passed" if m.get("asserted_passed", m.get("passed")) else "FAILED") + (
             f", asserted: {' and '.join(m['asserted_ratios'])}" if m.get("asserted_ratios") else "")
@@ -103,18 +142,40 @@ def _case_study_section(reports: Path) -> str:
             + _table(body, head))
 
 
+def _counts_line(m: dict) -> str:
+    """"5 reproduced, 2 partly reproduced, ..." in the ledger's order of statuses (a record stores keys sorted)."""
+    from labkit.course.claims.verdict import STATUSES
+
+    counts = m.get("counts", {})
+    order = [s for s in STATUSES if s in counts] + sorted(s for s in counts if s not in STATUSES)
+    return ", ".join(f"{counts[s]} {html.escape(s)}" for s in order if counts[s])
+
+
+def _ledger(rec: dict) -> str:
+    """Notebook 08's record as the ledger, open: the verdict counts in a sentence, then every claim with the
+    guide's words, its verdict, the guide's figure, what was measured and the evidence."""
+    from labkit.course.claims.verdict import CLAIMS
+
+    m = rec["metrics"]
+    rows = []
+    for v in m.get("verdicts", []):
+        claim = CLAIMS.get(v.get("claim"))
+        rows.append([html.escape(str(v.get("claim", ""))), html.escape(claim.words if claim else ""),
+                     f"<b>{html.escape(str(v.get('status', '')))}</b>", html.escape(str(v.get("guide") or "")),
+                     html.escape(str(v.get("measured") or "")), html.escape(str(v.get("evidence") or ""))])
+    return (f"<p class=summary>{html.escape(QUESTIONS[LEDGER_LESSON])} The verdicts: {_counts_line(m)}.</p>"
+            + _table(rows, ["claim", "the guide says", "verdict", "the guide's figure", "measured here", "evidence"],
+                     cls="claims"))
+
+
 def _ledger_section(reports: Path) -> str:
-    """The claims ledger's summary (notebook 08's record), when there is one."""
-    rec = _latest_of("08", reports)
+    """The claims ledger's counts at the head of the page (notebook 08's record), when there is one; the table is
+    in lesson 08's section."""
+    rec = _latest_of(LEDGER_LESSON, reports)
     if rec is None:
         return ""
-    m = rec["metrics"]
-    counts = m.get("counts", {})
-    rows = [[html.escape(v["claim"]), html.escape(v["status"]), html.escape(v.get("evidence", ""))]
-            for v in m.get("verdicts", [])]
-    summary = ", ".join(f"{n} {html.escape(s)}" for s, n in counts.items() if n)
-    return (f"<h2>The guide's claims on this machine</h2><p>{summary}</p>"
-            f"<details><summary>every claim</summary>{_table(rows, ['claim', 'status', 'evidence'])}</details>")
+    return (f"<h2>The guide's claims on this machine</h2><p>{_counts_line(rec['metrics'])}. "
+            f'Every claim with its evidence: <a href="#lesson-{LEDGER_LESSON}">the ledger</a>.</p>')
 
 
 def write_index(reports: Path | None = None, run=None) -> Path:
@@ -152,21 +213,41 @@ def write_single_file(reports: Path | None = None, out: Path | None = None) -> P
     return atomic_write(Path(out) if out else reports / "course-report.html", page)
 
 
+def _advice_section(reports: Path) -> str:
+    """`python -m labkit advise` on this run's records (course.advise): what to run on this machine, from the
+    lessons' measurements, with what was not measured and the command that measures it."""
+    from labkit.course import advise
+
+    if not (reports / "results").exists():
+        return ""
+    try:
+        lines = advise.advise(root=reports / "results").lines
+    except Exception as e:  # the page still shows every lesson; the reason is shown instead of the advice
+        lines = [f"no recommendation: {type(e).__name__}: {e}"]
+    return ("<h2>What to run on this machine</h2><pre>" + html.escape("\n".join(lines)) + "</pre>"
+            "<p class=meta>From the latest records (python -m labkit advise --help for a model, users, TTFT).</p>")
+
+
 def _page(reports: Path, run) -> str:
     from labkit.core.hardware import describe, fingerprint
 
     status = ""
     if run is not None:
         rows = [[html.escape(r.name), "ok" if not r.error else "FAILED", fmt(r.seconds, "s"),
+                 fmt(getattr(r, "estimate_s", None), "s"), html.escape(getattr(r, "estimate_source", "") or ""),
                  html.escape(r.error or "")] for r in run.runs]
         total = sum(r.seconds for r in run.runs)
         status = (f"<h2>This run (preset {html.escape(run.preset)}, {fmt(total / 60, 'min')})</h2>"
-                  + _table(rows, ["notebook", "state", "time", "error"]))
+                  + _table(rows, ["notebook", "state", "time", "estimate", "estimated from", "error"]))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>labkit course report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}
-.meta{{color:#666}}.gallery img{{width:48%;margin:1%;border:1px solid #ddd}}</style>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;line-height:1.4}}
+table{{border-collapse:collapse;margin:.5em 0;display:block;overflow-x:auto;font-size:.92em}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}}
+table.claims td:nth-child(2),table.claims td:nth-child(6){{min-width:14em}}
+.meta{{color:#666}}.summary{{margin:.4em 0 .8em}}section{{margin-bottom:2em}}
+figure{{margin:.8em 0}}figure img{{display:block;max-width:100%;height:auto;border:1px solid #ddd}}
+figcaption{{color:#666;font-size:.85em}}</style>
 </head><body><h1>Local LLM speed course: report</h1>
-{_ledger_section(reports)}{_case_study_section(reports)}<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
+{_advice_section(reports)}{_ledger_section(reports)}{_case_study_section(reports)}<h2>Machine</h2><pre>{html.escape(describe(fingerprint()))}</pre>
 {status}<h2>Lessons</h2>{_lesson_sections(reports)}</body></html>"""
     return page

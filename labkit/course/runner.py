@@ -9,6 +9,10 @@ leaves nothing half-written in reports/: its executed copy, records and figures 
 whose path is printed. A failure names the notebook and the failing cell with its error. Every selected
 notebook's parameters are checked before the first one starts. The lessons, their notebooks and their order come
 from labkit.course.catalog; after the run, labkit.course.report writes the index.
+
+Before the first notebook the runner prints the plan (labkit.course.plan): the machine kind and each lesson's
+expected time here; after each lesson, what it took against that estimate (its last line says so when it ran over
+1.5x), and the seconds are stored (record `course_times`) for the next plan on this machine.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from labkit import ROOT
 from labkit.core.params import PRESETS, ParamError, check_preset
 from labkit.core.records import atomic_write, reports_dir
 from labkit.course import catalog
+from labkit.course import plan as course_plan
 from labkit.course.catalog import notebooks
 from labkit.course.report import write_index
 
@@ -45,6 +50,8 @@ class NotebookRun:
     html: Path | None = None
     error: str | None = None
     failed_copy: Path | None = None
+    estimate_s: float | None = None  # what the plan expected here (labkit.course.plan), and from what
+    estimate_source: str = ""
 
 
 @dataclass
@@ -126,9 +133,17 @@ WARNING_WORDS = ("Warning:", "WARNING", "warnings.warn")
 
 def output_problems(ipynb: Path) -> list[str]:
     """What a learner would trip over in an executed notebook: a cell that draws a figure but shows none, a
-    skip reason cut off by pandas ("skipped: ..." ending in an ellipsis), or a library warning in the output."""
+    skip reason cut off by pandas ("skipped: ..." ending in an ellipsis), a library warning in the output, an
+    object's repr instead of words (`PosixPath('...')`, a raw dict `{'k': ...}`, `<... object at 0x...>`), a
+    number in e-notation (3.047e+04) or a raw byte count (62940720: eight digits or more, no separators)."""
+    import re
+
     import nbformat
 
+    reprs = (("a path's repr", re.compile(r"\b(?:Posix|Windows)?Path\(")), ("a raw dict", re.compile(r"\{'")),
+             ("an object's repr", re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")))
+    numbers = (("a number in e-notation", re.compile(r"(?<![\w.])\d+(?:\.\d+)?e[+-]\d+\b")),
+               ("a raw count", re.compile(r"(?<![\w.,/:#-])\d{8,}(?![\w.,/:-])")))
     nb = nbformat.read(str(ipynb), as_version=4)
     problems = []
     for i, cell in enumerate(nb.cells):
@@ -140,6 +155,8 @@ def output_problems(ipynb: Path) -> list[str]:
         for o in outs:
             text = o.get("text", "") if o.get("output_type") == "stream" else "".join(
                 str(v) for k, v in o.get("data", {}).items() if k.startswith("text/"))
+            plain = o.get("text", "") if o.get("output_type") == "stream" else str(
+                o.get("data", {}).get("text/plain", ""))  # what the learner reads (a table's text, not its HTML)
             if o.get("output_type") == "stream" and o.get("name") == "stderr" and any(
                     w in text for w in WARNING_WORDS):
                 problems.append(f"cell {i} leaks a warning: {text.strip().splitlines()[0][:160]}")
@@ -147,6 +164,10 @@ def output_problems(ipynb: Path) -> list[str]:
                 if "skipped:" in line and ("..." in line.split("skipped:", 1)[1] or "…" in line):
                     problems.append(f"cell {i} cuts a skip reason: {line.strip()[:160]}")
                     break
+            for what, pattern in reprs + numbers if o.get("name") != "stderr" else ():  # stderr: logs, not lesson
+                if m := pattern.search(plain):
+                    line = next(x for x in plain.splitlines() if m.group(0) in x)
+                    problems.append(f"cell {i} shows {what}: {line.strip()[:160]}")
     return problems
 
 
@@ -280,20 +301,33 @@ def run_notebook(nb_id: str, preset: str = "ci", params: dict | None = None, rep
     return NotebookRun(nb_id, path.stem, seconds, output=final, html=html)
 
 
-def run_course(preset: str = "ci", only: str | list[str] | None = None, params: dict | None = None,
-               reports: Path | None = None, stop_on_error: bool = True) -> CourseRun:
-    """Run the selected notebooks in teaching order, then write reports/index.html."""
+def course_plan_for(preset: str = "ci", only: str | list[str] | None = None, params: dict | None = None,
+                    reports: Path | None = None, fp: dict | None = None) -> course_plan.Plan:
+    """The plan of a run (machine kind, expected seconds per lesson), every parameter checked first."""
     check_preset(preset)
     ids = select(only)
     check_shared(ids, params)
     for nb_id in ids:  # every name checked before the first notebook starts
         check_parameters(nb_id, {"preset": preset, **params_for(nb_id, params)})
     reports = Path(reports) if reports is not None else reports_dir()
+    return course_plan.make_plan(ids, preset, {i: params_for(i, params) for i in ids}, reports, fp)
+
+
+def run_course(preset: str = "ci", only: str | list[str] | None = None, params: dict | None = None,
+               reports: Path | None = None, stop_on_error: bool = True, fp: dict | None = None) -> CourseRun:
+    """Print the plan, run the selected notebooks in teaching order (each one's time against its estimate),
+    then write reports/index.html. `fp`: the machine's fingerprint (taken now if None)."""
+    reports = Path(reports) if reports is not None else reports_dir()
+    plan = course_plan_for(preset, only, params, reports, fp)
+    print("\n".join(plan.lines()), flush=True)
+    ids = list(plan.estimates)
     run = CourseRun(preset)
     for k, nb_id in enumerate(ids, 1):
         name = notebooks()[nb_id].stem
-        print(f"[{k}/{len(ids)}] {name} (preset {preset}) ...", flush=True)
+        est = plan.estimates[nb_id]
+        print(f"[{k}/{len(ids)}] {name} (preset {preset}; {est.short()}) ...", flush=True)
         r = run_notebook(nb_id, preset, params_for(nb_id, params), reports)
+        r.estimate_s, r.estimate_source = est.seconds, est.source
         run.runs.append(r)
         if r.error:
             print(f"      FAILED after {r.seconds:.0f} s: {r.error}", flush=True)
@@ -304,6 +338,8 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
                 break
         else:
             print(f"      done in {r.seconds:.0f} s -> {r.output}", flush=True)
+            course_plan.record_time(plan, est, r.seconds, params_for(nb_id, params), reports)
+            print(f"      {course_plan.outcome_line(est, r.seconds)}", flush=True)
     write_index(reports, run)
     return run
 
@@ -351,4 +387,4 @@ def load_params_file(path: Path) -> dict:
     return data
 
 
-__all__ = ["PRESETS", "ROOT", "CourseError", "run_course", "run_notebook", "notebooks", "select"]
+__all__ = ["PRESETS", "ROOT", "CourseError", "course_plan_for", "run_course", "run_notebook", "notebooks", "select"]

@@ -126,6 +126,34 @@ def serving(m: dict) -> list[list[str]]:
             for r in table[:5] if r.get("in process") is not None]
 
 
+def case_study(m: dict) -> list[list[str]]:
+    """Notebook 07: the final stage against the baseline, each ratio in words, and whether the bars were met."""
+    if not m.get("final_stage"):
+        return generic(m)
+    rows = [["final stage", html.escape(str(m["final_stage"]))],
+            ["output throughput", f"{fmt(m.get('throughput_ratio'), 'x')} the baseline's"],
+            ["idle TTFT", f"{fmt(m.get('ttft_idle_ratio'), 'x')} lower than the baseline's"],
+            ["TTFT under load", f"{fmt(m.get('ttft_loaded_ratio'), 'x')} lower than the baseline's"]]
+    if m.get("ppl_delta_pct") is not None:
+        rows.append(["perplexity change", f"{m['ppl_delta_pct']:+.2f}%"])
+    rows.append(["the guide's bars", ("met" if m.get("passed") else "not all met") + (
+        "" if m.get("asserted") else " (not asserted on this hardware)")])
+    return rows
+
+
+def ledger(m: dict) -> list[list[str]]:
+    """Notebook 08: how many of the guide's claims got each verdict."""
+    from labkit.course.claims.verdict import STATUSES
+
+    counts = m.get("counts", {})
+    order = [s for s in STATUSES if s in counts] + sorted(s for s in counts if s not in STATUSES)
+    return [[html.escape(status), str(counts[status])] for status in order if counts[status]]
+
+
 def generic(m: dict, limit: int = 8) -> list[list[str]]:
+    """A lesson with no summary of its own: its first `limit` numbers, each key in words with its unit
+    (labkit.core.tables.words: "ppl_delta_pct" -> "perplexity change (%)")."""
+    from labkit.core.tables import words
+
     scal = [(k, v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return [[html.escape(k.replace("_", " ")), fmt(v)] for k, v in scal[:limit]]
+    return [[html.escape(words(k)), fmt(v)] for k, v in scal[:limit]]

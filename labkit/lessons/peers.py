@@ -5,8 +5,9 @@ This module converts one model for each, checks that the conversion computes the
 trained embedded model equal transformers'), and times batch-1 prefill and decode of every engine in rotating
 rounds (labkit.core.bench.run_rounds), so each ratio comes from runs made side by side on one machine.
 
-Both engines are optional extras (README, "Peers"): a peer that is not installed is a row "skipped: <reason>"
-with the command that installs it, never a guess.
+Every peer is an optional extra (README, "Peers"; the table and `missing` live in labkit.lessons.peer_runtimes
+and are importable from here): a peer that is not installed is a row "skipped: <reason>" with the command that
+installs it, never a guess. OpenVINO GenAI and ONNX Runtime GenAI are such rows only: not converted or timed yet.
 
 - `to_gguf` writes the model as a GGUF file with the `gguf` package (llama.cpp's own file library): the tensors
   under llama.cpp's names, the query and key rows permuted as llama.cpp's converter does, and no tokenizer (the
@@ -19,7 +20,6 @@ with the command that installs it, never a guess.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,26 +29,11 @@ from torch import nn
 
 from labkit.core.bench import RequestTiming
 from labkit.core.units import mib, than
+from labkit.lessons.peer_runtimes import INSTALL, NOT_CONVERTED, missing, not_converted
 
 EXPERIMENT = "peers"  # the record `python -m labkit peers` writes; notebook 02 shows the latest
-INSTALL = {
-    "llama.cpp": 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python gguf   (builds ggml, ~15 min on 2 cores)',
-    "ctranslate2": "pip install ctranslate2",
-}
-_MODULES = {"llama.cpp": ("llama_cpp", "gguf"), "ctranslate2": ("ctranslate2",)}
 GGUF_TYPES = {"f32": 0, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.h's LLAMA_FTYPE_* for llama_model_quantize
 GGUF_BITS = {"f32": 32, "bf16": 16, "q8_0": 8.5, "q4_0": 4.5}  # per weight, block scales included
-
-
-def missing(engine: str) -> str | None:
-    """Why `engine` ("llama.cpp" or "ctranslate2") cannot run here, with the command that installs it; None
-    when it can."""
-    if engine not in INSTALL:
-        raise ValueError(f"unknown peer {engine!r}; choose one of {list(INSTALL)}")
-    absent = [m for m in _MODULES[engine] if importlib.util.find_spec(m) is None]
-    if absent:
-        return f"{engine} is not installed ({', '.join(absent)} missing); install it with: {INSTALL[engine]}"
-    return None
 
 
 # ---------------------------------------------------------------- conversion
@@ -281,6 +266,9 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
                 continue
             c.name, c.engine, c.cold_s = name, engine, time.perf_counter() - t0
             paths.append(c)
+    for engine, kinds in NOT_CONVERTED.items():  # rows only: each says how to install it, or that it is not timed
+        why = not_converted(engine, missing(engine))
+        paths += [Contender(f"{engine} {kind}", engine, skipped=why) for kind in kinds]
     return paths
 
 
@@ -443,8 +431,6 @@ def check_tokens(model: nn.Module, tokenizer, prompt: str, new_tokens: int, work
 def _agree(ref: list[int], got: list[int]) -> tuple[bool, int | None]:
     first = next((i for i, (a, b) in enumerate(zip(ref, got, strict=False)) if a != b), None)
     return ref == got, first if first is not None else (None if len(ref) == len(got) else min(len(ref), len(got)))
-
-
 
 
 def latest_lines(root=None) -> tuple[object, list[str]]:

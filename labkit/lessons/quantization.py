@@ -47,6 +47,12 @@ HEAD_INT8 = "fp32, int8 head"
 # int8-dynamic decode 27.2 vs 23.0 ms and prefill 302 vs 150 ms without; int8-weight-only the same either way.
 COMPILE_OPTIONS = {"fp32": {"freezing": True}, "bf16": {"freezing": True}}
 SPEED_PREFERS_BF16 = ("int8-weight-only", "int8-dynamic", "int4-rtn", "bnb-nf4")
+# The ci preset's budget for the whole lesson (issue 29: notebook 02 at most ~3.5 minutes on every CPU the course has
+# met); the speed rows take what the quality part left, less a share kept for the cells after the speed table (the
+# record, two figures, the verdicts). Below BUDGET_MIN_S not even the references' probes would fit.
+BUDGET_CI_S = 200.0
+BUDGET_MIN_S = 30.0
+AFTER_SPEED_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -64,10 +70,11 @@ class Settings:
     n_calib: int  # GPTQ/AWQ calibration windows and their length
     calib_len: int
     n_prompts: int  # prompts for greedy-token agreement
+    budget_s: float | None = None  # seconds the whole lesson may take here (None: no budget; labkit.core.budget)
 
 
 def settings(preset: str, *, model: str, device: str, seed: int, bits: int, group_size: int, methods,
-             compiled, layers) -> Settings:
+             compiled, layers, budget_s=None) -> Settings:
     """Check notebook 02's parameters in the order the notebook lists them (a bad one fails at once, naming the
     valid choices: labkit.core.params) and fill in what the preset decides."""
     from labkit.core.models import SHAPES, shape
@@ -86,8 +93,15 @@ def settings(preset: str, *, model: str, device: str, seed: int, bits: int, grou
     layers = default("layers", layers, preset, ci=1, full=4, min=1, max=shape(model).num_hidden_layers)
     prompt_len, new_tokens, repeats = pick(preset, ci=(256, 8, 2), full=(512, 32, 5))
     ppl_tokens, n_calib, calib_len, n_prompts = pick(preset, ci=(2048, 4, 256, 4), full=(None, 64, 512, 16))
+    budget_s = default("budget_s", budget_s, preset, ci=BUDGET_CI_S, full=None, kind=float, min=BUDGET_MIN_S)
     return Settings(device, methods, list(compiled), layers, prompt_len, new_tokens, repeats, ppl_tokens, n_calib,
-                    calib_len, n_prompts)
+                    calib_len, n_prompts, budget_s)
+
+
+def speed_deadline(budget_s: float | None, started: float) -> float | None:
+    """The time.perf_counter() by which the speed rounds must end for the lesson, started at `started`, to fit
+    `budget_s`: the budget less AFTER_SPEED_SHARE of it for the cells after the speed table. None: no budget."""
+    return None if budget_s is None else started + budget_s * (1 - AFTER_SPEED_SHARE)
 
 
 def base_dtype(method: str, device: str, prefer: str = "fp32") -> str:
@@ -197,7 +211,8 @@ def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool) -> tuple
 
 def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int = 32, new_tokens: int = 16,
                       repeats: int = 3, seed: int = 0, progress: bool = True,
-                      compiled: tuple[str, ...] = (), hw=None) -> pd.DataFrame:
+                      compiled: tuple[str, ...] = (), hw=None, deadline: float | None = None,
+                      budget_s: float | None = None) -> pd.DataFrame:
     """Speed of each method on a (shape-faithful) fp32 model: prefill (time to first token) and decode
     (time per output token) at batch 1, as ratios against fp32 and bf16 measured side by side: every model
     serves one request per round, rounds rotating the order (labkit.core.bench.run_rounds), and a ratio is the
@@ -209,10 +224,16 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
 
     With `hw` (a labkit.core.roofline.Card: notebook 01's profile) each row also gets its floors: decode = the bytes a
     step reads (this model's own stored weights and the KV cache) / bandwidth, prefill = FLOPs / the matmul rate
-    of the number type the method computes in; and the fraction of each floor the measurement reached."""
+    of the number type the method computes in; and the fraction of each floor the measurement reached.
+
+    With a `deadline` (a time.perf_counter() value, `speed_deadline`: the lesson's `budget_s`) each row is first
+    probed once with 2 tokens (its cold call), and labkit.core.budget.choose decides from those costs what the
+    rounds run: rows that would blow the budget are timed with fewer tokens, in one round beside fp32 and bf16, or
+    not run, their status then "not run here: would take ~N s ...; run with -p budget_s=M". Each cut row says so
+    in `timed`; `out.attrs["budget"]` holds the plan."""
     import pandas as pd
 
-    from labkit.core.bench import generate_timed, run_rounds
+    from labkit.core.bench import generate_timed
     from labkit.core.models import prompt_ids
     from labkit.techniques.decode import StaticDecoder, count_compiles
 
@@ -223,7 +244,8 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     def timed(rt) -> dict:
         return {"ttft": rt.ttft, "tpot": rt.tpot}
 
-    callers = {name: (lambda m=mod: timed(generate_timed(m, ids, new_tokens)[0])) for name, mod in runners.items()}
+    # row -> a call generating `t` tokens
+    callers = {name: (lambda t, m=mod: timed(generate_timed(m, ids, t)[0])) for name, mod in runners.items()}
     order = ["fp32", "bf16", *methods]
     for name in compiled:
         key = f"{name}+compile"
@@ -245,11 +267,14 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
             rows[key]["status"] = f"wrong tokens: {wrong}"
             continue
         rows[key].update({f"prefill_{k}": v for k, v in dec.choose_prefill(ids, repeats=1).items()})
-        callers[key] = lambda d=dec: timed(d.generate(ids, new_tokens)[0])
+        callers[key] = lambda t, d=dec: timed(d.generate(ids, t)[0])
     with torch.inference_mode(), count_compiles() as during:
-        r = run_rounds(callers, repeats, progress=progress)
-    for name in callers:
-        first = rows[name].get("compile_first_call_s", r.cold[name]["s"])  # a compiled path's includes compiling
+        timing = _time_rows(callers, repeats, new_tokens, deadline, budget_s, progress)
+    for name, note in (timing.choice.notes if timing.choice else {}).items():
+        rows[name]["timed" if name in timing.rounds_of else "status"] = note
+    for name in timing.rounds_of:
+        r = timing.rounds_of[name]
+        first = rows[name].get("compile_first_call_s", timing.cold[name]["s"])  # a compiled path's: compiling
         rows[name].update({"cold_s": first, "prefill_ms": 1e3 * r.median(name, "ttft"),
                            "decode_ms_per_token": 1e3 * r.median(name, "tpot")})
         for ref in ("fp32", "bf16"):
@@ -258,18 +283,72 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
         if name.endswith("+compile"):  # the compiled path against its own eager row, in words from the rounds
             eager = name.removesuffix("+compile")
             for phase, metric in (("prefill", "ttft"), ("decode", "tpot")):
+                if timing.rounds_of.get(eager) is not r:
+                    rows[name][f"{phase}_vs_eager"] = "not compared (timed in other rounds to fit the budget)"
+                    continue
                 ratio = r.ratio(eager, name, metric)
                 rows[name][f"{phase}_x_vs_eager"] = ratio.value
                 rows[name][f"{phase}_vs_eager"] = ratio.words()
     if hw is not None:
         for name, row in rows.items():
-            if name in callers:
+            if name in timing.rounds_of:
                 row.update(_floors(runners[name.removesuffix("+compile")], name, row, prompt_len, new_tokens, hw,
                                    getattr(fp32, "labkit_shape", None)))
     out = pd.DataFrame([rows[m] for m in order])
-    out.attrs["load"] = r.load
+    out.attrs["load"] = timing.load
     out.attrs["recompiles_while_timed"] = during.stats.frames  # 0: every compiled path stayed on its graphs
+    out.attrs["budget"] = timing.summary()
     return out
+
+
+@dataclass
+class _Timing:
+    """What `_time_rows` measured: the Rounds each timed row's numbers come from, the first call of each row, the
+    load while timing, and the budget's choice (None: no budget, every row in `repeats` rounds)."""
+
+    rounds_of: dict
+    cold: dict
+    load: dict
+    choice: object = None
+    probe_s: float = 0.0
+
+    def summary(self) -> dict | None:
+        c = self.choice
+        if c is None:
+            return None
+        return {"budget_s": c.budget_s, "wanted_s": c.wanted_s, "planned_s": c.seconds, "probe_s": self.probe_s,
+                "rounds": c.rounds, "once": c.once, "not_run": c.not_run, "tokens": c.tokens, "over": c.over}
+
+
+def _time_rows(callers: dict, repeats: int, new_tokens: int, deadline: float | None, budget_s: float | None,
+               progress: bool) -> _Timing:
+    """Time `callers` (row -> call of `t` tokens) in rotating rounds: all of them as asked without a deadline; with
+    one, after a 2-token probe of each, what labkit.core.budget.choose fits into the time left."""
+    from labkit.core.bench import run_rounds
+    from labkit.core.budget import MIN_TOKENS, RowCost, choose
+
+    if deadline is None:
+        r = run_rounds({n: (lambda f=f: f(new_tokens)) for n, f in callers.items()}, repeats, progress=progress)
+        return _Timing({n: r for n in callers}, r.cold, r.load)
+    t0 = time.perf_counter()
+    cold = {}
+    for name, f in callers.items():  # the probe is each row's cold call
+        t = time.perf_counter()
+        cold[name] = {"s": 0.0, **f(MIN_TOKENS)}
+        cold[name]["s"] = time.perf_counter() - t
+    probe_s = time.perf_counter() - t0
+    costs = {n: RowCost(c["ttft"], c["tpot"]) for n, c in cold.items()}
+    choice = choose(costs, max(deadline - time.perf_counter(), 0.0), repeats, new_tokens,
+                    lesson_budget_s=budget_s)
+    main = run_rounds({n: (lambda f=callers[n], t=choice.tokens[n]: f(t)) for n in choice.main}, choice.rounds,
+                      cold=False, progress=progress)
+    rounds_of = {n: main for n in choice.main}
+    if choice.once:
+        refs = [n for n in choice.main if n in ("fp32", "bf16")]
+        once = run_rounds({n: (lambda f=callers[n], t=choice.tokens[n]: f(t)) for n in [*refs, *choice.once]}, 1,
+                          cold=False, progress=progress, desc="slow rows, once")
+        rounds_of.update({n: once for n in choice.once})
+    return _Timing(rounds_of, cold, main.load, choice, probe_s)
 
 
 NEAR_TIE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}  # top-2 gaps rounding may decide either way (no base)

@@ -57,6 +57,23 @@ def skipped(df) -> list[str]:
     return [f"{r['method']}: {r['status']}" for _, r in df.iterrows() if r["status"] != "ok"]
 
 
+def budget_lines(speed) -> list[str]:
+    """What the lesson's time budget (`budget_s`) did to the speed rows: the time left, what the preset's sizes
+    would have cost here (from each row's 2-token probe), and every row timed with fewer tokens or rounds. Rows not
+    run are listed by `skipped` with their estimate. No budget: one line saying so."""
+    b = speed.attrs.get("budget")
+    if not b:
+        return ["no time budget: every row timed at the preset's sizes"]
+    out = [f"budget: {b['budget_s']:.0f} s were left for the timing rounds after a 2-token probe of each row "
+           f"({b['probe_s']:.0f} s); the preset's sizes would take ~{b['wanted_s']:.0f} s here, the plan ~"
+           f"{b['planned_s']:.0f} s" + ("" if b["wanted_s"] > b["budget_s"] else ": everything fits")]
+    if "timed" in speed:
+        out += [f"  {r['method']}: {r['timed']}" for _, r in speed.iterrows() if isinstance(r["timed"], str)]
+    if b.get("over"):
+        out.append(f"  {b['over']}")
+    return out
+
+
 def prediction_lines(speed, profile: dict | None) -> list[str]:
     """Notebook 01 predicted each dtype's decode speed-up over fp32 from its matrix-vector probes; these lines set
     that next to what was measured here, and where they differ by more than 1.5x, say from the fractions of the

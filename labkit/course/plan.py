@@ -1,0 +1,199 @@
+"""The course's plan on this machine: what kind of machine it is and how long each lesson should take here, printed
+before the first notebook starts, then each lesson's time set against its estimate.
+
+A fixed preset takes 16 minutes on one CPU and 44 on another (issue 29), so a learner needs the expected time of
+*this* machine. Each lesson's estimate comes from the best source there is, in this order:
+1. its last run on this machine (same CPU kind, speed-deciding features, usable cores and GPUs), preset and
+   parameters: the runner stores every successful lesson's seconds as a record `course_times` (with the
+   fingerprint, the estimate it had and where that came from);
+2. the catalog's reference time (`Lesson.reference_s`, the ci preset on `catalog.REFERENCE`'s machine) scaled by
+   notebook 01's profile of this machine: half of it by the fp32 matmul rate, half by the memory bandwidth, each
+   against the reference's (when both sides' rates are known);
+3. the reference time as it is, with a note saying it is not scaled and why.
+A lesson with a time budget (`budget_s`, e.g. notebook 02) is expected to take at most its budget. A lesson that
+runs over OVER_FACTOR times its estimate says so in the runner's last line for it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.core import records
+from labkit.course import catalog
+
+TIMES = "course_times"  # the record of one lesson's run: its seconds, the machine and the estimate it had
+OVER_FACTOR = 1.5  # a lesson that takes longer than this many times its estimate says so
+COMPUTE_SHARE = 0.5  # the share of a lesson's time that scales with the fp32 matmul rate (the rest: bandwidth)
+FEATURES = (("avx2", "AVX2"), ("avx512", "AVX-512"), ("vnni", "VNNI"), ("avx512_bf16", "AVX512-BF16"), ("amx", "AMX"))
+
+
+def machine(fp: dict | None = None) -> dict:
+    """The machine kind from a fingerprint (labkit.core.hardware.fingerprint; taken now if None): the CPU model, the
+    features that decide its speed (AVX2, AVX-512, VNNI, AVX512-BF16, AMX), its usable cores and its GPUs."""
+    if fp is None:
+        from labkit.core.hardware import fingerprint
+
+        fp = fingerprint()
+    isa = fp.get("isa", {})
+    return {"cpu": fp.get("cpu", "?"), "avx2": bool(isa.get("avx2")), "avx512": bool(isa.get("avx512f")),
+            "vnni": bool(isa.get("avx512_vnni") or isa.get("avx_vnni")), "avx512_bf16": bool(isa.get("avx512_bf16")),
+            "amx": bool(isa.get("amx_bf16") or isa.get("amx_int8")), "cores": fp.get("usable_cores"),
+            "gpus": [g.get("name", "?") for g in fp.get("gpus", [])]}
+
+
+def machine_key(m: dict) -> str:
+    """One string per machine kind: two machines with the same key run a lesson in about the same time."""
+    feats = ",".join(k for k, _ in FEATURES if m.get(k)) or "none"
+    return f"{m['cpu']}|{feats}|{m['cores']} cores|{'+'.join(m['gpus']) or 'no GPU'}"
+
+
+def describe_machine(m: dict) -> str:
+    feats = ", ".join(f"{label} {'yes' if m.get(k) else 'no'}" for k, label in FEATURES)
+    return f"{m['cpu']}; {feats}; {m['cores']} usable cores; GPU: {', '.join(m['gpus']) or 'none'}"
+
+
+def profile_rates(reports: Path, key: str) -> dict | None:
+    """fp32 matmul GFLOP/s and best bandwidth GB/s from notebook 01's latest profile, if it was measured on a
+    machine of this kind (a profile from another machine says nothing about this one)."""
+    rec = records.latest(catalog.HARDWARE_PROFILE, Path(reports) / "results")
+    if rec is None or machine_key(machine(rec["fingerprint"])) != key:
+        return None
+    probes = rec["metrics"].get("probes", {})
+    p = probes.get(rec["metrics"].get("device", "cpu")) or probes.get("cpu") or {}
+    fp32, bw = p.get("matmul_gflops", {}).get("fp32"), p.get("bandwidth_gbps", {}).get("best")
+    return {"fp32_gflops": fp32, "bandwidth_gbps": bw} if fp32 and bw else None
+
+
+@dataclass
+class Estimate:
+    """A lesson's expected seconds here (None: nothing to go by), where they came from in words, and the kind of
+    source: "measured here", "scaled", "reference" or "none"."""
+
+    id: str
+    notebook: str
+    seconds: float | None
+    source: str
+    basis: str
+    brief: str = ""  # the source in a few words, for the plan's table
+
+    def short(self) -> str:
+        return "no estimate" if self.seconds is None else f"expected ~{_span(self.seconds)}"
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _same(params: dict | None) -> str:
+    return json.dumps(params or {}, sort_keys=True, default=str)
+
+
+def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str, times: list[dict],
+             rates: dict | None, reference: dict | None = None) -> Estimate:
+    """The estimate of one lesson (see the module's docstring): `times` are the `course_times` records (oldest
+    first), `rates` this machine's profile rates (profile_rates), `reference` catalog.REFERENCE."""
+    reference = catalog.REFERENCE if reference is None else reference
+    params = params or {}
+    mine = [t for t in times if t["config"].get("lesson") == lesson.id and t["config"].get("preset") == preset
+            and t["config"].get("machine_key") == key and _same(t["config"].get("params")) == _same(params)]
+    if mine:
+        when = _dt.datetime.fromisoformat(mine[-1]["time"]).strftime("%Y-%m-%d %H:%M")
+        return Estimate(lesson.id, lesson.notebook, float(mine[-1]["metrics"]["seconds"]),
+                        f"its last run on this machine ({when} UTC)", "measured here", f"last run here, {when}")
+    if lesson.reference_s is None or preset != reference.get("preset"):
+        return Estimate(lesson.id, lesson.notebook, None, f"no run on this machine and no {preset} reference time",
+                        "none", "no run here, no reference")
+    ref = float(lesson.reference_s)
+    known = rates and reference.get("fp32_gflops") and reference.get("bandwidth_gbps")
+    if known:
+        factor = (COMPUTE_SHARE * reference["fp32_gflops"] / rates["fp32_gflops"]
+                  + (1 - COMPUTE_SHARE) * reference["bandwidth_gbps"] / rates["bandwidth_gbps"])
+        secs, basis, brief = ref * factor, "scaled", f"reference x {factor:.2f} (profile)"
+        source = (f"the reference time {ref:.0f} s x {factor:.2f} (fp32 matmul {rates['fp32_gflops']:.0f} vs "
+                  f"{reference['fp32_gflops']:.0f} GFLOP/s, bandwidth {rates['bandwidth_gbps']:.0f} vs "
+                  f"{reference['bandwidth_gbps']:.0f} GB/s: notebook 01's profile here against the reference's)")
+    else:
+        secs, basis, brief = ref, "reference", "reference, not scaled"
+        why = ("no notebook-01 profile of this machine yet" if not rates else
+               "the reference machine's rates are not recorded")
+        source = f"the reference time on {reference.get('machine', 'the reference machine')}, not scaled: {why}"
+    budget = params.get("budget_s", lesson.budget_s if preset == "ci" else None)
+    if isinstance(budget, (int, float)) and secs > budget:
+        secs, brief = float(budget), f"its budget_s={budget:.0f}"
+        source = f"{brief} (capping {source})"
+    return Estimate(lesson.id, lesson.notebook, secs, source, basis, brief)
+
+
+@dataclass
+class Plan:
+    preset: str
+    machine: dict
+    key: str
+    fingerprint: dict
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    rates: dict | None = None
+
+    @property
+    def total_s(self) -> float:
+        return sum(e.seconds for e in self.estimates.values() if e.seconds is not None)
+
+    def lines(self) -> list[str]:
+        """The plan as the runner prints it before the first notebook."""
+        out = [f"Plan for preset {self.preset} on this machine: {describe_machine(self.machine)}",
+               "  rates: " + (f"fp32 matmul {self.rates['fp32_gflops']:.0f} GFLOP/s, bandwidth "
+                              f"{self.rates['bandwidth_gbps']:.0f} GB/s (notebook 01's profile)" if self.rates else
+                              "no notebook-01 profile of this machine yet")]
+        for e in self.estimates.values():
+            t = "       ?" if e.seconds is None else f"{_span(e.seconds):>8}"
+            out.append(f"  {e.notebook:<26}{t}  ({e.brief})")
+        unknown = sum(e.seconds is None for e in self.estimates.values())
+        out.append(f"  in all ~{_span(self.total_s)}" + (f", and {unknown} with no estimate" if unknown else ""))
+        if any(e.basis in ("reference", "scaled") for e in self.estimates.values()):
+            ref = catalog.REFERENCE
+            out.append(f"  reference: the {ref['preset']} preset's times on {ref['machine']} ({ref['source']})")
+        unscaled = next((e.source for e in self.estimates.values() if e.basis == "reference"), None)
+        if unscaled:
+            out.append(f"  not scaled to this machine: {unscaled.rsplit(': ', 1)[-1].rstrip(')')}")
+        return out
+
+
+def make_plan(ids: list[str], preset: str, params_by_id: dict[str, dict], reports: Path,
+              fp: dict | None = None) -> Plan:
+    """The plan of the lessons `ids` (catalog ids) with their parameters, from what `reports` holds."""
+    if fp is None:
+        from labkit.core.hardware import fingerprint
+
+        fp = fingerprint()
+    m = machine(fp)
+    key = machine_key(m)
+    times = records.read_records(Path(reports) / "results", TIMES)
+    rates = profile_rates(reports, key)
+    plan = Plan(preset, m, key, fp, rates=rates)
+    for i in ids:
+        plan.estimates[i] = estimate(catalog.lesson(i), preset, params_by_id.get(i), key, times, rates)
+    return plan
+
+
+def outcome_line(est: Estimate, seconds: float) -> str:
+    """What a lesson took against its estimate; over OVER_FACTOR times it, the line says so in capitals."""
+    if est.seconds is None or est.seconds <= 0:
+        return f"took {seconds:.0f} s (no estimate: {est.source})"
+    ratio = seconds / est.seconds
+    line = f"took {seconds:.0f} s against an estimate of {est.seconds:.0f} s ({ratio:.2f}x)"
+    if ratio > OVER_FACTOR:
+        line = (f"OVER ITS ESTIMATE: {line}, more than {OVER_FACTOR}x; the estimate came from {est.source}")
+    return line
+
+
+def record_time(plan: Plan, est: Estimate, seconds: float, params: dict | None, reports: Path) -> Path:
+    """Store one successful lesson's seconds with the machine and the estimate it had (the record `course_times`):
+    the next plan on this machine starts from it."""
+    config = {"lesson": est.id, "notebook": est.notebook, "preset": plan.preset, "params": params or {},
+              "machine_key": plan.key, "machine": plan.machine}
+    metrics = {"seconds": seconds, "estimate_s": est.seconds, "estimate_source": est.source,
+               "estimate_basis": est.basis, "x_estimate": seconds / est.seconds if est.seconds else None}
+    return records.write_record(records.make_record(TIMES, config, metrics, fingerprint=plan.fingerprint),
+                                Path(reports) / "results")
