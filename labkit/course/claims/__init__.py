@@ -5,7 +5,9 @@ the thresholds from the constants here, so the words and the code cannot drift a
 latest records of every lesson and shows the whole ledger. The package is split by job: `verdict` (the claims,
 statuses and Verdict), one module per group of lessons (`measuring` 00-01, `compression` 02-03, `parallelism` 04,
 `serving` 05 and 07, `kernels` 06) and `ledger` (which record each claim reads; counts, words, the figure); this
-file only gathers their public names, so `claims.c10` and `claims.ledger` read as before.
+file only gathers their public names, so `claims.c10` and `claims.ledger` read as before. Every judge builds
+Checks (verdict.Check: a measured figure, the bar, what it decided) and `verdict.judged` turns them into the status
+and the evidence together.
 """
 
 from labkit.course.claims.compression import (
@@ -24,6 +26,7 @@ from labkit.course.claims.compression import (
     c13,
 )
 from labkit.course.claims.kernels import (
+    C10_EMPTY_CACHE_MIN,
     C10_MEMORY_CUT,
     C10_TOLERANCE,
     C11_MEMORY_SAVING,
@@ -32,8 +35,19 @@ from labkit.course.claims.kernels import (
     c11,
     kernels_verdicts,
 )
-from labkit.course.claims.ledger import COLOURS, SOURCES, counts, ledger, plot_counts, source_records, what_to_trust
+from labkit.course.claims.ledger import (
+    COLOURS,
+    SOURCES,
+    counts,
+    holds_here,
+    ledger,
+    plot_counts,
+    source_records,
+    what_to_trust,
+)
 from labkit.course.claims.measuring import (
+    C1_OPTIMIZED_S,
+    C2_FLOOR_FRACTION,
     COLD_START_RANGE,
     GUIDE_PROMPT_TOKENS,
     MIN_REPEATS,
@@ -48,27 +62,42 @@ from labkit.course.claims.parallelism import C3_MODEL, C8_MODELS, NODE, SPLIT_TO
 from labkit.course.claims.serving import CB_THROUGHPUT_MIN, CB_VARIANCE_MAX, c9, c12, c16
 from labkit.course.claims.verdict import (
     CLAIMS,
+    GPU_MARK,
+    INCONCLUSIVE,
     NOT_MEASURABLE,
     NOT_MEASURED,
     NOT_REPRODUCED,
     PARTLY,
     REPRODUCED,
+    ROUNDS_AGREE,
+    SAID,
     SNIPPETS,
     STATUSES,
+    Check,
     Claim,
     Snippet,
     Verdict,
+    against,
+    check,
+    combine,
+    gpus,
+    judged,
+    machine_gpus,
     not_measured,
+    on_hardware,
+    ratio_check,
     source,
 )
 
 __all__ = [
-    "C3_MODEL", "C7_LOSS", "C7_SPARSITY", "C7_SPEED_TOLERANCE", "C7_SPEEDUP", "C8_MODELS", "C10_MEMORY_CUT",
-    "C10_TOLERANCE", "C11_MEMORY_SAVING", "C11_SPEEDUP", "CB_THROUGHPUT_MIN", "CB_VARIANCE_MAX", "CLAIMS",
-    "COLD_START_RANGE", "COLOURS", "GUIDE_PROMPT_TOKENS", "INT4_NOTICEABLE", "INT8_AGREEMENT_MIN", "INT8_PPL_MAX",
-    "INT8_QUALITY_METHODS", "INT8_SIZE_MAX", "MIN_REPEATS", "MMAP_PRIVATE_MAX", "NODE", "NOT_MEASURABLE",
-    "NOT_MEASURED", "NOT_REPRODUCED", "PARTLY", "REPRODUCED", "SNIPPETS", "SOURCES", "SPLIT_TOLERANCE", "STATUSES",
-    "Claim", "Snippet", "Verdict", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13",
-    "c14", "c15", "c16", "c17", "counts", "kernels_verdicts", "ledger", "not_measured", "plot_counts",
-    "source", "source_records", "what_to_trust",
+    "C1_OPTIMIZED_S", "C2_FLOOR_FRACTION", "C3_MODEL", "C7_LOSS", "C7_SPARSITY", "C7_SPEED_TOLERANCE", "C7_SPEEDUP",
+    "C8_MODELS", "C10_EMPTY_CACHE_MIN", "C10_MEMORY_CUT", "C10_TOLERANCE", "C11_MEMORY_SAVING", "C11_SPEEDUP",
+    "CB_THROUGHPUT_MIN", "CB_VARIANCE_MAX", "CLAIMS", "COLD_START_RANGE", "COLOURS", "GPU_MARK", "GUIDE_PROMPT_TOKENS",
+    "INCONCLUSIVE", "INT4_NOTICEABLE", "INT8_AGREEMENT_MIN", "INT8_PPL_MAX", "INT8_QUALITY_METHODS", "INT8_SIZE_MAX",
+    "MIN_REPEATS", "MMAP_PRIVATE_MAX", "NODE", "NOT_MEASURABLE", "NOT_MEASURED", "NOT_REPRODUCED", "PARTLY",
+    "REPRODUCED", "ROUNDS_AGREE", "SAID", "SNIPPETS", "SOURCES", "SPLIT_TOLERANCE", "STATUSES", "Check", "Claim",
+    "Snippet", "Verdict", "against", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13",
+    "c14", "c15", "c16", "c17", "check", "combine", "counts", "gpus", "holds_here", "judged", "kernels_verdicts",
+    "ledger", "machine_gpus", "not_measured", "on_hardware", "plot_counts", "ratio_check", "source", "source_records",
+    "what_to_trust",
 ]

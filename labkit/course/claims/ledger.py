@@ -19,6 +19,7 @@ from labkit.course.claims.parallelism import c3, c8, c14
 from labkit.course.claims.serving import c9, c12, c16
 from labkit.course.claims.verdict import (
     CLAIMS,
+    INCONCLUSIVE,
     NOT_MEASURABLE,
     NOT_MEASURED,
     NOT_REPRODUCED,
@@ -26,21 +27,30 @@ from labkit.course.claims.verdict import (
     REPRODUCED,
     STATUSES,
     Verdict,
+    machine_gpus,
     not_measured,
-    source,
+    on_hardware,
 )
 
 
-def _kernels(record: dict | None) -> list[Verdict] | None:
-    """C10, C11, C15 recomputed from notebook 06's record (its tables, as the lesson judged them)."""
+def _tables(record: dict | None):
+    """Notebook 06's tables from its record, as kernels_verdicts takes them (None without them)."""
     if not record or "attention" not in record.get("metrics", {}):
         return None
     import pandas as pd
 
     m = record["metrics"]
-    return kernels_verdicts(pd.DataFrame(m["attention"]), pd.DataFrame(m["prefill"]), pd.DataFrame(m["compile"]),
-                            pd.DataFrame(m["precision"]), m.get("empty_cache", []),
-                            record["config"].get("device", "cpu"), m.get("a100_length_for_3x"), record)
+    return (pd.DataFrame(m["attention"]), pd.DataFrame(m["prefill"]), pd.DataFrame(m["compile"]),
+            pd.DataFrame(m["precision"]), m.get("empty_cache", []))
+
+
+def _kernels(record: dict | None) -> list[Verdict] | None:
+    """C10, C11, C15 recomputed from notebook 06's record (its tables, as the lesson judged them)."""
+    got = _tables(record)
+    if got is None:
+        return None
+    m = record["metrics"]
+    return kernels_verdicts(*got, record["config"].get("device", "cpu"), m.get("a100_length_for_3x"), record)
 
 
 def _c10_record(record: dict | None) -> Verdict:
@@ -54,17 +64,21 @@ def _c11_record(record: dict | None) -> Verdict:
 
 
 def _c15_record(record: dict | None, base: dict | None = None) -> Verdict:
-    """C15 from notebook 06's record (compiled paths, flex, eager), with notebook 00's eager generate added."""
-    ratios = {}
+    """C15 from every cold/warm ratio measured: notebook 06's (compiled paths, flex, eager) and notebook 00's
+    eager generate, each held against its own run's noise floor (notebook 00 stores one), judged together."""
     m = (base or {}).get("metrics", {})
-    ratios.update({f"eager generate ({k})": m[f"cold_over_warm_{k}"] for k in ("E2E", "TTFT")
-                   if m.get(f"cold_over_warm_{k}")})
-    got = _kernels(record)
-    if got:
-        first = got[2].measured or ""
-        return Verdict("C15", got[2].status, got[2].evidence + ("; notebook 00: " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in ratios.items()) if ratios else ""), measured=first, **source(record))
-    return c15(ratios, base) if ratios else not_measured("C15")
+    ours = {f"notebook 00: eager generate ({k})": m[f"cold_over_warm_{k}"] for k in ("E2E", "TTFT")
+            if m.get(f"cold_over_warm_{k}")}
+    ratios = {}
+    got = _tables(record)
+    if got is not None:
+        from labkit.lessons import kernels as kx
+
+        ratios.update(kx.verdict_inputs(*got)["cold_over_warm"])
+    ratios.update(ours)
+    if not ratios:
+        return not_measured("C15")
+    return c15(ratios, record if got is not None else base, noise={k: m.get("noise_floor") for k in ours})
 
 
 def _c17_record(record: dict | None) -> Verdict:
@@ -140,22 +154,38 @@ def counts(verdicts: list[Verdict]) -> dict[str, int]:
     return {s: sum(v.status == s for v in verdicts) for s in STATUSES}
 
 
+def holds_here(v: Verdict) -> bool:
+    """A reproduced verdict about this kind of hardware: any machine for most claims; for a claim about named
+    hardware (an A100, a V100, a CUDA GPU), only where the machine it was measured on has it."""
+    return v.status == REPRODUCED and on_hardware(v.claim, machine_gpus(v.machine))
+
+
 def what_to_trust(verdicts: list[Verdict]) -> list[str]:
-    """The ledger in plain words, one line per status that occurs: which promises hold here, which do not,
-    which this machine cannot test, which are still to be measured."""
+    """The ledger in plain words, one line per status that occurs: which promises hold here (reproduced, about
+    this kind of hardware), which do not, which the run could not tell, which this machine cannot test, which
+    are still to be measured."""
     words = {REPRODUCED: "Holds on this machine", PARTLY: "Holds in part (read the evidence for which part)",
-             NOT_REPRODUCED: "Does not hold here, as measured", NOT_MEASURABLE: "Cannot be tested on this hardware",
+             NOT_REPRODUCED: "Does not hold here, as measured",
+             INCONCLUSIVE: "Inconclusive here (inside the run's noise, or rounds disagreeing: run it again on a "
+                           "quieter machine)",
+             NOT_MEASURABLE: "Cannot be tested on this hardware",
              NOT_MEASURED: "Not measured yet (run the lesson named)"}
+    groups: dict[str, list[Verdict]] = {s: [v for v in verdicts if v.status == s] for s in STATUSES}
+    elsewhere = [v for v in groups[REPRODUCED] if not holds_here(v)]
+    groups[REPRODUCED] = [v for v in groups[REPRODUCED] if holds_here(v)]
     out = []
     for status in STATUSES:
-        hit = [v for v in verdicts if v.status == status]
-        if hit:
-            out.append(f"{words[status]}: " + "; ".join(f"{v.claim} ({CLAIMS[v.claim].words})" for v in hit) + ".")
+        if groups[status]:
+            out.append(f"{words[status]}: " + "; ".join(f"{v.claim} ({CLAIMS[v.claim].words})"
+                                                       for v in groups[status]) + ".")
+        if status == REPRODUCED and elsewhere:
+            out.append("Reproduced, but not on the hardware the claim is about (so it does not count as holding "
+                       "here): " + "; ".join(f"{v.claim} ({CLAIMS[v.claim].hardware})" for v in elsewhere) + ".")
     return out
 
 
-COLOURS = {REPRODUCED: "tab:green", PARTLY: "tab:olive", NOT_REPRODUCED: "tab:red", NOT_MEASURABLE: "tab:grey",
-           NOT_MEASURED: "lightgrey"}
+COLOURS = {REPRODUCED: "tab:green", PARTLY: "tab:olive", NOT_REPRODUCED: "tab:red", INCONCLUSIVE: "tab:orange",
+           NOT_MEASURABLE: "tab:grey", NOT_MEASURED: "lightgrey"}
 
 
 def plot_counts(verdicts: list[Verdict]):
