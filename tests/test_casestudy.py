@@ -186,16 +186,16 @@ def test_a_stage_at_its_ceiling_projects_to_the_full_ceiling(measured):
 
 
 def test_pick_prefers_a_batch_invariant_path_within_the_slack(monkeypatch):
-    times = {"int8-dynamic-legacy": 1.0, "int8-dynamic": 1.4}
+    times = {"int8-dynamic-legacy": 1.0, "int8-weight-only": 1.4}
     monkeypatch.setattr(quant, "quantize", lambda model, method: method)
     monkeypatch.setattr(casestudy.int8, "generate_timed", lambda q, prompt, n: (
         type("T", (), {"ttft": times[q], "tpot": 0.0})(), None))
     model = torch.nn.Linear(2, 2)
     method, rows = casestudy.pick_int8(model, None, list(times), rounds=1, progress=False)
-    assert method == "int8-dynamic"  # 1.4x slower but batch-invariant: preferred
+    assert method == "int8-weight-only"  # 1.4x slower but batch-invariant: preferred
     legacy = next(r for r in rows if r["method"] == "int8-dynamic-legacy" and r["dtype"] == "fp32")
     assert "answers depend on batch neighbours" in legacy["why_not"]
-    times["int8-dynamic"] = 2.0  # now 2x slower: the batch-dependent path wins, and says what it costs
+    times["int8-weight-only"] = 2.0  # now 2x slower: the batch-dependent path wins, and says what it costs
     method, rows = casestudy.pick_int8(model, None, list(times), rounds=1, progress=False)
     assert method == "int8-dynamic-legacy"
     assert "batch-dependent" in next(r for r in rows if r["picked"])["note"]
@@ -251,7 +251,7 @@ def test_a_ratio_is_asserted_only_where_the_machines_ceiling_clears_the_bar_with
 
 
 def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_picked_models(monkeypatch):
-    times = {"int8-dynamic-legacy": 1.0, "int8-dynamic": 1.1, "int8-weight-only": 9.0}
+    times = {"int8-dynamic-legacy": 1.0, "int8-weight-only": 1.1, "int8-dynamic": 9.0}
     calls = []
     monkeypatch.setattr(quant, "quantize", lambda model, method: method)
 
@@ -262,9 +262,9 @@ def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_pic
     monkeypatch.setattr(casestudy.int8, "generate_timed", timed)
     keep = {}
     method, rows = casestudy.pick_int8(torch.nn.Linear(2, 2), None, list(times), rounds=2, progress=False, keep=keep)
-    assert method == "int8-dynamic" and set(keep) == {("int8-dynamic", "fp32"), ("int8-dynamic", "bf16")}
-    assert calls.count("int8-weight-only") == 2  # its first request in each dtype, then out
-    out = [r for r in rows if r["method"] == "int8-weight-only"]
+    assert method == "int8-weight-only" and set(keep) == {("int8-weight-only", "fp32"), ("int8-weight-only", "bf16")}
+    assert calls.count("int8-dynamic") == 2  # its first request in each dtype, then out
+    out = [r for r in rows if r["method"] == "int8-dynamic"]
     assert all(r["why_not"].startswith("out after its first request") for r in out)
 
 

@@ -32,3 +32,14 @@ def test_notebook_runs_with_ci_preset(nb_id, shared_reports, monkeypatch):
         rec = json.loads(path.read_text())
         assert rec["config"].get("preset") == "ci", (path, rec["config"])
     assert course.output_problems(r.output) == []  # every figure shows, no cut reason, no leaked warning
+
+
+@pytest.mark.notebooks
+def test_no_record_of_the_course_shows_a_beaten_floor_without_its_reason(shared_reports):
+    """After the notebooks (it runs last in this module, on their shared reports folder): every fraction of a floor
+    a record holds is at most 1.05, or carries the reason its floor was re-derived (labkit.core.floors)."""
+    from labkit.core import floors
+
+    if not (shared_reports / "results").exists():
+        pytest.skip("no notebook of this module ran (select them with -k to check their records)")
+    assert floors.floor_problems(shared_reports) == []

@@ -287,11 +287,16 @@ def profile_card(probes: dict, baseline: dict, spec: ShapeSpec, dtype: str, laye
     against its floors (fractions), what that predicts per dtype, disk and loading results, and the two-run
     agreement of the probes (`runs` of them, the last two compared against `bar`): `reliable` is False when
     they disagreed, and every later lesson then says so next to its floors (`profile_note`)."""
+    from labkit.core.floors import of_floor
+
     d = decode_floor(spec, dtype, hw, baseline["decode_context"], 1, layers)
     p = prefill_floor(spec, dtype, hw, baseline["prompt_tokens"], 1, layers)
+    # a floor the baseline beat is re-derived, its reason stored beside the fraction (labkit.core.floors)
+    fd, fp = (of_floor(baseline[k], f, compute=f"{dtype} matmul", source="this profile's probes")
+              for k, f in (("tpot_s", d), ("prefill_s", p)))
     base = {**baseline, "model": spec.name, "dtype": dtype, "layers": layers,
-            "decode_floor_s": d.seconds, "prefill_floor_s": p.seconds,
-            "decode_fraction": d.fraction(baseline["tpot_s"]), "prefill_fraction": p.fraction(baseline["prefill_s"]),
+            "decode_floor_s": fd.floor_s, "prefill_floor_s": fp.floor_s,
+            **fd.fields("decode_fraction"), **fp.fields("prefill_fraction"),
             "decode_bound": d.bound, "prefill_bound": p.bound,
             "decode_intensity": d.intensity, "prefill_intensity": p.intensity,
             "decode_gflops": d.flops / baseline["tpot_s"] / 1e9,

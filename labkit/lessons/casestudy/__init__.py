@@ -18,7 +18,8 @@ transformations. The check compares ratios of times measured in one run, never a
 One job per module: `stages` (the stages and how each is built and served), `int8` (picking the INT8 path),
 `measure` (the rounds and the in-run matmul rates), `quality` (perplexity and answers as each stage serves),
 `project` (to the full depth, with the roofline's floors), `check` (the 4x verdict), `tables` and `figures`
-(the notebook's views), `parameters` (the notebook's parameters, resolved). Everything the notebook, the tests
+(the notebook's views), `prose` (What this means and Try this, from the rows), `parameters` (the
+notebook's parameters, resolved). Everything the notebook, the tests
 and the course use is importable from here.
 """
 
@@ -35,6 +36,7 @@ from labkit.lessons.casestudy.int8 import (
 from labkit.lessons.casestudy.measure import in_run_card, kernel_ratio, matmul_tflops, measure
 from labkit.lessons.casestudy.parameters import Settings, settings
 from labkit.lessons.casestudy.project import machine_card, project
+from labkit.lessons.casestudy.prose import factor_words, try_this, what_this_means
 from labkit.lessons.casestudy.quality import (
     PPL_DECODE,
     PPL_STRIDE,
@@ -57,9 +59,12 @@ from labkit.lessons.casestudy.stages import (
 )
 from labkit.lessons.casestudy.tables import case_table, full_depth_view, guide_line, stack_view, stages_view
 
-__all__ = ["ASSERT_MARGIN", "ELIMINATE_ABOVE", "EXTRAS", "GUIDE", "INT8_CANDIDATES", "INVARIANT_SLACK", "KEEP_ABOVE",
-           "NOT_A_CANDIDATE", "PPL_DECODE", "PPL_STRIDE", "PPL_TOLERANCE_PCT", "PPL_WINDOW", "TARGET", "Server",
-           "Settings", "Stage", "answer_agreement", "answers_lines", "case_table", "ceilings", "check",
-           "compute_dtype", "final_stage", "full_depth_view", "guide_line", "in_run_card", "int8_candidates",
-           "kernel_ratio", "machine_card", "matmul_tflops", "measure", "perplexities", "pick_int8", "plan",
-           "plot_stages", "project", "quality_model", "settings", "stage_model", "stages_view", "stack_view"]
+__all__ = [
+    "ASSERT_MARGIN", "ELIMINATE_ABOVE", "EXTRAS", "GUIDE", "INT8_CANDIDATES", "INVARIANT_SLACK", "KEEP_ABOVE",
+    "NOT_A_CANDIDATE", "PPL_DECODE", "PPL_STRIDE", "PPL_TOLERANCE_PCT", "PPL_WINDOW", "TARGET", "Server",
+    "Settings", "Stage", "answer_agreement", "answers_lines", "case_table", "ceilings", "check", "compute_dtype",
+    "factor_words", "final_stage", "full_depth_view", "guide_line", "in_run_card", "int8_candidates",
+    "kernel_ratio", "machine_card", "matmul_tflops", "measure", "perplexities", "pick_int8", "plan", "plot_stages",
+    "project", "quality_model", "settings", "stage_model", "stages_view", "stack_view", "try_this",
+    "what_this_means",
+]

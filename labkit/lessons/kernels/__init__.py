@@ -44,11 +44,20 @@ from labkit.lessons.kernels.precision import (
     precision_speed,
 )
 from labkit.lessons.kernels.settings import KV_SHAPES, Settings, resolve_parameters
-from labkit.lessons.kernels.summary import sweep_findings, verdict_inputs, what_this_means
+from labkit.lessons.kernels.summary import (
+    autocast_line,
+    memory_line,
+    speed_trend,
+    sweep_findings,
+    try_this,
+    verdict_inputs,
+    what_this_means,
+)
 
 __all__ = [
     "COMPILE_VARIANTS", "GiB", "KV_SHAPES", "LENGTHS_TRIED", "Layout", "MATMUL_OPS", "MiB", "PRECISIONS", "Settings",
-    "attention_floor", "attention_sweep", "compile_explanation", "compile_profiles", "compile_study", "dtype_name",
+    "attention_floor", "attention_sweep", "autocast_line", "memory_line", "speed_trend", "try_this",
+    "compile_explanation", "compile_profiles", "compile_study", "dtype_name",
     "eager_score_traffic", "empty_cache_rows", "growth", "kv_context_table", "kv_measured", "kv_model",
     "kv_quant_study", "length_for_speedup", "plan_lengths", "plan_table", "plot_kv", "plot_memory", "plot_time",
     "precision_context", "precision_model", "precision_quality", "precision_speed", "prefill_sweep", "profile_table",

@@ -198,12 +198,23 @@ def attention_sweep(layouts: list[Layout], lengths: list[int], backends: list[st
                     here[b].update({"x_vs_eager": ratio.value, "vs_eager": ratio.words(),
                                     "conclusive": ratio.conclusive})
                 if card is not None:
-                    fl = attention_floor(card, lay, n, dtype_name(dtype), b)
-                    here[b]["floor_ms"] = fl.seconds * 1e3
-                    here[b]["fraction_of_floor"] = fl.seconds / r.median(b)
+                    here[b]["_floor"] = attention_floor(card, lay, n, dtype_name(dtype), b)
         rows += here.values()
         del q, k, v, ref
-    return pd.DataFrame(rows)
+    return pd.DataFrame(with_fractions(rows, f"{dtype_name(dtype)} matmul"))
+
+
+def with_fractions(rows: list[dict], compute: str) -> list[dict]:
+    """Each timed row's `floor_ms` and `fraction_of_floor` from the Floor it carries (`_floor`), a floor the
+    measurement beat re-derived from the fastest rate any row of this sweep reached, with its reason beside it
+    (labkit.core.floors)."""
+    from labkit.core.floors import of_floors
+
+    timed = [r for r in rows if "_floor" in r and r.get("ms")]
+    for r, f in zip(timed, of_floors([r["ms"] / 1e3 for r in timed], [r["_floor"] for r in timed], compute=compute),
+                    strict=True):
+        r.update({"floor_ms": f.floor_s * 1e3, **f.fields("fraction_of_floor")})
+    return [{k: v for k, v in r.items() if k != "_floor"} for r in rows]
 
 
 def growth(df: pd.DataFrame, value: str, by: str = "backend", x: str = "n") -> dict[str, float]:
@@ -277,8 +288,7 @@ def prefill_sweep(model, spec: ShapeSpec, layers: int, lengths: list[int], impls
                     here[impl].update({"x_vs_eager": ratio.value, "vs_eager": ratio.words(),
                                        "conclusive": ratio.conclusive})
                 if fl is not None:
-                    here[impl]["floor_ms"] = fl.seconds * 1e3
-                    here[impl]["fraction_of_floor"] = fl.seconds / r.median(impl)
+                    here[impl]["_floor"] = fl
         rows += here.values()
     model.set_attn_implementation("sdpa")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(with_fractions(rows, f"{dt} matmul"))

@@ -68,6 +68,7 @@ def compile_study(model, spec: ShapeSpec, layers: int, prompt_len: int, new_toke
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from labkit.core.floors import of_floors
     from labkit.core.models import prompt_ids
     from labkit.core.roofline import decode_floor, prefill_floor
     from labkit.techniques.decode import StaticDecoder
@@ -113,10 +114,12 @@ def compile_study(model, spec: ShapeSpec, layers: int, prompt_len: int, new_toke
                 ratio = r.ratio(ref, name, key)
                 row[f"x_{ph}_vs_eager"], row[f"{ph}_vs_eager"] = ratio.value, ratio.words()
                 row[f"{ph}_conclusive"] = ratio.conclusive
-        if pf is not None:
-            row["prefill_floor_ms"], row["decode_floor_ms"] = pf.seconds * 1e3, df.seconds * 1e3
-            row["prefill_fraction_of_floor"] = pf.seconds / (row["prefill_ms"] / 1e3)
-            row["decode_fraction_of_floor"] = df.seconds / (row["decode_ms"] / 1e3)
+    if pf is not None:  # a floor beaten by any variant is re-derived from the best rate one reached
+        both = [(row, ph, fl) for ph, fl in (("prefill", pf), ("decode", df)) for row in rows.values()]
+        fr = of_floors([row[f"{ph}_ms"] / 1e3 for row, ph, _ in both], [fl for _, _, fl in both],
+                       compute=f"{dt} matmul")
+        for (row, ph, _), f in zip(both, fr, strict=True):
+            row.update({f"{ph}_floor_ms": f.floor_s * 1e3, **f.fields(f"{ph}_fraction_of_floor")})
     out = pd.DataFrame(list(rows.values()))
     out.attrs["load"] = r.load
     return out, decoders
@@ -188,8 +191,8 @@ def compile_explanation(rows: pd.DataFrame, profiles: dict[str, dict]) -> list[s
     for _, r in rows.iterrows():
         for ph in ("prefill", "decode"):
             x = r.get(f"x_{ph}_vs_eager")
-            if r["variant"] == "eager" or x is None or x != x or x > 1 + 0.05:
-                continue
+            if r["variant"] == "eager" or x is None or x != x or (x > 1 and r.get(f"{ph}_conclusive")):
+                continue  # conclusively faster: nothing to explain
             why = [f"{r['variant']} {ph} is {than(r[f'{ph}_vs_eager'], 'eager')}"]
             if r["steady_recompiles"]:
                 why.append(f"{r['steady_recompiles']} recompile(s) happened in steady state")

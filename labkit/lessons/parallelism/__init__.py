@@ -37,7 +37,15 @@ from labkit.lessons.parallelism.config import (
 )
 from labkit.lessons.parallelism.figures import plot_allreduce, plot_bubble, plot_granularity, plot_tp
 from labkit.lessons.parallelism.launcher import kill_demo, run
-from labkit.lessons.parallelism.prose import floor_notes, gpu_story, meaning, tp_story
+from labkit.lessons.parallelism.prose import (
+    direction,
+    floor_notes,
+    gpu_story,
+    meaning,
+    prediction_check,
+    tp_decode_line,
+    tp_story,
+)
 from labkit.lessons.parallelism.tables import (
     allreduce_fit,
     allreduce_time,
@@ -57,9 +65,10 @@ from labkit.lessons.parallelism.workers import killed_worker, lesson_worker, rou
 
 __all__ = [
     "ALL_CORES", "LINKS_GBPS", "ONE_GPU", "ONE_SHARE", "PLANNED", "PRESETS", "Config", "allreduce_fit",
-    "allreduce_time", "bubble_rows", "bus_factor", "dp_row", "floor_notes", "gpu_story", "granularity_rows",
+    "allreduce_time", "bubble_rows", "bus_factor", "dp_row", "direction", "floor_notes", "gpu_story",
+    "granularity_rows",
     "interconnect", "kill_demo", "killed_worker", "lesson_config", "lesson_worker", "link_need", "meaning",
     "memory_rows", "one_device_name", "pick_device", "plot_allreduce", "plot_bubble", "plot_granularity", "plot_tp",
     "reference_rows", "refusals", "rounds_of", "rounds_together", "run", "shape", "solo_name", "split_fractions",
-    "sweep_config", "tp_story", "tp_table",
+    "sweep_config", "prediction_check", "tp_decode_line", "tp_story", "tp_table",
 ]

@@ -4,6 +4,7 @@ two GPUs need), so that the words cannot contradict the tables on another machin
 
 from __future__ import annotations
 
+from labkit.core.floors import reasons
 from labkit.core.models import ShapeSpec
 from labkit.core.units import MiB, than
 from labkit.lessons.parallelism.config import ONE_SHARE
@@ -20,9 +21,18 @@ def _link(row: dict, prefix: str) -> float:
     return next(v for k, v in row.items() if k.startswith(prefix))
 
 
+def direction(words: str) -> str | None:
+    """"faster" / "slower" (or a Ratio.words' other pair: "more ..." / "less ...") from a Ratio.words() text, None
+    when it is inconclusive: what a sentence about it may claim."""
+    if not isinstance(words, str) or words.startswith("inconclusive"):
+        return None
+    return words.split("x ", 1)[1].split()[0] if "x " in words else None
+
+
 def floor_notes(table, spec: ShapeSpec, layers: int, hw, prompt_len: int, new_tokens: int) -> str:
     """Why each phase of one process on the whole machine lands where it does against its roofline floor: the
-    FLOP/s and the weight bytes/s it reached, next to the profile's peak and bandwidth."""
+    FLOP/s and the weight bytes/s it reached, next to the profile's peak and bandwidth; where it beat the floor
+    the profile gave, the reason the floor was re-derived (labkit.core.floors), never a fraction above 1."""
     from labkit.core.roofline import decode_floor, prefill_floor
 
     floors = {"prefill": prefill_floor(spec, "fp32", hw, prompt_len, 1, layers),
@@ -35,21 +45,53 @@ def floor_notes(table, spec: ShapeSpec, layers: int, hw, prompt_len: int, new_to
         s = (f"{phase}, {row['run']}: {row['fraction of floor']:.0%} of its {f.bound}-bound floor; it ran at "
              f"{gflops:,.1f} GFLOP/s (profile peak {hw.peak('fp32') / 1e9:,.1f}) and read {gbps:,.1f} GB/s "
              f"(profile bandwidth {hw.bandwidth_gbps:,.1f})")
-        if row["fraction of floor"] > 1:
-            s += (": faster than the floor, so the bandwidth probe of notebook 01 reads slower than these matrix "
-                  "kernels do; the floor is a prediction from a probe, not a law")
+        reason = row.get("fraction of floor_reason")
+        if isinstance(reason, str) and reason:
+            s += f": the profile's floor was beaten, so it was re-derived: {reason}"
         elif row["fraction of floor"] < 1 / 1.5:
             s += (f": at {prompt_len} tokens per matrix the fp32 kernels stay well below the probe's peak, which "
                   "large square products reach" if f.bound == "compute" else
                   ": the step is dominated by costs other than reading weights (per-operation overhead, attention)")
         out.append(s + ".")
+    firsts = {table[table["phase"] == ph].index[0] for ph in floors}
+    others = table.drop(index=list(firsts))
+    out += [f"{x}." for x in reasons(others, ["phase", "run"])]  # the other runs' re-derived floors
     return "\n".join(f"- {x}" for x in out)
 
 
-def tp_story(table, inter: list[dict], fit: dict, breakdown: dict | None = None) -> str:
-    """Why TP is slower (or not) than one process here, and what link would make it pay, per phase (markdown).
-    `breakdown`: parallel.collective_breakdown of one TP generation (waiting for the other rank against the rest)."""
+def prediction_check(table, res: dict | None = None) -> str:
+    """The lesson's prediction (TP slower than one process on all cores, faster than one rank's share) against
+    what each phase measured, and, where it failed, what the numbers say about why."""
     out = []
+    for phase in ("prefill", "decode"):
+        tp, solo, share = _row(table, phase, "TP="), table[table["phase"] == phase].iloc[0], _row(table, phase,
+                                                                                                 ONE_SHARE)
+        name = tp["run"]
+        got = direction(solo[name + " vs this run"])
+        held = {"slower": "held", None: "is undecided (inside the noise)", "faster": "did not hold"}[got]
+        measured = than(solo[name + " vs this run"], solo["run"])
+        line = f"{phase}: predicted slower than {solo['run']}; measured {measured}: the prediction {held}"
+        if got == "faster":
+            why = (f"{name}'s compute took {tp['compute ms']:.1f} ms per rank against one process's "
+                   f"{solo['ms']:.1f} ms step, so one process did not get as much from the cores as the ranks "
+                   "together did (its operations do not spread evenly over every core: small matrices, "
+                   "per-operation overhead)")
+            load = (res or {}).get("load", {})
+            if load.get("busy"):
+                why += (f", and other processes used {load['others_cpu_share']:.0%} of the CPU during the run, which "
+                        "does not slow every run alike")
+            line += f". Why: {why}"
+        if share is not None:
+            line += f". Against {share['run']}: {than(share[name + ' vs this run'], share['run'])}"
+        out.append(f"- {line}.")
+    return "**The prediction, checked**\n\n" + "\n".join(out)
+
+
+def tp_story(table, inter: list[dict], fit: dict, breakdown: dict | None = None, res: dict | None = None) -> str:
+    """Why TP is slower (or faster) than one process here, and what link would make it pay, per phase (markdown),
+    after the lesson's prediction checked against the measurement (`prediction_check`). `breakdown`:
+    parallel.collective_breakdown of one TP generation (waiting for the other rank against the rest)."""
+    out = [prediction_check(table, res)]
     for phase in ("prefill", "decode"):
         tp = _row(table, phase, "TP=")
         solo = table[(table["phase"] == phase)].iloc[0]
@@ -66,7 +108,8 @@ def tp_story(table, inter: list[dict], fit: dict, breakdown: dict | None = None)
                          "hardware.")
         else:
             lines.append(f"Its compute alone takes {tp['compute ms']:.1f} ms per rank, {gain:.2f}x less than one "
-                         "process's step.")
+                         "process's step: here the ranks together got more from the cores than one process did, so "
+                         "TP has time to spend on its collectives.")
         lines.append(f"Its {k} collectives add {tp['collectives ms']:.1f} ms ({tp['collectives ms'] / k:.2f} ms each; "
                      f"an all-reduce of that size alone takes {iso:.2f} ms here).")
         if share is not None:
@@ -121,6 +164,21 @@ def gpu_story(rows: list[dict]) -> str:
     return "\n".join(f"- {x}" for x in out)
 
 
+def tp_decode_line(tp, solo, share=None) -> str:
+    """A TP decode step against one process on all cores, its explanation chosen by the measured direction."""
+    words = solo[tp["run"] + " vs this run"]
+    why = {"slower": (f"on one box TP re-divides the cores and memory bandwidth that one process already uses, and "
+                      f"adds {int(tp['collectives'])} collectives per step"),
+           "faster": (f"on this box the ranks together got more from the cores than one process did, enough to pay "
+                      f"for {int(tp['collectives'])} collectives per step (see the prediction checked above)"),
+           None: (f"its {int(tp['collectives'])} collectives per step cost about what splitting the work saved")}
+    text = f"A {tp['run']} decode step was {than(words, solo['run'], solo['ms'])}: {why[direction(words)]}"
+    if share is not None:
+        text += (f"; against one rank's share alone it was {share[tp['run'] + ' vs this run']}, which is the GPU "
+                 "case, where each rank brings its own memory and arithmetic")
+    return text + "."
+
+
 def meaning(res: dict, table, bubble: list[dict], dp: dict, mem: list[dict]) -> str:
     """'What this means', each point built from this run's numbers."""
     eq = res["equality"]
@@ -141,11 +199,7 @@ def meaning(res: dict, table, bubble: list[dict], dp: dict, mem: list[dict]) -> 
         f"TP={n} and PP={n} gave {'exactly' if same else 'NOT'} the single process's greedy tokens (largest logit "
         f"difference {eq['tp_max_logit_diff']:.1e} for TP, {eq['pp_max_logit_diff']:.1e} for PP): a split changes "
         "where the arithmetic happens and the order of some sums, not what is computed.",
-        f"A TP={n} decode step was {than(solo[tp['run'] + ' vs this run'], solo['run'], solo['ms'])}. On one box TP "
-        "re-divides the cores and memory bandwidth that one process already uses, and adds "
-        f"{int(tp['collectives'])} collectives per step"
-        + (f"; against one rank's share alone it was {share.iloc[0][tp['run'] + ' vs this run']}, which is the GPU "
-           "case, where each rank brings its own memory and arithmetic." if not share.empty else "."),
+        tp_decode_line(tp, solo, share.iloc[0] if not share.empty else None),
         f"The pipeline bubble followed (S-1)/(M+S-1): {first['measured bubble']:.2f} measured against "
         f"{first['formula (S-1)/(M+S-1)']:.2f} at {first['micro-batches']} micro-batch, {last['measured bubble']:.2f} "
         f"against {last['formula (S-1)/(M+S-1)']:.2f} at {last['micro-batches']}. The step took {first['step ms']:.0f} "

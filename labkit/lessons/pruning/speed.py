@@ -37,10 +37,7 @@ class PrunedShape(ShapeSpec):
     def head_dim(self) -> int:
         return self.q_heads_dim
 
-    def layer_params(self) -> int:
-        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        attn = 2 * h * q + 2 * h * kv + ((q + 2 * kv) if self.attention_bias else 0)
-        return attn + 3 * h * self.intermediate_size + 2 * h
+    # layer_params: ShapeSpec's own, which counts attention from `head_dim` (the pruned heads' width here)
 
 
 def shape_of(model: nn.Module, layers: int | None = None) -> PrunedShape:
@@ -93,6 +90,7 @@ def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.T
     from tqdm.auto import tqdm
 
     from labkit.core.bench import generate_timed, run_rounds
+    from labkit.core.floors import of_floors
     from labkit.core.models import prompt_ids
     from labkit.core.roofline import decode_floor, prefill_floor
 
@@ -136,9 +134,14 @@ def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.T
     dense_d, dense_p = decode_floor(spec0, dtype, hw, context), prefill_floor(spec0, dtype, hw, prompt_len)
     full0 = decode_floor(shape_of(model, full_layers), dtype, hw, context) if full_layers else None
     ratios: dict[str, dict[str, Ratio]] = {}
-    for name, m in runners.items():
+    names = list(runners)
+    fl = {n: (decode_floor(shape_of(runners[n]), dtype, hw, context), prefill_floor(shape_of(runners[n]), dtype, hw,
+                                                                                   prompt_len)) for n in names}
+    dec_of = of_floors([r.median(n, "tpot") for n in names], [fl[n][0] for n in names], compute=f"{dtype} matmul")
+    pre_of = of_floors([r.median(n, "ttft") for n in names], [fl[n][1] for n in names], compute=f"{dtype} matmul")
+    for name, dof, pof in zip(names, dec_of, pre_of, strict=True):
+        m, (d, pf) = runners[name], fl[name]
         spec = shape_of(m)
-        d, pf = decode_floor(spec, dtype, hw, context), prefill_floor(spec, dtype, hw, prompt_len)
         dec, pre = r.median(name, "tpot"), r.median(name, "ttft")
         ratios[name] = {"decode": r.ratio("dense", name, "tpot"), "prefill": r.ratio("dense", name, "ttft")}
         row = rows[name]
@@ -148,8 +151,8 @@ def benchmark(model: nn.Module, plan: list[Variant], *, hw: Card, calib: torch.T
                     "prefill_x": ratios[name]["prefill"].value, "decode_x": ratios[name]["decode"].value,
                     "predicted_prefill_x": dense_p.seconds / pf.seconds,
                     "predicted_decode_x": dense_d.seconds / d.seconds,
-                    "prefill_floor_ms": 1e3 * pf.seconds, "prefill_of_floor": pf.fraction(pre),
-                    "decode_floor_ms": 1e3 * d.seconds, "decode_of_floor": d.fraction(dec)})
+                    "prefill_floor_ms": 1e3 * pof.floor_s, **pof.fields("prefill_of_floor"),
+                    "decode_floor_ms": 1e3 * dof.floor_s, **dof.fields("decode_of_floor")})
         row["decode_of_prediction"] = row["decode_x"] / row["predicted_decode_x"]
         if full0 is not None:
             kept = spec.num_hidden_layers / spec0.num_hidden_layers  # layer pruning keeps this share of layers

@@ -37,6 +37,7 @@ def sparse_sweep(out_features: int, in_features: int, sparsities: list[float], *
     from tqdm.auto import tqdm
 
     from labkit.core.bench import run_rounds
+    from labkit.core.floors import of_floors
     from labkit.core.roofline import Floor
 
     g = torch.Generator().manual_seed(seed)
@@ -77,10 +78,13 @@ def sparse_sweep(out_features: int, in_features: int, sparsities: list[float], *
         rows.append({"sparsity": s, "tokens": t, "phase": "decode" if t == 1 else f"prefill ({t} tokens)",
                      "copies": copies, "dense_ms": 1e3 * dense_s, "csr_ms": 1e3 * csr_s, "csr_x": ratio.value,
                      "csr_words": ratio.words(), "csr_faster": ratio.conclusive and ratio.value > 1,
-                     "predicted_csr_x": fd.seconds / fc.seconds, "dense_of_floor": fd.fraction(dense_s),
-                     "csr_of_floor": fc.fraction(csr_s), "csr_MiB": csr.nbytes() / MiB,
-                     "dense_MiB": 4 * w.numel() / MiB})
-    return pd.DataFrame(rows)
+                     "predicted_csr_x": fd.seconds / fc.seconds, "csr_MiB": csr.nbytes() / MiB,
+                     "dense_MiB": 4 * w.numel() / MiB, "_floors": (fd, fc)})
+    both = [(r, key, at) for key, at in (("dense", 0), ("csr", 1)) for r in rows]  # one run: one best rate each
+    fr = of_floors([r[f"{key}_ms"] / 1e3 for r, key, _ in both], [r["_floors"][at] for r, _, at in both])
+    for (r, key, _), f in zip(both, fr, strict=True):  # a beaten floor is re-derived from this run's best rate
+        r.update(f.fields(f"{key}_of_floor"))
+    return pd.DataFrame([{k: v for k, v in r.items() if k != "_floors"} for r in rows])
 
 
 def crossover(sweep: pd.DataFrame, tokens: int, column: str = "csr_faster") -> float | None:

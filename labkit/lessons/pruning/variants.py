@@ -64,3 +64,18 @@ def variants(sparsities: list[float], structured: dict[str, float], nm_scores: t
 def describe_achieved(model: nn.Module) -> str:
     """What every step of a pruned model removed, in words ("40.0% of weights + ...")."""
     return " + ".join(f"{i.achieved:.1%} of {i.unit}" for i in model.labkit_prune_steps)
+
+
+def same_cut(a: str | None, b: str | None, tolerance: float = 0.02) -> bool:
+    """Whether two `describe_achieved` texts (the trained model's cut and the speed model's) removed the same share
+    of the same units at every step, within `tolerance` (2 percentage points): a quality measured on one cut and a
+    speed measured on another are not one trade-off (50% of a 2-layer model's layers is not 17% of a 6-layer one's)."""
+    import re
+
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    parse = [re.findall(r"([\d.]+)% of ([^+]+?)\s*(?:\+|$)", x) for x in (a, b)]
+    if not parse[0] or len(parse[0]) != len(parse[1]):
+        return a.strip() == b.strip()
+    return all(ua == ub and abs(float(pa) - float(pb)) <= 100 * tolerance
+               for (pa, ua), (pb, ub) in zip(*parse, strict=True))

@@ -1,0 +1,190 @@
+"""Sentences from numbers: each lesson's prose helpers run on synthetic results on both sides of every comparison
+they make (A faster, B faster, inside the noise), and the words must follow the numbers (issue #28: "expect TP to
+be slower" next to a 1.66x faster TP, "the gain shows in the idle TTFT more than in throughput" next to 1.09x idle
+and 1.23x throughput, one cut's quality paired with another cut's speed)."""
+
+import pandas as pd
+import pytest
+
+from labkit.core.bench import Ratio
+from labkit.lessons import casestudy
+from labkit.lessons import kernels as kx
+from labkit.lessons import parallelism as pe
+from labkit.lessons import pruning as px
+from labkit.lessons.casestudy import prose as cs
+from labkit.lessons.pruning import tables as pt
+from labkit.lessons.pruning.variants import same_cut
+
+FASTER, SLOWER, NOISE = Ratio([1.6, 1.7, 1.66]), Ratio([0.6, 0.62, 0.61]), Ratio([1.02, 0.99, 1.01])
+SIDES = {"faster": FASTER, "slower": SLOWER, "noise": NOISE}
+
+
+# ---------------------------------------------------------------- 03 pruning
+
+@pytest.mark.parametrize("side", SIDES)
+def test_03_unstructured_headline_follows_the_ratios(side):
+    line = pt.unstructured_line("magnitude 40%", {"magnitude 40%": {"decode": SIDES[side], "prefill": NOISE}}, 0.01)
+    assert ("cost the same time" in line) == (side == "noise")
+    assert SIDES[side].words() in line
+
+
+def _structured_row(same: bool) -> dict:
+    return {"MiB read per token (speed model)": 100.0, "predicted_decode_x": 1.6, "decode_of_prediction": 1.0,
+            "full_depth_predicted_decode_x": 1.7, "ppl_change": 0.3, "ppl_change_after_recovery": None,
+            "same cut": same, "achieved (quality model)": "16.7% of layers",
+            "achieved (speed model)": "16.7% of layers" if same else "50.0% of layers"}
+
+
+@pytest.mark.parametrize("side, head", [("faster", "are faster"), ("slower", "were slower"),
+                                        ("noise", "not measurably faster")])
+def test_03_structured_headline_follows_the_decode_ratio(side, head):
+    line = pt.structured_line("layers 17%", _structured_row(True), {"layers 17%": {"decode": SIDES[side],
+                                                                                   "prefill": FASTER}})
+    assert head in line and "The cost of the same cut on the trained model: perplexity +30.0%" in line
+
+
+def test_03_quality_and_speed_pair_only_the_same_cut():
+    ratios = {"layers 17%": {"decode": FASTER, "prefill": FASTER}}
+    line = pt.structured_line("layers 17%", _structured_row(False), ratios)
+    assert "of another cut" in line and "50.0% of layers" in line and "same cut on the trained" not in line
+    assert same_cut("40.0% of FFN channels", "40.0% of FFN channels")
+    assert not same_cut("16.7% of layers", "50.0% of layers")
+    quality = pd.DataFrame([{"label": "dense", "status": "ok", "perplexity": 10.0, "ppl_change": 0.0, "achieved": "-"},
+                            {"label": "layers 17%", "status": "ok", "perplexity": 13.0, "ppl_change": 0.3,
+                             "achieved": "16.7% of layers"}])
+    speed = pd.DataFrame([{"label": "dense", "kind": "dense", "status": "ok", "decode_x": 1.0, "achieved": "-"},
+                          {"label": "layers 17%", "kind": "structured", "status": "ok", "decode_x": 1.9,
+                           "predicted_decode_x": 2.0, "decode_of_prediction": 0.95, "achieved": "50.0% of layers"}])
+    _, struct = px.c7_inputs(quality, speed, {"layers 17%": ratios["layers 17%"]}, unstructured_label="magnitude 40%",
+                             structured_label="layers 17%")
+    assert struct is None  # C7 is never judged on one cut's quality and another's speed
+    target = px.targets(quality, speed, {}, structured_label="layers 17%")[0]["measured"]
+    assert "not paired" in target and "+30.0%" not in target
+    assert not px.summary(quality, speed).set_index("label").loc["layers 17%", "same cut"]
+
+
+@pytest.mark.parametrize("wins, head", [((False, False), "never beat"), ((False, True), "pays only from 90%")])
+def test_03_sweep_headline_follows_the_crossover(wins, head):
+    rows = [{"sparsity": s, "tokens": 1, "csr_faster": w, "predicted_csr_x": 1.2, "csr_words": "1.10x slower",
+             "csr_of_floor": 0.2, "dense_of_floor": 0.8} for s, w in ((0.5, wins[0]), (0.9, wins[1]))]
+    line = pt.sweep_line(pd.DataFrame(rows))
+    assert head in line and "below the dense one's" in line
+
+
+# ---------------------------------------------------------------- 04 parallelism
+
+def _tp_table(tp_vs_solo: str) -> pd.DataFrame:
+    rows = []
+    for phase in ("prefill", "decode"):
+        rows += [{"phase": phase, "run": "one process, all cores", "ms": 100.0, "compute ms": 100.0,
+                  "fraction of floor": 0.5, "TP=2 vs this run": tp_vs_solo},
+                 {"phase": phase, "run": "one process, one rank's cores", "ms": 190.0, "compute ms": 190.0,
+                  "fraction of floor": 0.3, "TP=2 vs this run": FASTER.words()},
+                 {"phase": phase, "run": "TP=2", "ms": 60.0, "compute ms": 50.0, "collectives ms": 10.0,
+                  "collectives": 4, "MiB through collectives": 1.0, "fraction of floor": 0.8,
+                  "TP=2 vs this run": None}]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("side, held", [("slower", "held"), ("faster", "did not hold"), ("noise", "is undecided")])
+def test_04_the_prediction_is_checked_against_the_measured_direction(side, held):
+    words = SIDES[side].words()
+    table = _tp_table(words)
+    text = pe.prediction_check(table, {"load": {"busy": True, "others_cpu_share": 0.4}})
+    assert f"the prediction {held}" in text and ("Why:" in text) == (side == "faster")
+    assert ("40% of the CPU" in text) == (side == "faster")
+    line = pe.tp_decode_line(table.iloc[5], table.iloc[3], table.iloc[4])
+    assert ("already uses" in line) == (side == "slower") and ("got more from the cores" in line) == (side == "faster")
+    assert pe.direction(words) == {"faster": "faster", "slower": "slower", "noise": None}[side]
+
+
+def test_04_a_beaten_floor_is_explained_not_shown_above_one():
+    from labkit.core.models import shape
+    from labkit.core.roofline import Card
+
+    table = _tp_table(FASTER.words())
+    table["fraction of floor_reason"] = [None, None, "floor re-derived: why"] + [None] * 3
+    table.loc[0, "fraction of floor"] = 1.0
+    table.loc[0, "fraction of floor_reason"] = "measured 100 ms beat its floor"
+    notes = pe.floor_notes(table, shape("llama-2-7b"), 1, Card("t", 16, 10.0, {"fp32": 0.1}, measured=True), 8, 3)
+    assert "re-derived: measured 100 ms beat its floor" in notes and "prefill, TP=2, fraction of floor: floor" in notes
+    assert "bandwidth probe of notebook 01 reads slower" not in notes
+
+
+# ---------------------------------------------------------------- 06 kernels
+
+def test_06_memory_line_claims_quadratic_growth_only_where_measured():
+    assert "(the n x n scores)" in kx.memory_line({"eager": 1.98, "sdpa-flash": 1.01})
+    assert "did not grow faster" in kx.memory_line({"eager": 1.05, "sdpa-flash": 1.0})
+
+
+@pytest.mark.parametrize("a, z, says", [
+    ({"speedup": 1.2}, {"speedup": 2.0, "conclusive": True}, "the more the fused kernel pays"),
+    ({"speedup": 1.5}, {"speedup": 1.4, "conclusive": True}, "did not grow"),
+    ({"speedup": 0.5}, {"speedup": 0.7, "conclusive": True}, "still slower"),
+    ({"speedup": 0.9}, {"speedup": 1.02, "conclusive": False}, "inside the noise")])
+def test_06_speed_trend_follows_the_factors(a, z, says):
+    assert says in kx.speed_trend(a, z)
+
+
+@pytest.mark.parametrize("bf16_peak, advice", [(500.0, "cast the model instead"), (1500.0, "no higher than")])
+def test_06_autocast_advice_follows_the_peaks(bf16_peak, advice):
+    p = pd.DataFrame({"total_peak_MiB": [1000.0, bf16_peak, 1200.0]}, index=["fp32", "bf16", "autocast-bf16"])
+    assert advice in kx.autocast_line(p, "autocast-bf16")
+
+
+@pytest.mark.parametrize("dtype, other", [("fp32", "bf16"), ("bf16", "fp32")])
+def test_06_try_this_states_this_runs_figures(dtype, other):
+    sweep = pd.DataFrame([{"status": "ok", "n": 1024, "backend": "eager", "ms": 10.0, "vs_eager": None},
+                          {"status": "ok", "n": 1024, "backend": "sdpa-flash", "ms": 5.0, "vs_eager": "2.00x faster"}])
+    plan = pd.DataFrame([{"n": 8192, "backend": "eager", "estimate_GiB": 99.0, "plan": "refused"},
+                         {"n": 8192, "backend": "flex", "estimate_GiB": 0.5, "plan": "fits"}])
+    comp = pd.DataFrame([{"variant": "eager", "decode_ms": 12.5}])
+    lines = kx.try_this(dtype, sweep, plan, comp)
+    assert f"-p attn_dtype={other}" in lines[1] and "2.00x faster than eager" in lines[1]
+    assert "99.0 GiB" in lines[0] and "12.5 ms" in lines[2]
+    fits = kx.try_this(dtype, sweep, plan.assign(plan="fits"), comp)[0]
+    assert "fits the memory" in fits
+
+
+# ---------------------------------------------------------------- 07 case study
+
+def _stages(idle_fa: float, thr_fa: float, idle_cb: float = 1.0) -> list[dict]:
+    return [{"stage": "baseline", "status": "ok"},
+            {"stage": "+ INT8", "status": "ok", "ttft_idle_x_prev": 2.0, "throughput_x_prev": 1.5},
+            {"stage": "+ continuous batching", "status": "ok", "ttft_idle_x_prev": idle_cb, "throughput_x_prev": 3.0,
+             "ttft_loaded_x_prev": 4.0},
+            {"stage": "+ fast attention", "status": "ok", "ttft_idle_x_prev": idle_fa, "throughput_x_prev": thr_fa}]
+
+
+@pytest.mark.parametrize("idle, thr, says", [
+    (1.09, 1.23, "shows more in throughput, where it was a gain"),  # the learner's numbers
+    (1.40, 1.10, "shows more in the idle TTFT, where it was a gain"),
+    (1.01, 0.98, "neither moved beyond the noise"),
+    (0.70, 1.00, "shows more in the idle TTFT, where it was a loss")])
+def test_07_the_attention_sentence_follows_its_two_factors(idle, thr, says):
+    assert says in cs.attention_line(_stages(idle, thr))
+
+
+@pytest.mark.parametrize("idle_cb, says", [(1.02, "did not move"), (1.5, "moved too")])
+def test_07_batching_sentence_checks_the_idle_ttft(idle_cb, says):
+    assert says in cs.batching_line(_stages(1.0, 1.0, idle_cb))
+
+
+def test_07_what_this_means_names_the_stage_that_paid_and_the_machines_units():
+    text = casestudy.what_this_means(_stages(1.0, 1.0), [{"stage": "+ fast attention", "ppl_delta_pct": 0.2}],
+                                     [{"stage": "+ fast attention", "identical": 0.75}], int8_units=False)
+    assert "+ continuous batching gave the largest throughput factor (3.00x more)" in text
+    assert "+ INT8 the largest idle-TTFT factor (2.00x lower)" in text and "no int8 matrix units" in text
+    assert "kept 75% of the greedy answers" in text and "does not mean identical" in text
+    assert cs.factor_words(1.03, "higher", "lower").startswith("no change")
+    assert cs.factor_words(0.5, "higher", "lower") == "2.00x lower"
+
+
+@pytest.mark.parametrize("picked, other", [("int8-dynamic-onednn", "int8-weight-only"),
+                                           ("int8-weight-only", "int8-dynamic-onednn")])
+def test_07_try_this_suggests_a_path_other_than_the_picked_one(picked, other):
+    rows = [{"method": "int8-dynamic-onednn", "status": "ok", "why_not": None if picked != "int8-weight-only" else
+             "slower"}, {"method": "int8-weight-only", "status": "ok", "why_not": "slower"}]
+    text = casestudy.try_this(picked, rows, "poisson")
+    assert f"`-p int8={other}` instead of the picked `{picked}`" in text and "arrival=all-at-once" in text
