@@ -65,10 +65,10 @@ def _serve(args) -> int:
 
     for name, value, lo in (("--max-batch", args.max_batch, 1), ("--port", args.port, 0),
                             ("--max-body-bytes", args.max_body_bytes, 1)):
-        if value < lo:
+        if value is not None and value < lo:
             print(f"error: {name} must be >= {lo}, got {value}", file=sys.stderr)
             return 2
-    if not args.kv_cache_gib > 0:
+    if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
         print(f"error: --kv-cache-gib must be > 0, got {args.kv_cache_gib}", file=sys.stderr)
         return 2
     if not 0 <= args.shutdown_grace_s < float("inf"):
@@ -103,7 +103,7 @@ def _serve(args) -> int:
         return 2
     name = args.served_model_name or args.model
     sched = engine.scheduler.config
-    print(f"serving {name!r} on {device}{f' ({args.int8})' if args.int8 else ''}: up to {args.max_batch} requests "
+    print(f"serving {name!r} on {device}{f' ({args.int8})' if args.int8 else ''}: up to {sched.max_num_seqs} requests "
           f"at once, KV cache {sched.num_blocks} blocks of {sched.block_size} tokens, context {sched.max_model_len}",
           flush=True)
     try:
@@ -209,7 +209,7 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 def _peers(args) -> int:
     import pandas as pd
 
-    from labkit.core import models, planner, records
+    from labkit.core import floors, models, planner, records
     from labkit.lessons import peers
 
     paths = tuple(p.strip() for p in args.labkit.split(",") if p.strip()) if args.labkit else peers.LABKIT_PATHS
@@ -242,9 +242,11 @@ def _peers(args) -> int:
         return 0
     hw, source = planner.machine_card("cpu")
     table, rounds = peers.compare(args.shape, args.layers, args.prompt_len, args.new_tokens, args.repeats,
-                                  labkit=paths, hw=hw)
+                                  labkit=paths, hw=hw, hw_source=source)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        print(table.drop(columns=["engine"]).round(3).to_string(index=False))
+        print(floors.shown(table.drop(columns=["engine"])).round(3).to_string(index=False))
+    for line in floors.reasons(table, "path"):  # every floor a path beat, and why (labkit.core.floors)
+        print(line)
     print(f"floors: {hw.bandwidth_gbps:.1f} GB/s from {source}; {table.attrs['threads']} thread(s); load: "
           f"{table.attrs['load']}")
     lines = peers.target_lines(rounds, table)
@@ -300,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="quantize the linear layers first with one of quant.INT8_METHODS (e.g. int8-dynamic)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
-    s.add_argument("--max-batch", type=int, default=16, help="most requests running at once")
-    s.add_argument("--kv-cache-gib", type=float, default=1.0, help="memory for the paged KV cache")
+    s.add_argument("--max-batch", type=int, default=None,
+                   help="most requests running at once (default: the engine's, EngineConfig.max_num_seqs)")
+    s.add_argument("--kv-cache-gib", type=float, default=None,
+                   help="memory for the paged KV cache (default: the engine's, labkit.serve.config.EngineConfig)")
     s.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     s.add_argument("--served-model-name", default=None, help="the name clients pass as `model` (default --model)")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies are refused (413)")

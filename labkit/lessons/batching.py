@@ -14,21 +14,18 @@ from collections.abc import Sequence
 
 from labkit.core.bench import summarize
 from labkit.serve.baselines import Unavailable, run_engine, run_hf_continuous, run_sequential, run_static
-from labkit.serve.engine import EngineConfig, LLMEngine
+from labkit.serve.engine import LLMEngine
 from labkit.serve.sequence import SamplingParams
 from labkit.serve.workload import Request
 
 SERVERS = ("sequential", "static", "engine", "hf-continuous")
 
 
-def engine_for(model, trace: Sequence[Request], max_num_seqs: int, block_size: int = 16,
-               kv_cache_bytes: int = 1 << 30, attention: str = "sdpa", max_num_batched_tokens: int = 512) -> LLMEngine:
-    """An engine sized for the trace: context = longest prompt + output; KV cache from a byte budget; chunked
-    prefill with `max_num_batched_tokens` tokens per step (decodes first)."""
+def engine_for(model, trace: Sequence[Request], max_num_seqs: int, **config) -> LLMEngine:
+    """An engine sized for the trace: context = longest prompt + output; every other option (`config`: the
+    fields of labkit.serve.EngineConfig, e.g. `max_num_batched_tokens`, `attention`) as given or its default."""
     longest = max(r.prompt_len + r.output_len for r in trace)
-    return LLMEngine(model, EngineConfig(max_num_seqs=max_num_seqs, block_size=block_size,
-                                         kv_cache_bytes=kv_cache_bytes, max_model_len=longest,
-                                         max_num_batched_tokens=max_num_batched_tokens, attention=attention))
+    return LLMEngine.from_model(model, max_num_seqs=max_num_seqs, max_model_len=longest, **config)
 
 
 def served_perplexity(engine: LLMEngine, ids, window: int = 512, stride: int = 256, decode_tokens: int = 16) -> dict:
@@ -63,16 +60,16 @@ def served_perplexity(engine: LLMEngine, ids, window: int = 512, stride: int = 2
 
 def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SERVERS, max_batch: int = 8,
                     max_wait_s: float = 1.0, slo_ms: dict | None = None, progress: bool = True,
-                    max_num_batched_tokens: int = 512, rounds: int = 1):
+                    max_num_batched_tokens: int | None = None, rounds: int = 1):
     """Replay `trace` against each server; returns (table rows, replays by server, the engine used).
 
-    `max_batch` is the static batch size and the engine's max running sequences, so both are compared at the
-    same maximum batch; `max_num_batched_tokens` is the engine's token budget per step (prompts longer than it
-    are prefilled in chunks, decodes first). With `rounds` > 1 every server replays the trace once per round,
-    the order rotating each round (labkit.core.bench.run_rounds), so that a change in the machine's load hits every
-    server alike: a row is the server's median-throughput round, `throughput_rounds` lists every round, and each
-    `throughput_x_vs_*` is the median over rounds of the ratio measured within a round. With one round (the
-    default) load drift between the replays can decide a close ranking. Rows carry status "ok" or
+    `max_batch` is the static batch size and the engine's max running sequences, so both are compared at the same
+    maximum batch; `max_num_batched_tokens` is the engine's token budget per step (prompts longer than it are
+    prefilled in chunks, decodes first; None: EngineConfig's default). With `rounds` > 1 every server replays the
+    trace once per round, the order rotating each round (labkit.core.bench.run_rounds), so that a change in the
+    machine's load hits every server alike: a row is the server's median-throughput round, `throughput_rounds` lists
+    every round, and each `throughput_x_vs_*` is the median over rounds of the ratio measured within a round. With
+    one round (the default) load drift between the replays can decide a close ranking. Rows carry status "ok" or
     "skipped: <reason>" (never another server's numbers). The engine's step stats (`occupancy`) are its last
     replay's."""
     from labkit.core.bench import run_rounds
@@ -204,7 +201,7 @@ def occupancy(engine: LLMEngine) -> dict[str, list]:
 def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[int, int],
                output_len: int | tuple[int, int], servers: Sequence[str] = ("static", "engine"), max_batch: int = 8,
                slo_ms: dict | None = None, seed: int = 0, progress: bool = True,
-               max_num_batched_tokens: int = 512, rounds: int = 1) -> list[dict]:
+               max_num_batched_tokens: int | None = None, rounds: int = 1) -> list[dict]:
     """The same kind of Poisson trace at each rate, replayed against `servers`: one row per (rate, server),
     for throughput and latency percentiles against the offered load."""
     from labkit.core.progress import tqdm
@@ -333,3 +330,73 @@ def server_view(rows: list[dict]):
     ok = [r for r in rows if r.get("status") == "ok"]
     df = pd.DataFrame(ok).reindex(columns=list(SERVER_VIEW)).rename(columns=SERVER_VIEW)
     return df.dropna(axis=1, how="all")
+
+
+def resolve_parameters(preset: str, *, device: str, dtype: str, seed: int, layers, n_requests, prompt_len: int,
+                       output_len, rate, burstiness: float, max_batch: int, max_num_batched_tokens: int, servers,
+                       slo_ttft_ms, slo_tpot_ms, rates, rounds) -> dict:
+    """Notebook 05's parameters cell, checked at once (labkit.core.params): a bad value fails naming what is valid,
+    and a size left None takes the preset's value. Returns the resolved values by name, `slo` as bench wants it."""
+    from labkit.core.params import check, default, resolve_device
+
+    check("dtype", dtype, str, choices=("fp32", "bf16", "fp16"))
+    for name, value, lo in [("seed", seed, 0), ("prompt_len", prompt_len, 1), ("max_batch", max_batch, 1),
+                            ("max_num_batched_tokens", max_num_batched_tokens, max_batch)]:
+        check(name, value, int, min=lo)
+    check("burstiness", burstiness, float, min=1e-3)
+    return {
+        "device": resolve_device(device),
+        "layers": default("layers", layers, preset, ci=1, full=8, min=1),
+        "n_requests": default("n_requests", n_requests, preset, ci=12, full=32, min=2),
+        "output_len": tuple(default("output_len", output_len, preset, ci=(16, 96), full=(16, 256),
+                                    kind=(list, tuple))),
+        "rate": default("rate", rate, preset, ci=4.0, full=4.0, kind=float, min=1e-3),
+        "servers": list(default("servers", servers, preset, ci=SERVERS, full=SERVERS, kind=(list, tuple),
+                                choices=SERVERS)),
+        "rounds": default("rounds", rounds, preset, ci=1, full=3, min=1),
+        "rates": list(default("rates", rates, preset, ci=[1.0, 4.0], full=[0.5, 1.0, 2.0, 4.0, 8.0], kind=list)),
+        "slo": {"ttft": check("slo_ttft_ms", slo_ttft_ms, float, min=0),
+                "tpot": check("slo_tpot_ms", slo_tpot_ms, float, min=0)},
+    }
+
+
+def load_model(name: str, dtype: str, device: str, layers: int, seed: int, prepack: bool, max_batch: int):
+    """The served model; with `prepack`, its fp32 linears on oneDNN's prepacked weights for `max_batch` rows
+    (labkit.techniques.kernels raises with the reason where oneDNN cannot run it)."""
+    from labkit.core import models
+    from labkit.core.params import check
+    from labkit.techniques import kernels
+
+    m = models.load(name, dtype=dtype, device=device, layers=layers, seed=seed)
+    return kernels.prepack_linears(m, rows_hint=max_batch) if check("prepack", prepack, bool) else m
+
+
+STEP_SHOWN = (*STEP_PARTS.values(), "other operators", "python and scheduling")
+
+
+def plot_step_profile(prof: dict, hw_source: str):
+    """One decode step (`profile_decode_step`) as a stacked bar of its parts, with the memory and compute floors as
+    vertical lines; the notebook shows it as "05_step_profile"."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    left = 0.0
+    for name, ms in ((k, v) for k, v in prof.items() if k in STEP_SHOWN):
+        ax.barh([0], [ms], left=left, label=f"{name}: {ms:.1f} ms")
+        left += ms
+    for floor, style in (("memory_floor_ms", "--"), ("compute_floor_ms", ":")):
+        if prof.get(floor):
+            ax.axvline(prof[floor], color="k", ls=style,
+                       label=f"{floor.replace('_ms', '').replace('_', ' ')}: {prof[floor]:.1f} ms")
+    ax.set(yticks=[], xlabel="ms per decode step",
+           title=f"One decode step, batch {prof['batch']}, context {prof['context']:.0f} tokens ({hw_source})")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
+    return fig
+
+
+def step_profile_sentence(prof: dict) -> str:
+    """The step against its floor (the larger of memory and compute) and its largest part, in words."""
+    parts = {k: v for k, v in prof.items() if k in STEP_SHOWN}
+    bound = max(("memory", prof["memory_floor_ms"]), ("compute", prof["compute_floor_ms"] or 0), key=lambda t: t[1])
+    return (f"the step takes {prof['step_ms']:.1f} ms against a {bound[0]} floor of {bound[1]:.1f} ms "
+            f"({bound[1] / prof['step_ms']:.0%} of it); the largest part is {max(parts, key=parts.get)}")

@@ -1,6 +1,6 @@
 """The engine: requests in, tokens out, one scheduler iteration per `step()`.
 
-    engine = LLMEngine(model, EngineConfig(max_num_seqs=16))
+    engine = LLMEngine.from_model(model, max_num_seqs=16)                 # labkit.serve.config.EngineConfig
     outputs = engine.generate(prompts, SamplingParams(max_tokens=64))      # blocking, a list of prompts
     sid = engine.add_request(ids, params); engine.step(); engine.cancel(sid)  # driving it yourself
 
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from labkit.serve.config import EngineConfig
 from labkit.serve.runner import ModelRunner
-from labkit.serve.scheduler import Scheduler, SchedulerConfig
+from labkit.serve.scheduler import Scheduler
 from labkit.serve.sequence import SamplingParams, Sequence
 
 
@@ -50,26 +51,6 @@ def check_prompt(prompt_ids, vocab_size: int) -> list[int]:
 
 
 @dataclass
-class EngineConfig:
-    """`num_blocks=None` sizes the KV cache from `kv_cache_bytes`; `max_model_len=None` takes the model's
-    context length. With chunked prefill (the default) `max_num_batched_tokens` is the tokens one step computes
-    (decodes first, then chunks of prefills; None: 512); without it, a prefill is never split and the budget
-    must hold the longest prompt (None: max_model_len)."""
-
-    max_num_seqs: int = 16
-    max_num_batched_tokens: int | None = None
-    block_size: int = 16
-    num_blocks: int | None = None
-    kv_cache_bytes: int = 1 << 30
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = False
-    mixed_batches: bool = True  # running sequences keep decoding while new prompts are prefilled
-    enable_chunked_prefill: bool = True  # long prompts split across steps so running requests never stall
-    attention: str = "sdpa"  # or "eager" (see labkit.serve.runner)
-    seed: int = 0
-
-
-@dataclass
 class StepStat:
     """What one iteration did: for the batch-occupancy plot."""
 
@@ -87,21 +68,28 @@ class LLMEngine:
     config: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
-        c, m = self.config, self.model
-        max_len = c.max_model_len or m.config.max_position_embeddings
-        blocks = c.num_blocks or max(1, c.kv_cache_bytes // ModelRunner.kv_bytes_per_block(m, c.block_size))
+        m = self.model
+        if not isinstance(self.config, EngineConfig):
+            raise TypeError(f"config must be a labkit.serve.EngineConfig, got {type(self.config).__name__}")
+        c = self.config
+        per_block = ModelRunner.kv_bytes_per_block(m, c.block_size)
+        if c.num_blocks is None and c.cache_bytes < per_block:
+            raise ValueError(f"kv_cache_bytes={c.cache_bytes} holds no KV block: one block of {c.block_size} tokens "
+                             f"takes {per_block} bytes for this model")
+        self.config = c = c.resolved(m.config.max_position_embeddings, c.cache_bytes // per_block)
         eos = m.config.eos_token_id
-        budget = c.max_num_batched_tokens or (max(512, c.max_num_seqs) if c.enable_chunked_prefill else max_len)
-        self.scheduler = Scheduler(SchedulerConfig(
-            max_num_seqs=c.max_num_seqs, max_num_batched_tokens=budget,
-            block_size=c.block_size, num_blocks=blocks, max_model_len=max_len,
-            eos_token_id=eos[0] if isinstance(eos, list) else eos, enable_prefix_caching=c.enable_prefix_caching,
-            mixed_batches=c.mixed_batches, enable_chunked_prefill=c.enable_chunked_prefill))
-        self.runner = ModelRunner(m, blocks, c.block_size, seed=c.seed, attention=c.attention)
+        self.scheduler = Scheduler(c, eos[0] if isinstance(eos, list) else eos)
+        self.runner = ModelRunner(m, c.num_blocks, c.block_size, seed=c.seed, attention=c.attention)
         self.vocab_size = m.config.vocab_size
         self.requests: dict[int, Sequence] = {}
         self.stats: list[StepStat] = []
         self._next_id = 0
+
+    @classmethod
+    def from_model(cls, model, config: EngineConfig | None = None, **overrides) -> LLMEngine:
+        """The way to build an engine: `config` (default EngineConfig()) with `overrides` replacing its fields,
+        every option checked at once (labkit.serve.config), what is left None resolved from the model."""
+        return cls(model, replace(config or EngineConfig(), **overrides))
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams | None = None,
                     arrival_time: float | None = None) -> int:
@@ -109,11 +97,16 @@ class LLMEngine:
         [0, vocab), parameters of the wrong type) raises RequestError naming the field, and nothing is queued;
         a well-formed one that can never run here (longer than the context or the cache) is rejected at once
         with the reason in its `finish_reason`. Nothing is truncated or converted silently."""
+        return self._queue(*self._check(prompt_ids, params), arrival_time)
+
+    def _check(self, prompt_ids, params) -> tuple[list[int], SamplingParams]:
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
             raise RequestError("params", f"must be a SamplingParams, got {type(params).__name__}")
-        seq = Sequence(self._next_id, check_prompt(prompt_ids, self.vocab_size), params,
-                       time.perf_counter() if arrival_time is None else arrival_time)
+        return check_prompt(prompt_ids, self.vocab_size), params
+
+    def _queue(self, ids: list[int], params: SamplingParams, arrival_time: float | None) -> int:
+        seq = Sequence(self._next_id, ids, params, time.perf_counter() if arrival_time is None else arrival_time)
         self._next_id += 1
         self.requests[seq.seq_id] = seq
         self.scheduler.add(seq)
@@ -154,11 +147,20 @@ class LLMEngine:
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                  progress: bool = False) -> list[list[int]]:
         """Blocking: run every prompt to the end and return the output token ids in prompt order
-        (empty for a rejected request; see `get(id).finish_reason`)."""
+        (empty for a rejected request; see `get(id).finish_reason`). Every request is checked before any is
+        queued: one malformed request raises RequestError (naming `prompts[i]`) and nothing runs."""
         from labkit.core.progress import tqdm
 
         plist = params if isinstance(params, list) else [params] * len(prompts)
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist, strict=True)]
+        if len(plist) != len(prompts):
+            raise RequestError("params", f"{len(plist)} SamplingParams for {len(prompts)} prompts")
+        checked = []
+        for i, (p, sp) in enumerate(zip(prompts, plist, strict=True)):  # all or nothing: check every one first
+            try:
+                checked.append(self._check(p, sp))
+            except RequestError as e:
+                raise RequestError(f"prompts[{i}].{e.field}", str(e).split(": ", 1)[1]) from e
+        ids = [self._queue(p, sp, None) for p, sp in checked]
         with tqdm(total=len(ids), desc="engine", disable=not progress) as bar:
             while self.has_unfinished():
                 bar.update(len(self.step()))

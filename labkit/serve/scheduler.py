@@ -1,21 +1,23 @@
 """Iteration-level scheduling (continuous batching): every step decides afresh which sequences run.
 
-Policy, as in nano-vllm and vLLM's default before chunked prefill:
-- Prefill first. If waiting requests can be admitted (first come, first served; stop at the first that does
-  not fit) under the sequence budget (`max_num_seqs` running), the token budget (`max_num_batched_tokens`
-  uncached prompt tokens this step) and the free blocks, the step prefills exactly those. New requests thus
-  get their first token soon (low TTFT), at the price of one stalled decode step for the running ones.
-- Otherwise decode: every running sequence computes its last token. When a sequence needs a new block and
-  none is free, the newest running sequence is preempted (its blocks freed; it goes back to the front of the
-  waiting queue and is recomputed on readmission, output kept), down to the sequence itself if it is alone.
-- Chunked prefill (`enable_chunked_prefill`, vLLM's V1 policy): every running sequence that is decoding gets its
-  one token first; the token budget left over continues prefills already under way, then admits waiting
-  requests, splitting a long prompt across steps. A new 512-token prompt then never stalls the running ones for
-  a whole prefill, and the budget no longer has to hold the longest prompt.
+The policy is two switches of labkit.serve.config.EngineConfig (its only configuration, read as given):
+- `mixed_batches=False` (nano-vllm's policy): prefill first. If waiting requests can be admitted (first come,
+  first served; stop at the first that does not fit) under the sequence budget (`max_num_seqs` running), the token
+  budget (`max_num_batched_tokens` this step) and the free blocks, the step prefills exactly those: new requests
+  get their first token soon (low TTFT), at the price of a stalled decode step for the running ones. Otherwise
+  decode: every running sequence computes its last token. When a sequence needs a new block and none is free,
+  the newest running sequence is preempted (its blocks freed; it goes back to the front of the waiting queue and
+  is recomputed on readmission, output kept), down to the sequence itself if it is alone.
+- `mixed_batches=True` (transformers' and vLLM's V1 schedulers): every running sequence decodes one token first,
+  and the token budget left over admits waiting requests whose prefill runs in the same step, so running
+  sequences never stall behind a prefill.
+- `enable_chunked_prefill`: a prompt longer than the budget left is split across steps (prefills already under
+  way continue first, then waiting requests are admitted). With mixed batches (vLLM's V1 default) a new 512-token
+  prompt never stalls the running ones for a whole prefill; without (SGLang's default) prefill chunks run in steps
+  of their own, before any decode. Either way the budget no longer has to hold the longest prompt.
 - A request that can never run is rejected at `add` with a reason, never truncated: an empty prompt, a
   prompt whose length plus `max_tokens` exceeds `max_model_len`, or one that alone would need more blocks
-  than the whole cache. So the
-  oldest running sequence can always make progress and no request is stuck or lost.
+  than the whole cache. So the oldest running sequence can always make progress and no request is stuck or lost.
 """
 
 from __future__ import annotations
@@ -25,37 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from labkit.serve.blocks import BlockManager
+from labkit.serve.config import EngineConfig
 from labkit.serve.sequence import Sequence, SequenceStatus
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Budgets and cache geometry. `num_blocks * block_size` is how many tokens the KV cache holds in all.
-
-    `max_num_batched_tokens >= max_model_len` is required because a prefill is never split: any admitted
-    request, even one recomputing prompt + output after preemption, must fit one step."""
-
-    max_num_seqs: int = 16
-    max_num_batched_tokens: int = 2048
-    block_size: int = 16
-    num_blocks: int = 256
-    max_model_len: int = 2048
-    eos_token_id: int | None = None
-    enable_prefix_caching: bool = False
-    mixed_batches: bool = False  # decode the running sequences in the same step as new prefills
-    enable_chunked_prefill: bool = False  # split prefills across steps under the token budget (decodes first)
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks", "max_model_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_num_batched_tokens < self.max_model_len and not self.enable_chunked_prefill:
-            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
-                             f"({self.max_model_len}): a prefill is not split across steps unless "
-                             "enable_chunked_prefill")
-        if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
-                             f"({self.max_num_seqs}): every running sequence decodes one token per step")
 
 
 @dataclass
@@ -92,8 +65,8 @@ class ScheduledSeq:
 
 @dataclass
 class SchedulerOutput:
-    """What the model runner needs for one step. With the default policy a step is all-prefill or all-decode;
-    with `mixed_batches` it may hold both, and `is_prefill` says whether it holds any prefill."""
+    """What the model runner needs for one step. Without `mixed_batches` a step is all-prefill or all-decode;
+    with it a step may hold both, and `is_prefill` says whether it holds any prefill."""
 
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     is_prefill: bool = False
@@ -112,13 +85,22 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+def _any_prefill(work: list[ScheduledSeq]) -> bool:
+    """Whether prefill work holds a prompt chunk (more than one token, or not yet the sequence's end)."""
+    return any(w.num_new_tokens > 1 or w.end < w.seq.num_tokens for w in work)
+
+
 class Scheduler:
     """Owns the waiting and running queues and the block manager. Driven by the engine:
     `add` / `cancel` at any time between steps, then per step `schedule()` -> run the model ->
     `postprocess(output.seqs, next_token_ids, now)`."""
 
-    def __init__(self, config: SchedulerConfig):
+    def __init__(self, config: EngineConfig, eos_token_id: int | None = None):
+        if not config.is_resolved:
+            raise ValueError("the scheduler needs max_num_batched_tokens, num_blocks and max_model_len: pass "
+                             "config.resolved(max_model_len, num_blocks) (the engine does this from its model)")
         self.config = config
+        self.eos_token_id = eos_token_id
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()  # admission order: the newest is at the right
@@ -187,8 +169,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ one step
     def schedule(self) -> SchedulerOutput:
-        """Pick this step's work: a prefill of newly admitted sequences if any fit, else a decode of all
-        running ones (preempting the newest while blocks are short). Empty only when nothing is live."""
+        """Pick this step's work under the configured policy (see the module's docstring). Empty only when
+        nothing is live."""
         if self.config.enable_chunked_prefill:
             return self._chunked()
         if self.config.mixed_batches:
@@ -209,26 +191,32 @@ class Scheduler:
                                preempted=decode.preempted)
 
     def _chunked(self) -> SchedulerOutput:
-        """Chunked prefill: decodes first (preempting the newest when blocks are short), then the budget left
-        continues prefills under way in admission order, then admits waiting requests (first come, first served),
-        each prefill taking as many of its remaining tokens as the budget allows."""
+        """Chunked prefill. Mixed: decodes first (preempting the newest when blocks are short), then the budget left
+        goes to prefill chunks. Not mixed: a step of prefill chunks alone while any prefill can run, else a
+        decode step. Chunks continue the prefills under way in admission order, then admit waiting requests
+        (first come, first served), each taking as many of its remaining tokens as the budget allows."""
+        if not self.config.mixed_batches:
+            chunks = self._prefill_chunks(self.config.max_num_batched_tokens)
+            return (SchedulerOutput(chunks, is_prefill=_any_prefill(chunks)) if chunks
+                    else self._decode(prefilling=False))
         decode = self._decode(prefilling=False)
         budget = self.config.max_num_batched_tokens - decode.num_batched_tokens
-        work = list(decode.scheduled)
+        chunks = self._prefill_chunks(budget, admit=not decode.preempted)  # no admission while memory is short
+        return SchedulerOutput(decode.scheduled + chunks, is_prefill=_any_prefill(chunks),
+                               preempted=decode.preempted)
+
+    def _prefill_chunks(self, budget: int, admit: bool = True) -> list[ScheduledSeq]:
+        """Up to `budget` prompt tokens: the prefills under way first (admission order), then new admissions."""
+        work = []
         for seq in [s for s in self.running if s.num_tokens - s.num_cached_tokens > 1]:
             if budget <= 0:
                 break
             work.append(self._work(seq, min(seq.num_tokens, seq.num_cached_tokens + budget)))
             budget -= work[-1].num_new_tokens
-        admitted = []
-        if not decode.preempted:  # no admission while memory is short
-            admitted = self._admit(budget, chunked=True)
-        for seq in admitted:
+        for seq in self._admit(budget, chunked=True) if admit else []:
             work.append(self._work(seq, min(seq.num_tokens, seq.num_cached_tokens + budget)))
             budget -= work[-1].num_new_tokens
-        return SchedulerOutput(work, is_prefill=any(w.num_new_tokens > 1 or w.end < w.seq.num_tokens
-                                                     for w in work[len(decode.scheduled):]),
-                               preempted=decode.preempted)
+        return work
 
     def _admit(self, budget: int | None = None, chunked: bool = False) -> list[Sequence]:
         cfg, bm = self.config, self.block_manager
@@ -320,7 +308,7 @@ class Scheduler:
         params = seq.sampling_params
         if token_id in params.stop_token_ids:
             return "stop"
-        if not params.ignore_eos and self.config.eos_token_id is not None and token_id == self.config.eos_token_id:
+        if not params.ignore_eos and self.eos_token_id is not None and token_id == self.eos_token_id:
             return "stop"
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
             return "length"

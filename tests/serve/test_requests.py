@@ -104,3 +104,20 @@ def test_qwen3_and_sliding_windows_are_refused_naming_the_supported_families():
     sliding = _tiny(Qwen2Config, use_sliding_window=True, sliding_window=8, max_window_layers=0)
     with pytest.raises(ValueError, match="sliding-window attention"):
         LLMEngine(sliding, EngineConfig(num_blocks=8, max_model_len=32))
+
+
+def test_generate_checks_every_request_before_queuing_any(tiny_llama):
+    """generate([good, good, bad]) is all or nothing: the error names the bad prompt, nothing was queued, and the
+    engine serves the next call as if the failed one had never happened."""
+    eng = LLMEngine(tiny_llama, EngineConfig(max_num_seqs=4, block_size=4, num_blocks=64, max_model_len=64))
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    with pytest.raises(RequestError, match=r"prompts\[2\]\.prompt_ids: token 1 is 999, outside") as e:
+        eng.generate([[5, 6, 7], [8, 9], [5, 999]], params)
+    assert e.value.field == "prompts[2].prompt_ids"
+    with pytest.raises(RequestError, match=r"prompts\[1\]\.params: must be a SamplingParams"):
+        eng.generate([[5, 6, 7], [8, 9]], [params, {"max_tokens": 3}])
+    with pytest.raises(RequestError, match=r"params: 1 SamplingParams for 2 prompts"):
+        eng.generate([[5, 6, 7], [8, 9]], [params])
+    assert not eng.has_unfinished() and not eng.requests and eng.scheduler.num_waiting == 0
+    assert eng.generate([[5, 6, 7]], params) == [LLMEngine(tiny_llama, eng.config).generate([[5, 6, 7]], params)[0]]
+    assert list(eng.requests) == [0]  # the first id: the failed calls took none

@@ -1,15 +1,16 @@
 import pytest
 
-from labkit.serve import SamplingParams, Scheduler, SchedulerConfig, Sequence, SequenceStatus
+from labkit.serve import EngineConfig, SamplingParams, Scheduler, Sequence, SequenceStatus
 
 EOS = 0
 
 
 def make(max_num_seqs=4, max_num_batched_tokens=64, block_size=4, num_blocks=32, max_model_len=64,
          prefix=False) -> Scheduler:
-    return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                                     block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
-                                     eos_token_id=EOS, enable_prefix_caching=prefix))
+    return Scheduler(EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                                  block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
+                                  enable_prefix_caching=prefix, enable_chunked_prefill=False, mixed_batches=False),
+                     eos_token_id=EOS)
 
 
 def req(seq_id: int, n_prompt: int, max_tokens: int = 8, **kw) -> Sequence:
@@ -24,13 +25,11 @@ def step(sched: Scheduler, token: int = 7, now: float = 1.0):
     return out, finished
 
 
-def test_config_is_validated():
-    with pytest.raises(ValueError, match="max_num_seqs"):
-        SchedulerConfig(max_num_seqs=0)
-    with pytest.raises(ValueError, match="not split"):
-        SchedulerConfig(max_num_batched_tokens=100, max_model_len=200)
-    with pytest.raises(ValueError, match="one token per step"):
-        SchedulerConfig(max_num_seqs=300, max_num_batched_tokens=256, max_model_len=256)
+def test_the_scheduler_refuses_a_config_left_to_the_model():
+    with pytest.raises(ValueError, match="config.resolved"):
+        Scheduler(EngineConfig())  # no context length, no cache size: the engine fills these from its model
+    s = Scheduler(EngineConfig(num_blocks=8, max_model_len=64).resolved(max_model_len=999, num_blocks=999))
+    assert (s.config.max_model_len, s.config.num_blocks, s.config.max_num_batched_tokens) == (64, 8, 512)
 
 
 def test_prefill_respects_the_token_budget_in_arrival_order():
@@ -256,9 +255,9 @@ def test_prefix_cache_hit_skips_the_shared_prompt_in_budget_and_work():
 
 
 def chunked(max_num_seqs=4, budget=8, block_size=4, num_blocks=64, max_model_len=64) -> Scheduler:
-    return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-                                     block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
-                                     eos_token_id=EOS, mixed_batches=True, enable_chunked_prefill=True))
+    return Scheduler(EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                                  block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
+                                  mixed_batches=True, enable_chunked_prefill=True), eos_token_id=EOS)
 
 
 def test_chunked_prefill_splits_a_long_prompt_and_yields_a_token_only_at_its_end():
@@ -292,6 +291,22 @@ def test_chunked_prefill_decodes_running_requests_first():
 
 def test_chunked_prefill_lifts_the_budget_rule_and_still_rejects_what_cannot_fit():
     with pytest.raises(ValueError, match="unless enable_chunked_prefill"):
-        SchedulerConfig(max_num_batched_tokens=16, max_model_len=64)
+        EngineConfig(max_num_batched_tokens=16, max_model_len=64, enable_chunked_prefill=False)
     s = chunked(budget=4, max_model_len=16)
     assert not s.add(req(1, 20)) and s.add(req(2, 10, max_tokens=6))
+
+
+def test_mixed_batches_decides_whether_a_step_holds_prefill_and_decode_together():
+    """One request decoding, a long one arriving: mixed, each step decodes the first beside a chunk of the second;
+    not mixed (prefill first), the chunks run in steps of their own and the first waits until they are done."""
+    def schedules(mixed: bool) -> list[list[tuple[int, int, int]]]:
+        s = Scheduler(EngineConfig(max_num_seqs=4, max_num_batched_tokens=6, block_size=4, num_blocks=64,
+                                   max_model_len=64, mixed_batches=mixed), eos_token_id=EOS)
+        s.add(req(1, 4, max_tokens=8))
+        step(s)  # prefilled in one step: now decoding
+        s.add(req(2, 12, max_tokens=2))
+        return [[(w.seq.seq_id, w.start, w.end) for w in step(s)[0].scheduled] for _ in range(4)]
+
+    assert schedules(True) == [[(1, 4, 5), (2, 0, 5)], [(1, 5, 6), (2, 5, 10)], [(1, 6, 7), (2, 10, 12)],
+                               [(1, 7, 8), (2, 12, 13)]]
+    assert schedules(False) == [[(2, 0, 6)], [(2, 6, 12)], [(1, 4, 5), (2, 12, 13)], [(1, 5, 6)]]
