@@ -165,3 +165,81 @@ def test_embedded_perplexity_reproduces_the_card(embedded):
     assert ppl["tokens"] == info["heldout_tokens_scored"]
     assert abs(ppl["perplexity"] / info["heldout_perplexity"] - 1) < 0.01
     assert ppl["perplexity"] < info["unigram_perplexity"] / 5  # it learned far more than token frequencies
+
+
+# The current families: config.json dimensions (Hugging Face pages of meta-llama/Llama-3.1-8B, Qwen/Qwen3-8B,
+# Qwen/Qwen3-30B-A3B, mistralai/Mistral-7B-v0.1, mistralai/Mixtral-8x7B-v0.1, google/gemma-3-12b-pt's
+# text_config) and the parameter counts their model cards state, rounded as they state them (total, active).
+PUBLISHED_NEW = {
+    # name: (hidden, layers, heads, kv heads, head_dim, vocab, total, active)
+    "llama-3.1-8b": (4096, 32, 32, 8, 128, 128256, 8.03e9, 8.03e9),
+    "qwen3-8b": (4096, 36, 32, 8, 128, 151936, 8.2e9, 8.2e9),
+    "qwen3-30b-a3b": (2048, 48, 32, 4, 128, 151936, 30.5e9, 3.3e9),
+    "mistral-7b": (4096, 32, 32, 8, 128, 32000, 7.24e9, 7.24e9),
+    "mixtral-8x7b": (4096, 32, 32, 8, 128, 32000, 46.7e9, 12.9e9),
+    "gemma-3-12b": (3840, 48, 16, 8, 256, 262208, 11.77e9, 11.77e9),  # text model; the card's 12B adds vision
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_NEW))
+def test_current_family_shapes_count_total_and_active_parameters(name):
+    s = models.shape(name)
+    hidden, layers, heads, kv, head_dim, vocab, total, active = PUBLISHED_NEW[name]
+    assert (s.hidden_size, s.num_hidden_layers, s.num_attention_heads, s.num_key_value_heads, s.head_dim,
+            s.vocab_size) == (hidden, layers, heads, kv, head_dim, vocab)
+    assert s.params() == pytest.approx(total, rel=0.01)
+    assert s.active_params() == pytest.approx(active, rel=0.02)
+    assert (s.active_params() < s.params()) == bool(s.num_experts)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_NEW))
+def test_current_family_shapes_build_their_family(name):
+    """A one-layer build is that family in transformers, with exactly the layer the ShapeSpec counts (experts,
+    router, q/k norms, Gemma's four norms included). Narrowed vocabulary and MLPs (the published ones take
+    gigabytes); the attention dimensions and the experts' count are the published ones."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    s = dataclasses.replace(models.shape(name), vocab_size=512, intermediate_size=64,
+                            moe_intermediate_size=64 if models.shape(name).num_experts else 0)
+    m = AutoModelForCausalLM.from_config(models.config_for(s, 1))
+    assert m.config.model_type == s.model_type
+    assert sum(p.numel() for p in m.model.layers[0].parameters()) == s.layer_params()
+    assert sum(p.numel() for p in m.parameters()) == s.params(layers=1)
+    if name == "llama-3.1-8b":
+        assert m.model.rotary_emb.rope_type == "llama3"
+    if s.sliding_window:
+        assert m.config.sliding_window == s.sliding_window
+
+
+def test_moe_decode_floor_reads_the_active_experts():
+    """A MoE model's batch-1 decode reads the top-k experts of each layer, not all of them: its weight bytes are
+    those of its active parameters; a larger batch reads more experts, up to all (the roofline's stated
+    assumption: different tokens' experts are distinct); a dense model reads all its weights at any batch."""
+    from labkit.core import roofline
+
+    moe, dense = models.shape("qwen3-30b-a3b"), models.shape("qwen3-8b")
+    emb_only = moe.embedding_params() - moe.vocab_size * moe.hidden_size  # the untied input table is not read
+    assert roofline.decode_weight_bytes(moe, "bf16") == 2 * (moe.active_params() - emb_only)
+    assert roofline.weight_bytes(moe, "bf16") == 2 * moe.params()
+    assert moe.experts_read(1) == 8 and moe.experts_read(4) == 32 and moe.experts_read(1000) == 128
+    batch = [roofline.decode_weight_bytes(moe, "bf16", tokens=b) for b in (1, 4, 16, 64)]
+    assert batch == sorted(batch) and batch[0] < batch[1]
+    assert batch[-1] == roofline.decode_weight_bytes(moe, "bf16", tokens=10_000)  # 64 x 8 > 128: all experts
+    assert roofline.decode_weight_bytes(dense, "bf16", tokens=64) == roofline.decode_weight_bytes(dense, "bf16")
+    hw = roofline.card("H100-80GB")
+    f_moe = roofline.decode_floor(moe, "bf16", hw, context=512)
+    assert f_moe.bytes < 0.2 * roofline.weight_bytes(moe, "bf16")  # 3.3B of 30.5B parameters
+    assert roofline.forward_flops(moe, 1) < roofline.forward_flops(dense, 1)  # FLOPs follow active parameters
+
+
+@pytest.mark.parametrize("name", ["qwen3-30b-a3b", "mixtral-8x7b"])
+def test_dense_equivalent_has_the_moe_models_total_size(name):
+    moe = models.shape(name)
+    dense = models.dense_equivalent(moe)
+    router = moe.num_hidden_layers * moe.hidden_size * moe.num_experts
+    assert dense.params() == moe.params() - router
+    assert dense.active_params() == dense.params() and moe.active_params() < moe.params() / 3
+    with pytest.raises(models.ModelError, match="dense already"):
+        models.dense_equivalent(models.shape("qwen3-8b"))

@@ -35,14 +35,25 @@ def act_bytes(dtype: str) -> int:
     return 4 if check_dtype(dtype) == "fp32" else 2
 
 
-def _parts(spec: ShapeSpec, dtype: str, layers: int | None) -> dict[str, float]:
-    """Weight bytes by part (see `decode_read_bytes`). Quantized checkpoints (GPTQ, AWQ, bitsandbytes) keep
+def _layer_params(spec: ShapeSpec, tokens: int | None) -> int:
+    """One layer's parameters that a forward over `tokens` tokens reads: all of them (tokens None: what memory
+    holds), or for a mixture-of-experts model only the experts those tokens route to (ShapeSpec.experts_read:
+    top-k per token, different tokens' experts assumed distinct; exactly k at batch-1 decode)."""
+    if tokens is None or not getattr(spec, "num_experts", 0):
+        return spec.layer_params()
+    return spec.layer_params(spec.experts_read(tokens))
+
+
+def _parts(spec: ShapeSpec, dtype: str, layers: int | None, tokens: int | None = None) -> dict[str, float]:
+    """Weight bytes by part (see `decode_read_bytes`), of all weights, or of those a forward over `tokens`
+    tokens reads (a MoE model's routed experts only). Quantized checkpoints (GPTQ, AWQ, bitsandbytes) keep
     embeddings, lm_head and norms in 16-bit; only the decoder layers' linear weights take the quantized format."""
     n = spec.num_hidden_layers if layers is None else layers
-    h = spec.hidden_size
+    h, norms = spec.hidden_size, spec.norm_params()
     keep = act_bytes(dtype)
     table = spec.vocab_size * h * keep
-    return {"layers": n * ((spec.layer_params() - 2 * h) * WEIGHT_BYTES[check_dtype(dtype)] + 2 * h * keep),
+    linear = _layer_params(spec, tokens) - norms
+    return {"layers": n * (linear * WEIGHT_BYTES[check_dtype(dtype)] + norms * keep),
             "final_norm": h * keep, "embedding": table, "lm_head": 0.0 if spec.tie_word_embeddings else table}
 
 
@@ -73,9 +84,11 @@ def weight_bytes(spec: ShapeSpec, dtype: str, layers: int | None = None) -> floa
     return sum(_parts(spec, dtype, layers).values())
 
 
-def decode_weight_bytes(spec: ShapeSpec, dtype: str, layers: int | None = None) -> float:
-    """Weight bytes one decode step reads for a model of `spec`'s shape held in `dtype`."""
-    return decode_read_bytes(_parts(spec, dtype, layers))
+def decode_weight_bytes(spec: ShapeSpec, dtype: str, layers: int | None = None, tokens: int = 1) -> float:
+    """Weight bytes one decode step over `tokens` tokens (the batch) reads for a model of `spec`'s shape held in
+    `dtype`: every weight of a dense model; of a mixture-of-experts model only the experts routed to (the
+    active parameters at batch 1, ShapeSpec.experts_read for how routing is assumed)."""
+    return decode_read_bytes(_parts(spec, dtype, layers, tokens))
 
 
 def kv_cache_bytes(spec: ShapeSpec, dtype: str, context: int, batch: int = 1, layers: int | None = None) -> float:
@@ -87,13 +100,14 @@ def forward_flops(spec: ShapeSpec, new_tokens: int, past: int = 0, batch: int = 
                   all_logits: bool = False) -> float:
     """FLOPs of one forward over `new_tokens` per sequence with `past` tokens already cached.
 
-    2 per weight per token for the linear layers; attention 4 x hidden per (query, key) pair (QK^T and
-    AV, causal); lm_head for the last token only unless `all_logits` (generate keeps the last only)."""
+    2 per active weight per token for the linear layers (a MoE token runs its top-k experts); attention 4 x
+    heads x head dim (the hidden size in most models) per (query, key) pair (QK^T and AV, causal); lm_head
+    for the last token only unless `all_logits` (generate keeps the last only)."""
     n = spec.num_hidden_layers if layers is None else layers
     h = spec.hidden_size
-    linear = 2 * batch * new_tokens * n * (spec.layer_params() - 2 * h)
+    linear = 2 * batch * new_tokens * n * (_layer_params(spec, 1) - spec.norm_params())  # a token's active weights
     pairs = new_tokens * past + new_tokens * (new_tokens + 1) // 2
-    attention = 4 * batch * n * h * pairs
+    attention = 4 * batch * n * spec.num_attention_heads * spec.head_dim * pairs
     head = 2 * batch * (new_tokens if all_logits else 1) * h * spec.vocab_size
     return float(linear + attention + head)
 
@@ -233,15 +247,16 @@ def _floor(phase: str, nbytes: float, flops: float, hw: Card, dtype: str) -> Flo
 def decode_floor(spec: ShapeSpec, dtype: str, hw: Card, context: int, batch: int = 1,
                  layers: int | None = None) -> Floor:
     """One decode step (one new token for each of `batch` sequences with `context` tokens cached): read
-    the weights once plus every sequence's KV cache."""
-    nbytes = decode_weight_bytes(spec, dtype, layers) + kv_cache_bytes(spec, dtype, context, batch, layers)
+    the weights once (a MoE model: the experts the batch routes to) plus every sequence's KV cache."""
+    nbytes = decode_weight_bytes(spec, dtype, layers, batch) + kv_cache_bytes(spec, dtype, context, batch, layers)
     return _floor("decode", nbytes, forward_flops(spec, 1, context, batch, layers), hw, dtype)
 
 
 def prefill_floor(spec: ShapeSpec, dtype: str, hw: Card, prompt: int, batch: int = 1,
                   layers: int | None = None) -> Floor:
     """The prefill of `batch` prompts of `prompt` tokens: FLOPs over peak, unless bytes take longer."""
-    nbytes = decode_weight_bytes(spec, dtype, layers) + kv_cache_bytes(spec, dtype, prompt, batch, layers)
+    nbytes = decode_weight_bytes(spec, dtype, layers, batch * prompt) + kv_cache_bytes(spec, dtype, prompt, batch,
+                                                                                        layers)
     return _floor("prefill", nbytes, forward_flops(spec, prompt, 0, batch, layers), hw, dtype)
 
 

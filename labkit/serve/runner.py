@@ -18,41 +18,14 @@ import torch
 from torch.nn import functional as F
 from torch.profiler import record_function
 
+from labkit.serve import families
+from labkit.serve.config import ATTENTION
+from labkit.serve.families import SUPPORTED, unsupported_reason  # noqa: F401
 from labkit.serve.scheduler import SchedulerOutput
 from labkit.techniques.kernels import eager_attention
 
-ATTENTION = ("sdpa", "eager")
-# Model families whose attention is exactly what `run` computes: q/k/v projections (with or without biases),
-# RoPE from the model's own rotary embedding, full causal attention, no norms on q/k, no sliding window.
-SUPPORTED = ("llama", "qwen2")
-
-
-def unsupported_reason(model) -> str | None:
-    """Why labkit's runner cannot run `model` token-exactly, or None. The runner reimplements attention around
-    the Hugging Face modules, so a family whose attention differs (q/k norms as in Qwen3, sliding windows as in
-    Mistral or Qwen2 with use_sliding_window, other layouts) would give wrong tokens silently: refuse it."""
-    cfg = getattr(model, "config", None)
-    kind = getattr(cfg, "model_type", type(model).__name__)
-    families = f"labkit's engine runs the {', '.join(SUPPORTED)} families"
-    if kind not in SUPPORTED:
-        return f"{families}; this model is {kind!r}, whose attention it does not implement"
-    layer_types = getattr(cfg, "layer_types", None) or []
-    if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
-        return f"{families} with full attention; this {kind} model uses sliding-window attention"
-    inner = getattr(model, "model", None)
-    layers = list(getattr(inner, "layers", []))
-    if not layers:
-        return f"{families}; this model has no decoder layers at model.model.layers"
-    attn = layers[0].self_attn
-    extra = [n for n in ("q_norm", "k_norm") if hasattr(attn, n)]
-    if extra or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
-        return f"{families}; this model's attention has {extra or 'another layout'}"
-    return None
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
+# The families it runs and what differs between them (q/k norms, fused projections, sliding windows, Gemma's
+# norms): labkit.serve.families; SUPPORTED and unsupported_reason stay importable from here.
 
 
 class ModelRunner:
@@ -67,6 +40,7 @@ class ModelRunner:
         cfg = model.config
         self.attention = attention
         self.model = model.eval()
+        self.family = families.family(model)
         self.block_size = block_size
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
@@ -82,6 +56,9 @@ class ModelRunner:
     @staticmethod
     def kv_bytes_per_block(model, block_size: int, dtype: torch.dtype | None = None) -> int:
         """Bytes of K and V for one block across all layers: what sizes the cache from a memory budget."""
+        reason = unsupported_reason(model)  # before reading dimensions another family may name differently
+        if reason:
+            raise ValueError(reason)
         cfg = model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         elt = (dtype or model.get_input_embeddings().weight.dtype).itemsize
@@ -110,9 +87,13 @@ class ModelRunner:
             bt = work[i].block_table[: width]
             tables[r, : len(bt)] = torch.tensor(bt)
         ends = torch.tensor([work[i].end for i in rows])
-        mask = (torch.arange(width * self.block_size)[None, :] < ends[:, None])[:, None, None, :]
+        kpos = torch.arange(width * self.block_size)[None, :]
+        masks = {}  # per sliding window (None: full): each one's real keys, the window's newest only
+        for win in set(self.family.windows):
+            m = kpos < ends[:, None]
+            masks[win] = (m if win is None else m & (kpos >= ends[:, None] - win))[:, None, None, :].to(self.device)
         return (torch.tensor([offsets[i] for i in rows], device=self.device), tables.flatten().to(self.device),
-                mask.to(self.device))
+                masks)
 
     def _gather(self, cache: torch.Tensor, tables: torch.Tensor, batch: int, dtype, which: int) -> torch.Tensor:
         """[batch, kv_heads, width * block_size, head_dim]: whole blocks copied by block table into a buffer kept
@@ -144,33 +125,29 @@ class ModelRunner:
         prefill = [(i, self._context_slots(w.block_table, w.end)) for i, w in enumerate(work) if w.num_new_tokens > 1]
         base = self.model.model
         h = base.embed_tokens(ids[None])  # [1, T, hidden]
-        cos, sin = base.rotary_emb(h, pos[None])  # [1, T, head_dim]
-        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # broadcast over heads
+        rope = families.rotary(self.family, base, h, pos)  # cos, sin [T, 1, rotary dim] per rotary table
         T = ids.numel()
         for li, layer in enumerate(base.layers):  # record_function marks what a step profile sorts time into
             attn = layer.self_attn
             x = layer.input_layernorm(h)
             with record_function("labkit::linears"):
-                q = attn.q_proj(x).view(T, self.num_heads, self.head_dim)
-                k = attn.k_proj(x).view(T, self.num_kv_heads, self.head_dim)
-                v = attn.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+                q, k, v = families.qkv(attn, x, self.num_heads, self.num_kv_heads, self.head_dim)
+            cos, sin = rope[self.family.rope_keys[li]]
+            q, k = families.apply_rope(q, cos, sin), families.apply_rope(k, cos, sin)
             with record_function("labkit::kv_write"):
                 self.k_cache[li, slots] = k.to(self.dtype)
                 self.v_cache[li, slots] = v.to(self.dtype)
             with record_function("labkit::attention"):
                 o = self._attention_layer(li, q, work, offsets, decode, prefill, attn.scaling, T)
             with record_function("labkit::linears"):
-                h = h + attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim))
-                h = h + layer.mlp(layer.post_attention_layernorm(h))
+                h = families.finish_layer(layer, h, attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim)))
         self._prompt_logprobs(work, offsets, h[0])
         done = [i for i, w in enumerate(work) if w.end == w.seq.num_tokens]  # a prefill chunk yields no token
         if not done:
             return [None] * len(work)
         last = torch.tensor([offsets[i + 1] - 1 for i in done], device=self.device)
         with record_function("labkit::linears"):
-            logits = self.model.lm_head(base.norm(h[0, last])).float()  # [finishing sequences, vocab]
+            logits = families.logits(self.model, self.family, h[0, last])  # [finishing sequences, vocab]
         tokens: list[int | None] = [None] * len(work)
         with record_function("labkit::sample"):
             picked = self._sample(logits, [work[i].seq.sampling_params.temperature for i in done])
@@ -188,7 +165,7 @@ class ModelRunner:
                 continue
             rows = h[offsets[i] : offsets[i] + last - w.start]
             with record_function("labkit::linears"):
-                lp = torch.log_softmax(self.model.lm_head(self.model.model.norm(rows)).float(), dim=-1)
+                lp = torch.log_softmax(families.logits(self.model, self.family, rows), dim=-1)
             tgt = torch.tensor(seq.prompt_token_ids[w.start + 1 : last + 1], device=lp.device)
             seq.prompt_logprobs[w.start + 1 : last + 1] = lp.gather(1, tgt[:, None])[:, 0].tolist()
 
@@ -198,7 +175,8 @@ class ModelRunner:
         one call against their padded contexts, each prefill (or chunk of one) on its own."""
         o = torch.empty(T, self.num_heads, self.head_dim, dtype=q.dtype, device=self.device)
         if decode is not None:  # [B, heads, 1, d] against [B, kv_heads, padded context, d]
-            rows, tables, mask = decode
+            rows, tables, masks = decode
+            mask = masks[self.family.windows[li]]
             ks = self._gather(self.k_cache[li], tables, rows.numel(), q.dtype, 0)
             vs = self._gather(self.v_cache[li], tables, rows.numel(), q.dtype, 1)
             o[rows] = self._attend(q[rows][:, :, None], ks, vs, mask, False, scale)[:, :, 0]
@@ -208,11 +186,13 @@ class ModelRunner:
             qs = q[off : off + n].transpose(0, 1)[None]  # [1, heads, n, head_dim]
             ks = self.k_cache[li, c].transpose(0, 1)[None].to(q.dtype)  # [1, kv_heads, end, head_dim]
             vs = self.v_cache[li, c].transpose(0, 1)[None].to(q.dtype)
-            if w.start == 0:  # a full prefill (or a recompute): plain causal attention
+            window = self.family.windows[li]
+            if w.start == 0 and (window is None or window >= w.end):  # a full prefill (or a recompute): causal
                 mask_p, causal = None, True
-            else:  # new tokens after a cached prefix (or earlier chunks): query i sees keys up to start + i
-                kpos = torch.arange(w.end, device=self.device)
-                mask_p, causal = kpos[None, :] <= (w.start + torch.arange(n, device=self.device))[:, None], False
+            else:  # after a cached prefix (or earlier chunks), or a sliding window: query i sees keys up to
+                kpos = torch.arange(w.end, device=self.device)  # start + i, the window's newest only
+                qpos = w.start + torch.arange(n, device=self.device)
+                mask_p, causal = families.visible(qpos, kpos, window), False
             o[off : off + n] = self._attend(qs, ks, vs, mask_p, causal, scale)[0].transpose(0, 1)
         return o
 

@@ -96,14 +96,16 @@ def test_qwen2_shaped_model_is_served_token_exactly():
     assert outs == [_generate(model, p, 8) for p in prompts]
 
 
-def test_qwen3_and_sliding_windows_are_refused_naming_the_supported_families():
-    from transformers import Qwen2Config, Qwen3Config
+def test_a_family_the_runner_does_not_implement_is_refused_naming_the_supported_ones():
+    """GPT-2's attention (fused c_attn, learned positions) is not what the runner computes: refused with the reason
+    and the families it does run, never served with wrong tokens (tests/serve/test_families.py: the supported
+    ones, token-exact)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    with pytest.raises(ValueError, match=r"runs the llama, qwen2 families; this model is 'qwen3'"):
-        LLMEngine(_tiny(Qwen3Config, head_dim=16), EngineConfig(num_blocks=8, max_model_len=32))
-    sliding = _tiny(Qwen2Config, use_sliding_window=True, sliding_window=8, max_window_layers=0)
-    with pytest.raises(ValueError, match="sliding-window attention"):
-        LLMEngine(sliding, EngineConfig(num_blocks=8, max_model_len=32))
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=64)).eval()
+    with pytest.raises(ValueError, match=r"runs the llama, qwen2, qwen3, .* families; this model is 'gpt2'"):
+        LLMEngine(gpt2, EngineConfig(num_blocks=8, max_model_len=32))
 
 
 def test_generate_checks_every_request_before_queuing_any(tiny_llama):
