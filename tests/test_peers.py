@@ -108,3 +108,38 @@ def test_peers_command_refuses_bad_options_before_building_anything(argv, messag
     monkeypatch.setattr(peers, "compare", lambda *a, **k: pytest.fail("compare ran on bad options"))
     assert main(["peers", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def _contender(name: str, engine: str, nbytes: float) -> peers.Contender:
+    return peers.Contender(name, engine, 8.0, nbytes)
+
+
+def test_a_beaten_floor_is_re_derived_and_says_why():
+    from labkit.core.roofline import Card
+
+    timed = [(_contender("labkit bf16", "labkit", 1e8), 0.010),  # 100 MB in 10 ms: 10 GB/s against a 5 GB/s card
+             (_contender("llama.cpp q8_0", "llama.cpp", 5e7), 0.020),  # 2.5 GB/s: within the card's bandwidth
+             (_contender("ctranslate2 int8", "ctranslate2", 4e8), 0.010)]  # 40 GB/s, but its bytes are an upper bound
+    got = peers.floor_fields(timed, Card("t", 16.0, 5.0, {"fp32": 1.0}, measured=True), "a test profile")
+    ours, ggml, ct2 = got["labkit bf16"], got["llama.cpp q8_0"], got["ctranslate2 int8"]
+    # re-derived from the fastest path with exact bytes (labkit's own 10 GB/s), not from CTranslate2's upper bound
+    assert ours["decode floor ms"] == pytest.approx(10.0) and ours["fraction of floor"] == pytest.approx(1.0)
+    assert "memory bandwidth rate (5.0 GB/s, a test profile)" in ours["fraction of floor_reason"]
+    assert ggml["fraction of floor"] == pytest.approx(0.5) and "fraction of floor_reason" not in ggml
+    assert ct2["fraction of floor"] == pytest.approx(1.0) and "upper bound" in ct2["fraction of floor_reason"]
+    assert all(r["fraction of floor"] <= 1.05 for r in got.values())
+
+
+def test_latest_lines_print_the_reason_of_every_beaten_floor(monkeypatch):
+    from labkit.core import records
+
+    table = [{"path": "labkit bf16", "status": "ok", "fraction of floor": 1.0,
+              "fraction of floor_reason": "measured 10 ms beat its floor of 20 ms"},
+             {"path": "llama.cpp q8_0", "status": "ok", "fraction of floor": 0.5}]
+    rec = {"time": "2026-01-01T00:00:00", "fingerprint": {"cpu": "some cpu"},
+           "config": {"shape": "tinyllama-1.1b", "layers": 8, "prompt_len": 512, "new_tokens": 32, "threads": 4},
+           "metrics": {"table": table, "targets": ["decode: a target line"]}}
+    monkeypatch.setattr(records, "latest", lambda name, root=None: rec)
+    _, lines = peers.latest_lines()
+    assert lines[-2:] == ["decode: a target line",
+                          "labkit bf16, fraction of floor: measured 10 ms beat its floor of 20 ms"]

@@ -11,6 +11,7 @@ from labkit.lessons import casestudy
 from labkit.lessons import kernels as kx
 from labkit.lessons import parallelism as pe
 from labkit.lessons import pruning as px
+from labkit.lessons import quantization_views as qv
 from labkit.lessons.casestudy import prose as cs
 from labkit.lessons.pruning import tables as pt
 from labkit.lessons.pruning.variants import same_cut
@@ -188,3 +189,135 @@ def test_07_try_this_suggests_a_path_other_than_the_picked_one(picked, other):
              "slower"}, {"method": "int8-weight-only", "status": "ok", "why_not": "slower"}]
     text = casestudy.try_this(picked, rows, "poisson")
     assert f"`-p int8={other}` instead of the picked `{picked}`" in text and "arrival=all-at-once" in text
+
+
+# ---------------------------------------------------------------- 02 quantization
+
+MV = {"fp32": 10.0, "int8": 4.0}  # notebook 01's matrix-vector probes, GB/s
+
+
+def _profile(reliable: bool = True, mv: dict = MV) -> dict:
+    want = 4 * mv["int8"] / mv["fp32"]  # int8 reads a quarter of fp32's bytes, at its own probe's rate
+    return {"device": "cpu", "reliable": reliable,
+            "probes": {"cpu": {"matvec_gbps": mv, "bandwidth_gbps": {"best": 30.0}}},
+            "predictions": [{"dtype": "fp32", "predicted speed-up vs fp32": 1.0},
+                            {"dtype": "int8", "predicted speed-up vs fp32": want}]}
+
+
+def _probe_ms(mib_read: float, gbps: float) -> float:
+    return mib_read * 2**20 / (gbps * 1e9) * 1e3
+
+
+def _quant_speed(fp32_ms: float, int8_ms: float, reason: str | None = None) -> pd.DataFrame:
+    """fp32 reads 400 MiB per token, int8-dynamic 100 MiB; the profile's bandwidth is 30 GB/s."""
+    rows = [{"method": "fp32", "status": "ok", "decode_read_mib": 400.0, "decode_ms_per_token": fp32_ms,
+             "decode_x_vs_fp32": 1.0, "decode_fraction": _probe_ms(400, 30) / fp32_ms},
+            {"method": "int8-dynamic", "status": "ok", "decode_read_mib": 100.0, "decode_ms_per_token": int8_ms,
+             "decode_x_vs_fp32": fp32_ms / int8_ms, "decode_fraction": min(_probe_ms(100, 30) / int8_ms, 1.0),
+             "decode_fraction_reason": reason}]
+    return pd.DataFrame(rows)
+
+
+AT_PROBE_FP32, AT_PROBE_INT8 = _probe_ms(400, MV["fp32"]), _probe_ms(100, MV["int8"])
+
+
+@pytest.mark.parametrize("fp32_ms, int8_ms, reliable, reason, says", [
+    # better than predicted: this path beat its own probe, on a quiet profile -> its kernel streams better
+    (AT_PROBE_FP32, 5.0, True, None, "it streamed its bytes better than its probe predicted"),
+    # ... on a profile marked unreliable, past the profile's bandwidth, or with fp32 past its probe too -> busy
+    (AT_PROBE_FP32, 5.0, False, None, "notebook 01's profile is marked unreliable"),
+    (AT_PROBE_FP32, 2.0, True, "measured 2 ms beat its floor", "this path beat the profile's bandwidth floor"),
+    (AT_PROBE_FP32 / 1.4, 5.0, True, None, "fp32 too streamed 140% of its own probe's rate"),
+    # better than predicted while this path kept to its probe: fp32 fell short of its own
+    (AT_PROBE_FP32 * 2.4, AT_PROBE_INT8, True, None, "fp32 streamed its bytes at only 42%"),
+    # slower than predicted: this path fell short of its probe -> its kernels set the pace
+    (AT_PROBE_FP32, AT_PROBE_INT8 * 2.5, True, None, "its kernels, not the bytes, set the pace at batch 1"),
+    # slower than predicted while this path kept to its probe: fp32 beat its own
+    (AT_PROBE_FP32 / 2.8, AT_PROBE_INT8, True, None, "fp32 ran better than its probe predicted")])
+def test_02_why_a_prediction_missed_follows_the_numbers(fp32_ms, int8_ms, reliable, reason, says):
+    line = qv.prediction_lines(_quant_speed(fp32_ms, int8_ms, reason), _profile(reliable))[0]
+    x = (fp32_ms / int8_ms) / (4 * MV["int8"] / MV["fp32"])
+    assert says in line
+    assert (f"measured {x:.1f}x better than predicted" in line) == (x > 1)
+    assert (f"measured {1 / x:.1f}x slower than predicted" in line) == (x < 1)
+    busy = "the profile was taken while the machine was busy"
+    assert (busy in line) == (says in ("notebook 01's profile is marked unreliable", "this path beat the profile's "
+                                       "bandwidth floor", "fp32 too streamed 140% of its own probe's rate"))
+    assert ("set the pace" in line) == (says.startswith("its kernels"))
+
+
+def test_02_a_far_better_result_is_never_explained_as_a_slow_kernel():
+    # the learner's case: 65x better than predicted, once explained with the sentence for slow kernels
+    line = qv.prediction_lines(_quant_speed(AT_PROBE_FP32, AT_PROBE_INT8 / 65), _profile())[0]
+    assert "measured 65.0x better than predicted" in line and "set the pace" not in line
+
+
+def test_02_inside_the_prediction_no_why_is_given():
+    line = qv.prediction_lines(_quant_speed(AT_PROBE_FP32, AT_PROBE_INT8 * 1.2), _profile())[0]
+    assert "Why on this machine" not in line and "predicted decode 1.60x fp32" in line
+
+
+def test_02_a_beaten_floor_prints_its_reason_below_the_speed_table():
+    speed = _quant_speed(AT_PROBE_FP32, 2.0, "measured 2 ms beat its floor")
+    assert qv.floor_lines(speed) == ["int8-dynamic, decode_fraction: measured 2 ms beat its floor"]
+    assert qv.floor_lines(_quant_speed(AT_PROBE_FP32, 5.0))[0].startswith("no row beat its floors")
+
+
+def _ranked(wo_ms: float, compiled: str | None = None) -> pd.DataFrame:
+    rows = [{"method": m, "status": "ok", "decode_ms_per_token": ms}
+            for m, ms in (("fp32", 40.0), ("bf16", 20.0), ("int8-dynamic", 10.0), ("int8-weight-only", wo_ms),
+                          ("bnb-int8", 300.0))]
+    rows.append({"method": "rtn", "status": "not timed: fake-quantized", "decode_ms_per_token": None})
+    if compiled:
+        rows.append({"method": "int8-weight-only+compile", "status": "ok", "decode_ms_per_token": 5.0,
+                     "decode_vs_eager": compiled})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("wo_ms, says", [
+    (400.0, "int8-weight-only's eager decode is the slowest of the 5 timed rows here (400.0 ms/token), 1.33x the next"),
+    (60.0, "ranks 4 of 5 timed rows here, fastest first (60.0 ms/token); the slowest row, bnb-int8, takes 300.0 "
+           "ms/token, 5.00x as long"),
+    (295.0, "1.02x as long (inside the noise: as slow)"), (302.0, "1.01x the next, bnb-int8 (inside the noise)")])
+def test_02_try_this_ranks_int8_weight_only_from_the_table(wo_ms, says):
+    line = qv.rank_line(_ranked(wo_ms))
+    assert says in line and "not compiled in this run" in line
+    assert ("slowest of the" in line) == (wo_ms > 300.0)
+
+
+def test_02_try_this_says_what_compiling_did_or_why_it_was_not_timed():
+    assert "its compiled row against its eager row, decode: 12.00x faster" in qv.rank_line(_ranked(60.0, "12.00x "
+                                                                                                       "faster"))
+    skipped = _ranked(60.0)
+    skipped.loc[skipped["method"] == "int8-weight-only", "status"] = "skipped: torchao is not installed"
+    assert qv.rank_line(skipped) == "int8-weight-only's eager decode was not timed here (skipped: torchao is not " \
+                                    "installed)"
+
+
+def _quality(int8: float, rtn: float, gptq: float, awq: float) -> pd.DataFrame:
+    rows = [("fp32", 32.0, 1000, False, 1.0), ("bf16", 16.0, 500, False, 1.0),
+            ("fp32, int8 head", 32.0, 900, False, 1.3),  # the head-only row is not a width of its own
+            ("int8-dynamic", 8.06, 400, False, 1 + int8), ("int4-rtn", 4.5, 300, False, 1 + rtn),
+            ("rtn", 4.25, 1000, True, 1 + rtn), ("gptq", 4.25, 1000, True, 1 + gptq), ("awq", 4.25, 1000, True,
+                                                                                        1 + awq)]
+    return pd.DataFrame([{"method": m, "status": "ok", "bits_per_weight": b, "bytes": n, "fake_quant": f,
+                          "ppl_vs_fp32": p} for m, b, n, f, p in rows])
+
+
+def test_02_what_this_means_states_each_widths_size_and_cost_from_the_table():
+    lines = qv.meaning_lines(_quality(0.001, 0.05, 0.02, 0.06))
+    assert lines[0].startswith("Size, 8-bit (int8-dynamic): the layers take 0.252 of fp32's bytes; the whole model "
+                               "0.400 of fp32's, less of a cut")
+    assert lines[1].startswith("Size, 4-bit (int4-rtn, rtn, gptq, awq): the layers take 0.133 to 0.141")
+    assert "the whole model 0.300 of fp32's" in lines[1]  # fake-quantized rows hold dequantized weights: left out
+    assert "Quality, 8-bit: perplexity +0.1% against fp32" in lines and "fp32, int8 head" not in " ".join(lines)
+    assert "Quality: 4 bits cost more than 8 here (median +5.0% against +0.1%)" in lines
+    assert lines[-1].endswith("gptq loses less than plain rounding, awq loses no less than plain rounding")
+
+
+def test_02_what_this_means_says_when_fewer_bits_cost_no_more():
+    lines = qv.meaning_lines(_quality(0.03, 0.01, 0.02, 0.005))
+    assert "Quality: 4 bits cost no more than 8 here (median +1.0% against +3.0%)" in lines
+    assert lines[-1].endswith("gptq loses no less than plain rounding, awq loses less than plain rounding")
+    assert qv.meaning_lines(_quality(0, 0, 0, 0).iloc[:2]) == ["no quantized row ran here: nothing to compare with "
+                                                                "fp32"]

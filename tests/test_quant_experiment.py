@@ -1,5 +1,6 @@
 """Notebook 02's experiment: rows for every method, ratios from rotating rounds, floors next to the times."""
 
+import pandas as pd
 import pytest
 
 from labkit.core import roofline
@@ -18,10 +19,42 @@ def test_benchmark_rows_carry_floors_and_skip_reasons(tiny_llama):
     fp = rows["fp32"]
     assert fp["decode_x_vs_fp32"] == 1.0 and fp["decode_floor_ms"] > 0
     assert fp["decode_fraction"] == pytest.approx(fp["decode_floor_ms"] / fp["decode_ms_per_token"])
+    assert rows["int8-dynamic-legacy"]["prefill_compute"] == "int8" and fp["prefill_compute"] == "fp32"
+    timed = [r for r in rows.values() if r["status"] == "ok"]
+    for key in ("decode_fraction", "prefill_fraction"):  # none above 1.05 of its floor without the reason
+        assert all(not r.get(key, 0) > 1.05 or isinstance(r.get(f"{key}_reason"), str) for r in timed)
     # the int8 copy reads fewer bytes per step than fp32 (its linears are 1 byte per weight)
     assert rows["int8-dynamic-legacy"]["decode_read_mib"] < fp["decode_read_mib"]
     assert qv.skipped(df) == [f"rtn: {rows['rtn']['status']}", f"gptqmodel: {rows['gptqmodel']['status']}"]
     assert list(qv.view(df, qv.SPEED_VIEW)["method"]) == ["fp32", "bf16", "int8-dynamic-legacy"]
+
+
+def _parts(read: float, flops: float, peak: float, compute: str) -> dict:
+    return {"read": read, "flops": flops, "peak": peak,
+            "shown": {"decode_read_mib": read / 2**20, "prefill_compute": compute, "head_share": 0.1}}
+
+
+def test_a_beaten_floor_is_re_derived_with_its_reason_and_prefill_uses_the_paths_own_matmul_rate():
+    # a 5 GB/s card: fp32's 100 MB in 10 ms beat its 20 ms floor; int8's 25 MB in 8 ms did not (5 ms floor)
+    card = roofline.Card("test", 16.0, 5.0, {"fp32": 0.1, "int8": 1.0}, "test")
+    rows = {"fp32": {"decode_ms_per_token": 10.0, "prefill_ms": 100.0},
+            "int8-dynamic": {"decode_ms_per_token": 8.0, "prefill_ms": 5.0}}
+    parts = {"fp32": _parts(1e8, 1e10, card.peak("fp32"), "fp32"),
+             "int8-dynamic": _parts(2.5e7, 1e10, card.peak("int8"), "int8")}
+    qe._fractions(rows, parts, card, "a test card")
+    fp, i8 = rows["fp32"], rows["int8-dynamic"]
+    # decode: fp32 re-derived from the fastest bandwidth any row reached (its own, 10 GB/s): 10 ms, fraction 1
+    assert fp["decode_floor_ms"] == pytest.approx(10.0) and fp["decode_fraction"] == pytest.approx(1.0)
+    assert "memory bandwidth rate (5.0 GB/s, a test card)" in fp["decode_fraction_reason"]
+    assert "re-derived" in fp["decode_fraction_reason"]
+    assert i8["decode_fraction"] == pytest.approx(5.0 / 8.0) and "decode_fraction_reason" not in i8
+    # prefill: fp32 at its 100 GFLOP/s floor exactly; int8 beat the int8 matmul rate (1 TFLOP/s) it computes in
+    assert fp["prefill_fraction"] == pytest.approx(1.0) and "prefill_fraction_reason" not in fp
+    assert "int8 matmul rate (1,000.0 GFLOP/s" in i8["prefill_fraction_reason"]
+    assert i8["prefill_fraction"] <= 1.05 and i8["prefill_floor_ms"] == pytest.approx(5.0)
+    assert all(r[k] <= 1.05 for r in rows.values() for k in ("decode_fraction", "prefill_fraction"))
+    assert qv.floor_lines(pd.DataFrame([{"method": m, "status": "ok", **r} for m, r in rows.items()]))[0].startswith(
+        "fp32, decode_fraction: measured 10 ms beat its floor of 20 ms")
 
 
 def test_settings_fill_in_the_preset_and_refuse_bad_parameters():
@@ -44,8 +77,6 @@ def test_settings_fill_in_the_preset_and_refuse_bad_parameters():
 
 
 def test_summary_table_sets_quality_next_to_speed_in_the_quality_order():
-    import pandas as pd
-
     quality = pd.DataFrame([{"method": "fp32", "status": "ok", "bits_per_weight": 32.0, "ppl_vs_fp32": 1.0,
                              "disk_bytes": 2**21},
                             {"method": "rtn", "status": "ok", "bits_per_weight": 4.5, "ppl_vs_fp32": 1.1,
@@ -65,8 +96,6 @@ def test_base_dtype_follows_quant_unsupported():
 
 
 def test_prediction_lines_explain_a_big_miss_from_the_fractions():
-    import pandas as pd
-
     speed = pd.DataFrame([{"method": "fp32", "status": "ok", "decode_x_vs_fp32": 1.0, "decode_fraction": 0.5},
                           {"method": "bf16", "status": "ok", "decode_x_vs_fp32": 1.02, "decode_fraction": 0.26}])
     profile = {"predictions": [{"dtype": "fp32", "predicted speed-up vs fp32": 1.0},
@@ -183,8 +212,6 @@ def test_a_budget_cuts_rows_in_the_benchmark_and_never_reports_them_as_measured(
 
 
 def pd_isna(v):
-    import pandas as pd
-
     return v is None or bool(pd.isna(v))
 
 

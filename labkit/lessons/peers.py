@@ -322,11 +322,12 @@ def _tokens(result) -> tuple[RequestTiming, list[int]]:
 
 def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 512, new_tokens: int = 32,
             repeats: int = 3, seed: int = 0, labkit: tuple[str, ...] = LABKIT_PATHS, workdir: str | Path | None = None,
-            hw=None, progress: bool = True):
+            hw=None, progress: bool = True, hw_source: str = "notebook 01's profile"):
     """Every labkit path and every installed peer on the same `shape` model (seeded random weights), batch 1:
     prefill of `prompt_len` tokens (tok/s) and decode (tok/s), timed in rotating rounds; the first call of each
     path (compilation, kernel set-up) is its cold start, apart. With `hw` (a roofline Card) each row also gets
-    its decode floor (its own bytes / the card's bandwidth) and the fraction reached. Returns (table, rounds)."""
+    its decode floor (its own bytes / the card's bandwidth) and the fraction reached (`floor_fields`: a floor that
+    was beaten is re-derived, its reason beside the fraction; `hw_source` names the card's). Returns (table, rounds)."""
     import tempfile
 
     import pandas as pd
@@ -356,21 +357,41 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
         if tmp is not None:
             tmp.cleanup()
     rows = []
+    floors = floor_fields([(p, r.median(p.name, "tpot")) for p in paths if p.name in callers and p.bytes_read],
+                          hw, hw_source) if hw is not None else {}
     for p in paths:
         row = {"path": p.name, "engine": p.engine, "bits/weight": p.bits,
                "status": f"skipped: {p.skipped}" if p.skipped else "ok"}
         if p.name in callers:
             ttft, tpot = r.median(p.name, "ttft"), r.median(p.name, "tpot")
             row.update({"prefill tok/s": prompt_len / ttft, "decode tok/s": 1 / tpot,
-                        "MiB read per token": mib(p.bytes_read), "cold start s": p.cold_s})
-            if hw is not None:
-                floor = p.bytes_read / (hw.bandwidth_gbps * 1e9)
-                row.update({"decode floor ms": floor * 1e3, "fraction of floor": floor / tpot})
+                        "MiB read per token": mib(p.bytes_read), "cold start s": p.cold_s, **floors.get(p.name, {})})
         rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update({"shape": shape, "layers": layers, "prompt_len": prompt_len, "new_tokens": new_tokens,
                         "threads": torch.get_num_threads(), "load": r.load})
     return table, r
+
+
+UPPER_BOUND_BYTES = ("ctranslate2",)  # engines whose bytes per token are an upper bound (`_ct2_bytes`)
+
+
+def floor_fields(timed: list[tuple[Contender, float]], hw, source: str = "notebook 01's profile") -> dict[str, dict]:
+    """{path: its decode floor (its bytes at the card's bandwidth) and the fraction of it its median time per token
+    reached}, through labkit.core.floors.of_floor: a floor beaten by more than 5% names the bandwidth as wrong and
+    is re-derived from the fastest any path with exact bytes streamed (a CTranslate2 row's bytes are an upper
+    bound, so its own rate is left out and its reason says so), "fraction of floor_reason" beside the fraction."""
+    from labkit.core.floors import Rate, fastest_rates, of_floor
+
+    best = fastest_rates(("memory bandwidth", p.bytes_read, t) for p, t in timed if p.engine not in UPPER_BOUND_BYTES)
+    out = {}
+    for p, t in timed:
+        note = ("its bytes are an upper bound: the whole model file, embedding table included"
+                if p.engine in UPPER_BOUND_BYTES else None)
+        f = of_floor(t, [Rate("memory bandwidth", hw.bandwidth_gbps * 1e9, p.bytes_read, "B/s", source)],
+                     fastest=best, note=note)
+        out[p.name] = {"decode floor ms": f.floor_s * 1e3, **f.fields("fraction of floor")}
+    return out
 
 
 TARGETS = (  # (labkit's best among, the peer it must match, phase) as issue #18 states them
@@ -438,6 +459,7 @@ def latest_lines(root=None) -> tuple[object, list[str]]:
     to make one). The lines name when and on which CPU it was measured, and warn when that is not this one."""
     import pandas as pd
 
+    from labkit.core.floors import reasons
     from labkit.core.hardware import cpu_model
     from labkit.core.records import latest
 
@@ -452,7 +474,8 @@ def latest_lines(root=None) -> tuple[object, list[str]]:
             f"prompt, {c['new_tokens']} new tokens, {c['threads']} thread(s)")
     if cpu != cpu_model():
         head += f" - NOT this machine ({cpu_model()}): rerun `python -m labkit peers` here"
-    return pd.DataFrame(rec["metrics"]["table"]), [*status, head, *rec["metrics"]["targets"]]
+    table = pd.DataFrame(rec["metrics"]["table"])
+    return table, [*status, head, *rec["metrics"]["targets"], *reasons(table, "path")]
 
 
 def profile(shape: str = "tinyllama-1.1b", layers: int = 8, names=("bf16+compile",), prompt_len: int = 16,

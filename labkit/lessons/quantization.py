@@ -212,7 +212,7 @@ def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool) -> tuple
 def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int = 32, new_tokens: int = 16,
                       repeats: int = 3, seed: int = 0, progress: bool = True,
                       compiled: tuple[str, ...] = (), hw=None, deadline: float | None = None,
-                      budget_s: float | None = None) -> pd.DataFrame:
+                      budget_s: float | None = None, hw_source: str = "notebook 01's profile") -> pd.DataFrame:
     """Speed of each method on a (shape-faithful) fp32 model: prefill (time to first token) and decode
     (time per output token) at batch 1, as ratios against fp32 and bf16 measured side by side: every model
     serves one request per round, rounds rotating the order (labkit.core.bench.run_rounds), and a ratio is the
@@ -224,7 +224,10 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
 
     With `hw` (a labkit.core.roofline.Card: notebook 01's profile) each row also gets its floors: decode = the bytes a
     step reads (this model's own stored weights and the KV cache) / bandwidth, prefill = FLOPs / the matmul rate
-    of the number type the method computes in; and the fraction of each floor the measurement reached.
+    of the number type the method computes in; and the fraction of each floor the measurement reached, through
+    labkit.core.floors (a floor a row beat is re-derived from the fastest rate any row of the table reached, its
+    reason stored beside the fraction: `decode_fraction_reason`, `prefill_fraction_reason`). `hw_source` says
+    where the card's rates come from (planner.machine_card), for those reasons.
 
     With a `deadline` (a time.perf_counter() value, `speed_deadline`: the lesson's `budget_s`) each row is first
     probed once with 2 tokens (its cold call), and labkit.core.budget.choose decides from those costs what the
@@ -290,10 +293,10 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
                 rows[name][f"{phase}_x_vs_eager"] = ratio.value
                 rows[name][f"{phase}_vs_eager"] = ratio.words()
     if hw is not None:
-        for name, row in rows.items():
-            if name in timing.rounds_of:
-                row.update(_floors(runners[name.removesuffix("+compile")], name, row, prompt_len, new_tokens, hw,
-                                   getattr(fp32, "labkit_shape", None)))
+        parts = {name: _floor_parts(runners[name.removesuffix("+compile")], name, row, prompt_len, new_tokens, hw,
+                                    getattr(fp32, "labkit_shape", None))
+                 for name, row in rows.items() if name in timing.rounds_of}
+        _fractions(rows, parts, hw, hw_source)
     out = pd.DataFrame([rows[m] for m in order])
     out.attrs["load"] = timing.load
     out.attrs["recompiles_while_timed"] = during.stats.frames  # 0: every compiled path stayed on its graphs
@@ -395,9 +398,11 @@ def _compiled_disagrees(model: nn.Module, dec, ids: torch.Tensor, new_tokens: in
             f"compiled {got[:6]}..., eager {ref[:6]}..."), first
 
 
-def _floors(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens: int, hw, spec) -> dict:
-    """Decode and prefill floors of one timed row (see benchmark_methods), and the fractions reached. `spec`: the
-    shape the speed model was built from (its KV cache and FLOPs follow from it); None for another model."""
+def _floor_parts(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens: int, hw, spec) -> dict:
+    """What one timed row's floors are made of (see benchmark_methods): the bytes a decode step reads, the prefill's
+    FLOPs and the matmul rate of the number type the path really computes in (quant.COMPUTE_DTYPE: int8 for the
+    W8A8 paths, the model's dtype otherwise), and the head's share of the bytes. `spec`: the shape the speed model
+    was built from (its KV cache and FLOPs follow from it); None for another model."""
     from labkit.core.roofline import decode_read_bytes, forward_flops, measured_parts
     from labkit.techniques.quant import COMPUTE_DTYPE
 
@@ -406,18 +411,33 @@ def _floors(model: nn.Module, name: str, row: dict, prompt_len: int, new_tokens:
     kv = spec.kv_bytes_per_token(elt, layers=layers) * (prompt_len + new_tokens // 2) if spec is not None else 0
     parts = measured_parts(model)
     read = decode_read_bytes(parts) + kv
-    method = name.removesuffix("+compile")
-    compute = COMPUTE_DTYPE.get(method, row.get("base_dtype") or "fp32")
-    peak = hw.peak(compute)
-    flops = forward_flops(spec, prompt_len, layers=layers) if spec is not None else None
+    compute = COMPUTE_DTYPE.get(name.removesuffix("+compile"), row.get("base_dtype") or "fp32")
     head = parts["lm_head"] or parts["embedding"]
-    out = {"decode_read_mib": mib(read), "decode_floor_ms": read / (hw.bandwidth_gbps * 1e9) * 1e3,
-           "prefill_compute": compute, "head_share": head / read}
+    out = {"read": read, "flops": forward_flops(spec, prompt_len, layers=layers) if spec is not None else None,
+           "peak": hw.peak(compute), "shown": {"decode_read_mib": mib(read), "prefill_compute": compute,
+                                               "head_share": head / read}}
     if spec is not None:  # the same weights at the real depth: the head's share shrinks as layers are added
-        full = measured_parts(model, layers=spec.num_hidden_layers)
-        out["head_share_full_depth"] = head / decode_read_bytes(full)
-    out["decode_fraction"] = out["decode_floor_ms"] / row["decode_ms_per_token"]
-    if flops and peak:
-        out["prefill_floor_ms"] = flops / peak * 1e3
-        out["prefill_fraction"] = out["prefill_floor_ms"] / row["prefill_ms"]
+        out["shown"]["head_share_full_depth"] = head / decode_read_bytes(measured_parts(model,
+                                                                                        layers=spec.num_hidden_layers))
     return out
+
+
+def _fractions(rows: dict, parts: dict, hw, source: str) -> None:
+    """Each timed row's decode floor (its bytes at the card's bandwidth) and prefill floor (its FLOPs at the matmul
+    rate it computes in) and the fraction reached, through labkit.core.floors.of_floors over the whole table: a
+    floor a row beat names the rate that was wrong and is re-derived, `<key>_reason` stored beside the fraction."""
+    from labkit.core.floors import Rate, of_floors
+
+    names = list(parts)
+    for n in names:
+        rows[n].update(parts[n]["shown"])
+    dec = of_floors([rows[n]["decode_ms_per_token"] / 1e3 for n in names],
+                    [[Rate("memory bandwidth", hw.bandwidth_gbps * 1e9, parts[n]["read"], "B/s", source)]
+                     for n in names])
+    for n, f in zip(names, dec, strict=True):
+        rows[n].update({"decode_floor_ms": f.floor_s * 1e3, **f.fields("decode_fraction")})
+    pre = [n for n in names if parts[n]["flops"] and parts[n]["peak"]]
+    rates = [[Rate(f"{rows[n]['prefill_compute']} matmul", parts[n]["peak"], parts[n]["flops"], "FLOP/s", source)]
+             for n in pre]
+    for n, f in zip(pre, of_floors([rows[n]["prefill_ms"] / 1e3 for n in pre], rates), strict=True):
+        rows[n].update({"prefill_floor_ms": f.floor_s * 1e3, **f.fields("prefill_fraction")})

@@ -8,6 +8,7 @@ import pytest
 
 from labkit.core import models
 from labkit.core.bench import Rounds
+from labkit.core.roofline import Card, Floor
 from labkit.lessons import serving as hx
 from labkit.serve import client as bench_http
 from labkit.serve.api import bind, create_app, engine_config, start_in_thread
@@ -119,7 +120,7 @@ def test_cost_figure_draws_both_paths_round_by_round_and_the_busy_cores():
     import matplotlib.pyplot as plt
 
     side = _rounds([10.0, 11.0, 12.0], [14.0, 15.0, 16.0])
-    fig = hx.cost_figure(side, SimpleNamespace(seconds=0.004), cores=4)
+    fig = hx.cost_figure(side, Floor("decode", 4e7, 1e6, 0.004, None), cores=4)
     try:
         left, right = fig.axes
         lines = {ln.get_label(): list(ln.get_ydata()) for ln in left.get_lines()}
@@ -147,3 +148,40 @@ def test_your_server_refuses_token_ids_outside_the_servers_vocabulary(tiny_llama
         server.stop()
     assert row["status"].startswith(f"skipped: 'tiny' takes token ids below {vocab}") and "url_text" in row["status"]
     assert fits["status"] == "ok" and fits["completed"] == 2
+
+
+def _card(gbps: float) -> Card:
+    return Card("test", 16.0, gbps, {"fp32": 1.0}, "test", measured=True)
+
+
+def test_floor_rows_explain_a_beaten_floor_and_keep_the_fraction_within_it():
+    side = _rounds([10.0] * 3, [15.0] * 3)  # TPOT 10 ms in process, 15 ms over HTTP
+    beaten = Floor("decode", 1e8, 1e6, 0.02, None)  # 100 MB at 5 GB/s: a 20 ms floor both paths beat
+    rows = hx.floor_rows(side, beaten, _card(5.0), "fp32", "a test profile")
+    assert [r["path"] for r in rows] == [hx.IN, hx.HTTP]
+    # re-derived from the fastest bandwidth either path reached (in process: 100 MB in 10 ms, 10 GB/s)
+    assert [r["decode-step floor (ms)"] for r in rows] == pytest.approx([10.0, 10.0])
+    assert [r["fraction of the floor"] for r in rows] == pytest.approx([1.0, 10.0 / 15.0])
+    assert all("memory bandwidth rate (5.0 GB/s, a test profile)" in r["fraction of the floor_reason"] for r in rows)
+    assert all("re-derived" in r["why"] for r in rows)
+    from labkit.core.floors import reasons
+
+    assert reasons(rows, "path")[0].startswith(f"{hx.IN}, fraction of the floor: measured 10 ms beat its floor")
+    held = Floor("decode", 1e8, 1e6, 0.005, None)  # a 5 ms floor, 20 GB/s: neither path beat it
+    rows = hx.floor_rows(side, held, _card(20.0), "fp32")
+    assert [r["fraction of the floor"] for r in rows] == pytest.approx([0.5, 5.0 / 15.0])
+    assert not any("fraction of the floor_reason" in r for r in rows)
+    assert rows[0]["why"].startswith("50% of the memory-bound floor")
+
+
+def test_cost_figure_draws_the_re_derived_floor_when_the_profiles_was_beaten():
+    import matplotlib.pyplot as plt
+
+    side = _rounds([10.0, 11.0, 12.0], [14.0, 15.0, 16.0])
+    fig = hx.cost_figure(side, Floor("decode", 1e8, 1e6, 0.02, None), cores=4)
+    try:
+        lines = {ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[0].get_lines()}
+        label = "decode-step floor (re-derived: the profile's was beaten)"
+        assert lines[label][0] == pytest.approx(11.0)  # the faster path's median TPOT: 100 MB at its rate
+    finally:
+        plt.close(fig)
