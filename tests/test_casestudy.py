@@ -391,3 +391,197 @@ def test_table_views_keep_the_record_keys_and_only_rename_for_reading():
     guide = casestudy.GUIDE
     assert f"{guide['throughput'][0]} -> {guide['throughput'][1]} tok/s" in casestudy.guide_line()
 
+
+
+# ---------------------------------------------------------------- best here: what pays most on this machine
+
+def test_best_here_is_on_by_default_only_without_matrix_units():
+    from labkit.core.params import ParamError
+
+    none, vnni, gpu = {"int8": False, "bf16": False}, {"int8": True, "bf16": False}, {"int8": True, "bf16": True}
+    on, why = casestudy.best_here_wanted(None, "cpu", none)
+    assert on and "no int8 or bf16 matrix units" in why
+    on, why = casestudy.best_here_wanted(None, "cpu", vnni)
+    assert not on and "this CPU has int8 matrix units" in why and "best_here=True" in why
+    assert not casestudy.best_here_wanted(None, "cuda", none)[0]
+    assert casestudy.best_here_wanted(True, "cpu", gpu)[0] and not casestudy.best_here_wanted(False, "cpu", none)[0]
+    with pytest.raises(ParamError, match="best_here"):
+        casestudy.best_here_wanted("yes", "cpu", none)
+    units = hardware.matrix_units()  # this machine: on only where it has neither kind of unit
+    auto = casestudy.settings("ci", model="llama-2-13b", device="cpu")
+    assert auto.best_here == (not units["int8"] and not units["bf16"]) and auto.best_here_why
+    assert casestudy.settings("ci", model="llama-2-13b", device="cpu", best_here=True).best_here
+
+
+def test_best_candidates_leave_out_the_stacks_twins_and_what_cannot_run(tiny_llama, monkeypatch):
+    stages, _ = casestudy.plan("int8-weight-only")  # its '+ fast attention' is int8-weight-only fp32, engine, SDPA
+    cache: dict = {}
+    methods = (("int8-weight-only", "fp32"), ("int8-dynamic-legacy", "bf16"), (None, "fp32"))
+    out, skipped = casestudy.best_candidates(stages, tiny_llama, cache, "cpu", methods)
+    assert [s.name for s in out] == [casestudy.candidate_name(None, "fp32")]
+    assert (out[0].server, out[0].attention, out[0].int8, out[0].dtype) == ("engine", "sdpa", None, "fp32")
+    assert skipped[0] == {"stage": casestudy.candidate_name("int8-weight-only", "fp32"),
+                          "status": "measured as the stack's '+ fast attention'"}
+    assert skipped[1]["status"] == "skipped: " + quant.unsupported("int8-dynamic-legacy", "cpu", torch.bfloat16)
+    assert set(cache) == {(None, "fp32")}  # the measured candidates' models are built now, for `measure`
+
+    def refuse(model, method):
+        raise quant.QuantSkipped("no kernel for it here")
+
+    monkeypatch.setattr(quant, "quantize", refuse)  # a method that fails while quantizing is a row, not a crash
+    out, skipped = casestudy.best_candidates(stages[:1], tiny_llama, {}, "cpu", (("int4-rtn", "bf16"),))
+    assert out == [] and skipped[0]["status"] == "skipped: no kernel for it here"
+
+
+@pytest.fixture(scope="module")
+def best_measured(tiny_llama):
+    """The stack's baseline and fast-attention stage with two best-here candidates, on a tiny model, forced on."""
+    trace = workload.make_trace(3, prompt_len=16, output_len=(3, 5), arrival="all-at-once", vocab_size=256, seed=0)
+    stages = [casestudy.Stage("baseline"), casestudy.Stage("+ fast attention", server="engine", attention="sdpa")]
+    cache: dict = {}
+    assert casestudy.best_here_wanted(True, "cpu", hardware.matrix_units())[0]
+    cands, skipped = casestudy.best_candidates(stages, tiny_llama, cache, "cpu",
+                                               (("int8-weight-only", "fp32"), ("int4-rtn", "bf16"), (None, "fp32")))
+    rows, replays, stage_models, raw = casestudy.measure(stages, tiny_llama, trace, max_batch=2, idle_repeats=2,
+                                                         rounds=3, progress=False, cache=cache, candidates=cands)
+    return trace, stages, cands, skipped, rows, replays, stage_models, raw
+
+
+def test_best_here_candidates_are_timed_in_the_stacks_rounds_against_its_final_stage(best_measured):
+    trace, stages, cands, skipped, all_rows, replays, _, raw = best_measured
+    assert [s.name for s in cands] == [casestudy.candidate_name("int8-weight-only", "fp32"),
+                                       casestudy.candidate_name("int4-rtn", "bf16")]
+    assert skipped[0]["status"] == "measured as the stack's '+ fast attention'"  # plain fp32 is that stage
+    rows, best_rows = casestudy.split_best(all_rows)
+    assert [r["stage"] for r in rows] == [s.name for s in stages] and casestudy.final_stage(all_rows) == rows[-1]
+    rep = raw["replay"]["values"]
+    for r in best_rows:
+        assert r["best_here"] and r["vs"] == "+ fast attention" and r["server"] == "engine" and r["failed"] == 0
+        per = [b / a for a, b in zip(rep["+ fast attention"]["throughput"], rep[r["stage"]]["throughput"],
+                                     strict=True)]
+        assert r["throughput_x_prev_rounds"] == pytest.approx(per) and len(per) == 3
+        assert r["throughput_x_prev"] == pytest.approx(statistics.median(per))
+        assert [len(o) for o in replays[r["stage"]][1]] == [q.output_len for q in trace]
+    assert {"fp32", "bf16"} <= set(raw["kernels"])  # int4's bf16 matmul timed beside the stack's fp32 one
+    w = {r["stage"]: r["weight_bytes"] for r in all_rows}
+    assert w[best_rows[1]["stage"]] < w[best_rows[0]["stage"]] < w["+ fast attention"]  # int4 < int8 < fp32
+
+
+def test_compare_best_on_measured_rows_gives_ceilings_and_a_sentence(best_measured, tiny_llama):
+    trace, stages, cands, skipped, all_rows, _, stage_models, _ = best_measured
+    rows, best_rows = casestudy.split_best(all_rows)
+    cfg = tiny_llama.config
+    spec = models.ShapeSpec("tiny-x2", "llama", cfg.hidden_size, cfg.intermediate_size, 2 * cfg.num_hidden_layers,
+                            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size,
+                            cfg.max_position_embeddings, 10000.0)
+    card = roofline.Card("test", 16.0, 50.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
+    proj = casestudy.project(rows, stage_models, spec, cfg.num_hidden_layers, trace, 2, card)
+    best_proj = casestudy.project(best_rows, stage_models, spec, cfg.num_hidden_layers, trace, 2, card)
+    ppl = [{"stage": "baseline", "ppl_delta_pct": 0.0}, {"stage": "+ fast attention", "ppl_delta_pct": 0.0}]
+    best_ppl = [{"stage": r["stage"], "ppl_delta_pct": 0.4} for r in best_rows]
+    best = casestudy.compare_best(rows, proj, ppl, best_rows, best_proj, best_ppl, skipped)
+    assert [r["stage"] for r in best["rows"]] == ["+ fast attention", *[r["stage"] for r in best_rows],
+                                                  skipped[0]["stage"]]
+    fastest = max(best_rows, key=lambda r: r["output_throughput"])
+    assert best["fastest"] == fastest["stage"] and best["verdict"] in ("candidate", "stack", "inconclusive")
+    for r in best["rows"][:-1]:
+        assert r["throughput_ceiling"] > 0 and r["throughput_ceiling_full"] > 0 and r["fraction_of_ceiling"] > 0
+    line = casestudy.best_here_line(best)
+    assert f"{fastest['output_throughput']:.2f} tok/s" in line and "for this trace here is" in line
+    view = casestudy.best_here_view(best)
+    assert view["stage"].tolist() == [r["stage"] for r in best["rows"]] and view["run this"].sum() == 1
+
+
+def test_best_here_perplexity_is_against_the_stacks_baseline():
+    from labkit import DATA
+
+    stage = casestudy.Stage(casestudy.candidate_name("int8-weight-only", "fp32"), int8="int8-weight-only",
+                            server="engine", attention="sdpa")
+    rows = casestudy.perplexities([stage], (DATA / "eval" / "heldout.txt").read_text(), models.load_tokenizer(), 600,
+                                  progress=False, baseline=20.0)
+    assert rows[0]["ppl_delta_pct"] == pytest.approx(100 * (rows[0]["perplexity"] / 20.0 - 1))
+
+
+def _best(rounds: list[float], ppl: dict[str, float] | None = None, candidates: int = 2) -> dict:
+    """compare_best on fake rows: the stack's final stage at 10 tok/s, candidate A at 10 x the median of `rounds`,
+    candidate B at 80% of A; perplexity changes from `ppl` (0.2% each by default)."""
+    b = {**_row("baseline", 5.0, 2000.0, 9000.0), "status": "ok", "weight_bytes": 4 * 2**20}
+    f = {**_row("+ fast attention", 10.0, 400.0, 900.0, b), "status": "ok", "int8": "int8-dynamic",
+         "server": "engine", "attention": "sdpa", "dtype": "fp32", "weight_bytes": 2**20}
+    best_rows = []
+    for i, (name, method, dtype) in enumerate((("A", "int4-rtn", "bf16"), ("B", "int8-weight-only", "fp32"))):
+        scale = 1.0 if i == 0 else 0.8
+        per = [x * scale for x in rounds]
+        best_rows.append({"stage": name, "status": "ok", "int8": method, "dtype": dtype, "server": "engine",
+                          "attention": "sdpa", "output_throughput": 10.0 * statistics.median(per),
+                          "throughput_x_prev": statistics.median(per), "throughput_x_prev_rounds": per,
+                          "ttft_idle_ms": 500.0, "tpot_p50_ms": 50.0, "weight_bytes": 2**19, "best_here": True})
+    best_rows = best_rows[:candidates]
+    proj = [{"stage": s, "throughput_ceiling": 40.0, "fraction_of_ceiling": 0.25, "output_throughput_full": 1.0,
+             "throughput_ceiling_full": 4.0} for s in ("baseline", "+ fast attention", "A", "B")]
+    ppl = ppl or {}
+    ppl_rows = [{"stage": s, "ppl_delta_pct": ppl.get(s, 0.2)} for s in ("baseline", "+ fast attention")]
+    best_ppl = [{"stage": r["stage"], "ppl_delta_pct": ppl.get(r["stage"], 0.2)} for r in best_rows]
+    skipped = [{"stage": "C", "status": "skipped: no kernel"}]
+    return casestudy.compare_best([b, f], proj[:2], ppl_rows, best_rows, proj[2:], best_ppl, skipped)
+
+
+def test_compare_best_picks_the_fastest_and_says_by_how_much_it_beats_the_stack():
+    best = _best([1.4, 1.5, 1.45])
+    assert (best["fastest"], best["verdict"], best["pick"]) == ("A", "candidate", "A")
+    assert best["x_stack"]["value"] == pytest.approx(1.45) and best["x_stack"]["conclusive"]
+    line = casestudy.best_here_line(best)
+    assert line.startswith("On this machine, for this trace, run int4-rtn weights, bf16 activations; continuous")
+    assert "14.50 tok/s): 1.45x the throughput of the guide's stack ('+ fast attention'" in line
+    assert "rounds 1.40-1.50x" in line and "The ceiling of 'A' for this trace here is 40.00 tok/s" in line
+    assert "25% reached" in line and "projects to 1.00 tok/s against a ceiling of 4.00" in line
+    assert "Perplexity +0.20% against the fp32 baseline (the guide's stack: +0.20%), within ±1.0%" in line
+    rows = {r["stage"]: r for r in best["rows"]}
+    assert rows["A"]["picked"] and not rows["+ fast attention"]["picked"] and rows["C"]["status"].startswith("skip")
+    assert rows["+ fast attention"]["config"] == ("int8-dynamic (int8 weights and activations); continuous "
+                                                  "batching, SDPA attention")
+
+
+@pytest.mark.parametrize("rounds, verdict, says", [
+    ([0.98, 1.03, 1.02], "inconclusive", "Inconclusive inside the noise: the fastest alternative"),
+    ([1.3, 0.9, 1.2], "inconclusive", "rounds 0.90-1.30x"),  # beyond the noise, but the rounds disagree
+    ([0.5, 0.6, 0.55], "stack", "keep the guide's stack ('+ fast attention'"),
+    ([0.5, 0.6, 0.55], "stack", "the fastest alternative, int4-rtn weights, bf16 activations; continuous batching, "
+                                "SDPA attention ('A', 5.50 tok/s), reached 0.55x its throughput (rounds 0.50-0.60x)")])
+def test_compare_best_keeps_the_stack_where_no_candidate_beats_it_beyond_the_noise(rounds, verdict, says):
+    best = _best(rounds)
+    assert best["verdict"] == verdict and best["pick"] == "+ fast attention" and best["fastest"] == "A"
+    line = casestudy.best_here_line(best)
+    assert says in line and "The ceiling of '+ fast attention'" in line  # of what to run: the stack's
+
+
+def test_compare_best_names_a_faster_config_within_the_perplexity_tolerance():
+    best = _best([1.4, 1.5, 1.45], ppl={"A": 3.0})
+    assert best["fastest"] == "A" and best["fastest_within_ppl"] == "B"
+    line = casestudy.best_here_line(best)
+    assert "Perplexity +3.00% against the fp32 baseline" in line and "outside ±1.0%" in line
+    assert "the fastest within it is int8-weight-only weights, fp32 activations" in line and "('B', 11.60" in line
+    best = _best([1.4, 1.5, 1.45], ppl={"A": 3.0, "B": 2.0, "+ fast attention": 1.5})
+    assert best["fastest_within_ppl"] is None
+    assert "no configuration measured here stays within it" in casestudy.best_here_line(best)
+
+
+def test_best_here_reaches_the_check_message_what_this_means_and_the_view():
+    best = _best([1.4, 1.5, 1.45])
+    stack = [r for r in best["rows"] if r.get("stack")]
+    b = _row("baseline", 5.0, 2000.0, 9000.0)
+    f = _row("+ fast attention", 10.0, 400.0, 900.0, b)
+    ppl = [{"stage": "baseline", "ppl_delta_pct": 0.0}, {"stage": "+ fast attention", "ppl_delta_pct": 0.2}]
+    msg = casestudy.check([b, f], ppl, {"int8": False, "bf16": False}, "cpu", best=best)["message"]
+    assert "Not asserted: this machine has no int8 or bf16 matrix units" in msg
+    assert msg.endswith("Best on this machine: " + casestudy.best_here_line(best).rstrip("."))
+    assert "Best on this machine" not in casestudy.check([b, f], ppl, {"int8": False, "bf16": False}, "cpu")["message"]
+    text = casestudy.what_this_means([b, f], ppl, [], False, best)
+    assert "* **Best on this machine**: On this machine, for this trace, run int4-rtn" in text
+    assert "Best on this machine" not in casestudy.what_this_means([b, f], ppl, [], False)
+    view = casestudy.best_here_view(best)
+    assert view["stage"].tolist() == ["+ fast attention", "A", "B", "C"] and stack[0]["stage"] == "+ fast attention"
+    assert view["x guide's stack"].tolist()[:3] == [1.0, 1.45, pytest.approx(1.16)]
+    assert view["run this"].tolist()[:3] == [False, True, False]
+    none = _best([1.4], candidates=0)
+    assert none["verdict"] == "none" and none["pick"] == "+ fast attention" and casestudy.best_here_line(none) is None

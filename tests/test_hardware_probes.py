@@ -176,3 +176,23 @@ def test_probes_rerun_until_two_runs_agree():
     assert planner.profile_note({"reliable": True}) is None
     with pytest.raises(ValueError, match="max_runs"):
         probes.run_until_agree(max_runs=1)
+
+
+def test_onednn_int8_is_refused_where_it_runs_far_slower_than_fp32(monkeypatch):
+    """A oneDNN build with no optimized int8 kernel for the CPU falls back to reference code (0.09 GFLOP/s on an
+    AMD EPYC with VNNI): the INT8 paths must then be told why and use torch._int_mm, never time the fallback."""
+    if onednn.onednn_op_unsupported("oneDNN's int8 linear", "onednn.qlinear_pointwise") is not None:
+        pytest.skip("no oneDNN int8 linear in this build")
+    monkeypatch.setattr(onednn, "int8_speed", lambda: (0.09, 80.0))
+    reason = onednn.onednn_unsupported("cpu")
+    assert reason and "0.09 GFLOP/s" in reason and "889x slower" in reason
+    assert onednn.int8_kernel("cpu") == "torch._int_mm"
+    monkeypatch.setattr(onednn, "int8_speed", lambda: (300.0, 80.0))  # VNNI or AMX: faster than fp32
+    assert onednn.onednn_unsupported("cpu") is None and onednn.int8_kernel("cpu") == "oneDNN int8 linear"
+
+
+def test_the_int8_speed_check_measures_both_kernels():
+    if onednn.onednn_op_unsupported("oneDNN's int8 linear", "onednn.qlinear_pointwise") is not None:
+        pytest.skip("no oneDNN int8 linear in this build")
+    int8, fp32 = onednn.int8_speed.__wrapped__(m=8, k=64, n=64)
+    assert int8 > 0 and fp32 > 0

@@ -3,10 +3,13 @@ they make (A faster, B faster, inside the noise), and the words must follow the 
 be slower" next to a 1.66x faster TP, "the gain shows in the idle TTFT more than in throughput" next to 1.09x idle
 and 1.23x throughput, one cut's quality paired with another cut's speed)."""
 
+import re
+
 import pandas as pd
 import pytest
 
 from labkit.core.bench import Ratio
+from labkit.lessons import batching as bx
 from labkit.lessons import casestudy
 from labkit.lessons import kernels as kx
 from labkit.lessons import parallelism as pe
@@ -110,6 +113,115 @@ def test_04_a_beaten_floor_is_explained_not_shown_above_one():
     notes = pe.floor_notes(table, shape("llama-2-7b"), 1, Card("t", 16, 10.0, {"fp32": 0.1}, measured=True), 8, 3)
     assert "re-derived: measured 100 ms beat its floor" in notes and "prefill, TP=2, fraction of floor: floor" in notes
     assert "bandwidth probe of notebook 01 reads slower" not in notes
+
+
+# ---------------------------------------------------------------- 05 continuous batching
+
+def _srv(server: str, tput: list[float], **extra) -> dict:
+    return {"server": server, "status": "ok", "throughput_rounds": tput, "output_throughput": sorted(tput)[1],
+            **extra}
+
+
+def _vs_static(ratio: Ratio, **engine) -> list[dict]:
+    """Trace rows where the engine's per-round throughput is `ratio` times static's (static 10 tok/s a round)."""
+    return [_srv("static", [10.0] * 3), _srv("engine", [10.0 * v for v in ratio.values], **engine)]
+
+
+@pytest.mark.parametrize("side, says", [("faster", "held: 1.66x higher"), ("slower", "did not hold: 1.64x lower"),
+                                        ("noise", "is not settled by this run: inconclusive")])
+def test_05_the_throughput_prediction_says_whether_it_held(side, says):
+    rows = _vs_static(SIDES[side])
+    assert says in bx.prediction_line(rows, "trace 1")
+    assert says in bx.what_this_means(rows, [], None, 8)[0]
+    assert "could not be checked" in bx.prediction_line(rows[:1], "trace 1")
+
+
+@pytest.mark.parametrize("engine_p99, says", [(30.0, "That is what chunked prefill predicts"),
+                                              (300.0, "here it was not"), (99.0, "this run does not settle it")])
+def test_05_itl_lines_follow_the_engines_spread_against_the_others(engine_p99, says):
+    rows = [_srv("static", [10.0] * 3, itl_median_ms=10.0, itl_p99_ms=100.0),
+            _srv("engine", [10.0] * 3, itl_median_ms=10.0, itl_p99_ms=engine_p99)]
+    lines = bx.itl_lines(rows, 96)
+    assert lines[0] == f"engine: ITL p99 {engine_p99:.0f} ms is {engine_p99 / 10:.1f}x its median (10 ms)"
+    assert says in lines[-1] and "static's (10.0x)" in lines[-1]
+    assert ("96 tokens a step" in lines[-1]) == (engine_p99 != 99.0)
+
+
+@pytest.mark.parametrize("waiting, says", [([0, 0, 0, 0], "No request waited"),
+                                           ([0, 3, 2, 0], "Requests waited at 50% of the engine's steps (up to 3")])
+def test_05_queue_line_reads_the_engines_waiting_requests(waiting, says):
+    occ = {"t": [0.0, 0.1, 0.2, 0.3], "seqs": [2, 4, 6, 8], "waiting": waiting, "tokens": [], "prefill": []}
+    line = bx.queue_line(occ, 8)
+    assert says in line and "averaged 5.0 of 8 sequences" in line
+    assert "not among the servers" in bx.queue_line({"t": [], "seqs": [], "waiting": []}, 8)
+
+
+@pytest.mark.parametrize("trace2, says", [(NOISE, "held: the lead was 1.64x smaller"),
+                                          (Ratio([2.6, 2.7, 2.66]), "did not hold: the lead was 1.60x larger"),
+                                          (FASTER, "is not settled by this run")])
+def test_05_static_best_case_prediction_follows_both_traces(trace2, says):
+    line = bx.best_case_line(_vs_static(FASTER), _vs_static(trace2))
+    assert says in line and f"{FASTER.words('higher', 'lower')} on trace 1" in line
+    assert "could not be checked" in bx.best_case_line(_vs_static(FASTER), [])
+
+
+@pytest.mark.parametrize("hi_tput, hi_ttft, says", [(39.0, 500.0, "throughput followed the rate"),
+                                                    (15.0, 5000.0, "while requests queued"),
+                                                    (15.0, 510.0, "TTFT did not rise")])
+def test_05_sweep_lines_say_which_side_of_capacity_each_server_was(hi_tput, hi_ttft, says):
+    rows = [{"rate": 1.0, "server": "engine", "status": "ok", "output_throughput": 10.0, "ttft_p99_ms": 500.0},
+            {"rate": 4.0, "server": "engine", "status": "ok", "output_throughput": hi_tput, "ttft_p99_ms": hi_ttft},
+            {"rate": 4.0, "server": "static", "status": "skipped: no"}]
+    (line,) = bx.sweep_lines(rows)
+    assert line.startswith(f"engine: 4x the rate (1 to 4 requests/s) gave {hi_tput / 10:.2f}x") and says in line
+
+
+def test_05_token_costs_give_each_servers_batch():
+    occ = {"seqs": [2, 4, 6, 8]}
+    lines = bx.token_cost_lines([_srv("sequential", [4.0] * 3), _srv("engine", [20.0] * 3)], occ, 8)
+    assert "250.0 ms of the run per output token, one request at a time" in lines[0]
+    assert "50.0 ms" in lines[1] and "a batch of 5.0 sequences on average (at most 8)" in lines[1]
+
+
+@pytest.mark.parametrize("engine_x, says", [(1.5, "below that full-batch bound: its batch averaged 5.0 of 8"),
+                                            (3.0, "above that full-batch bound, which is an estimate"),
+                                            (2.4, "at that full-batch bound")])
+def test_05_what_this_means_places_the_engine_against_the_bound_it_names(engine_x, says):
+    seq = _srv("sequential", [10.0] * 3, prefill_share=0.2, max_x_vs_sequential=5.0, max_x_at_batch=2.4,
+               same_tokens_as_sequential=1.0)
+    eng = _srv("engine", [10.0 * engine_x] * 3, same_tokens_as_sequential=1.0, throughput_x_vs_sequential=engine_x)
+    text = "\n".join(bx.what_this_means([seq, eng], [], {"seqs": [2, 4, 6, 8]}, 8))
+    assert says in text and "20% of the sequential server's busy time" in text and "at most 5.0x" in text
+    assert f"{engine_x:.2f}x higher than sequential generate (the 'x sequential' column" in text
+    assert "same greedy tokens" in text
+    for hidden in ("prefill_share", "max_x_vs_sequential", "max_x_at_batch", "same_tokens_as_sequential"):
+        assert hidden not in text  # the learner's table has none of these columns
+    shown = set(bx.SERVER_VIEW.values())
+    assert all(col in shown for col in re.findall(r"the '([^']+)' column", text))
+
+
+def test_05_what_this_means_says_which_server_changed_the_answers():
+    rows = [_srv("sequential", [10.0] * 3, same_tokens_as_sequential=1.0),
+            _srv("engine", [20.0] * 3, same_tokens_as_sequential=0.75)]
+    text = "\n".join(bx.what_this_means(rows, [], None, 8))
+    assert "engine on 75% of the requests" in text and "Every server gave" not in text
+    assert "Amdahl" not in text  # no bound without the sequential replay's prefill times
+
+
+@pytest.mark.parametrize("batch, says", [(8, "8 sequences (the full batch asked)"),
+                                         (2, "2 sequences (8 asked: the others had finished before the profiled"),
+                                         (1.5, "1.5 sequences on average (8 asked")])
+def test_05_the_step_profile_names_the_batch_that_ran(batch, says):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    prof = {"batch": batch, "asked": 8, "context": 540.0, "step_ms": 20.0, "linear layers": 12.0, "sampling": 1.0,
+            "memory_floor_ms": 5.0, "compute_floor_ms": 2.0}
+    assert says in bx.step_profile_sentence(prof) and "the floor is 25% of the step" in bx.step_profile_sentence(prof)
+    assert says in bx.plot_step_profile(prof, "test card").axes[0].get_title()
+    assert "full batch" not in bx.step_profile_sentence(prof) or batch == 8
+    beaten = bx.step_profile_sentence({**prof, "step_ms": 4.0})
+    assert "less than its memory floor of 5.0 ms" in beaten and "%" not in beaten
 
 
 # ---------------------------------------------------------------- 06 kernels

@@ -199,18 +199,6 @@ def test_decode_step_time_counts_only_full_back_to_back_decode_steps():
     assert decode_step_s(SimpleNamespace(stats=st), 4) is None
 
 
-def test_bound_sentence_is_built_from_the_rows():
-    from labkit.lessons.batching import bound_sentence
-
-    rows = [{"server": "sequential", "status": "ok", "output_throughput": 10.0, "prefill_share": 0.2,
-             "max_x_vs_sequential": 5.0, "max_x_at_batch": 2.4},
-            {"server": "engine", "status": "ok", "output_throughput": 19.1}]
-    text = bound_sentence(rows)
-    assert text.startswith("The engine serves 1.91x the output throughput") and "20%" in text
-    assert "at most 5.0x" in text and "2.4x" in text
-    assert bound_sentence(rows[1:]) is None
-
-
 def test_decode_step_profile_accounts_for_the_step(tiny_llama):
     from labkit.core import roofline
     from labkit.lessons.batching import STEP_PARTS, profile_decode_step
@@ -219,12 +207,27 @@ def test_decode_step_profile_accounts_for_the_step(tiny_llama):
     eng = LLMEngine(tiny_llama, EngineConfig(max_num_seqs=4, block_size=4, num_blocks=64, max_model_len=64))
     card = roofline.Card("test", 16.0, 40.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
     p = profile_decode_step(eng, [[5 + i] * (8 + i) for i in range(4)], steps=3, hw=card)
-    assert p["batch"] == 4 and p["step_ms"] > 0
+    assert p["batch"] == p["asked"] == 4 and p["step_ms"] > 0  # each request outlives the others' prefills
     parts = [p[label] for label in STEP_PARTS.values()] + [p["other operators"], p["python and scheduling"]]
     assert all(x >= 0 for x in parts) and p[STEP_PARTS["labkit::linears"]] > 0
     assert sum(parts) == pytest.approx(p["step_ms"], rel=0.35)  # the parts add up to the step, give or take
     assert p["memory_floor_ms"] > 0 and p["compute_floor_ms"] > 0
     assert not eng.has_unfinished() and eng.scheduler.block_manager.num_free_blocks == 64  # it cleaned up
+
+
+def test_decode_step_profile_names_the_batch_that_ran_not_the_one_asked(tiny_llama):
+    """With a short context, the first requests finish while the last prompts are still being prefilled: the
+    profile reports the smaller batch its steps ran, and the words name it (issue #28: "a full batch" over a
+    figure of batch 2)."""
+    from labkit.lessons.batching import batch_words, profile_decode_step
+    from labkit.serve.engine import EngineConfig, LLMEngine
+
+    eng = LLMEngine(tiny_llama, EngineConfig(max_num_seqs=4, block_size=4, num_blocks=64, max_model_len=24,
+                                             max_num_batched_tokens=4))
+    p = profile_decode_step(eng, [[5 + i] * (8 + i) for i in range(4)], steps=3)
+    assert p["asked"] == 4 and 1 <= p["batch"] < 4
+    assert batch_words(p).startswith(f"{p['batch']:.0f} sequence") and "4 asked" in batch_words(p)
+    assert not eng.has_unfinished()
 
 
 def test_compare_servers_in_rotating_rounds(tiny_llama, mixed_trace, monkeypatch):
@@ -234,6 +237,7 @@ def test_compare_servers_in_rotating_rounds(tiny_llama, mixed_trace, monkeypatch
     import statistics
 
     from labkit.lessons import batching as experiment
+    from labkit.lessons.batching import servers
 
     calls = []
 
@@ -241,7 +245,7 @@ def test_compare_servers_in_rotating_rounds(tiny_llama, mixed_trace, monkeypatch
         calls.append(1)
         raise Unavailable("no continuous batching in this build")
 
-    monkeypatch.setattr(experiment, "run_hf_continuous", unavailable)
+    monkeypatch.setattr(servers, "run_hf_continuous", unavailable)
     rows, replays, engine = experiment.compare_servers(tiny_llama, mixed_trace, ["sequential", "static", "engine",
                                                                                 "hf-continuous"],
                                                        max_batch=2, rounds=3, progress=False)

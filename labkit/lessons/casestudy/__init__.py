@@ -10,6 +10,9 @@ every stage replays the same seeded trace in the same run:
     + fast attention       the engine with SDPA's fused kernels (flash on CUDA)
     + bf16                 the parts INT8 leaves alone in bf16, where the INT8 path accepts it; kept only if
                            it is measurably faster
+    best here              (by default only on a CPU without int8/bf16 matrix units) weight-only INT8/INT4 and
+                           plain fp32 through the engine with SDPA, in the same rounds: the fastest is what
+                           to run on this machine, set beside the stack with its ceiling and perplexity
 
 Speed is measured on a shape-faithful Llama-2-13B with few layers and projected to 40 layers from the
 measured model's per-layer cost; quality (held-out perplexity) on the embedded model with the same
@@ -18,11 +21,19 @@ transformations. The check compares ratios of times measured in one run, never a
 One job per module: `stages` (the stages and how each is built and served), `int8` (picking the INT8 path),
 `measure` (the rounds and the in-run matmul rates), `quality` (perplexity and answers as each stage serves),
 `project` (to the full depth, with the roofline's floors), `check` (the 4x verdict), `tables` and `figures`
-(the notebook's views), `prose` (What this means and Try this, from the rows), `parameters` (the
-notebook's parameters, resolved). Everything the notebook, the tests
+(the notebook's views), `prose` (What this means and Try this, from the rows), `best` (what pays most on this
+machine, beside the stack), `parameters` (the notebook's parameters, resolved). Everything the notebook, the tests
 and the course use is importable from here.
 """
 
+from labkit.lessons.casestudy.best import (
+    BEST_CANDIDATES,
+    best_candidates,
+    best_here_wanted,
+    candidate_name,
+    compare_best,
+    split_best,
+)
 from labkit.lessons.casestudy.check import ASSERT_MARGIN, PPL_TOLERANCE_PCT, TARGET, ceilings, check
 from labkit.lessons.casestudy.figures import plot_stages
 from labkit.lessons.casestudy.int8 import (
@@ -36,7 +47,7 @@ from labkit.lessons.casestudy.int8 import (
 from labkit.lessons.casestudy.measure import in_run_card, kernel_ratio, matmul_tflops, measure
 from labkit.lessons.casestudy.parameters import Settings, settings
 from labkit.lessons.casestudy.project import machine_card, project
-from labkit.lessons.casestudy.prose import factor_words, try_this, what_this_means
+from labkit.lessons.casestudy.prose import best_here_line, factor_words, try_this, what_this_means
 from labkit.lessons.casestudy.quality import (
     PPL_DECODE,
     PPL_STRIDE,
@@ -57,14 +68,22 @@ from labkit.lessons.casestudy.stages import (
     quality_model,
     stage_model,
 )
-from labkit.lessons.casestudy.tables import case_table, full_depth_view, guide_line, stack_view, stages_view
+from labkit.lessons.casestudy.tables import (
+    best_here_view,
+    case_table,
+    full_depth_view,
+    guide_line,
+    stack_view,
+    stages_view,
+)
 
 __all__ = [
-    "ASSERT_MARGIN", "ELIMINATE_ABOVE", "EXTRAS", "GUIDE", "INT8_CANDIDATES", "INVARIANT_SLACK", "KEEP_ABOVE",
-    "NOT_A_CANDIDATE", "PPL_DECODE", "PPL_STRIDE", "PPL_TOLERANCE_PCT", "PPL_WINDOW", "TARGET", "Server",
-    "Settings", "Stage", "answer_agreement", "answers_lines", "case_table", "ceilings", "check", "compute_dtype",
-    "factor_words", "final_stage", "full_depth_view", "guide_line", "in_run_card", "int8_candidates",
+    "ASSERT_MARGIN", "BEST_CANDIDATES", "ELIMINATE_ABOVE", "EXTRAS", "GUIDE", "INT8_CANDIDATES", "INVARIANT_SLACK",
+    "KEEP_ABOVE", "NOT_A_CANDIDATE", "PPL_DECODE", "PPL_STRIDE", "PPL_TOLERANCE_PCT", "PPL_WINDOW", "TARGET",
+    "Server", "Settings", "Stage", "answer_agreement", "answers_lines", "best_candidates", "best_here_line",
+    "best_here_view", "best_here_wanted", "candidate_name", "case_table", "ceilings", "check", "compare_best",
+    "compute_dtype", "factor_words", "final_stage", "full_depth_view", "guide_line", "in_run_card", "int8_candidates",
     "kernel_ratio", "machine_card", "matmul_tflops", "measure", "perplexities", "pick_int8", "plan", "plot_stages",
-    "project", "quality_model", "settings", "stage_model", "stages_view", "stack_view", "try_this",
+    "project", "quality_model", "settings", "split_best", "stack_view", "stage_model", "stages_view", "try_this",
     "what_this_means",
 ]

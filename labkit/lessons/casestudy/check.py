@@ -6,6 +6,7 @@ it (`ceilings`) leaves room to decide it by the stack rather than by the machine
 from __future__ import annotations
 
 from labkit.lessons.casestudy.measure import kernel_ratio, matmul_tflops
+from labkit.lessons.casestudy.prose import best_here_line
 from labkit.lessons.casestudy.stages import GUIDE, compute_dtype, final_stage
 
 TARGET = 4.0  # the issue's bar: at least 4.0x on throughput and on idle TTFT (the guide reports ~4x on both)
@@ -46,7 +47,7 @@ def ceilings(rows: list[dict], proj: list[dict] | None, kernels: dict | None = N
 
 
 def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: str,
-          proj: list[dict] | None = None, kernels: dict | None = None) -> dict:
+          proj: list[dict] | None = None, kernels: dict | None = None, best: dict | None = None) -> dict:
     """Final stage vs baseline: throughput and idle-TTFT ratios (each the median over rounds of the ratio measured
     side by side within a round), the loaded-TTFT ratio, the perplexity change.
 
@@ -55,7 +56,8 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
     machine's ceiling for that ratio (`ceilings`) is at least ASSERT_MARGIN x the bar. Below that margin, kernel
     efficiency and the machine's load decide the outcome; the notebook then prints the ratio, the ceiling and why
     it is not asserted. `passed`: every bar met as measured; `asserted`: any ratio is asserted; `asserted_passed`:
-    the asserted ratios (and perplexity) meet their bars, what the notebook asserts."""
+    the asserted ratios (and perplexity) meet their bars, what the notebook asserts. `best`: the best-here
+    comparison (best.compare_best), where it was measured: the message then ends with what to run on this machine."""
     final = final_stage(rows)
     ppl = {r["stage"]: r["ppl_delta_pct"] for r in ppl_rows}
     out = {"final_stage": final["stage"],  # ratios measured within each round, median over rounds
@@ -100,5 +102,8 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
                         f"{out['ceilings'][k]:.1f}x (the final stage and the baseline both at their roofline floors), "
                         f"under {ASSERT_MARGIN}x the {TARGET}x bar, so kernel efficiency and the "
                         f"machine's load would decide it, not the stack; measured {out[key]:.2f}x")
+    here = best_here_line(best)
+    if here:
+        summary += ". Best on this machine: " + here.rstrip(".")
     out["message"] = summary
     return out

@@ -19,8 +19,8 @@ from labkit.serve.workload import Request
 
 
 def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: int, idle_repeats: int = 3,
-            rounds: int = 3, progress: bool = True, cache: dict | None = None,
-            kernels: bool = True) -> tuple[list[dict], dict, dict, dict]:
+            rounds: int = 3, progress: bool = True, cache: dict | None = None, kernels: bool = True,
+            candidates: Sequence[Stage] = ()) -> tuple[list[dict], dict, dict, dict]:
     """Every stage on the same trace, in one run, in rotating rounds (labkit.core.bench.run_rounds) so that drift
     in the machine's load hits every stage alike. Idle TTFT: the first request of each stage is the cold start
     (kept apart), then `idle_repeats` rounds each time one 512-token request on every idle server in turn.
@@ -34,11 +34,18 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
 
     Returns (rows, replays of the last round by stage name, models by stage name, the raw rounds); rows carry
     the factors against the stage before (`*_x_prev`) and against the baseline (`*_x_base`). `cache`: models
-    already quantized by (method, dtype), e.g. from `pick_int8(..., keep=)`."""
+    already quantized by (method, dtype), e.g. from `pick_int8(..., keep=)`.
+
+    `candidates`: best-here stages (labkit.lessons.casestudy.best) measured in the same idle and replay rounds as
+    `stages`, their rows after the stack's, marked `best_here` and `vs` the stack's final stage: their `*_x_prev`
+    factors (and the per-round `throughput_x_prev_rounds`) are against that final stage, not the row before."""
     from labkit.core.bench import run_rounds
 
     cache = {} if cache is None else cache
-    servers = {s.name: Server(s, stage_model(s, base, cache), trace, max_batch) for s in stages}
+    everything = [*stages, *candidates]
+    if len({s.name for s in everything}) < len(everything):
+        raise ValueError(f"stage names must differ: {[s.name for s in everything]}")
+    servers = {s.name: Server(s, stage_model(s, base, cache), trace, max_batch) for s in everything}
     prompt = list(trace[0].prompt_ids)
     replays: dict = {}
 
@@ -58,7 +65,7 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
     probes = {}
     if kernels:
         cfg, dev = base.config, str(next(base.parameters()).device)
-        for dt in dict.fromkeys(compute_dtype(st) for st in stages):
+        for dt in dict.fromkeys(compute_dtype(st) for st in everything):
             call, flops, kernel = hardware.matrix_kernel(dt, len(prompt), cfg.hidden_size, cfg.intermediate_size,
                                                          dev)
             probes[dt] = {"kernel": kernel, "flops": flops,
@@ -70,6 +77,13 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
                               progress=progress, desc="trace replay rounds")
     rows = [_stage_row(s, servers[s.name], idle_r, replay_r, stages[0].name, stages[i - 1].name if i else None)
             for i, s in enumerate(stages)]
+    final = final_stage(rows)["stage"]
+    for s in candidates:
+        row = _stage_row(s, servers[s.name], idle_r, replay_r, stages[0].name, final)
+        row.update({"best_here": True, "vs": final, "guide_factor": None,
+                    "throughput_x_prev_rounds": replay_r.ratio(final, s.name, "throughput",
+                                                               higher_is_better=True).values})
+        rows.append(row)
     raw = {"idle": idle_r.to_dict(), "replay": replay_r.to_dict(),
            "kernels": {dt: {**p, "s": idle_r.values[f"matmul {dt}"]["kernel_s"]} for dt, p in probes.items()}}
     return rows, replays, {n: srv.model for n, srv in servers.items()}, raw

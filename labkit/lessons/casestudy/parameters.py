@@ -1,12 +1,14 @@
 """Notebook 07's parameters, resolved and checked at once so that a bad one fails before a model is built:
 `settings` fills the preset's defaults, checks every value (labkit.core.params: the error names what is valid)
-and picks the INT8 candidates the preset measures on this device (`int8.int8_candidates`).
+picks the INT8 candidates the preset measures on this device (`int8.int8_candidates`) and whether the best-here
+candidates are measured beside the stack (`best.best_here_wanted`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from labkit.lessons.casestudy.best import best_here_wanted
 from labkit.lessons.casestudy.int8 import int8_candidates as preset_candidates
 from labkit.lessons.casestudy.stages import EXTRAS
 
@@ -27,6 +29,8 @@ class Settings:
     int8_candidates: list[str]
     left_out: list[dict]  # a row for each INT8 method the pick does not measure, saying why
     extras: list[str]
+    best_here: bool = False  # measure what pays most on this machine beside the stack (best.best_here_wanted)
+    best_here_why: str = ""  # why it is measured or not, in a sentence
 
 
 def settings(preset: str, *, model: str, device: str = "auto", seed: int = 0, layers: int | None = None,
@@ -34,12 +38,13 @@ def settings(preset: str, *, model: str, device: str = "auto", seed: int = 0, la
              arrival: str = "all-at-once", rate: float | None = None, max_batch: int = 8,
              idle_repeats: int | None = None, rounds: int | None = None, int8: str | None = None,
              int8_candidates: list[str] | None = None, extras: list[str] | None = None,
-             ppl_tokens: int | None = None) -> Settings:
+             ppl_tokens: int | None = None, best_here: bool | None = None) -> Settings:
     """Notebook 07's parameters resolved for `preset`: the device ('auto' -> cuda where usable), the preset's value
     for each one left None (extras: every extra stage), every one checked; a poisson arrival's rate defaults to
-    2.0 requests/s. Parameters that need no resolving (seed, prompt_len, max_batch, arrival) are checked here and
-    kept by the notebook."""
-    from labkit.core import models
+    2.0 requests/s; best_here None: on where this machine has no int8 or bf16 matrix units (best.best_here_wanted).
+    Parameters that need no resolving (seed, prompt_len, max_batch, arrival) are checked here and kept by the
+    notebook."""
+    from labkit.core import hardware, models
     from labkit.core.params import check, default, resolve_device
     from labkit.serve import workload
     from labkit.techniques import quant
@@ -61,5 +66,6 @@ def settings(preset: str, *, model: str, device: str = "auto", seed: int = 0, la
     chosen, left_out = preset_candidates(preset, device)
     candidates = check("int8_candidates", int8_candidates or chosen, list, choices=quant.INT8_METHODS)
     extras = check("extras", list(EXTRAS) if extras is None else extras, list, choices=EXTRAS)
+    on, why = best_here_wanted(best_here, device, hardware.matrix_units())
     return Settings(device=device, **resolved, rate=rate, int8=int8, int8_candidates=candidates, left_out=left_out,
-                    extras=extras)
+                    extras=extras, best_here=on, best_here_why=why)

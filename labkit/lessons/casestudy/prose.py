@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from labkit.core.units import fmt_bytes
 from labkit.lessons.casestudy.stages import KEEP_ABOVE, final_stage
 
 NOISE = KEEP_ABOVE - 1  # a factor within 5% of 1 is no change (the noise the stack's own keep-rule uses)
@@ -30,7 +31,8 @@ def _stage(rows: list[dict], name: str) -> dict | None:
 def stack_line(rows: list[dict], int8_units: bool) -> str:
     """Which stage paid off most here, by throughput and by idle TTFT, and INT8's share read with this machine's
     int8 units in mind."""
-    ok = [r for r in rows[1:] if r.get("status", "ok") == "ok" and r.get("throughput_x_prev")]
+    ok = [r for r in rows[1:]
+          if r.get("status", "ok") == "ok" and r.get("throughput_x_prev") and not r.get("best_here")]
     if not ok:
         return "* Only the baseline was measured: there is no stack to read."
     thr = max(ok, key=lambda r: r["throughput_x_prev"])
@@ -95,10 +97,65 @@ def quality_line(rows: list[dict], ppl_rows: list[dict], answers: list[dict]) ->
     return text + "."
 
 
-def what_this_means(rows: list[dict], ppl_rows: list[dict], answers: list[dict], int8_units: bool) -> str:
-    """The lesson's conclusions as markdown, every claim read from this run's rows."""
+def best_here_line(best: dict | None) -> str | None:
+    """Which configuration to run on this machine for this trace, and by how much it beats the guide's stack
+    (or that it does not, or that the rounds cannot tell inside the noise), with its roofline ceiling, its
+    projection to the full depth and its perplexity change, every number read from `best`
+    (labkit.lessons.casestudy.best.compare_best). None where nothing was compared."""
+    if not best or best.get("verdict", "none") == "none":
+        return None
+    rows = {r["stage"]: r for r in best["rows"]}
+    stack, fast = rows[best["stack_stage"]], rows[best["fastest"]]
+    x = best["x_stack"]
+    rounds = f"rounds {min(x['values']):.2f}-{max(x['values']):.2f}x"
+    ours = f"the guide's stack ('{stack['stage']}': {stack['config']}, {stack['output_throughput']:.2f} tok/s)"
+    theirs = f"{fast['config']} ('{fast['stage']}', {fast['output_throughput']:.2f} tok/s)"
+    if best["verdict"] == "candidate":
+        text = (f"On this machine, for this trace, run {theirs}: {x['value']:.2f}x the throughput of {ours}, "
+                f"{rounds}.")
+    elif best["verdict"] == "stack":
+        text = (f"On this machine, for this trace, keep {ours}: it is the fastest configuration measured here; the "
+                f"fastest alternative, {theirs}, reached {x['value']:.2f}x its throughput ({rounds}).")
+    else:
+        text = (f"Inconclusive inside the noise: the fastest alternative, {theirs}, reached {x['value']:.2f}x the "
+                f"throughput of {ours} ({rounds}, noise floor ±{x['noise']:.0%}); keep the guide's stack, or take "
+                f"the alternative for its {fmt_bytes(fast['weight_bytes'])} of weights against "
+                f"{fmt_bytes(stack['weight_bytes'])}.")
+    run = rows[best["pick"]]
+    if run.get("throughput_ceiling"):
+        text += (f" The ceiling of '{run['stage']}' for this trace here is {run['throughput_ceiling']:.2f} tok/s "
+                 f"(every prefill at its "
+                 f"matmul rate, every decode step reading its weights once), {run['fraction_of_ceiling']:.0%} "
+                 "reached")
+        text += (f"; at the full depth it projects to {run['output_throughput_full']:.2f} tok/s against a ceiling "
+                 f"of {run['throughput_ceiling_full']:.2f}." if run.get("throughput_ceiling_full") else ".")
+    return text + _best_quality(best, rows, run, stack)
+
+
+def _best_quality(best: dict, rows: dict, run: dict, stack: dict) -> str:
+    """The picked configuration's perplexity change next to the stack's, and the fastest one within the
+    tolerance where the picked one is outside it."""
+    d, tol = run.get("ppl_delta_pct"), best["ppl_tolerance_pct"]
+    if d is None:
+        return " Its perplexity was not measured."
+    text = f" Perplexity {d:+.2f}% against the fp32 baseline"
+    if run is not stack and stack.get("ppl_delta_pct") is not None:
+        text += f" (the guide's stack: {stack['ppl_delta_pct']:+.2f}%)"
+    if abs(d) <= tol:
+        return text + f", within ±{tol}%."
+    safe = rows.get(best.get("fastest_within_ppl") or "")
+    return text + (f", outside ±{tol}%: where quality matters, the fastest within it is {safe['config']} "
+                   f"('{safe['stage']}', {safe['output_throughput']:.2f} tok/s, {safe['ppl_delta_pct']:+.2f}%)."
+                   if safe else f", outside ±{tol}%, and no configuration measured here stays within it.")
+
+
+def what_this_means(rows: list[dict], ppl_rows: list[dict], answers: list[dict], int8_units: bool,
+                    best: dict | None = None) -> str:
+    """The lesson's conclusions as markdown, every claim read from this run's rows (and, where the best-here
+    candidates were measured, `best`: labkit.lessons.casestudy.best.compare_best)."""
+    here = best_here_line(best)
     lines = [stack_line(rows, int8_units), batching_line(rows), attention_line(rows),
-             quality_line(rows, ppl_rows, answers)]
+             quality_line(rows, ppl_rows, answers), here and f"* **Best on this machine**: {here}"]
     return "\n".join(x for x in lines if x)
 
 
@@ -118,4 +175,8 @@ def try_this(int8: str, int8_rows: list[dict], arrival: str) -> str:
                      "one-at-a-time stages.")
     lines.append("* `--preset full`: 4 layers, 16 requests, 128 output tokens and the whole held-out text for "
                  "perplexity.")
+    lines.append("* `-p best_here=True` (or False): measure, after the guide's stack and in the same rounds, the "
+                 "configurations that pay without int8/bf16 matrix units (weight-only INT8 and INT4, plain fp32), "
+                 "and see which one this machine should run; by default only where it has no such units. With "
+                 "`-p output_len=256` the trace is decode-heavy, where bytes read per step decide.")
     return "\n".join(lines)

@@ -20,12 +20,14 @@ PPL_DECODE = 16  # tokens each served window decodes, so later windows' prefills
 
 
 def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int | None, max_batch: int = 8,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, baseline: float | None = None) -> list[dict]:
     """Held-out perplexity of the embedded model under each stage's transformations, measured as the stage
     serves: one window at a time through `quality.perplexity` for the one-at-a-time stages, and every window
     queued at once through the engine (`serve.experiment.served_perplexity`: chunked prefill next to the
     earlier windows' decoding, up to `max_batch` running, the same windows and scored tokens) for the batching
-    stages, so a path whose numbers depend on the batch shows it here. `served` says which."""
+    stages, so a path whose numbers depend on the batch shows it here. `served` says which. `ppl_delta_pct` is
+    against the first stage's perplexity, or against `baseline` where given (the best-here candidates, measured
+    apart from the stack, against the stack's fp32 baseline)."""
     from labkit.core.progress import tqdm
     from labkit.lessons.batching import served_perplexity
 
@@ -47,7 +49,7 @@ def perplexities(stages: Sequence[Stage], text: str, tokenizer, max_tokens: int 
         rows.append({"stage": s.name, "perplexity": done[key],
                      "served": f"batched by the engine (up to {max_batch} windows)" if s.server == "engine"
                      else "one window at a time"})
-    base = rows[0]["perplexity"]
+    base = rows[0]["perplexity"] if baseline is None else baseline
     for r in rows:
         r["ppl_delta_pct"] = 100 * (r["perplexity"] / base - 1)
     return rows

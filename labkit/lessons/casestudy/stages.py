@@ -28,7 +28,7 @@ KEEP_ABOVE = 1.05  # an extra stage is kept only if it beats the stage before by
 @dataclass(frozen=True)
 class Stage:
     name: str
-    int8: str | None = None  # a labkit.techniques.quant method, or None
+    int8: str | None = None  # a labkit.techniques.quant method, or None (the stack: INT8; best-here: any that runs)
     server: str = "sequential"  # "sequential" (generate, one request at a time) or "engine" (labkit.serve)
     attention: str = "eager"  # "eager" or "sdpa"
     dtype: str = "fp32"  # of everything INT8 does not quantize
@@ -115,10 +115,13 @@ def compute_dtype(stage) -> str:
 
 
 def final_stage(rows: list[dict]) -> dict:
-    """The last stage that is kept: an extra (bf16) counts only if it beat the stage before on throughput by
-    more than KEEP_ABOVE."""
+    """The last stage of the guide's stack that is kept: an extra (bf16) counts only if it beat the stage before on
+    throughput by more than KEEP_ABOVE; a best-here candidate's row (`best_here`, measured beside the stack) never
+    counts."""
     final = rows[0]
     for r in rows[1:]:
+        if r.get("best_here"):
+            continue
         if r["stage"] in GUIDE["factors"] or r.get("throughput_x_prev", 0) > KEEP_ABOVE:
             final = r
     return final

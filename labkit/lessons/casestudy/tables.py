@@ -1,7 +1,7 @@
 """Notebook 07's tables, as views of the measured rows: the stages side by side (`stages_view`), the stack with
 its perplexity and roofline fractions (`case_table`, `stack_view`), and the projection to the full 13B
-(`full_depth_view`); plus the guide's own figures in one line (`guide_line`). Column names stay the records'
-keys; only the views rename them for reading.
+(`full_depth_view`), the best-here candidates beside the stack (`best_here_view`); plus the guide's own figures
+in one line (`guide_line`). Column names stay the records' keys; only the views rename them for reading.
 """
 
 from __future__ import annotations
@@ -53,6 +53,24 @@ def stack_view(case: pd.DataFrame) -> pd.DataFrame:
 def full_depth_view(case: pd.DataFrame) -> pd.DataFrame:
     """The stack projected to the full model's 40 layers, with its floors and ceilings."""
     return _view(case, FULL_DEPTH_COLUMNS)
+
+
+BEST_HERE_COLUMNS = {"stage": "stage", "config": "configuration", "output_throughput": "tok/s",
+                     "throughput_x_stack": "x guide's stack", "ttft_idle_ms": "idle TTFT ms",
+                     "tpot_p50_ms": "TPOT p50 ms", "throughput_ceiling": "ceiling tok/s",
+                     "fraction_of_ceiling": "of ceiling", "output_throughput_full": "40-layer tok/s",
+                     "throughput_ceiling_full": "its ceiling tok/s", "ppl_delta_pct": "perplexity %",
+                     "picked": "run this", "status": "status"}
+
+
+def best_here_view(best: dict) -> pd.DataFrame:
+    """The guide's stack (its final stage, first) beside the best-here candidates (labkit.lessons.casestudy.best
+    .compare_best): throughput and its factor over the stack, TTFT, TPOT, the ceiling for the trace and the fraction
+    reached, the projection to 40 layers, the perplexity change, which one to run here; a candidate left out is
+    listed with why."""
+    import pandas as pd
+
+    return _view(pd.DataFrame(best["rows"]), BEST_HERE_COLUMNS)
 
 
 def guide_line() -> str:

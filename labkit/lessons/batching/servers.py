@@ -1,18 +1,18 @@
-"""Notebook 05's experiment: one trace replayed against every server, metrics side by side.
+"""Notebook 05's servers: one trace replayed against every server, metrics side by side.
 
 `compare_servers` runs the servers one after another on the same trace (same prompts, arrivals, output
 lengths), in rotating rounds when asked, summarizes each with labkit.core.bench (vLLM's metrics), checks that each
 server produced the same greedy tokens as the sequential `generate` baseline, and gives throughput ratios
-against the other servers.
+against the other servers; `prefill_bound` and `decode_step_s` say how far batching could go on this trace, and
+`occupancy` what the engine's batch did over time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 from collections.abc import Sequence
 
-from labkit.core.bench import summarize
+from labkit.core.bench import Ratio, summarize
 from labkit.serve.baselines import Unavailable, run_engine, run_hf_continuous, run_sequential, run_static
 from labkit.serve.engine import LLMEngine
 from labkit.serve.sequence import SamplingParams
@@ -132,22 +132,26 @@ def compare_servers(model, trace: Sequence[Request], servers: Sequence[str] = SE
     return rows, replays, engine
 
 
+def engine_ratio(rows: list[dict], other: str) -> Ratio | None:
+    """The engine's output throughput against `other`'s, from `compare_servers` rows: the ratio within each round
+    (their median is the value; > 1: the engine served more), or None where either did not run."""
+    ok = {r["server"]: r for r in rows if r.get("status") == "ok"}
+    if "engine" not in ok or other not in ok:
+        return None
+    return Ratio([e / o for e, o in zip(ok["engine"]["throughput_rounds"], ok[other]["throughput_rounds"],
+                                        strict=True)])
+
+
 def versus_lines(rows: list[dict], trace: str, others: Sequence[str] = ("static", "hf-continuous")) -> list[str]:
     """The engine's output throughput against each of `others` in words, from the per-round throughputs of
     `compare_servers` (ratios within a round, their median; a ratio inside the noise floor, or rounds that
     disagree, is called inconclusive), saying how many rounds it rests on."""
-    from labkit.core.bench import Ratio
-
-    ok = {r["server"]: r for r in rows if r.get("status") == "ok"}
-    if "engine" not in ok:
-        return []
-    eng = ok["engine"]["throughput_rounds"]
     out = []
     for other in others:
-        if other not in ok:
+        ratio = engine_ratio(rows, other)
+        if ratio is None:
             continue
-        ratio = Ratio([e / o for e, o in zip(eng, ok[other]["throughput_rounds"], strict=True)])
-        n = len(eng)
+        n = len(ratio.values)
         if n == 1:
             rounds = "one replay each"
         elif ratio.conclusive:
@@ -162,7 +166,7 @@ def versus_lines(rows: list[dict], trace: str, others: Sequence[str] = ("static"
 def prefill_bound(timings, decode_step_s: float | None = None, batch: int | None = None) -> dict:
     """How much faster than one-at-a-time serving batching could make this trace, from the sequential replay:
     batching shares a decode step's weight reads between requests, but a prefill is as much work in a batch
-    as alone (on a CPU it is compute-bound). With decode made free the speed-up is at most busy time /
+    as alone (its matmuls are already wide). With decode made free the speed-up is at most busy time /
     prefill time (Amdahl's law): `max_x_vs_sequential`. Given the measured time of a decode step at a full
     batch of `batch` sequences, `max_x_at_batch` is the bound when every decode step is that full."""
     done = [t for t in timings if t.service_start is not None and t.token_times]
@@ -217,104 +221,6 @@ def rate_sweep(model, rates: Sequence[float], n: int, prompt_len: int | tuple[in
     return out
 
 
-def bound_sentence(rows: list[dict]) -> str | None:
-    """The engine against one-at-a-time serving, in words from the rows, with the bound the sequential replay
-    puts on any batching (`prefill_bound`): the continuous-batching factor the case study (07) stacks."""
-    ok = {r["server"]: r for r in rows if r.get("status") == "ok"}
-    if "engine" not in ok or "sequential" not in ok:
-        return None
-    s = ok["sequential"]
-    text = (f"The engine serves {ok['engine']['output_throughput'] / s['output_throughput']:.2f}x the output "
-            f"throughput of sequential generate (the guide's continuous-batching factor: 1.8x)")
-    if s.get("prefill_share"):
-        text += (f"; prefills are {s['prefill_share']:.0%} of sequential's busy time and batching does not make them "
-                 f"cheaper, so even free decode would give at most {s['max_x_vs_sequential']:.1f}x")
-    if s.get("max_x_at_batch"):
-        text += f", and every decode step at the full batch (at the step time measured) {s['max_x_at_batch']:.1f}x"
-    return text + "."
-
-
-STEP_PARTS = {"labkit::linears": "linear layers (with the MLP, norms, head)",
-              "labkit::attention": "attention (KV gather + attend)", "labkit::kv_write": "KV cache writes",
-              "labkit::sample": "sampling"}
-
-
-def profile_decode_step(engine: LLMEngine, prompts: list[list[int]], steps: int = 4, hw=None) -> dict:
-    """Where one decode step of a full batch goes: the engine gets `prompts` (one per running slot), runs until all
-    are decoding, then `steps` steps under torch.profiler. Returns milliseconds per step for each part the runner
-    marks (linear layers, attention, KV writes, sampling), the rest of the time inside the step's operators,
-    and the Python and scheduling overhead around them (step wall time minus all operators); with `hw` (a
-    roofline.Card), the step's compute floor (FLOPs of its tokens / the matmul rate of the model's dtype) and
-    memory floor (weights and KV cache read once / bandwidth)."""
-    import time
-
-    from torch.profiler import ProfilerActivity, profile
-
-    from labkit.serve.sequence import SamplingParams
-
-    ids = [engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True)) for p in prompts]
-    sched = engine.scheduler
-    while sched.num_waiting or any(s.num_tokens - s.num_cached_tokens > 1 for s in sched.running):
-        engine.step()
-    batch = sched.num_running
-    ctx = sum(engine.get(i).num_tokens for i in ids) / len(ids)
-    with _no_native_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            engine.step()
-        wall = (time.perf_counter() - t0) / steps
-    for i in ids:
-        engine.cancel(i)
-    events = prof.key_averages()
-    part_ms = {label: sum(e.cpu_time_total for e in events if e.key == key) / 1e3 / steps
-               for key, label in STEP_PARTS.items()}
-    ops_ms = sum(e.self_cpu_time_total for e in events if not e.key.startswith("labkit::")) / 1e3 / steps
-    out = {"batch": batch, "context": ctx, "step_ms": wall * 1e3, **part_ms,
-           "other operators": max(0.0, ops_ms - sum(part_ms.values())),
-           "python and scheduling": max(0.0, wall * 1e3 - ops_ms)}
-    if hw is not None:
-        out.update(step_floors(engine.model, batch, ctx, hw))
-    return out
-
-
-@contextlib.contextmanager
-def _no_native_stderr():
-    """The profiler's C++ side writes "USDT: ... profiler_start/stop" straight to file descriptor 2, which a
-    notebook shows as output; silence that descriptor while it starts and stops (Python's stderr is untouched)."""
-    import os
-
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def step_floors(model, batch: int, context: float, hw) -> dict:
-    """A decode step of `batch` sequences at `context` tokens: its compute floor (2 FLOPs per weight per token and
-    the attention over the context, at the matmul rate of the model's dtype) and memory floor (every weight and
-    each sequence's KV cache read once), in ms."""
-    import torch
-
-    from labkit.core.models import weight_bytes
-    from labkit.core.roofline import decode_read_bytes, measured_parts
-    from labkit.serve.runner import ModelRunner
-
-    cfg = model.config
-    emb = model.get_input_embeddings().weight
-    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(emb.dtype, "fp32")
-    kv = ModelRunner.kv_bytes_per_block(model, 1) * context * batch  # bytes of K and V per token, all layers
-    weights = decode_read_bytes(measured_parts(model))
-    params = sum(p.numel() for p in model.parameters()) - emb.numel() * (0 if cfg.tie_word_embeddings else 1)
-    flops = 2 * batch * params + 4 * batch * cfg.num_hidden_layers * cfg.hidden_size * context
-    peak = hw.peak(dtype)
-    return {"memory_floor_ms": (weights + kv) / (hw.bandwidth_gbps * 1e9) * 1e3,
-            "compute_floor_ms": flops / peak * 1e3 if peak else None, "weight_mib": weight_bytes(model) / 2**20}
-
-
 SERVER_VIEW = {"server": "server", "output_throughput": "output tok/s", "goodput": "goodput req/s",
                "ttft_median_ms": "TTFT p50 ms", "ttft_p99_ms": "TTFT p99 ms", "tpot_median_ms": "TPOT p50 ms",
                "itl_p99_ms": "ITL p99 ms", "e2e_std_ms": "E2E std ms", "failed": "failed",
@@ -331,72 +237,3 @@ def server_view(rows: list[dict]):
     df = pd.DataFrame(ok).reindex(columns=list(SERVER_VIEW)).rename(columns=SERVER_VIEW)
     return df.dropna(axis=1, how="all")
 
-
-def resolve_parameters(preset: str, *, device: str, dtype: str, seed: int, layers, n_requests, prompt_len: int,
-                       output_len, rate, burstiness: float, max_batch: int, max_num_batched_tokens: int, servers,
-                       slo_ttft_ms, slo_tpot_ms, rates, rounds) -> dict:
-    """Notebook 05's parameters cell, checked at once (labkit.core.params): a bad value fails naming what is valid,
-    and a size left None takes the preset's value. Returns the resolved values by name, `slo` as bench wants it."""
-    from labkit.core.params import check, default, resolve_device
-
-    check("dtype", dtype, str, choices=("fp32", "bf16", "fp16"))
-    for name, value, lo in [("seed", seed, 0), ("prompt_len", prompt_len, 1), ("max_batch", max_batch, 1),
-                            ("max_num_batched_tokens", max_num_batched_tokens, max_batch)]:
-        check(name, value, int, min=lo)
-    check("burstiness", burstiness, float, min=1e-3)
-    return {
-        "device": resolve_device(device),
-        "layers": default("layers", layers, preset, ci=1, full=8, min=1),
-        "n_requests": default("n_requests", n_requests, preset, ci=12, full=32, min=2),
-        "output_len": tuple(default("output_len", output_len, preset, ci=(16, 96), full=(16, 256),
-                                    kind=(list, tuple))),
-        "rate": default("rate", rate, preset, ci=4.0, full=4.0, kind=float, min=1e-3),
-        "servers": list(default("servers", servers, preset, ci=SERVERS, full=SERVERS, kind=(list, tuple),
-                                choices=SERVERS)),
-        "rounds": default("rounds", rounds, preset, ci=1, full=3, min=1),
-        "rates": list(default("rates", rates, preset, ci=[1.0, 4.0], full=[0.5, 1.0, 2.0, 4.0, 8.0], kind=list)),
-        "slo": {"ttft": check("slo_ttft_ms", slo_ttft_ms, float, min=0),
-                "tpot": check("slo_tpot_ms", slo_tpot_ms, float, min=0)},
-    }
-
-
-def load_model(name: str, dtype: str, device: str, layers: int, seed: int, prepack: bool, max_batch: int):
-    """The served model; with `prepack`, its fp32 linears on oneDNN's prepacked weights for `max_batch` rows
-    (labkit.techniques.kernels raises with the reason where oneDNN cannot run it)."""
-    from labkit.core import models
-    from labkit.core.params import check
-    from labkit.techniques import kernels
-
-    m = models.load(name, dtype=dtype, device=device, layers=layers, seed=seed)
-    return kernels.prepack_linears(m, rows_hint=max_batch) if check("prepack", prepack, bool) else m
-
-
-STEP_SHOWN = (*STEP_PARTS.values(), "other operators", "python and scheduling")
-
-
-def plot_step_profile(prof: dict, hw_source: str):
-    """One decode step (`profile_decode_step`) as a stacked bar of its parts, with the memory and compute floors as
-    vertical lines; the notebook shows it as "05_step_profile"."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    left = 0.0
-    for name, ms in ((k, v) for k, v in prof.items() if k in STEP_SHOWN):
-        ax.barh([0], [ms], left=left, label=f"{name}: {ms:.1f} ms")
-        left += ms
-    for floor, style in (("memory_floor_ms", "--"), ("compute_floor_ms", ":")):
-        if prof.get(floor):
-            ax.axvline(prof[floor], color="k", ls=style,
-                       label=f"{floor.replace('_ms', '').replace('_', ' ')}: {prof[floor]:.1f} ms")
-    ax.set(yticks=[], xlabel="ms per decode step",
-           title=f"One decode step, batch {prof['batch']}, context {prof['context']:.0f} tokens ({hw_source})")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
-    return fig
-
-
-def step_profile_sentence(prof: dict) -> str:
-    """The step against its floor (the larger of memory and compute) and its largest part, in words."""
-    parts = {k: v for k, v in prof.items() if k in STEP_SHOWN}
-    bound = max(("memory", prof["memory_floor_ms"]), ("compute", prof["compute_floor_ms"] or 0), key=lambda t: t[1])
-    return (f"the step takes {prof['step_ms']:.1f} ms against a {bound[0]} floor of {bound[1]:.1f} ms "
-            f"({bound[1] / prof['step_ms']:.0%} of it); the largest part is {max(parts, key=parts.get)}")
