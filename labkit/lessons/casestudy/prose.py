@@ -175,7 +175,7 @@ def try_this(int8: str, int8_rows: list[dict], arrival: str) -> str:
                      "one-at-a-time stages.")
     lines.append("* `--preset full`: 4 layers, 16 requests, 128 output tokens and the whole held-out text for "
                  "perplexity.")
-    lines.append("* `-p best_here=True` (or False): measure, after the guide's stack and in the same rounds, the "
+    lines.append("* `-p best_here=true` (or false): measure, after the guide's stack and in the same rounds, the "
                  "configurations that pay without int8/bf16 matrix units (weight-only INT8 and INT4, plain fp32), "
                  "and see which one this machine should run; by default only where it has no such units. With "
                  "`-p output_len=256` the trace is decode-heavy, where bytes read per step decide.")
