@@ -44,7 +44,7 @@ def test_show_saves_the_figure_for_the_index(reports):
     assert lesson.show(fig, "99_demo_plot") is None  # a cell ending in it shows the figure, not PosixPath('...')
     path = lesson.figure_path("99_demo_plot")
     assert path.exists() and path.read_bytes()[:4] == b"\x89PNG"
-    assert not plt.get_fignums()  # closed, so Jupyter does not draw it a second time
+    assert fig.number not in plt.get_fignums()  # closed, so Jupyter does not draw it a second time
 
 
 def _wide(n_rows: int = 3):
