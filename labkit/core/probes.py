@@ -271,6 +271,12 @@ class ProbeRuns:
     def all(self) -> list[Probe]:
         return [p for run in self.runs for p in run]
 
+    def best(self) -> list[Probe]:
+        """Each probe's fastest run (the rate `summarize_probes` keeps), in the runs' order: the table to show."""
+        def rate(p: Probe) -> float:
+            return -1.0 if p.skipped else (p.gflop_per_s if p.name == "matmul" else p.gb_per_s) or -1.0
+        return [max(same, key=rate) for same in zip(*self.runs, strict=True)]
+
     def words(self) -> str:
         """One sentence for the learner: how many runs it took and whether the profile can be trusted."""
         n, dev = len(self.runs), self.max_deviation

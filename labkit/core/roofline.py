@@ -300,10 +300,16 @@ def plot_roofline(hw: Card, points: list[dict], dtypes: tuple[str, ...] = ("fp32
         peak = hw.peak(dt)
         if peak:
             ax.plot(x, np.minimum(peak / 1e9, bw * x), label=f"roof {dt}: {peak / 1e9:,.0f} GFLOP/s")
+    placed: list[tuple[float, float]] = []
     for pt in points:
         ax.scatter([pt["intensity"]], [pt["gflops"]], zorder=3)
-        ax.annotate(pt["label"], (pt["intensity"], pt["gflops"]), textcoords="offset points", xytext=(5, -12),
-                    fontsize=8)
+        # points within ~15% of each other on both log axes would print their labels on top of each other:
+        # each such neighbour already labelled moves this label one line further down
+        near = sum(abs(np.log(pt["intensity"] / i)) < 0.15 and abs(np.log(pt["gflops"] / g)) < 0.15
+                   for i, g in placed)
+        placed.append((pt["intensity"], pt["gflops"]))
+        ax.annotate(pt["label"], (pt["intensity"], pt["gflops"]), textcoords="offset points",
+                    xytext=(5, -12 - 10 * near), fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP per byte moved)")

@@ -328,5 +328,5 @@ def plot_speed(speed):
     ax.set_xscale("log")
     ax.invert_yaxis()
     ax.set(xlabel="ms per output token, batch 1 (log)", title="Decode speed of each path against its floor")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axis label
     return fig
