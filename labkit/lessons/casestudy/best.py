@@ -39,11 +39,11 @@ def best_here_wanted(best_here: bool | None, device: str, matrix_units: dict) ->
                            "not measured (best_here=False)")
     if str(device).startswith("cuda"):
         return False, ("not measured: a CUDA GPU has the int8 and bf16 matrix units the guide's stack is built for "
-                       "(-p best_here=True measures the alternatives anyway)")
+                       "(-p best_here=true measures the alternatives anyway)")
     has = [k for k in ("int8", "bf16") if matrix_units.get(k)]
     if has:
         return False, (f"not measured: this CPU has {' and '.join(has)} matrix units, the hardware the guide's stack "
-                       "is built for (-p best_here=True measures the alternatives anyway)")
+                       "is built for (-p best_here=true measures the alternatives anyway)")
     return True, ("measured after the guide's stack: this CPU has no int8 or bf16 matrix units (no "
                   "AVX512-VNNI/AVX-VNNI/AMX, no AVX512-BF16), so the guide's INT8 and bf16 stages have no fast "
                   "kernels here; weight-only configurations, which read fewer bytes per decode step and multiply in "
