@@ -402,7 +402,7 @@ def test_best_here_is_on_by_default_only_without_matrix_units():
     on, why = casestudy.best_here_wanted(None, "cpu", none)
     assert on and "no int8 or bf16 matrix units" in why
     on, why = casestudy.best_here_wanted(None, "cpu", vnni)
-    assert not on and "this CPU has int8 matrix units" in why and "best_here=True" in why
+    assert not on and "this CPU has int8 matrix units" in why and "best_here=true" in why
     assert not casestudy.best_here_wanted(None, "cuda", none)[0]
     assert casestudy.best_here_wanted(True, "cpu", gpu)[0] and not casestudy.best_here_wanted(False, "cpu", none)[0]
     with pytest.raises(ParamError, match="best_here"):
