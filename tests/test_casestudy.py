@@ -408,7 +408,7 @@ def test_best_here_is_on_by_default_only_without_matrix_units():
     with pytest.raises(ParamError, match="best_here"):
         casestudy.best_here_wanted("yes", "cpu", none)
     units = hardware.matrix_units()  # this machine: on only where it has neither kind of unit
-    auto = casestudy.settings("ci", model="llama-2-13b", device="cpu")
+    auto = casestudy.settings("full", model="llama-2-13b", device="cpu")
     assert auto.best_here == (not units["int8"] and not units["bf16"]) and auto.best_here_why
     assert casestudy.settings("ci", model="llama-2-13b", device="cpu", best_here=True).best_here
 
@@ -585,3 +585,17 @@ def test_best_here_reaches_the_check_message_what_this_means_and_the_view():
     assert view["run this"].tolist()[:3] == [False, True, False]
     none = _best([1.4], candidates=0)
     assert none["verdict"] == "none" and none["pick"] == "+ fast attention" and casestudy.best_here_line(none) is None
+
+
+def test_the_ci_preset_leaves_best_here_out_and_says_what_it_would_cost_here():
+    none = {"int8": False, "bf16": False}
+    on, why = casestudy.best_here_wanted(None, "cpu", none, "ci")
+    assert not on and "ci preset" in why and "best_here=true" in why
+    assert casestudy.best_here_wanted(None, "cpu", none, "full")[0]
+    assert casestudy.best_here_wanted(True, "cpu", none, "ci")[0]  # forced on, it runs in ci too
+    rows = [{"stage": "baseline", "status": "ok", "output_throughput": 5.0}, {"stage": "+ INT8", "status": "ok",
+                                                                              "output_throughput": 10.0}]
+    line = casestudy.best_here_cost(rows, 8 * 32, 2)
+    n = len(casestudy.BEST_CANDIDATES)
+    assert f"{n} x 2 more times" in line and f"~{n * 2 * 256 / 5.0:.0f} s here" in line and "51 s per replay" in line
+    assert "no stage was measured" in casestudy.best_here_cost([{"stage": "baseline", "status": "skipped"}], 10, 2)

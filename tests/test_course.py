@@ -287,6 +287,22 @@ def test_a_lesson_over_its_estimate_says_so():
     assert "no estimate" in course_plan.outcome_line(course_plan.Estimate("03", "03_x", None, "none", "none"), 5)
 
 
+def test_once_notebook_01_has_profiled_the_machine_the_lessons_still_to_run_are_rescaled(reports, monkeypatch):
+    monkeypatch.setattr(catalog, "REFERENCE", REF)
+    here = _fp()
+    _time(reports, here, "05", 33.0)  # a measured time here is kept: it beats a scaled reference
+    plan = course_plan.make_plan(["01", "03", "04", "05"], "ci", {}, reports, fp=here)
+    assert plan.estimates["04"].basis == "reference" and course_plan.replan(plan, reports, "01") == []  # no profile
+    _profile(reports, here, REF["fp32_gflops"] / 2, REF["bandwidth_gbps"] / 2)  # a machine half as fast
+    lines = course_plan.replan(plan, reports, "03")  # after 03: only 04 and 05 are still to run
+    assert lines[0].startswith("Re-planned from notebook 01's profile") and "fp32 matmul 50 GFLOP/s" in lines[0]
+    assert plan.estimates["04"].seconds == pytest.approx(2 * catalog.lesson("04").reference_s)
+    assert plan.estimates["04"].basis == "scaled" and any("04_parallelism" in line and "was" in line for line in lines)
+    assert plan.estimates["03"].basis == "reference"  # it ran already: its estimate stays what it was
+    assert (plan.estimates["05"].seconds, plan.estimates["05"].basis) == (33.0, "measured here")
+    assert course_plan.replan(plan, reports, "03") == []  # the same profile again changes nothing
+
+
 def test_the_runner_prints_the_plan_stores_each_time_and_the_next_plan_starts_from_it(fake_course, reports, capsys,
                                                                                     monkeypatch):
     monkeypatch.setattr(catalog, "REFERENCE", REF)

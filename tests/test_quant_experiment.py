@@ -226,3 +226,36 @@ def test_the_budget_follows_the_preset_and_is_checked():
         qe.settings("ci", **kw, budget_s=1)
     assert qe.speed_deadline(None, 0.0) is None
     assert qe.speed_deadline(100.0, 5.0) == pytest.approx(5.0 + 100.0 * (1 - qe.AFTER_SPEED_SHARE))
+
+
+def test_the_budget_probes_eager_rows_at_a_short_prompt_and_scales_their_prefill():
+    from labkit.lessons import quantization_timing as qt
+
+    calls = []
+
+    def fake(name, ttft, tpot):
+        return lambda t: calls.append((name, t)) or {"ttft": ttft, "tpot": tpot}
+
+    callers = {"fp32": fake("fp32 full", 1.0, 0.1), "x+compile": fake("x+compile full", 2.0, 0.05)}
+    probes = {"fp32": fake("fp32 short", 0.125, 0.1)}
+    t = qt.time_rows(callers, 2, 4, deadline=__import__("time").perf_counter() + 100, budget_s=100, progress=False,
+                     probes=probes, scale=8.0)
+    assert calls[:3] == [("fp32 short", 2), ("fp32 short", 2), ("x+compile full", 2)]  # cold + warm; compiled: full
+    assert t.probed_short == ("fp32",) and t.cold["fp32"]["ttft"] == 0.125
+    assert t.choice.wanted_s == pytest.approx(2 * ((0.125 * 8 + 3 * 0.1) + (2.0 + 3 * 0.05)))  # prefill scaled x8
+    calls.clear()
+    qt.time_rows(callers, 1, 4, deadline=__import__("time").perf_counter() + 100, budget_s=100, progress=False,
+                 probes=probes, scale=8.0, probed={"fp32": ({"s": 0.2, "ttft": 0.1, "tpot": 0.1}, qt.RowCost(1, .1))})
+    assert ("fp32 short", 2) not in calls  # a row probed already is not probed again
+
+
+def test_a_compiled_row_is_set_up_only_when_its_prefills_fit_what_is_left():
+    import time
+
+    from labkit.lessons import quantization_timing as qt
+
+    cost = qt.RowCost(prefill_s=20.0, step_s=0.5)
+    assert qt.compile_cost("int8-dynamic", cost, time.perf_counter() + 1000, 200) is None  # 100 s of 1000 left
+    note = qt.compile_cost("int8-dynamic", cost, time.perf_counter() + 100, 200)
+    assert note.startswith("not run here") and f"{qt.SETUP_PREFILLS} full-prompt prefills" in note
+    assert "~100 s" in note and "budget_s=300" in note and "~20.0 s each" in note

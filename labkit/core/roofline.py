@@ -219,10 +219,17 @@ class Floor:
                 "intensity": self.intensity}
 
 
-def against_floor(floor: Floor, measured_s: float, hw: Card, dtype: str) -> str:
+def against_floor(floor: Floor, measured_s: float, hw: Card, dtype: str, source: str = "the probes") -> str:
     """One sentence built from the numbers: the fraction of the floor a measured time reached, the rate it
-    implies next to the probe's, and, where it is under two thirds of the floor, what the floor leaves out."""
+    implies next to the probe's, and, where it is under two thirds of the floor, what the floor leaves out. A
+    measurement that beat its floor (labkit.core.floors.LIMIT) gets the reason instead: which rate (from `source`)
+    was wrong, and the floor taken in its place."""
+    from labkit.core.floors import of_floor
+
     frac = floor.seconds / measured_s
+    held = of_floor(measured_s, floor, compute=f"{dtype} matmul", source=source)
+    if held.reason:  # beaten: a rate was wrong, and the sentence says which instead of printing "182% of the floor"
+        return f"{held.fraction:.0%} of its floor ({held.floor_s * 1e3:,.1f} ms): {held.reason}"
     if floor.bound == "compute":
         peak = hw.peak(dtype) or float("nan")
         rate = (f"{floor.flops / measured_s / 1e9:,.0f} GFLOP/s against the {peak / 1e9:,.0f} GFLOP/s the {dtype} "

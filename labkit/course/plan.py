@@ -135,6 +135,7 @@ class Plan:
     fingerprint: dict
     estimates: dict[str, Estimate] = field(default_factory=dict)
     rates: dict | None = None
+    params: dict[str, dict] = field(default_factory=dict)  # each lesson's parameters, as the estimates took them
 
     @property
     def total_s(self) -> float:
@@ -171,10 +172,36 @@ def make_plan(ids: list[str], preset: str, params_by_id: dict[str, dict], report
     key = machine_key(m)
     times = records.read_records(Path(reports) / "results", TIMES)
     rates = profile_rates(reports, key)
-    plan = Plan(preset, m, key, fp, rates=rates)
+    plan = Plan(preset, m, key, fp, rates=rates, params={i: params_by_id.get(i) or {} for i in ids})
     for i in ids:
         plan.estimates[i] = estimate(catalog.lesson(i), preset, params_by_id.get(i), key, times, rates)
     return plan
+
+
+def replan(plan: Plan, reports: Path, after: str) -> list[str]:
+    """After lesson `after` ran: if notebook 01's profile of this machine is now there (or changed), the estimates
+    of the lessons still to run that came from the reference time are scaled by it. Returns the lines to print
+    (none when nothing changed). Estimates from an earlier run here are kept: a measured time beats a scaled one."""
+    rates = profile_rates(reports, plan.key)
+    if not rates or rates == plan.rates:
+        return []
+    ids = list(plan.estimates)
+    later = ids[ids.index(after) + 1:] if after in ids else []
+    plan.rates = rates
+    out = []
+    for i in later:
+        old = plan.estimates[i]
+        if old.basis not in ("reference", "scaled"):
+            continue
+        new = estimate(catalog.lesson(i), plan.preset, plan.params.get(i), plan.key, [], rates)
+        plan.estimates[i] = new
+        if new.seconds != old.seconds:
+            out.append(f"  {new.notebook:<26}{_span(new.seconds):>8}  ({new.brief}; was {_span(old.seconds)})")
+    if out:
+        out.insert(0, f"Re-planned from notebook 01's profile of this machine (fp32 matmul {rates['fp32_gflops']:.0f} "
+                      f"GFLOP/s, bandwidth {rates['bandwidth_gbps']:.0f} GB/s):")
+        out.append(f"  in all ~{_span(plan.total_s)}")
+    return out
 
 
 def outcome_line(est: Estimate, seconds: float) -> str:

@@ -340,6 +340,9 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
             print(f"      done in {r.seconds:.0f} s -> {r.output}", flush=True)
             course_plan.record_time(plan, est, r.seconds, params_for(nb_id, params), reports)
             print(f"      {course_plan.outcome_line(est, r.seconds)}", flush=True)
+            if catalog.HARDWARE_PROFILE in catalog.lesson(nb_id).records:  # the profile is there now: scale by it
+                for line in course_plan.replan(plan, reports, nb_id):
+                    print(line, flush=True)
     write_index(reports, run)
     return run
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from labkit.core.models import saved_bytes, weight_bytes
 from labkit.core.units import TORCH_DTYPES, mib
+from labkit.lessons import quantization_timing as qtiming
 from labkit.techniques.quant import (
     FAKE_QUANT,
     QuantInfo,
@@ -230,7 +231,8 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     where the card's rates come from (planner.machine_card), for those reasons.
 
     With a `deadline` (a time.perf_counter() value, `speed_deadline`: the lesson's `budget_s`) each row is first
-    probed once with 2 tokens (its cold call), and labkit.core.budget.choose decides from those costs what the
+    probed with 2 tokens (its cold call; an eager row at a PROBE_PROMPT-token prompt, twice, its prefill scaled to
+    the prompt: labkit.lessons.quantization_timing), and labkit.core.budget.choose decides from those costs what the
     rounds run: rows that would blow the budget are timed with fewer tokens, in one round beside fp32 and bf16, or
     not run, their status then "not run here: would take ~N s ...; run with -p budget_s=M". Each cut row says so
     in `timed`; `out.attrs["budget"]` holds the plan."""
@@ -247,9 +249,12 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     def timed(rt) -> dict:
         return {"ttft": rt.ttft, "tpot": rt.tpot}
 
-    # row -> a call generating `t` tokens
+    # row -> a call generating `t` tokens; and the same at a short prompt, for the budget's probe of the eager rows
     callers = {name: (lambda t, m=mod: timed(generate_timed(m, ids, t)[0])) for name, mod in runners.items()}
+    short = ids[:, :min(qtiming.PROBE_PROMPT, prompt_len)]
+    probes = {name: (lambda t, m=mod: timed(generate_timed(m, short, t)[0])) for name, mod in runners.items()}
     order = ["fp32", "bf16", *methods]
+    scale, probed = prompt_len / short.shape[1], {}
     for name in compiled:
         key = f"{name}+compile"
         order.append(key)
@@ -257,6 +262,12 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
             rows[key] = {"method": key, "base_dtype": rows.get(name, {}).get("base_dtype"),
                          "status": rows.get(name, {}).get("status", f"skipped: {name} was not run")}
             continue
+        if deadline is not None:  # under a budget: set the compiled row up only if its prefills fit what is left
+            probed[name] = qtiming.probe(probes[name], scale)
+            too_slow = qtiming.compile_cost(name, probed[name][1], deadline, budget_s)
+            if too_slow:
+                rows[key] = {**rows[name], "method": key, "status": too_slow}
+                continue
         opts = COMPILE_OPTIONS.get(name) if _device(fp32) == "cpu" else None
         dec = StaticDecoder(runners[name], max_len=prompt_len + new_tokens, compile=True, options=opts)
         rows[key] = {**rows[name], "method": key, "compile_options": str(opts or {})}
@@ -272,12 +283,15 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
         rows[key].update({f"prefill_{k}": v for k, v in dec.choose_prefill(ids, repeats=1).items()})
         callers[key] = lambda t, d=dec: timed(d.generate(ids, t)[0])
     with torch.inference_mode(), count_compiles() as during:
-        timing = _time_rows(callers, repeats, new_tokens, deadline, budget_s, progress)
+        timing = qtiming.time_rows(callers, repeats, new_tokens, deadline, budget_s, progress, probes=probes,
+                                   scale=scale, probed=probed)
     for name, note in (timing.choice.notes if timing.choice else {}).items():
         rows[name]["timed" if name in timing.rounds_of else "status"] = note
     for name in timing.rounds_of:
         r = timing.rounds_of[name]
         first = rows[name].get("compile_first_call_s", timing.cold[name]["s"])  # a compiled path's: compiling
+        if name in timing.probed_short:
+            rows[name]["cold_prompt_tokens"] = short.shape[1]  # its first call was the budget's short probe
         rows[name].update({"cold_s": first, "prefill_ms": 1e3 * r.median(name, "ttft"),
                            "decode_ms_per_token": 1e3 * r.median(name, "tpot")})
         for ref in ("fp32", "bf16"):
@@ -301,57 +315,9 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     out.attrs["load"] = timing.load
     out.attrs["recompiles_while_timed"] = during.stats.frames  # 0: every compiled path stayed on its graphs
     out.attrs["budget"] = timing.summary()
+    if out.attrs["budget"] is not None and timing.probed_short:
+        out.attrs["budget"].update(probe_prompt=short.shape[1], probed_short=list(timing.probed_short))
     return out
-
-
-@dataclass
-class _Timing:
-    """What `_time_rows` measured: the Rounds each timed row's numbers come from, the first call of each row, the
-    load while timing, and the budget's choice (None: no budget, every row in `repeats` rounds)."""
-
-    rounds_of: dict
-    cold: dict
-    load: dict
-    choice: object = None
-    probe_s: float = 0.0
-
-    def summary(self) -> dict | None:
-        c = self.choice
-        if c is None:
-            return None
-        return {"budget_s": c.budget_s, "wanted_s": c.wanted_s, "planned_s": c.seconds, "probe_s": self.probe_s,
-                "rounds": c.rounds, "once": c.once, "not_run": c.not_run, "tokens": c.tokens, "over": c.over}
-
-
-def _time_rows(callers: dict, repeats: int, new_tokens: int, deadline: float | None, budget_s: float | None,
-               progress: bool) -> _Timing:
-    """Time `callers` (row -> call of `t` tokens) in rotating rounds: all of them as asked without a deadline; with
-    one, after a 2-token probe of each, what labkit.core.budget.choose fits into the time left."""
-    from labkit.core.bench import run_rounds
-    from labkit.core.budget import MIN_TOKENS, RowCost, choose
-
-    if deadline is None:
-        r = run_rounds({n: (lambda f=f: f(new_tokens)) for n, f in callers.items()}, repeats, progress=progress)
-        return _Timing({n: r for n in callers}, r.cold, r.load)
-    t0 = time.perf_counter()
-    cold = {}
-    for name, f in callers.items():  # the probe is each row's cold call
-        t = time.perf_counter()
-        cold[name] = {"s": 0.0, **f(MIN_TOKENS)}
-        cold[name]["s"] = time.perf_counter() - t
-    probe_s = time.perf_counter() - t0
-    costs = {n: RowCost(c["ttft"], c["tpot"]) for n, c in cold.items()}
-    choice = choose(costs, max(deadline - time.perf_counter(), 0.0), repeats, new_tokens,
-                    lesson_budget_s=budget_s)
-    main = run_rounds({n: (lambda f=callers[n], t=choice.tokens[n]: f(t)) for n in choice.main}, choice.rounds,
-                      cold=False, progress=progress)
-    rounds_of = {n: main for n in choice.main}
-    if choice.once:
-        refs = [n for n in choice.main if n in ("fp32", "bf16")]
-        once = run_rounds({n: (lambda f=callers[n], t=choice.tokens[n]: f(t)) for n in [*refs, *choice.once]}, 1,
-                          cold=False, progress=progress, desc="slow rows, once")
-        rounds_of.update({n: once for n in choice.once})
-    return _Timing(rounds_of, cold, main.load, choice, probe_s)
 
 
 NEAR_TIE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}  # top-2 gaps rounding may decide either way (no base)

@@ -67,7 +67,9 @@ def budget_lines(speed) -> list[str]:
     b = speed.attrs.get("budget")
     if not b:
         return ["no time budget: every row timed at the preset's sizes"]
-    out = [f"budget: {b['budget_s']:.0f} s were left for the timing rounds after a 2-token probe of each row "
+    how = (f", the eager ones at a {b['probe_prompt']}-token prompt with their prefill scaled to the full prompt"
+           if b.get("probe_prompt") else "")
+    out = [f"budget: {b['budget_s']:.0f} s were left for the timing rounds after a 2-token probe of each row{how} "
            f"({b['probe_s']:.0f} s); the preset's sizes would take ~{b['wanted_s']:.0f} s here, the plan ~"
            f"{b['planned_s']:.0f} s" + ("" if b["wanted_s"] > b["budget_s"] else ": everything fits")]
     if "timed" in speed:

@@ -10,9 +10,9 @@ every stage replays the same seeded trace in the same run:
     + fast attention       the engine with SDPA's fused kernels (flash on CUDA)
     + bf16                 the parts INT8 leaves alone in bf16, where the INT8 path accepts it; kept only if
                            it is measurably faster
-    best here              (by default only on a CPU without int8/bf16 matrix units) weight-only INT8/INT4 and
-                           plain fp32 through the engine with SDPA, in the same rounds: the fastest is what
-                           to run on this machine, set beside the stack with its ceiling and perplexity
+    best here              (by default only on a CPU without int8/bf16 matrix units, full preset) weight-only
+                           INT8/INT4 and plain fp32 through the engine with SDPA, in the same rounds: the fastest
+                           is what to run on this machine, set beside the stack with its ceiling and perplexity
 
 Speed is measured on a shape-faithful Llama-2-13B with few layers and projected to 40 layers from the
 measured model's per-layer cost; quality (held-out perplexity) on the embedded model with the same
@@ -33,6 +33,9 @@ from labkit.lessons.casestudy.best import (
     candidate_name,
     compare_best,
     split_best,
+)
+from labkit.lessons.casestudy.best import (
+    cost_line as best_here_cost,
 )
 from labkit.lessons.casestudy.check import ASSERT_MARGIN, PPL_TOLERANCE_PCT, TARGET, ceilings, check
 from labkit.lessons.casestudy.figures import plot_stages
@@ -81,7 +84,8 @@ __all__ = [
     "ASSERT_MARGIN", "BEST_CANDIDATES", "ELIMINATE_ABOVE", "EXTRAS", "GUIDE", "INT8_CANDIDATES", "INVARIANT_SLACK",
     "KEEP_ABOVE", "NOT_A_CANDIDATE", "PPL_DECODE", "PPL_STRIDE", "PPL_TOLERANCE_PCT", "PPL_WINDOW", "TARGET",
     "Server", "Settings", "Stage", "answer_agreement", "answers_lines", "best_candidates", "best_here_line",
-    "best_here_view", "best_here_wanted", "candidate_name", "case_table", "ceilings", "check", "compare_best",
+    "best_here_cost", "best_here_view", "best_here_wanted", "candidate_name", "case_table", "ceilings", "check",
+    "compare_best",
     "compute_dtype", "factor_words", "final_stage", "full_depth_view", "guide_line", "in_run_card", "int8_candidates",
     "kernel_ratio", "machine_card", "matmul_tflops", "measure", "perplexities", "pick_int8", "plan", "plot_stages",
     "project", "quality_model", "settings", "split_best", "stack_view", "stage_model", "stages_view", "try_this",

@@ -27,10 +27,14 @@ BEST_CANDIDATES = (("int8-weight-only", "fp32"), ("int4-rtn", "bf16"), (None, "f
 PREFIX = "best here: "  # every candidate's stage name starts with it
 
 
-def best_here_wanted(best_here: bool | None, device: str, matrix_units: dict) -> tuple[bool, str]:
+def best_here_wanted(best_here: bool | None, device: str, matrix_units: dict,
+                     preset: str = "full") -> tuple[bool, str]:
     """Whether notebook 07 measures the best-here candidates, and a sentence saying why. None (auto): only on a
     CPU with neither int8 nor bf16 matrix units (hardware.matrix_units), where the guide's stack has nothing to
-    run on; True/False force it."""
+    run on, and not in the ci preset: there they would replay the trace len(BEST_CANDIDATES) more times per round
+    on the slowest machines the course meets (issue 29: 565 of the 820 s notebook 07 took on an AVX2-only EPYC
+    went to the replays with them), so the ci run prints what they would cost (`cost_line`) instead; True/False
+    force it."""
     from labkit.core.params import check
 
     if best_here is not None:
@@ -44,6 +48,11 @@ def best_here_wanted(best_here: bool | None, device: str, matrix_units: dict) ->
     if has:
         return False, (f"not measured: this CPU has {' and '.join(has)} matrix units, the hardware the guide's stack "
                        "is built for (-p best_here=true measures the alternatives anyway)")
+    if preset == "ci":
+        return False, ("not measured in the ci preset: this CPU has no int8 or bf16 matrix units, so the guide's "
+                       "stack has no fast kernels here, but measuring the alternatives replays the whole trace "
+                       f"{len(BEST_CANDIDATES)} more times per round (their cost here is printed below the stages); "
+                       "-p best_here=true or --preset full measures them")
     return True, ("measured after the guide's stack: this CPU has no int8 or bf16 matrix units (no "
                   "AVX512-VNNI/AVX-VNNI/AMX, no AVX512-BF16), so the guide's INT8 and bf16 stages have no fast "
                   "kernels here; weight-only configurations, which read fewer bytes per decode step and multiply in "
@@ -146,3 +155,18 @@ def compare_best(rows: list[dict], proj: list[dict], ppl_rows: list[dict], best_
     for t in table:
         t["picked"] = t["stage"] == out["pick"]
     return out
+
+
+def cost_line(rows: list[dict], trace_tokens: int, rounds: int) -> str:
+    """What measuring the best-here candidates would add to this run, from its own numbers: each candidate replays
+    the trace (`trace_tokens` output tokens) once per round, estimated at the baseline's measured throughput (the
+    candidates multiply in fp32/bf16 like it; measured on an AVX2-only EPYC, that estimate came within 10% of what
+    they took)."""
+    base = next((r for r in rows if r.get("status", "ok") == "ok" and r.get("output_throughput")), None)
+    if base is None:
+        return "best here: not measured, and no stage was measured to estimate its cost from"
+    per = trace_tokens / base["output_throughput"]
+    n = len(BEST_CANDIDATES)
+    return (f"best here: not measured; measuring it would replay the trace {n} x {rounds} more times, "
+            f"~{n * rounds * per:.0f} s here ({per:.0f} s per replay at {base['stage']}'s "
+            f"{base['output_throughput']:.1f} tok/s); -p best_here=true measures it")

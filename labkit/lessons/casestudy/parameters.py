@@ -66,6 +66,6 @@ def settings(preset: str, *, model: str, device: str = "auto", seed: int = 0, la
     chosen, left_out = preset_candidates(preset, device)
     candidates = check("int8_candidates", int8_candidates or chosen, list, choices=quant.INT8_METHODS)
     extras = check("extras", list(EXTRAS) if extras is None else extras, list, choices=EXTRAS)
-    on, why = best_here_wanted(best_here, device, hardware.matrix_units())
+    on, why = best_here_wanted(best_here, device, hardware.matrix_units(), preset)
     return Settings(device=device, **resolved, rate=rate, int8=int8, int8_candidates=candidates, left_out=left_out,
                     extras=extras, best_here=on, best_here_why=why)

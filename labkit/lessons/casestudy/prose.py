@@ -177,6 +177,6 @@ def try_this(int8: str, int8_rows: list[dict], arrival: str) -> str:
                  "perplexity.")
     lines.append("* `-p best_here=true` (or false): measure, after the guide's stack and in the same rounds, the "
                  "configurations that pay without int8/bf16 matrix units (weight-only INT8 and INT4, plain fp32), "
-                 "and see which one this machine should run; by default only where it has no such units. With "
-                 "`-p output_len=256` the trace is decode-heavy, where bytes read per step decide.")
+                 "and see which one this machine should run; by default only where it has no such units, in the "
+                 "full preset. With `-p output_len=256` the trace is decode-heavy, where bytes read per step decide.")
     return "\n".join(lines)
