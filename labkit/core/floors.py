@@ -111,12 +111,12 @@ def of_floor(measured_s: float, rates: Sequence[Rate] | object, *, fastest: Mapp
     floor = total(fixed)
     needed = "; ".join(f"the {r.name} rate ({r.words()}, {r.source}) is lower than this measurement needed "
                        f"({r.words(r.work / measured_s)} at least)" for r in wrong)
-    why = (f"measured {measured_s * 1e3:,.3g} ms beat its floor of {stated * 1e3:,.3g} ms ({stated / measured_s:.2f}x "
+    why = (f"measured {_ms(measured_s)} beat its floor of {_ms(stated)} ({stated / measured_s:.2f}x "
            f"of it): {needed}, so that rate was wrong (measured while the machine was busy, or at another shape or "
            "kernel than this path runs)")
     if floor / measured_s <= limit and floor < stated:
         used = ", ".join(f"{r.name} {r.words(fastest[r.name])}" for r in wrong if r.name in fastest)
-        why += f"; floor re-derived from the fastest rate timed in this run ({used}): {floor * 1e3:,.3g} ms"
+        why += f"; floor re-derived from the fastest rate timed in this run ({used}): {_ms(floor)}"
     else:
         floor = measured_s
         why += ("; no rate timed in this run reaches it, so the floor is taken as the measured time itself "
@@ -124,6 +124,12 @@ def of_floor(measured_s: float, rates: Sequence[Rate] | object, *, fastest: Mapp
     if note:
         why += f" ({note.removeprefix('note: ')})"
     return FloorFraction(floor / measured_s, floor, measured_s, stated, tuple(r.name for r in wrong), why)
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds with three significant digits and no e-notation: "0.0123 ms", "12.3 ms", "1,770 ms"."""
+    ms = seconds * 1e3
+    return f"{ms:,.0f} ms" if ms >= 100 else f"{float(f'{ms:.3g}'):g} ms"
 
 
 def fastest_rates(rows: Iterable[tuple[str, float, float]]) -> dict[str, float]:

@@ -49,11 +49,13 @@ HEAD_INT8 = "fp32, int8 head"
 COMPILE_OPTIONS = {"fp32": {"freezing": True}, "bf16": {"freezing": True}}
 SPEED_PREFERS_BF16 = ("int8-weight-only", "int8-dynamic", "int4-rtn", "bnb-nf4")
 # The ci preset's budget for the whole lesson (issue 29: notebook 02 at most ~3.5 minutes on every CPU the course has
-# met); the speed rows take what the quality part left, less a share kept for the cells after the speed table (the
-# record, two figures, the verdicts). Below BUDGET_MIN_S not even the references' probes would fit.
-BUDGET_CI_S = 200.0
+# met, no lesson over ~4); the speed rows take what the quality part left, less a share kept for the cells after the
+# speed table (the record, two figures, the verdicts: ~5 s). On an AVX2-only EPYC the quality part and quantizing
+# the speed rows alone took ~160 s, so at 200 s no quantized row was timed there: 240 s leaves its cheap rows
+# (int8-dynamic-legacy, int4-rtn, oneDNN's) room to run. Below BUDGET_MIN_S not even the references' probes fit.
+BUDGET_CI_S = 240.0
 BUDGET_MIN_S = 30.0
-AFTER_SPEED_SHARE = 0.1
+AFTER_SPEED_SHARE = 0.05
 
 
 @dataclass(frozen=True)
