@@ -217,3 +217,6 @@ def test_against_floor_words_come_from_the_numbers():
     p = R.prefill_floor(shape("llama-2-7b"), "fp32", card, 512, layers=2)
     assert "GFLOP/s against the 200 GFLOP/s the fp32 matmul probe reached" in R.against_floor(p, p.seconds * 2, card,
                                                                                             "fp32")
+    beaten = R.against_floor(p, p.seconds / 1.8, card, "fp32", "quick probes")  # 180% of the floor: a rate was wrong
+    assert beaten.startswith("100% of its floor") and "beat its floor" in beaten and "quick probes" in beaten
+    assert "fp32 matmul rate" in beaten and "180%" not in beaten
