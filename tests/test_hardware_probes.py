@@ -183,12 +183,27 @@ def test_onednn_int8_is_refused_where_it_runs_far_slower_than_fp32(monkeypatch):
     AMD EPYC with VNNI): the INT8 paths must then be told why and use torch._int_mm, never time the fallback."""
     if onednn.onednn_op_unsupported("oneDNN's int8 linear", "onednn.qlinear_pointwise") is not None:
         pytest.skip("no oneDNN int8 linear in this build")
+    monkeypatch.setattr(onednn, "int8_error", lambda: 0.0)  # correct results: only its speed is judged here
     monkeypatch.setattr(onednn, "int8_speed", lambda: (0.09, 80.0))
     reason = onednn.onednn_unsupported("cpu")
     assert reason and "0.09 GFLOP/s" in reason and "889x slower" in reason
     assert onednn.int8_kernel("cpu") == "torch._int_mm"
     monkeypatch.setattr(onednn, "int8_speed", lambda: (300.0, 80.0))  # VNNI or AMX: faster than fp32
     assert onednn.onednn_unsupported("cpu") is None and onednn.int8_kernel("cpu") == "oneDNN int8 linear"
+
+
+def test_onednn_int8_is_refused_where_its_results_are_wrong(monkeypatch):
+    """On an AVX2-only EPYC (no VNNI) oneDNN's int8 linear returned products up to 8.4% off the exact integer
+    matmul: a fast wrong kernel must be refused before its speed is even looked at."""
+    if onednn.onednn_op_unsupported("oneDNN's int8 linear", "onednn.qlinear_pointwise") is not None:
+        pytest.skip("no oneDNN int8 linear in this build")
+    assert onednn.int8_error() >= 0  # the real kernel on this machine, measured once
+    monkeypatch.setattr(onednn, "int8_speed", lambda: (300.0, 80.0))  # fast
+    monkeypatch.setattr(onednn, "int8_error", lambda: 0.084)
+    reason = onednn.onednn_unsupported("cpu")
+    assert reason and "wrong results" in reason and "8.4%" in reason and onednn.int8_kernel("cpu") == "torch._int_mm"
+    monkeypatch.setattr(onednn, "int8_error", lambda: 1e-7)  # rounding only
+    assert onednn.onednn_unsupported("cpu") is None
 
 
 def test_the_int8_speed_check_measures_both_kernels():
