@@ -229,6 +229,23 @@ def test_bench_still_offers_the_load_watch_its_callers_use():
     assert bench.LoadWatch is load.LoadWatch and bench.fit_threads is load.fit_threads
 
 
+def test_run_rounds_does_not_start_a_round_that_would_end_past_the_deadline(clock):
+    """A round takes 6 s on the fake clock: with 13 s left two rounds fit and the third is not started; the Rounds
+    say 3 were asked and what a round took. At least one round runs even when the deadline has passed."""
+    def fn():
+        clock.t += 3.0
+        return {"tokens": 1}
+
+    start = clock.t
+    r = bench.run_rounds({"a": fn, "b": fn}, 3, cold=False, progress=False, deadline=start + 13.0)
+    assert r.done == 2 and r.asked == 3 and r.round_s == 6.0 and len(r.values["a"]["tokens"]) == 2
+    assert r.to_dict()["asked"] == 3
+    r = bench.run_rounds({"a": fn, "b": fn}, 2, cold=False, progress=False, deadline=clock.t + 100.0)
+    assert r.done == 2 and r.asked == 0 and r.to_dict()["asked"] == 2  # all ran
+    r = bench.run_rounds({"a": fn}, 3, cold=False, progress=False, deadline=clock.t - 1.0)
+    assert r.done == 1 and r.asked == 3
+
+
 def test_run_rounds_records_the_load_it_watched(monkeypatch):
     monkeypatch.setattr(load.LoadWatch, "read", lambda self: setattr(self, "result", {"busy": False, "seen": 1}))
     r = bench.run_rounds({"a": lambda: None}, 2, progress=False)

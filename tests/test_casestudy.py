@@ -156,7 +156,8 @@ def test_plan_takes_only_int8_methods():
             casestudy.plan(method)
 
 
-def test_pick_int8_times_each_method_in_every_dtype_it_accepts(tiny_llama):
+def test_pick_int8_times_each_method_in_every_dtype_it_accepts(tiny_llama, monkeypatch):
+    monkeypatch.setattr(casestudy.int8, "ELIMINATE_ABOVE", 1e9)  # no variant out after its probe: all are timed
     prompt = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
     method, rows = casestudy.pick_int8(tiny_llama, prompt, ["int8-dynamic-legacy", "int8-dynamic"], new_tokens=3,
                                        output_len=8, rounds=2, progress=False)
@@ -263,9 +264,34 @@ def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_pic
     keep = {}
     method, rows = casestudy.pick_int8(torch.nn.Linear(2, 2), None, list(times), rounds=2, progress=False, keep=keep)
     assert method == "int8-weight-only" and set(keep) == {("int8-weight-only", "fp32"), ("int8-weight-only", "bf16")}
-    assert calls.count("int8-dynamic") == 2  # its first request in each dtype, then out
+    assert calls.count("int8-dynamic") == 4  # its probe (cold and warm) in each dtype, then out
+    assert calls.count("int8-weight-only") == 2 * 2 + 2 * (1 + 2)  # probes, then a cold call and 2 rounds
     out = [r for r in rows if r["method"] == "int8-dynamic"]
-    assert all(r["why_not"].startswith("out after its first request") for r in out)
+    assert all(r["status"] == "probed only" and "ttft_ms" not in r for r in out)
+    assert all(r["why_not"].startswith("out after its probe: its request estimated at ~9 s") for r in out)
+
+
+def test_pick_probes_at_a_short_prompt_and_scales_its_prefill(monkeypatch):
+    """The probe runs at PROBE_PROMPT tokens; its prefill is scaled to the full prompt before comparing: a
+    variant whose short prefill is 2x slower but whose decode is the same is out only through the scale."""
+    seen = []
+    per_token = {"int8-dynamic-legacy": 0.01, "int8-dynamic": 0.05}
+    monkeypatch.setattr(quant, "quantize", lambda model, method: method)
+
+    def timed(q, prompt, n):
+        seen.append((q, prompt.shape[1], n))
+        return type("T", (), {"ttft": per_token[q] * prompt.shape[1], "tpot": 0.01})(), None
+
+    monkeypatch.setattr(casestudy.int8, "generate_timed", timed)
+    monkeypatch.setattr(quant, "unsupported", lambda *a: "fp32 only")
+    prompt = torch.zeros(1, 16 * casestudy.int8.PROBE_PROMPT, dtype=torch.long)
+    method, rows = casestudy.pick_int8(torch.nn.Linear(2, 2), prompt, list(per_token), output_len=8, rounds=1,
+                                       progress=False)
+    assert [s for s in seen if s[0] == "int8-dynamic"] == [("int8-dynamic", casestudy.int8.PROBE_PROMPT, 2)] * 2
+    assert ("int8-dynamic-legacy", prompt.shape[1], 8) in seen  # the survivor is timed at the full prompt
+    out = next(r for r in rows if r["method"] == "int8-dynamic")
+    # estimate: 0.05 s/token x 512 tokens + 7 x 0.01 = 25.7 s, against 5.19 s: over 3x, out
+    assert method == "int8-dynamic-legacy" and "~26 s (a 32-token prompt, prefill scaled 16x)" in out["why_not"]
 
 
 def test_answers_say_whether_the_batch_or_a_near_tie_parts_them():
@@ -599,3 +625,16 @@ def test_the_ci_preset_leaves_best_here_out_and_says_what_it_would_cost_here():
     n = len(casestudy.BEST_CANDIDATES)
     assert f"{n} x 2 more times" in line and f"~{n * 2 * 256 / 5.0:.0f} s here" in line and "51 s per replay" in line
     assert "no stage was measured" in casestudy.best_here_cost([{"stage": "baseline", "status": "skipped"}], 10, 2)
+
+
+def test_a_budget_cut_of_the_replay_rounds_is_said_with_the_budget_that_runs_them_all():
+    raw = {"replay": {"names": ["baseline"], "values": {"baseline": {"s": [100.0]}}, "asked": 2, "round_s": 116.0}}
+    line = casestudy.rounds_line(raw, 300.0)
+    assert line.startswith("trace replayed in 1 of 2 rounds to fit -p budget_s=300 (a round of every stage took "
+                           "~116 s here)") and line.endswith("-p budget_s=450 for all of them")
+    raw["replay"].update(asked=2, values={"baseline": {"s": [100.0, 101.0]}})
+    assert casestudy.rounds_line(raw, 300.0) is None
+    assert casestudy.replay_deadline(None, 5.0) is None
+    assert casestudy.replay_deadline(300.0, 5.0) == 305.0 - casestudy.AFTER_REPLAYS_S
+    assert casestudy.settings("ci", model="llama-2-13b", device="cpu").budget_s == casestudy.parameters.BUDGET_CI_S
+    assert casestudy.settings("full", model="llama-2-13b", device="cpu").budget_s is None

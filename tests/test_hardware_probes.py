@@ -32,13 +32,15 @@ def test_matrix_probe_every_dtype(dtype):
     assert (mv.name, mm.name) == ("matvec", "matmul")
     elt = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}[dtype]
     out = 4 if dtype == "int8" else elt
+    x = 4 if dtype == "int8" and onednn.int8_kernel("cpu") == onednn.FBGEMM else elt  # fp32 activations
     assert mm.flops == 2 * 32 * 64 * 96
-    assert mm.bytes_moved == 96 * 64 * elt + 32 * 64 * elt + 32 * 96 * out
+    assert mm.bytes_moved == 96 * 64 * elt + 32 * 64 * x + 32 * 96 * out
     for p in (mv, mm):
         _rates_positive(p)
         assert p.gflop_per_s > 0
-    if dtype == "int8":  # the kernel the course's INT8 paths call: oneDNN's on x86, torch._int_mm elsewhere
-        assert mm.shape.endswith("(oneDNN int8 linear)" if onednn.onednn_unsupported() is None else "(torch._int_mm)")
+    if dtype == "int8":  # the kernel the course's INT8 paths call: oneDNN's on x86, else fbgemm's or torch._int_mm
+        assert mm.shape.endswith("(oneDNN int8 linear)" if onednn.onednn_unsupported() is None else
+                                 f"({_refused_kernel()})")
 
 
 def test_matvec_cycles_through_enough_weights_to_defeat_caches():
@@ -178,6 +180,23 @@ def test_probes_rerun_until_two_runs_agree():
         probes.run_until_agree(max_runs=1)
 
 
+def _refused_kernel() -> str:
+    """Where oneDNN's int8 linear is refused: fbgemm's dynamic int8 linear where the build has fbgemm."""
+    return onednn.FBGEMM if "fbgemm" in torch.backends.quantized.supported_engines else "torch._int_mm"
+
+
+def test_the_int8_probe_times_the_kernel_a_method_calls():
+    """The case study times the kernel its INT8 stage calls: fbgemm's for quantize_dynamic, whatever the device's
+    own int8 kernel is; the fbgemm step computes what a quantize_dynamic'd Linear computes."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("no fbgemm in this build")
+    call, flops, kernel = probes.matrix_kernel("int8", 8, 64, 32, method="int8-dynamic-legacy")
+    assert kernel == onednn.FBGEMM and flops == 2 * 8 * 64 * 32 and call()["kernel_s"] > 0
+    assert probes.matrix_kernel("int8", 8, 64, 32, method="int8-dynamic")[2] == "torch._int_mm"
+    p = probes.probe_matrix("int8", 4, 64, 32, repeats=1, min_time_s=0.0)
+    assert p.timing is not None and onednn.int8_kernel("cpu") in p.shape
+
+
 def test_onednn_int8_is_refused_where_it_runs_far_slower_than_fp32(monkeypatch):
     """A oneDNN build with no optimized int8 kernel for the CPU falls back to reference code (0.09 GFLOP/s on an
     AMD EPYC with VNNI): the INT8 paths must then be told why and use torch._int_mm, never time the fallback."""
@@ -187,7 +206,7 @@ def test_onednn_int8_is_refused_where_it_runs_far_slower_than_fp32(monkeypatch):
     monkeypatch.setattr(onednn, "int8_speed", lambda: (0.09, 80.0))
     reason = onednn.onednn_unsupported("cpu")
     assert reason and "0.09 GFLOP/s" in reason and "889x slower" in reason
-    assert onednn.int8_kernel("cpu") == "torch._int_mm"
+    assert onednn.int8_kernel("cpu") == _refused_kernel()
     monkeypatch.setattr(onednn, "int8_speed", lambda: (300.0, 80.0))  # VNNI or AMX: faster than fp32
     assert onednn.onednn_unsupported("cpu") is None and onednn.int8_kernel("cpu") == "oneDNN int8 linear"
 
@@ -201,7 +220,7 @@ def test_onednn_int8_is_refused_where_its_results_are_wrong(monkeypatch):
     monkeypatch.setattr(onednn, "int8_speed", lambda: (300.0, 80.0))  # fast
     monkeypatch.setattr(onednn, "int8_error", lambda: 0.084)
     reason = onednn.onednn_unsupported("cpu")
-    assert reason and "wrong results" in reason and "8.4%" in reason and onednn.int8_kernel("cpu") == "torch._int_mm"
+    assert reason and "wrong results" in reason and "8.4%" in reason and onednn.int8_kernel("cpu") == _refused_kernel()
     monkeypatch.setattr(onednn, "int8_error", lambda: 1e-7)  # rounding only
     assert onednn.onednn_unsupported("cpu") is None
 

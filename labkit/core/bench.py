@@ -150,6 +150,13 @@ class Rounds:
     cold: dict[str, dict[str, float]]
     values: dict[str, dict[str, list[float]]]
     load: dict = field(default_factory=dict)
+    asked: int = 0  # rounds asked for, where a deadline stopped them early (`run_rounds`); 0: all ran
+    round_s: float = 0.0  # the longest round's wall time, where a deadline was given
+
+    @property
+    def done(self) -> int:
+        """Rounds that ran."""
+        return len(next(iter(self.values[self.names[0]].values()), [])) if self.names else 0
 
     def median(self, name: str, metric: str = "s") -> float:
         return float(statistics.median(self.values[name][metric]))
@@ -163,15 +170,18 @@ class Rounds:
         return Ratio(per, NOISE_FLOOR if noise is None else noise)
 
     def to_dict(self) -> dict:
-        return {"names": self.names, "cold": self.cold, "values": self.values, "load": self.load}
+        return {"names": self.names, "cold": self.cold, "values": self.values, "load": self.load,
+                "asked": self.asked or self.done, "round_s": self.round_s}
 
 
 def run_rounds(candidates: dict[str, Callable[[], object]], rounds: int, *, cold: bool = True, device=None,
-               progress: bool = True, desc: str = "timing rounds") -> Rounds:
+               progress: bool = True, desc: str = "timing rounds", deadline: float | None = None) -> Rounds:
     """Time every candidate once per round in rotating order (see `Rounds`), after one cold call each (kept
     apart; `cold=False` skips it when the caller has warmed up already). A candidate returning a dict of
     numbers has them recorded per round next to its wall time. The machine's load is watched throughout
-    and a warning printed when another process was busy."""
+    and a warning printed when another process was busy. With a `deadline` (a time.perf_counter() value), a round
+    that would end past it (judged by the longest round so far) is not started: at least one round runs, and the
+    Rounds say how many were asked (`asked`) and how long a round took (`round_s`)."""
     from labkit.core.progress import tqdm
 
     if rounds < 1:
@@ -190,17 +200,23 @@ def run_rounds(candidates: dict[str, Callable[[], object]], rounds: int, *, cold
             got.update({k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and v is not None})
         return got
 
+    longest, stopped = 0.0, False
     with LoadWatch() as watch:
         first = {n: once(n) for n in names} if cold else {}
         values: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for r in tqdm(range(rounds), desc=desc, disable=not progress):
-            k = r % len(names)
+            if r and deadline is not None and time.perf_counter() + longest > deadline:
+                stopped = True  # the next round would end past the deadline: stop, and say so (Rounds.asked)
+                break
+            k, t0 = r % len(names), time.perf_counter()
             for name in names[k:] + names[:k]:
                 for metric, v in once(name).items():
                     values[name].setdefault(metric, []).append(v)
+            longest = max(longest, time.perf_counter() - t0)
     if watch.warning:
         print(f"note: {watch.warning}")
-    return Rounds(names, first, values, watch.result)
+    return Rounds(names, first, values, watch.result, asked=rounds if stopped else 0,
+                  round_s=longest if deadline is not None else 0.0)
 
 
 @dataclass

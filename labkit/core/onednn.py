@@ -103,7 +103,16 @@ def int8_speed(m: int = 64, k: int = 512, n: int = 512) -> tuple[float, float]:
     return int8, fp32
 
 
+FBGEMM = "fbgemm dynamic int8 linear"  # what int8-dynamic-legacy (torch.ao's quantize_dynamic) calls on a CPU
+
+
 def int8_kernel(device: str) -> str:
-    """The int8 matmul the course's INT8 paths call on `device`: oneDNN's on x86 CPUs, else torch._int_mm."""
-    cpu = not str(device).startswith("cuda")
-    return "oneDNN int8 linear" if cpu and onednn_unsupported("cpu") is None else "torch._int_mm"
+    """The fastest int8 matmul the course's INT8 paths call on `device`: oneDNN's on x86 CPUs where it is not
+    refused (onednn_unsupported), else fbgemm's dynamic int8 linear where this build has it (issue 29: on an
+    AVX2-only EPYC, where oneDNN was refused, it ran at ~240 GFLOP/s and torch._int_mm at 5.6), else
+    torch._int_mm."""
+    if str(device).startswith("cuda"):
+        return "torch._int_mm"
+    if onednn_unsupported("cpu") is None:
+        return "oneDNN int8 linear"
+    return FBGEMM if "fbgemm" in torch.backends.quantized.supported_engines else "torch._int_mm"

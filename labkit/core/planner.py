@@ -329,7 +329,7 @@ def expectations(profile: dict, spec: ShapeSpec, base_dtype: str, context: int =
                  device: str = "cpu") -> list[dict]:
     """What the measurements predict for the full model's decode in each probed dtype on this machine: the
     bandwidth floor, and the time if every weight streamed at that dtype's measured matrix-vector rate
-    (int8: the w8a8 kernel the probe names: oneDNN's int8 linear on x86, else torch._int_mm). The speed-up
+    (int8: the w8a8 kernel the probe names: onednn.int8_kernel, oneDNN's, fbgemm's or torch._int_mm). The speed-up
     column is the prediction notebook 02 checks."""
     from labkit.core.roofline import decode_weight_bytes, this_machine
 

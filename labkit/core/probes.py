@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from labkit.core.bench import Timing, generate_timed, time_callable
-from labkit.core.onednn import int8_kernel
+from labkit.core.onednn import FBGEMM, int8_kernel
 from labkit.core.units import TORCH_DTYPES, MiB
 
 PROBE_DTYPES = ("fp32", "bf16", "fp16", "int8")
@@ -106,9 +107,28 @@ def _rand(shape: tuple[int, ...], dtype: str, device: str, g: torch.Generator) -
     return (torch.randn(shape, generator=g) * 0.02).to(device=device, dtype=TORCH_DTYPES[dtype])
 
 
-def _matrix_step(dtype: str, m: int, k: int, n: int, device: str, copies: int, seed: int, onednn: bool):
+# INT8 methods whose matmul is not the device's int8 kernel (onednn.int8_kernel): the case study times the kernel
+# its INT8 stage calls (issue 29: on an AVX2-only EPYC torch._int_mm ran at 5.6 GFLOP/s, fbgemm's dynamic int8
+# linear, which int8-dynamic-legacy calls, at well over 100)
+METHOD_KERNELS = {"int8-dynamic-legacy": FBGEMM, "int8-dynamic": "torch._int_mm",
+                  "int8-dynamic-onednn": "oneDNN int8 linear"}
+
+
+def _matrix_step(dtype: str, m: int, k: int, n: int, device: str, copies: int, seed: int, onednn: bool,
+                 kernel: str | None = None):
     """A zero-argument call that multiplies m x k activations by `copies` n x k weights in `dtype`."""
     g = torch.Generator().manual_seed(seed)
+    if kernel == FBGEMM:  # fp32 activations quantized per call, as the path does
+        x = _rand((m, k), "fp32", device, g)
+        with warnings.catch_warnings():  # quantized tensors are deprecated; the path the lesson times uses them
+            warnings.simplefilter("ignore")
+            packed = [torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(
+                _rand((n, k), "fp32", device, g), 0.02 / 127, 0, torch.qint8), None) for _ in range(copies)]
+
+        def step():
+            for w in packed:
+                torch.ops.quantized.linear_dynamic(x, w, True)
+        return step
     x = _rand((m, k), dtype, device, g)
     ws = [_rand((n, k), dtype, device, g) for _ in range(copies)]
     if onednn:
@@ -130,15 +150,17 @@ def _matrix_step(dtype: str, m: int, k: int, n: int, device: str, copies: int, s
     return step
 
 
-def matrix_kernel(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", seed: int = 0, repeats: int = 3):
+def matrix_kernel(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", seed: int = 0, repeats: int = 3,
+                  method: str | None = None):
     """(call, flops, kernel): `call()` runs `probe_matrix`'s kernel for a `tokens` x k by (n x k)^T product
     `repeats` times and returns {"kernel_s": the fastest}, for callers that time it next to other work (the case
     study runs it in the same rounds as its stages, so the ceiling it asserts against is the machine's at that
-    moment; the fastest of a few, since a floor is the best the machine does). `kernel` names what runs."""
+    moment; the fastest of a few, since a floor is the best the machine does). `kernel` names what runs; an int8
+    `method` whose matmul is another kernel (METHOD_KERNELS) has that kernel timed instead."""
     if dtype not in PROBE_DTYPES:
         raise ValueError(f"unknown probe dtype {dtype!r}; choose one of {list(PROBE_DTYPES)}")
-    kernel = int8_kernel(device) if dtype == "int8" else f"{dtype} F.linear"
-    step = _matrix_step(dtype, tokens, k, n, device, 1, seed, kernel == "oneDNN int8 linear")
+    kernel = (METHOD_KERNELS.get(method) or int8_kernel(device)) if dtype == "int8" else f"{dtype} F.linear"
+    step = _matrix_step(dtype, tokens, k, n, device, 1, seed, kernel == "oneDNN int8 linear", kernel)
 
     def call() -> dict:
         best = float("inf")
@@ -157,8 +179,9 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
                  min_weight_mib: int = 0, seed: int = 0, min_time_s: float = 0.3) -> Probe:
     """Throughput of `tokens` x k activations times an n x k weight, as nn.Linear does it (F.linear);
     int8 x int8 through the fastest int8 kernel labkit's INT8 paths call here: on an x86 CPU with oneDNN its
-    prepacked int8 linear (what "int8-dynamic-onednn" calls; AMX or VNNI where present), elsewhere
-    torch._int_mm (torchao's int8-dynamic). The probe's `shape` names the kernel.
+    prepacked int8 linear (what "int8-dynamic-onednn" calls; AMX or VNNI where present), on a CPU where oneDNN's
+    is refused fbgemm's dynamic int8 linear (what "int8-dynamic-legacy" calls), elsewhere torch._int_mm
+    (torchao's int8-dynamic); onednn.int8_kernel decides. The probe's `shape` names the kernel.
 
     tokens=1 is one decode step (matrix-vector: memory-bound, read it as GB/s); tokens=512 is a prefill
     (matrix-matrix: compute-bound, read it as GFLOP/s). Fast kernels get more repeats (see `_timed`).
@@ -178,12 +201,13 @@ def probe_matrix(dtype: str, tokens: int, k: int, n: int, device: str = "cpu", r
     shape = (f"{m}x{k} @ ({n}x{k})^T" + (f" x{copies} weights" if copies > 1 else "")
              + (f" ({kernel})" if kernel else ""))
     out_elt = 4 if dtype == "int8" else elt
-    nbytes = copies * (n * k * elt + m * k * elt + m * n * out_elt)
+    in_elt = 4 if kernel == FBGEMM else elt  # fbgemm's dynamic linear takes fp32 activations, quantized inside
+    nbytes = copies * (n * k * elt + m * k * in_elt + m * n * out_elt)
     flops = copies * 2 * m * k * n
     reason = device_skip_reason(device)
     if reason:
         return Probe(name, device, dtype, shape, nbytes, flops, skipped=reason)
-    step = _matrix_step(dtype, m, k, n, device, copies, seed, onednn)
+    step = _matrix_step(dtype, m, k, n, device, copies, seed, onednn, kernel)
     try:
         with torch.inference_mode():
             timing = _timed(step, repeats, device, min_time_s, warmup=1)

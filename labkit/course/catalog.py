@@ -63,7 +63,7 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("06", "Kernel swaps and memory", "06_kernels_and_memory",
            ("06_kernels_and_memory", "06_kernels_and_memory/verdicts"), s.kernels, 260),
     Lesson("07", "Case study: the guide's 13B stack", "07_case_study", ("07_case_study",), s.case_study,
-           reference_s=405),
+           reference_s=405, budget_s=300),
     Lesson("08", "The claims ledger", "08_claims_ledger", ("08_claims_ledger",), s.ledger, reference_s=7),
     Lesson("09", "Serving over HTTP", "09_serving_over_http", ("09_serving_over_http",), s.serving, 44),
 )

@@ -47,7 +47,15 @@ from labkit.lessons.casestudy.int8 import (
     int8_candidates,
     pick_int8,
 )
-from labkit.lessons.casestudy.measure import in_run_card, kernel_ratio, matmul_tflops, measure
+from labkit.lessons.casestudy.measure import (
+    AFTER_REPLAYS_S,
+    in_run_card,
+    kernel_ratio,
+    matmul_tflops,
+    measure,
+    replay_deadline,
+    rounds_line,
+)
 from labkit.lessons.casestudy.parameters import Settings, settings
 from labkit.lessons.casestudy.project import machine_card, project
 from labkit.lessons.casestudy.prose import best_here_line, factor_words, try_this, what_this_means
@@ -81,13 +89,12 @@ from labkit.lessons.casestudy.tables import (
 )
 
 __all__ = [
-    "ASSERT_MARGIN", "BEST_CANDIDATES", "ELIMINATE_ABOVE", "EXTRAS", "GUIDE", "INT8_CANDIDATES", "INVARIANT_SLACK",
-    "KEEP_ABOVE", "NOT_A_CANDIDATE", "PPL_DECODE", "PPL_STRIDE", "PPL_TOLERANCE_PCT", "PPL_WINDOW", "TARGET",
-    "Server", "Settings", "Stage", "answer_agreement", "answers_lines", "best_candidates", "best_here_line",
+    "AFTER_REPLAYS_S", "ASSERT_MARGIN", "BEST_CANDIDATES", "ELIMINATE_ABOVE", "EXTRAS", "GUIDE", "INT8_CANDIDATES",
+    "INVARIANT_SLACK", "KEEP_ABOVE", "NOT_A_CANDIDATE", "PPL_DECODE", "PPL_STRIDE", "PPL_TOLERANCE_PCT", "PPL_WINDOW",
+    "TARGET", "Server", "Settings", "Stage", "answer_agreement", "answers_lines", "best_candidates", "best_here_line",
     "best_here_cost", "best_here_view", "best_here_wanted", "candidate_name", "case_table", "ceilings", "check",
-    "compare_best",
-    "compute_dtype", "factor_words", "final_stage", "full_depth_view", "guide_line", "in_run_card", "int8_candidates",
-    "kernel_ratio", "machine_card", "matmul_tflops", "measure", "perplexities", "pick_int8", "plan", "plot_stages",
-    "project", "quality_model", "settings", "split_best", "stack_view", "stage_model", "stages_view", "try_this",
-    "what_this_means",
+    "compare_best", "compute_dtype", "factor_words", "final_stage", "full_depth_view", "guide_line", "in_run_card",
+    "int8_candidates", "kernel_ratio", "machine_card", "matmul_tflops", "measure", "perplexities", "pick_int8",
+    "plan", "plot_stages", "project", "quality_model", "replay_deadline", "rounds_line", "settings", "split_best",
+    "stack_view", "stage_model", "stages_view", "try_this", "what_this_means",
 ]

@@ -44,7 +44,8 @@ NOT_A_CANDIDATE = {"bnb-int8": "batch-dependent (LLM.int8 picks its outlier colu
                                "request's answer can change with its neighbours); notebook 02 measures its speed"}
 
 
-ELIMINATE_ABOVE = 3.0  # a variant whose first request takes over 3x the fastest one's is out before the rounds
+ELIMINATE_ABOVE = 3.0  # a variant whose probe estimates over 3x the fastest one's request is out before the rounds
+PROBE_PROMPT = 32  # each variant is probed at this many prompt tokens before any full request
 
 
 def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens: int = 8,
@@ -55,8 +56,11 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     variant serves a request of `output_len` tokens soonest (TTFT + (output_len - 1) x TPOT, medians over
     rounds) is picked, except that a batch-invariant path (quant.BATCH_INVARIANT: a request's answer does not
     depend on its batch neighbours) within INVARIANT_SLACK of it is preferred; each row says why it was not
-    picked. A variant whose first request takes over ELIMINATE_ABOVE x the fastest first request is out before the
-    rounds (its row says so). Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>".
+    picked. Every variant is first probed at a PROBE_PROMPT-token prompt (a cold call, then a warm one whose
+    prefill is scaled to the full prompt): one whose estimated request takes over ELIMINATE_ABOVE x the fastest
+    estimate is out before its first full request (its row says so, with the estimate; issue 29: torchao's
+    per-token int8 took 68 s for one 512-token prefill on an AVX2-only EPYC, twice over in two dtypes).
+    Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>".
     `keep`: a dict that receives the picked method's quantized models by (method, dtype), for `measure`."""
     from labkit.core.bench import run_rounds
     from labkit.core.progress import tqdm
@@ -80,20 +84,26 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
         raise quant.QuantSkipped("no INT8 path runs here: " + "; ".join(f"{r['method']}: {r['status']}"
                                                                         for r in rows))
 
-    def request(q):
+    def request(q, ids=prompt, n=new_tokens):
         def run() -> dict:
-            rt, _ = generate_timed(q, prompt, new_tokens)
+            rt, _ = generate_timed(q, ids, n)
             return {"ttft": rt.ttft, "tpot": rt.tpot}
         return run
 
+    short, scale = prompt, 1.0
+    if prompt is not None and prompt.shape[1] > PROBE_PROMPT:
+        short, scale = prompt[:, :PROBE_PROMPT], prompt.shape[1] / PROBE_PROMPT
     with torch.inference_mode():
-        first = {key: request(q)() for key, q in runners.items()}  # the cold call of each, kept apart
-        cost = {key: f["ttft"] + (output_len - 1) * f["tpot"] for key, f in first.items()}
+        probed = {}
+        for key, q in tqdm(list(runners.items()), desc="INT8 probes", disable=not progress):
+            request(q, short, 2)()  # the cold call, kept apart
+            probed[key] = request(q, short, 2)()
+        cost = {key: f["ttft"] * scale + (output_len - 1) * f["tpot"] for key, f in probed.items()}
         for key in [k for k, c in cost.items() if c > ELIMINATE_ABOVE * min(cost.values())]:
-            rows.append({"method": key[0], "dtype": key[1], "status": "ok", "ttft_ms": first[key]["ttft"] * 1e3,
-                         "tpot_ms": first[key]["tpot"] * 1e3, "request_s": cost[key], "eliminated": True})
+            rows.append({"method": key[0], "dtype": key[1], "status": "probed only", "estimate_s": cost[key],
+                         "probe_prompt": short.shape[1] if short is not None else None, "scale": scale})
             del runners[key]
-        r = run_rounds({f"{m} {dt}": request(q) for (m, dt), q in runners.items()}, rounds, cold=False,
+        r = run_rounds({f"{m} {dt}": request(q) for (m, dt), q in runners.items()}, rounds, cold=True,
                        progress=progress, desc="INT8 timing rounds")
     for m, dt in runners:
         ttft, tpot = r.median(f"{m} {dt}", "ttft"), r.median(f"{m} {dt}", "tpot")
@@ -105,13 +115,16 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     best_inv = min(invariant, key=lambda row: row["request_s"]) if invariant else None
     if best_inv is not None and best_inv["request_s"] <= INVARIANT_SLACK * best["request_s"]:
         best = best_inv  # a request's answer should not depend on its batch neighbours: worth a little speed
+    for row in rows:
+        if row["status"] == "probed only":
+            est, n = row.pop("estimate_s"), row.pop("probe_prompt")
+            at = f"a {n}-token prompt, prefill scaled {row.pop('scale'):.0f}x" if n else "the full prompt"
+            row["why_not"] = (f"out after its probe: its request estimated at ~{est:.0f} s ({at}), over "
+                              f"{ELIMINATE_ABOVE}x the fastest estimate; not timed in full")
     for row in ok:
         row["batch_invariant"] = row["method"] in quant.BATCH_INVARIANT
         row["picked"] = row["method"] == best["method"]
-        if row.pop("eliminated", False):
-            row["why_not"] = (f"out after its first request: {row['request_s'] / best['request_s']:.1f}x the picked "
-                              f"path's time (over {ELIMINATE_ABOVE}x the fastest first request)")
-        elif not row["picked"]:
+        if not row["picked"]:
             faster = row["request_s"] < best["request_s"]
             row["why_not"] = (f"answers depend on batch neighbours, and a batch-invariant path is within "
                               f"{INVARIANT_SLACK}x of it" if faster and not row["batch_invariant"] else "slower")

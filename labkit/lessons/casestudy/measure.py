@@ -20,7 +20,7 @@ from labkit.serve.workload import Request
 
 def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: int, idle_repeats: int = 3,
             rounds: int = 3, progress: bool = True, cache: dict | None = None, kernels: bool = True,
-            candidates: Sequence[Stage] = ()) -> tuple[list[dict], dict, dict, dict]:
+            candidates: Sequence[Stage] = (), deadline: float | None = None) -> tuple[list[dict], dict, dict, dict]:
     """Every stage on the same trace, in one run, in rotating rounds (labkit.core.bench.run_rounds) so that drift
     in the machine's load hits every stage alike. Idle TTFT: the first request of each stage is the cold start
     (kept apart), then `idle_repeats` rounds each time one 512-token request on every idle server in turn.
@@ -29,8 +29,9 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
 
     With `kernels`, the idle-TTFT rounds also time one prefill-shaped matmul (prompt tokens x hidden, times an
     intermediate x hidden weight; hardware.matrix_kernel, the fastest of 3 calls) in each stage's compute type,
-    in the same rotation, so the machine's matmul rates at that moment are known (`raw["kernels"]`, used by
-    `ceilings`): on a shared machine they can move several-fold within minutes, and not alike for every kernel.
+    through the kernel its INT8 method calls, in the same rotation, so the machine's matmul rates at that moment
+    are known (`raw["kernels"]`, used by `ceilings`): on a shared machine they can move several-fold within
+    minutes, and not alike for every kernel.
 
     Returns (rows, replays of the last round by stage name, models by stage name, the raw rounds); rows carry
     the factors against the stage before (`*_x_prev`) and against the baseline (`*_x_base`). `cache`: models
@@ -38,7 +39,10 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
 
     `candidates`: best-here stages (labkit.lessons.casestudy.best) measured in the same idle and replay rounds as
     `stages`, their rows after the stack's, marked `best_here` and `vs` the stack's final stage: their `*_x_prev`
-    factors (and the per-round `throughput_x_prev_rounds`) are against that final stage, not the row before."""
+    factors (and the per-round `throughput_x_prev_rounds`) are against that final stage, not the row before.
+
+    `deadline` (a time.perf_counter() value, from the lesson's budget: `replay_deadline`): a replay round that would
+    end past it is not started (at least one runs); raw["replay"] then says how many were asked (`rounds_line`)."""
     from labkit.core.bench import run_rounds
 
     cache = {} if cache is None else cache
@@ -65,16 +69,19 @@ def measure(stages: Sequence[Stage], base, trace: Sequence[Request], max_batch: 
     probes = {}
     if kernels:
         cfg, dev = base.config, str(next(base.parameters()).device)
-        for dt in dict.fromkeys(compute_dtype(st) for st in everything):
+        methods = {}  # compute type -> the INT8 method of the first stage computing in it (its kernel is timed)
+        for st in everything:
+            methods.setdefault(compute_dtype(st), st.int8)
+        for dt, method in methods.items():
             call, flops, kernel = hardware.matrix_kernel(dt, len(prompt), cfg.hidden_size, cfg.intermediate_size,
-                                                         dev)
+                                                         dev, method=method)
             probes[dt] = {"kernel": kernel, "flops": flops,
                           "shape": f"{len(prompt)}x{cfg.hidden_size} @ ({cfg.intermediate_size}x{cfg.hidden_size})^T"}
             idle_calls[f"matmul {dt}"] = call
     with torch.inference_mode():
         idle_r = run_rounds(idle_calls, idle_repeats, progress=progress, desc="idle TTFT rounds")
         replay_r = run_rounds({n: replay(srv) for n, srv in servers.items()}, rounds, cold=False,
-                              progress=progress, desc="trace replay rounds")
+                              progress=progress, desc="trace replay rounds", deadline=deadline)
     rows = [_stage_row(s, servers[s.name], idle_r, replay_r, stages[0].name, stages[i - 1].name if i else None)
             for i, s in enumerate(stages)]
     final = final_stage(rows)["stage"]
@@ -142,3 +149,27 @@ def kernel_ratio(rows: list[dict], kernels: dict | None) -> float | None:
         return None
     per = [b / f for b, f in zip(kernels[bd]["s"], kernels[fd]["s"], strict=True)]
     return float(statistics.median(per))
+
+
+AFTER_REPLAYS_S = 45.0  # what notebook 07 does after the replays (perplexities, tables, figures): ~40 s measured
+
+
+def replay_deadline(budget_s: float | None, started: float) -> float | None:
+    """The time.perf_counter() by which the replay rounds of notebook 07, started at `started`, must end for it to fit
+    `budget_s` (AFTER_REPLAYS_S left for the cells after them). None: no budget."""
+    return None if budget_s is None else started + budget_s - AFTER_REPLAYS_S
+
+
+def rounds_line(raw: dict, budget_s: float | None) -> str | None:
+    """A sentence when the budget cut the replay rounds (`measure`'s raw["replay"]): how many ran of how many, what a
+    round took here, and the budget that runs them all. None when every round ran."""
+    from labkit.core.budget import suggest_budget
+
+    r = raw["replay"]
+    done = len(next(iter(r["values"][r["names"][0]].values())))
+    if r.get("asked", done) <= done:
+        return None
+    more = suggest_budget((budget_s or 0.0) + (r["asked"] - done) * r["round_s"])
+    return (f"trace replayed in {done} of {r['asked']} rounds to fit -p budget_s={budget_s:.0f} (a round of every "
+            f"stage took ~{r['round_s']:.0f} s here): each factor is then one round's, its spread unknown; run with "
+            f"-p budget_s={more} for all of them")
