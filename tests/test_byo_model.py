@@ -98,3 +98,37 @@ def test_local_folder_loads_quantizes_runs_and_serves_token_exact(kind, tmp_path
         assert chat.json()["usage"]["prompt_tokens"] == len(want)  # the folder's chat template was applied
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_a_folder_is_a_speed_model_its_first_layers_with_their_weights(kind, tmp_path):
+    """Notebooks 02 and 07 take `-p model=/path`: the folder's dimensions become its ShapeSpec (experts, head_dim
+    and q/k norms included, so the floors are the model's own), and `build` loads its first `layers` layers with
+    the folder's real weights."""
+    from labkit.lessons import casestudy, quantization
+
+    original = _checkpoint(kind, tmp_path)
+    cfg = original.config
+    spec = models.shape(str(tmp_path))
+    assert (spec.model_type, spec.hidden_size, spec.num_hidden_layers) == (kind, cfg.hidden_size,
+                                                                             cfg.num_hidden_layers)
+    assert spec.head_dim == (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    n_params = sum(p.numel() for n, p in original.named_parameters() if "rotary" not in n)
+    assert spec.params() == n_params  # every parameter of the family counted, experts and norms included
+    assert spec.active_params() < spec.params() if kind in ("qwen3_moe", "mixtral") else True
+    cut = models.build(str(tmp_path), layers=1)
+    assert cut.config.num_hidden_layers == 1 and cut.labkit_shape == spec
+    kept = dict(original.state_dict())
+    for name, t in cut.state_dict().items():
+        assert torch.equal(t, kept[name]), name  # layer 0, embeddings and head: the folder's own weights
+    assert quantization.settings("ci", model=str(tmp_path), device="cpu", seed=0, bits=4, group_size=128,
+                                 methods=None, compiled=None, layers=None).layers == 1
+    assert casestudy.settings("ci", model=str(tmp_path), device="cpu").layers == 1
+
+
+def test_a_speed_model_that_is_neither_a_shape_nor_a_folder_is_refused_with_the_choices(tmp_path):
+    with pytest.raises(models.ModelError, match="did you mean 'llama-2-7b'"):
+        models.check_speed_model("llama2-7b")
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(models.ModelError, match="no config.json"):
+        models.check_speed_model(str(tmp_path / "weights"))

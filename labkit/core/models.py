@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from labkit import DATA
+from labkit.core.params import ParamError
+from labkit.core.shapes import SHAPES, ModelError, ShapeSpec, dense_equivalent, spec_of_config  # noqa: F401
 
 EMBEDDED = "stdlib-llama-16m"
 MODELS_DIR = DATA / "models"
@@ -37,133 +38,40 @@ def as_dtype(dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(DTYPES))}") from None
 
 
-class ModelError(ValueError):
-    """A model could not be loaded or built; the message names the fix."""
+def folder_spec(path) -> ShapeSpec:
+    """The ShapeSpec of a local model folder, from its config.json (`spec_of_config`), named after the folder."""
+    folder = Path(path).expanduser()
+    cfg = folder / "config.json"
+    if not cfg.exists():
+        raise ModelError(f"no config.json in {folder}: give a Hugging Face model folder or one of {sorted(SHAPES)}")
+    return spec_of_config(json.loads(cfg.read_text(encoding="utf-8")), folder.name)
 
 
-@dataclass(frozen=True)
-class ShapeSpec:
-    """Published dimensions of a real model (from its config.json on the Hugging Face Hub).
-
-    A mixture-of-experts model (`num_experts` > 0) has `num_experts` SwiGLU experts of `moe_intermediate_size`
-    in every layer and a router; each token runs `experts_per_token` of them, so its *active* parameters (what
-    one token's forward reads and multiplies) are far fewer than the total (what memory holds)."""
-
-    name: str
-    model_type: str  # the transformers model_type: "llama", "qwen2", "qwen3", "qwen3_moe", "mistral", ...
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    max_position_embeddings: int
-    rope_theta: float
-    tie_word_embeddings: bool = False
-    attention_bias: bool = False  # Qwen2 has biases on q, k, v
-    head_size: int = 0  # head_dim when it is not hidden / heads (Qwen3, Gemma 3); 0: hidden / heads
-    num_experts: int = 0  # 0: a dense MLP
-    experts_per_token: int = 0
-    moe_intermediate_size: int = 0
-    qk_norm: bool = False  # an RMS norm on each head's q and k (Qwen3, Gemma 3)
-    norms_per_layer: int = 2  # RMS norms of hidden size per layer (Gemma 3: 4)
-    sliding_window: int | None = None
-    extra: tuple = ()  # other config.json fields, (key, value) pairs: rope scaling, Gemma's layer pattern
-
-    @property
-    def head_dim(self) -> int:
-        return self.head_size or self.hidden_size // self.num_attention_heads
-
-    def experts_read(self, tokens: int = 1) -> int:
-        """Experts whose weights a forward over `tokens` tokens reads, per layer. Assumption: each token picks
-        its top-k experts and different tokens pick different ones until all are used (an upper bound; at
-        batch 1 decode it is exactly k). All of them for a dense model (its one MLP counts as 1)."""
-        if not self.num_experts:
-            return 1
-        return min(self.num_experts, self.experts_per_token * max(1, int(tokens)))
-
-    def norm_params(self) -> int:
-        """Parameters of one layer's norms: kept 16-bit by quantized formats, no matmul FLOPs."""
-        return self.norms_per_layer * self.hidden_size + (2 * self.head_dim if self.qk_norm else 0)
-
-    def layer_params(self, experts: int | None = None) -> int:
-        """Parameters of one decoder layer (attention + SwiGLU MLP or experts and router + norms), counting
-        `experts` experts (default: all of them; `experts_per_token` gives the active parameters)."""
-        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        attn = 2 * h * q + 2 * h * kv
-        if self.attention_bias:
-            attn += q + 2 * kv
-        if self.num_experts:
-            n = self.num_experts if experts is None else experts
-            mlp = n * 3 * h * self.moe_intermediate_size + h * self.num_experts
-        else:
-            mlp = 3 * h * self.intermediate_size
-        return attn + mlp + self.norm_params()
-
-    def embedding_params(self) -> int:
-        emb = self.vocab_size * self.hidden_size
-        return emb if self.tie_word_embeddings else 2 * emb
-
-    def params(self, layers: int | None = None, active: bool = False) -> int:
-        """Total parameters with `layers` decoder layers (all of them by default); `active`: those one token
-        uses (a MoE model's top-k experts per layer; the same as the total for a dense model)."""
-        n = self.num_hidden_layers if layers is None else layers
-        per_layer = self.layer_params(self.experts_per_token if active and self.num_experts else None)
-        return self.embedding_params() + n * per_layer + self.hidden_size  # + final norm
-
-    def active_params(self, layers: int | None = None) -> int:
-        return self.params(layers, active=True)
-
-    def kv_bytes_per_token(self, bytes_per_elem: float = 2, layers: int | None = None) -> float:
-        """2 (K and V) x layers x KV heads x head dim x bytes."""
-        n = self.num_hidden_layers if layers is None else layers
-        return 2 * n * self.num_key_value_heads * self.head_dim * bytes_per_elem
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "head_dim": self.head_dim, "params": self.params(),
-                "active_params": self.active_params(), "layer_params": self.layer_params()}
+def is_folder(name_or_path: str) -> bool:
+    """True when `name_or_path` is a local model folder (not a shape name, not the embedded model)."""
+    return name_or_path not in SHAPES and name_or_path != EMBEDDED and _looks_like_path(str(name_or_path)) and \
+        Path(name_or_path).expanduser().is_dir()
 
 
-_LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                 "original_max_position_embeddings": 8192}
-SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
-    ShapeSpec("llama-2-7b", "llama", 4096, 11008, 32, 32, 32, 32000, 4096, 10000.0),
-    ShapeSpec("llama-2-13b", "llama", 5120, 13824, 40, 40, 40, 32000, 4096, 10000.0),
-    ShapeSpec("llama-3-8b", "llama", 4096, 14336, 32, 32, 8, 128256, 8192, 500000.0),
-    ShapeSpec("tinyllama-1.1b", "llama", 2048, 5632, 22, 32, 4, 32000, 2048, 10000.0),
-    ShapeSpec("qwen2.5-0.5b", "qwen2", 896, 4864, 24, 14, 2, 151936, 32768, 1000000.0,
-              tie_word_embeddings=True, attention_bias=True),
-    ShapeSpec("qwen2.5-32b", "qwen2", 5120, 27648, 64, 40, 8, 152064, 32768, 1000000.0, attention_bias=True),
-    ShapeSpec("llama-2-70b", "llama", 8192, 28672, 80, 64, 8, 32000, 4096, 10000.0),
-    # The current families, from each checkpoint's config.json on the Hugging Face Hub: meta-llama/Llama-3.1-8B,
-    # Qwen/Qwen3-8B, Qwen/Qwen3-30B-A3B, mistralai/Mistral-7B-v0.1, mistralai/Mixtral-8x7B-v0.1, and the
-    # text_config of google/gemma-3-12b-pt (its vision tower, ~0.4B, is not modelled).
-    ShapeSpec("llama-3.1-8b", "llama", 4096, 14336, 32, 32, 8, 128256, 131072, 500000.0,
-              extra=(("rope_scaling", _LLAMA31_ROPE),)),
-    ShapeSpec("qwen3-8b", "qwen3", 4096, 12288, 36, 32, 8, 151936, 40960, 1000000.0, head_size=128, qk_norm=True),
-    ShapeSpec("qwen3-30b-a3b", "qwen3_moe", 2048, 6144, 48, 32, 4, 151936, 40960, 1000000.0, head_size=128,
-              qk_norm=True, num_experts=128, experts_per_token=8, moe_intermediate_size=768),
-    ShapeSpec("mistral-7b", "mistral", 4096, 14336, 32, 32, 8, 32000, 32768, 10000.0, sliding_window=4096),
-    ShapeSpec("mixtral-8x7b", "mixtral", 4096, 14336, 32, 32, 8, 32000, 32768, 1000000.0, num_experts=8,
-              experts_per_token=2, moe_intermediate_size=14336),
-    ShapeSpec("gemma-3-12b", "gemma3_text", 3840, 15360, 48, 16, 8, 262208, 131072, 1000000.0,
-              tie_word_embeddings=True, head_size=256, qk_norm=True, norms_per_layer=4, sliding_window=1024,
-              extra=(("query_pre_attn_scalar", 256), ("sliding_window_pattern", 6),
-                     ("rope_local_base_freq", 10000.0), ("rope_scaling", {"rope_type": "linear", "factor": 8.0}))),
-]}
+class ModelParamError(ModelError, ParamError):
+    """A notebook's `model` parameter names no model: both a ModelError and a ParamError."""
 
 
-def dense_equivalent(spec: ShapeSpec) -> ShapeSpec:
-    """A dense model of the same total size as the mixture-of-experts `spec`: the same attention, vocabulary and
-    depth, one SwiGLU MLP as wide as all experts together (intermediate = experts x expert width, the router's
-    few parameters aside). What shows that a MoE decode reads its active bytes, not its total."""
-    if not spec.num_experts:
-        raise ModelError(f"{spec.name} is dense already: dense_equivalent takes a mixture-of-experts shape")
-    from dataclasses import replace
-
-    return replace(spec, name=f"{spec.name}-dense-equivalent", model_type="qwen3" if spec.qk_norm else "llama",
-                   intermediate_size=spec.num_experts * spec.moe_intermediate_size, num_experts=0,
-                   experts_per_token=0, moe_intermediate_size=0)
+def check_speed_model(name_or_path: str) -> str:
+    """`name_or_path` if it is a shape name or a local model folder with a config.json (a speed model the
+    lessons can build with few layers), else a ModelError naming what is valid."""
+    if name_or_path in SHAPES:
+        return name_or_path
+    if is_folder(name_or_path):
+        try:
+            folder_spec(name_or_path)  # fails clearly without config.json or with a non-decoder config
+        except ModelError as e:
+            raise ModelParamError(f"model={name_or_path!r}: {e}") from None
+        return name_or_path
+    near = _near_shape(str(name_or_path))
+    hint = f"did you mean {near!r}? " if near else ""
+    raise ModelParamError(f"model={name_or_path!r} is neither a shape name nor a model folder; {hint}choose one of "
+                     f"{sorted(SHAPES)} or give the path of a local Hugging Face folder (config.json, *.safetensors)")
 
 
 def _near_shape(name: str) -> str | None:
@@ -175,6 +83,9 @@ def _near_shape(name: str) -> str | None:
 
 
 def shape(name: str) -> ShapeSpec:
+    """The ShapeSpec of a shape name, or of a local model folder (its config.json)."""
+    if name not in SHAPES and is_folder(name):
+        return folder_spec(name)
     try:
         return SHAPES[name]
     except KeyError:
@@ -233,9 +144,13 @@ def _no_torch_reset():
 def build(name: str, layers: int | None = None, dtype="fp32", device="cpu", seed: int = 0,
           attn_implementation: str = "sdpa"):
     """A shape-faithful model: `name`'s published dimensions with `layers` decoder layers (default: 2) and
-    seeded random weights, initialised as transformers initialises a new model. In eval mode."""
+    seeded random weights, initialised as transformers initialises a new model. In eval mode. `name` may be a
+    local model folder: then its first `layers` layers with their real weights (`load`)."""
     from transformers import AutoModelForCausalLM
 
+    if is_folder(name):  # a learner's own model: its real weights, its first `layers` layers
+        return load(name, dtype=dtype, device=device, layers=2 if layers is None else layers,
+                    attn_implementation=attn_implementation, cut=True)
     spec = shape(name)
     layers = 2 if layers is None else int(layers)
     if not 1 <= layers <= spec.num_hidden_layers:
@@ -288,10 +203,26 @@ def resolve(name_or_path: str) -> Path | str:
     return name_or_path
 
 
+def _first_layers(folder: Path, layers: int, trust_remote_code: bool = False):
+    """`folder`'s config cut to its first `layers` decoder layers (per-layer lists such as Gemma 3's layer_types
+    cut alike): from_pretrained then reads only those layers' weights."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    text = getattr(cfg, "text_config", None) or cfg
+    if not 1 <= layers <= text.num_hidden_layers:
+        raise ModelError(f"layers must be between 1 and {text.num_hidden_layers} for {folder.name}, got {layers}")
+    text.num_hidden_layers = layers
+    if isinstance(getattr(text, "layer_types", None), list):
+        text.layer_types = text.layer_types[:layers]
+    return cfg
+
+
 def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implementation: str = "sdpa",
          layers: int | None = None, trust_remote_code: bool = False, allow_pickle: bool = False,
-         seed: int = 0):
-    """Load any model the course supports (see the module docstring). Returns the model in eval mode."""
+         seed: int = 0, cut: bool = False):
+    """Load any model the course supports (see the module docstring). Returns the model in eval mode. `layers`
+    applies to a shape model, and with `cut` to a folder too (its first `layers` layers, real weights)."""
     from transformers import AutoModelForCausalLM
 
     if name_or_path in SHAPES:
@@ -319,7 +250,11 @@ def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implemen
         for f in st:
             check_safetensors(f)
         kw["use_safetensors"] = bool(st)
+        if cut and layers is not None:
+            kw["config"] = _first_layers(where, int(layers), trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(where, **kw)
+        if cut and layers is not None:
+            model.labkit_shape = folder_spec(where)  # the full model's dimensions, to project to it
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(where, use_safetensors=not allow_pickle, **kw)

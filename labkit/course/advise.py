@@ -12,7 +12,6 @@ guesses: a record that is missing gives no number, and the line says which noteb
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,20 +44,8 @@ def gather(root=None) -> dict[str, dict | None]:
 
 
 def spec_from_config(folder: Path) -> models.ShapeSpec:
-    """A model folder's dimensions (its config.json) as a ShapeSpec, to project to it."""
-    path = Path(folder).expanduser() / "config.json"
-    if not path.exists():
-        raise models.ModelError(f"no config.json in {path.parent}: give a model folder or one of "
-                                f"{sorted(models.SHAPES)}")
-    c = json.loads(path.read_text(encoding="utf-8"))
-    need = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-    if lost := [k for k in need if k not in c]:
-        raise models.ModelError(f"{path} lacks {lost}: advise projects Llama-like decoders only")
-    return models.ShapeSpec(path.parent.name, c.get("model_type", "llama"), c["hidden_size"],
-                            c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                            c.get("num_key_value_heads") or c["num_attention_heads"], c["vocab_size"],
-                            c.get("max_position_embeddings", 2048), float(c.get("rope_theta", 10000.0)),
-                            bool(c.get("tie_word_embeddings", False)), bool(c.get("attention_bias", False)))
+    """A model folder's dimensions (its config.json) as a ShapeSpec, to project to it (models.folder_spec)."""
+    return models.folder_spec(folder)
 
 
 def target_spec(model: str | None, recs: dict) -> models.ShapeSpec | None:

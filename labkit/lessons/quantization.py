@@ -80,12 +80,12 @@ def settings(preset: str, *, model: str, device: str, seed: int, bits: int, grou
              compiled, layers, budget_s=None) -> Settings:
     """Check notebook 02's parameters in the order the notebook lists them (a bad one fails at once, naming the
     valid choices: labkit.core.params) and fill in what the preset decides."""
-    from labkit.core.models import SHAPES, shape
+    from labkit.core.models import check_speed_model, shape
     from labkit.core.params import check, default, pick, resolve_device
     from labkit.techniques.quant import METHODS, check_methods
 
     device = resolve_device(device)
-    check("model", model, str, choices=sorted(SHAPES))
+    check_speed_model(check("model", model, str))  # a shape name or a model folder (its first layers)
     check("seed", seed, int, min=0)
     check("bits", bits, int, choices=(2, 3, 4, 8))
     check("group_size", group_size, int, choices=(32, 64, 128, 256))

@@ -191,12 +191,9 @@ def model_spec(model) -> ShapeSpec:
     spec = getattr(model, "labkit_shape", None)
     if spec is not None:
         return spec
-    c = model.config
-    return ShapeSpec(str(getattr(c, "name_or_path", "") or c.model_type), c.model_type, c.hidden_size,
-                     c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
-                     getattr(c, "num_key_value_heads", None) or c.num_attention_heads, c.vocab_size,
-                     c.max_position_embeddings, 10000.0, bool(getattr(c, "tie_word_embeddings", False)),
-                     bool(getattr(c, "attention_bias", False)))
+    from labkit.core.models import spec_of_config
+
+    return spec_of_config(model.config)  # experts, head_dim and q/k norms read as each family names them
 
 
 def floor_fractions(side: SideBySide, floor, dtype: str, source: str = "notebook 01's profile") -> list:
