@@ -203,6 +203,21 @@ def resolve(name_or_path: str) -> Path | str:
     return name_or_path
 
 
+@contextlib.contextmanager
+def _quiet_if(quiet: bool):
+    """transformers' warnings off while loading a folder cut to its first layers (its load report lists every
+    weight of the layers left out), back to what they were after."""
+    from transformers.utils import logging
+
+    before = logging.get_verbosity()
+    if quiet:
+        logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
+
+
 def _first_layers(folder: Path, layers: int, trust_remote_code: bool = False):
     """`folder`'s config cut to its first `layers` decoder layers (per-layer lists such as Gemma 3's layer_types
     cut alike): from_pretrained then reads only those layers' weights."""
@@ -252,7 +267,8 @@ def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implemen
         kw["use_safetensors"] = bool(st)
         if cut and layers is not None:
             kw["config"] = _first_layers(where, int(layers), trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(where, **kw)
+        with _quiet_if(cut and layers is not None):  # the layers left out would be listed as unexpected keys
+            model = AutoModelForCausalLM.from_pretrained(where, **kw)
         if cut and layers is not None:
             model.labkit_shape = folder_spec(where)  # the full model's dimensions, to project to it
     else:
