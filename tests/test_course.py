@@ -272,12 +272,20 @@ def test_a_lesson_with_a_budget_is_expected_to_take_at_most_its_budget(reports, 
     e = course_plan.estimate(les, "ci", {}, "key", [], None)
     assert e.seconds == les.budget_s and "budget_s" in e.source
     assert course_plan.estimate(les, "ci", {"budget_s": 90}, "key", [], None).seconds == 90
+    # a run on this machine from before the budget (or over it) is capped too; one under it is kept
+    ran = [{"config": {"lesson": "02", "preset": "ci", "machine_key": "key", "params": {}},
+            "time": "2026-12-07T00:00:00", "metrics": {"seconds": 2.0 * les.budget_s}}]
+    e = course_plan.estimate(les, "ci", {}, "key", ran, None)
+    assert e.seconds == les.budget_s and "capping its last run" in e.source
+    ran[0]["metrics"]["seconds"] = 0.5 * les.budget_s
+    assert course_plan.estimate(les, "ci", {}, "key", ran, None).seconds == 0.5 * les.budget_s
 
 
-def test_the_budget_of_notebook_02_is_the_one_its_settings_use():
-    from labkit.lessons import quantization
+def test_the_budgets_of_notebooks_02_and_07_are_the_ones_their_settings_use():
+    from labkit.lessons import casestudy, quantization
 
     assert catalog.lesson("02").budget_s == quantization.BUDGET_CI_S
+    assert catalog.lesson("07").budget_s == casestudy.parameters.BUDGET_CI_S
 
 
 def test_a_lesson_over_its_estimate_says_so():

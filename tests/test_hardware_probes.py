@@ -199,7 +199,8 @@ def test_the_int8_probe_times_the_kernel_a_method_calls():
 
 def test_onednn_int8_is_refused_where_it_runs_far_slower_than_fp32(monkeypatch):
     """A oneDNN build with no optimized int8 kernel for the CPU falls back to reference code (0.09 GFLOP/s on an
-    AMD EPYC with VNNI): the INT8 paths must then be told why and use torch._int_mm, never time the fallback."""
+    AMD EPYC with VNNI): the INT8 paths must then be told why and use fbgemm's or torch._int_mm, never time the
+    fallback."""
     if onednn.onednn_op_unsupported("oneDNN's int8 linear", "onednn.qlinear_pointwise") is not None:
         pytest.skip("no oneDNN int8 linear in this build")
     monkeypatch.setattr(onednn, "int8_error", lambda: 0.0)  # correct results: only its speed is judged here

@@ -141,21 +141,25 @@ def _no_torch_reset():
             cls.reset_parameters = f
 
 
-def build(name: str, layers: int | None = None, dtype="fp32", device="cpu", seed: int = 0,
-          attn_implementation: str = "sdpa"):
-    """A shape-faithful model: `name`'s published dimensions with `layers` decoder layers (default: 2) and
-    seeded random weights, initialised as transformers initialises a new model. In eval mode. `name` may be a
-    local model folder: then its first `layers` layers with their real weights (`load`)."""
+def build(name: str | ShapeSpec, layers: int | None = None, dtype="fp32", device="cpu", seed: int = 0,
+          attn_implementation: str = "sdpa", experts_implementation: str | None = None):
+    """A shape-faithful model: `name`'s published dimensions (a shape name, or a ShapeSpec such as
+    `dense_equivalent`'s) with `layers` decoder layers (default: 2) and seeded random weights, initialised as
+    transformers initialises a new model. In eval mode. `name` may be a local model folder: then its first
+    `layers` layers with their real weights (`load`). `experts_implementation`: how a MoE model runs its experts
+    (transformers' "eager" loop over the routed experts, "grouped_mm", ...; None: transformers' default)."""
     from transformers import AutoModelForCausalLM
 
-    if is_folder(name):  # a learner's own model: its real weights, its first `layers` layers
+    if isinstance(name, str) and is_folder(name):  # a learner's own model: its real weights, its first layers
         return load(name, dtype=dtype, device=device, layers=2 if layers is None else layers,
                     attn_implementation=attn_implementation, cut=True)
-    spec = shape(name)
+    spec = name if isinstance(name, ShapeSpec) else shape(name)
     layers = 2 if layers is None else int(layers)
     if not 1 <= layers <= spec.num_hidden_layers:
-        raise ModelError(f"layers must be between 1 and {spec.num_hidden_layers} for {name}, got {layers}")
+        raise ModelError(f"layers must be between 1 and {spec.num_hidden_layers} for {spec.name}, got {layers}")
     cfg = config_for(spec, layers)
+    if experts_implementation is not None:
+        cfg._experts_implementation = experts_implementation
     torch.manual_seed(seed)
     with torch.device(device), _no_torch_reset():
         model = AutoModelForCausalLM.from_config(cfg, dtype=as_dtype(dtype),

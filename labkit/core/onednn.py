@@ -50,12 +50,14 @@ def onednn_unsupported(device: str = "cpu", dtype: torch.dtype = torch.float32) 
     if err > WRONG_ABOVE:
         return (f"oneDNN's int8 linear gives wrong results on this CPU in this build: on exact integer inputs its "
                 f"products are up to {err:.1%} off the integer matmul (without VNNI, AVX2 sums pairs of 8-bit "
-                "products in saturating 16-bit arithmetic), so the INT8 paths use torch._int_mm here")
+                "products in saturating 16-bit arithmetic), so the INT8 paths use fbgemm's int8 linear "
+                "(int8-dynamic-legacy) and torch._int_mm (torchao's int8-dynamic) here")
     int8, fp32 = int8_speed()
     if int8 * SLOWER_THAN_FP32 < fp32:
         return (f"oneDNN's int8 linear has no fast kernel for this CPU in this build: measured {int8:,.2f} GFLOP/s "
                 f"against fp32 F.linear's {fp32:,.1f} at the same shape ({fp32 / int8:,.0f}x slower), so the INT8 "
-                "paths use torch._int_mm here")
+                "paths use fbgemm's int8 linear (int8-dynamic-legacy) and torch._int_mm (torchao's int8-dynamic) "
+                "here")
     return None
 
 

@@ -99,10 +99,14 @@ def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str,
     params = params or {}
     mine = [t for t in times if t["config"].get("lesson") == lesson.id and t["config"].get("preset") == preset
             and t["config"].get("machine_key") == key and _same(t["config"].get("params")) == _same(params)]
+    budget = params.get("budget_s", lesson.budget_s if preset == "ci" else None)
     if mine:
         when = _dt.datetime.fromisoformat(mine[-1]["time"]).strftime("%Y-%m-%d %H:%M")
-        return Estimate(lesson.id, lesson.notebook, float(mine[-1]["metrics"]["seconds"]),
-                        f"its last run on this machine ({when} UTC)", "measured here", f"last run here, {when}")
+        secs, source = float(mine[-1]["metrics"]["seconds"]), f"its last run on this machine ({when} UTC)"
+        if isinstance(budget, (int, float)) and secs > budget:  # a run from before its budget, or over it
+            return Estimate(lesson.id, lesson.notebook, float(budget), f"its budget_s={budget:.0f} (capping {source})",
+                            "measured here", f"its budget_s={budget:.0f}")
+        return Estimate(lesson.id, lesson.notebook, secs, source, "measured here", f"last run here, {when}")
     if lesson.reference_s is None or preset != reference.get("preset"):
         return Estimate(lesson.id, lesson.notebook, None, f"no run on this machine and no {preset} reference time",
                         "none", "no run here, no reference")
@@ -120,7 +124,6 @@ def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str,
         why = ("no notebook-01 profile of this machine yet" if not rates else
                "the reference machine's rates are not recorded")
         source = f"the reference time on {reference.get('machine', 'the reference machine')}, not scaled: {why}"
-    budget = params.get("budget_s", lesson.budget_s if preset == "ci" else None)
     if isinstance(budget, (int, float)) and secs > budget:
         secs, brief = float(budget), f"its budget_s={budget:.0f}"
         source = f"{brief} (capping {source})"

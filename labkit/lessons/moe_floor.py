@@ -34,16 +34,10 @@ def shapes(name: str = MOE_SHAPE) -> tuple[models.ShapeSpec, models.ShapeSpec]:
 
 
 def _build(spec: models.ShapeSpec, layers: int, dtype: str, seed: int, device: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    cfg = models.config_for(spec, layers)
-    if spec.num_experts:
-        cfg._experts_implementation = "eager"
-    torch.manual_seed(seed)
-    with torch.device(device), models._no_torch_reset():
-        m = AutoModelForCausalLM.from_config(cfg, dtype=models.as_dtype(dtype))
-    return m.eval()
+    """`spec` with `layers` layers; a MoE model's experts through transformers' "eager" loop (each routed expert
+    a matmul on a view of the stacked weights: what reads only the routed experts' bytes on a CPU)."""
+    return models.build(spec, layers, dtype, device, seed, experts_implementation="eager" if spec.num_experts
+                        else None)
 
 
 def measure(hw: roofline.Card, name: str = MOE_SHAPE, layers: int = 1, dtype: str = "fp32", tokens: int = 9,
