@@ -10,6 +10,7 @@ import psutil
 import pytest
 import torch
 
+from labkit.core import models
 from labkit.lessons import parallelism as pe
 from labkit.techniques import parallel
 
@@ -139,6 +140,12 @@ def test_heads_layers_and_micro_batches_must_divide():
     with pytest.raises(parallel.ParallelError, match=r"TP degree 4 must divide the 4 attention heads and the 2 KV "
                                                      r"heads.*choose one of \[1, 2\]"):
         parallel.check_tp(cfg, 4)
+    for kind in ("qwen3_moe", "phi3"):  # stacked experts, fused q/k/v: the plan would not split them right
+        with pytest.raises(parallel.ParallelError, match=f"a {kind} model is not split here"):
+            parallel.check_tp(models.shape("qwen3-30b-a3b") if kind == "qwen3_moe" else
+                              type("Cfg", (), {"model_type": kind, "num_attention_heads": 4,
+                                               "num_key_value_heads": 2})(), 2)
+    assert parallel.check_tp(models.shape("mistral-7b"), 2) == 2
     with pytest.raises(parallel.ParallelError, match=r"3 layers do not split into 2 pipeline stages.*\[1, 3\]"):
         parallel.check_stages(3, 2)
     with pytest.raises(parallel.ParallelError, match=r"a batch of 4 does not split into 3.*\[1, 2, 4\]"):

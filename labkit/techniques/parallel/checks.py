@@ -51,8 +51,20 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+# the families whose decoder layers tp.tp_plan names (q/k/v/o and gate/up/down projections, one MLP per layer)
+TP_FAMILIES = ("llama", "qwen2", "mistral")
+
+
 def check_tp(config, tp: int) -> int:
-    """A TP degree must divide the attention heads and the KV heads: each rank computes whole heads."""
+    """A TP degree must divide the attention heads and the KV heads: each rank computes whole heads. The model
+    (a transformers config or a ShapeSpec) must be of a family `tp_plan` splits (TP_FAMILIES)."""
+    kind = getattr(config, "model_type", "llama")
+    if tp > 1 and kind not in TP_FAMILIES:
+        why = ("its experts are stacked weights, which the plan does not split" if getattr(config, "num_experts", 0)
+               or getattr(config, "num_local_experts", 0) else "the plan is tested on those families only")
+        raise ParallelError(f"tensor parallelism splits {', '.join(TP_FAMILIES)} decoders (q/k/v/o and gate/up/down "
+                            f"projections); a {kind} model is not split here: {why}. Pipeline parallelism (whole "
+                            "layers per rank) takes any family")
     heads, kv = config.num_attention_heads, config.num_key_value_heads
     if tp < 1 or heads % tp or kv % tp:
         valid = [d for d in _divisors(kv) if heads % d == 0]
