@@ -115,7 +115,8 @@ def test_a_folder_is_a_speed_model_its_first_layers_with_their_weights(kind, tmp
     assert spec.head_dim == (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     n_params = sum(p.numel() for n, p in original.named_parameters() if "rotary" not in n)
     assert spec.params() == n_params  # every parameter of the family counted, experts and norms included
-    assert spec.active_params() < spec.params() if kind in ("qwen3_moe", "mixtral") else True
+    if kind in ("qwen3_moe", "mixtral"):
+        assert spec.active_params() < spec.params()
     cut = models.build(str(tmp_path), layers=1)
     assert cut.config.num_hidden_layers == 1 and cut.labkit_shape == spec
     kept = dict(original.state_dict())

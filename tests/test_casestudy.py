@@ -632,7 +632,11 @@ def test_a_budget_cut_of_the_replay_rounds_is_said_with_the_budget_that_runs_the
     line = casestudy.rounds_line(raw, 300.0)
     assert line.startswith("trace replayed in 1 of 2 rounds to fit -p budget_s=300 (a round of every stage took "
                            "~116 s here)") and line.endswith("-p budget_s=450 for all of them")
-    raw["replay"].update(asked=2, values={"baseline": {"s": [100.0, 101.0]}})
+    assert "one round's, its spread unknown" in line and casestudy.rounds_done(raw) == 1
+    raw["replay"].update(asked=3, values={"baseline": {"s": [100.0, 101.0]}})
+    line = casestudy.rounds_line(raw, 300.0)
+    assert "2 of 3 rounds" in line and "the median of 2 rounds" in line and "spread unknown" not in line
+    raw["replay"].update(asked=2)
     assert casestudy.rounds_line(raw, 300.0) is None
     assert casestudy.replay_deadline(None, 5.0) is None
     assert casestudy.replay_deadline(300.0, 5.0) == 305.0 - casestudy.AFTER_REPLAYS_S

@@ -15,6 +15,12 @@ def test_bytes_are_written_in_the_largest_unit_they_reach():
     assert units.mib(3 * 2**20) == 3 and units.gib(2**29) == 0.5
 
 
+def test_counts_are_written_in_the_largest_unit_they_reach():
+    assert units.fmt_count(6_738_415_616) == "6.74 B"
+    assert units.fmt_count(16_100_000) == "16.1 M"
+    assert units.fmt_count(4_096) == "4.10 K" and units.fmt_count(512) == "512"
+
+
 def test_dtype_names_go_both_ways():
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.int8):
         assert units.TORCH_DTYPES[units.dtype_name(dtype)] is dtype

@@ -37,6 +37,14 @@ def number(v: float) -> str:
     return f"{v:,.0f}" if a >= 100 else f"{v:,.1f}" if a >= 10 else f"{v:.2f}" if a >= 0.01 else f"{v:.2g}"
 
 
+def fmt_count(n: float) -> str:
+    """A parameter or token count in the largest unit it reaches: "6.74 B", "12.3 M", "4.10 K", "512"."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{number(n / size)} {unit}"
+    return f"{n:,.0f}"
+
+
 def fmt_bytes(n: float | None) -> str:
     """A byte count in the largest binary unit it reaches: "886 MiB", "3.00 GiB", "512 B"; None as "–"."""
     if n is None:

@@ -54,6 +54,7 @@ from labkit.lessons.casestudy.measure import (
     matmul_tflops,
     measure,
     replay_deadline,
+    rounds_done,
     rounds_line,
 )
 from labkit.lessons.casestudy.parameters import Settings, settings
@@ -95,6 +96,6 @@ __all__ = [
     "best_here_cost", "best_here_view", "best_here_wanted", "candidate_name", "case_table", "ceilings", "check",
     "compare_best", "compute_dtype", "factor_words", "final_stage", "full_depth_view", "guide_line", "in_run_card",
     "int8_candidates", "kernel_ratio", "machine_card", "matmul_tflops", "measure", "perplexities", "pick_int8",
-    "plan", "plot_stages", "project", "quality_model", "replay_deadline", "rounds_line", "settings", "split_best",
-    "stack_view", "stage_model", "stages_view", "try_this", "what_this_means",
+    "plan", "plot_stages", "project", "quality_model", "replay_deadline", "rounds_done", "rounds_line", "settings",
+    "split_best", "stack_view", "stage_model", "stages_view", "try_this", "what_this_means",
 ]

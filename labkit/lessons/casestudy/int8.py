@@ -12,6 +12,7 @@ import torch
 
 from labkit.core import hardware
 from labkit.core.bench import generate_timed
+from labkit.lessons.quantization_timing import PROBE_PROMPT, probe
 from labkit.techniques import quant
 
 INVARIANT_SLACK = 1.5  # a batch-invariant INT8 path is preferred unless the fastest other one is 1.5x faster
@@ -45,7 +46,6 @@ NOT_A_CANDIDATE = {"bnb-int8": "batch-dependent (LLM.int8 picks its outlier colu
 
 
 ELIMINATE_ABOVE = 3.0  # a variant whose probe estimates over 3x the fastest one's request is out before the rounds
-PROBE_PROMPT = 32  # each variant is probed at this many prompt tokens before any full request
 
 
 def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens: int = 8,
@@ -93,12 +93,9 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     short, scale = prompt, 1.0
     if prompt is not None and prompt.shape[1] > PROBE_PROMPT:
         short, scale = prompt[:, :PROBE_PROMPT], prompt.shape[1] / PROBE_PROMPT
-    with torch.inference_mode():
-        probed = {}
-        for key, q in tqdm(list(runners.items()), desc="INT8 probes", disable=not progress):
-            request(q, short, 2)()  # the cold call, kept apart
-            probed[key] = request(q, short, 2)()
-        cost = {key: f["ttft"] * scale + (output_len - 1) * f["tpot"] for key, f in probed.items()}
+    with torch.inference_mode():  # 02's probe: a cold call kept apart, then the warm one, its prefill scaled
+        cost = {key: probe(lambda n, q=q: request(q, short, n)(), scale)[1].call_s(output_len)
+                for key, q in tqdm(list(runners.items()), desc="INT8 probes", disable=not progress)}
         for key in [k for k, c in cost.items() if c > ELIMINATE_ABOVE * min(cost.values())]:
             rows.append({"method": key[0], "dtype": key[1], "status": "probed only", "estimate_s": cost[key],
                          "probe_prompt": short.shape[1] if short is not None else None, "scale": scale})

@@ -160,16 +160,22 @@ def replay_deadline(budget_s: float | None, started: float) -> float | None:
     return None if budget_s is None else started + budget_s - AFTER_REPLAYS_S
 
 
+def rounds_done(raw: dict) -> int:
+    """How many replay rounds `measure` ran (its raw["replay"]): fewer than asked when the budget cut them."""
+    r = raw["replay"]
+    return len(next(iter(r["values"][r["names"][0]].values())))
+
+
 def rounds_line(raw: dict, budget_s: float | None) -> str | None:
     """A sentence when the budget cut the replay rounds (`measure`'s raw["replay"]): how many ran of how many, what a
     round took here, and the budget that runs them all. None when every round ran."""
     from labkit.core.budget import suggest_budget
 
-    r = raw["replay"]
-    done = len(next(iter(r["values"][r["names"][0]].values())))
+    r, done = raw["replay"], rounds_done(raw)
     if r.get("asked", done) <= done:
         return None
     more = suggest_budget((budget_s or 0.0) + (r["asked"] - done) * r["round_s"])
+    each = ("each factor is then one round's, its spread unknown" if done == 1 else
+            f"each factor is then the median of {done} rounds")
     return (f"trace replayed in {done} of {r['asked']} rounds to fit -p budget_s={budget_s:.0f} (a round of every "
-            f"stage took ~{r['round_s']:.0f} s here): each factor is then one round's, its spread unknown; run with "
-            f"-p budget_s={more} for all of them")
+            f"stage took ~{r['round_s']:.0f} s here): {each}; run with -p budget_s={more} for all of them")

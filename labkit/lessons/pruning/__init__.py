@@ -13,12 +13,12 @@ from labkit.lessons.pruning.figures import plot_loss, plot_quality_vs_sparsity, 
 from labkit.lessons.pruning.parameters import Settings, check_parameters, settings
 from labkit.lessons.pruning.quality import activation_spread, evaluate, outlier_demo
 from labkit.lessons.pruning.recovery import heldout_sample, recover, training_ids
-from labkit.lessons.pruning.speed import PrunedShape, benchmark, shape_of
+from labkit.lessons.pruning.speed import benchmark, shape_of
 from labkit.lessons.pruning.sweep import crossover, sparse_sweep
 from labkit.lessons.pruning.tables import c7_inputs, config_dict, summary, targets, what_this_means
 from labkit.lessons.pruning.variants import Variant, describe_achieved, variants
 
-__all__ = ["PrunedShape", "Settings", "Variant", "activation_spread", "benchmark", "c7_inputs",
+__all__ = ["Settings", "Variant", "activation_spread", "benchmark", "c7_inputs",
            "check_parameters", "config_dict", "crossover", "describe_achieved", "evaluate", "heldout_sample",
            "outlier_demo", "plot_loss", "plot_quality_vs_sparsity", "plot_quality_vs_speed", "plot_sweep", "recover",
            "settings", "shape_of", "sparse_sweep", "summary", "targets", "training_ids", "variants",

@@ -1,20 +1,21 @@
 """Speed of each pruned variant on a shape-faithful model (real layer dimensions, few layers, random weights):
 prefill (TTFT) and batch-1 decode (TPOT) against the dense model, every variant timed once per round in rotating
-order (`bench.run_rounds`), next to what the roofline floor of the pruned shape predicts (`PrunedShape`,
-`shape_of`: the pruned dimensions priced exactly by labkit.core.roofline). A variant this machine cannot run or
+order (`bench.run_rounds`), next to what the roofline floor of the pruned shape predicts
+(`shape_of`: the pruned dimensions priced exactly by labkit.core.roofline). A variant this machine cannot run or
 hold in memory is a row "skipped: <reason>", never another variant's numbers.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from labkit.core.models import ShapeSpec, weight_bytes
+from labkit.core.shapes import spec_of_config
 from labkit.core.units import DTYPE_NAMES, MiB
 from labkit.lessons.pruning.variants import Variant, describe_achieved
 from labkit.techniques.prune import PruneSkipped, semi_structured_unsupported
@@ -26,30 +27,14 @@ if TYPE_CHECKING:
     from labkit.core.roofline import Card
 
 
-@dataclass(frozen=True)
-class PrunedShape(ShapeSpec):
-    """A ShapeSpec whose attention may be narrower than the hidden size (pruned heads keep their head_dim), so
-    the roofline functions price a pruned model exactly."""
-
-    q_heads_dim: int = 0  # head_dim of the model
-
-    @property
-    def head_dim(self) -> int:
-        return self.q_heads_dim
-
-    # layer_params: ShapeSpec's own, which counts attention from `head_dim` (the pruned heads' width here)
-
-
-def shape_of(model: nn.Module, layers: int | None = None) -> PrunedShape:
-    """The dimensions of `model` (pruned or not) as a ShapeSpec for labkit.core.roofline, with `layers` decoder
-    layers (default: as built)."""
+def shape_of(model: nn.Module, layers: int | None = None) -> ShapeSpec:
+    """The dimensions of `model` (pruned or not) as a ShapeSpec for labkit.core.roofline, read from its config
+    (`shapes.spec_of_config`) with `layers` decoder layers (default: as built). Pruned heads keep their width, so
+    the head dimension is always explicit: the roofline then prices a narrower attention exactly."""
     c = model.config
+    spec = spec_of_config(c, getattr(c, "name_or_path", "") or "model")
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    rope = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
-    return PrunedShape(getattr(c, "name_or_path", "") or "model", c.model_type, c.hidden_size, c.intermediate_size,
-                       layers or c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.vocab_size,
-                       c.max_position_embeddings, rope, bool(c.tie_word_embeddings),
-                       bool(getattr(c, "attention_bias", False)), q_heads_dim=hd)
+    return replace(spec, num_hidden_layers=layers or spec.num_hidden_layers, head_size=hd)
 
 
 def _copy_sharing_embeddings(model: nn.Module) -> nn.Module:
