@@ -21,7 +21,7 @@ def resolve_parameters(preset: str, *, device: str, dtype: str, seed: int, layer
         "device": resolve_device(device),
         "layers": default("layers", layers, preset, ci=1, full=8, min=1),
         "n_requests": default("n_requests", n_requests, preset, ci=12, full=32, min=2),
-        "output_len": tuple(default("output_len", output_len, preset, ci=(16, 96), full=(16, 256),
+        "output_len": tuple(default("output_len", output_len, preset, ci=(16, 64), full=(16, 256),
                                     kind=(list, tuple))),
         "rate": default("rate", rate, preset, ci=4.0, full=4.0, kind=float, min=1e-3),
         "servers": list(default("servers", servers, preset, ci=SERVERS, full=SERVERS, kind=(list, tuple),

@@ -124,8 +124,9 @@ def verdict_inputs(sweep: pd.DataFrame, prefill: pd.DataFrame, comp: pd.DataFram
     flex = sweep[sweep["first_call_ms"].notna()] if "first_call_ms" in sweep else sweep[:0]
     for _, r in flex.iterrows():  # the length where flex compiled (its first call) against its steady state
         ratios[f"flex_attention ({r['layout'].split(' (')[0]}, {r['n']:,} tokens)"] = r["first_call_ms"] / r["ms"]
-    if "fp32" in p.index:
-        ratios["eager generate (fp32)"] = float(p.loc["fp32", "cold_over_warm"])
+    fp32_cold = p.loc["fp32", "cold_over_warm"] if "fp32" in p.index else None
+    if fp32_cold is not None and not math.isnan(fp32_cold):
+        ratios["eager generate (fp32)"] = float(fp32_cold)
     return {"peaks": peaks, "fused_rows": rows, "fused_skipped": skipped, "prefill_note": prefill_note,
             "cold_over_warm": ratios}
 
