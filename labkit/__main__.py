@@ -210,12 +210,14 @@ def _peers(args) -> int:
     import pandas as pd
 
     from labkit.core import floors, models, planner, records
-    from labkit.lessons import peers
+    from labkit.lessons import peer_runtimes, peers
 
-    paths = tuple(p.strip() for p in args.labkit.split(",") if p.strip()) if args.labkit else peers.LABKIT_PATHS
-    bad = [p for p in paths if p not in peers.LABKIT_PATHS]
+    paths, chosen = peer_runtimes.default_paths()
+    if args.labkit:
+        paths, chosen = tuple(p.strip() for p in args.labkit.split(",") if p.strip()), "chosen by --labkit"
+    bad = [p for p in paths if p not in peers.KNOWN_PATHS]
     if bad or args.layers < 1 or args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
-        why = (f"unknown labkit path(s) {bad}; choose from {list(peers.LABKIT_PATHS)}" if bad else
+        why = (f"unknown labkit path(s) {bad}; choose from {list(peers.KNOWN_PATHS)}" if bad else
                "--layers, --prompt-len and --repeats must be >= 1 and --new-tokens >= 2")
         print(f"error: {why}", file=sys.stderr)
         return 2
@@ -224,6 +226,7 @@ def _peers(args) -> int:
     except models.ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"labkit paths: {', '.join(paths)} ({chosen})")
     for engine in peers.INSTALL:
         why = peers.missing(engine)
         print(f"{engine}: {'ready' if not why else why}")
@@ -339,14 +342,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--slo-ttft-ms", type=float, default=None)
     b.add_argument("--slo-tpot-ms", type=float, default=None)
     _one_line_errors(b)
-    pe = sub.add_parser("peers", help="labkit's batch-1 paths next to llama.cpp and CTranslate2 (when installed) "
-                                      "on one shape, timed side by side")
+    pe = sub.add_parser("peers", help="labkit's batch-1 paths next to llama.cpp, CTranslate2, OpenVINO GenAI and "
+                                      "ONNX Runtime GenAI (when installed) on one shape, timed side by side")
     pe.add_argument("--shape", default="tinyllama-1.1b", help="a shape name (labkit.core.models.SHAPES)")
     pe.add_argument("--layers", type=int, default=8)
     pe.add_argument("--prompt-len", type=int, default=512)
     pe.add_argument("--new-tokens", type=int, default=32)
     pe.add_argument("--repeats", type=int, default=3)
-    pe.add_argument("--labkit", default=None, help="labkit paths to time, comma-separated (default: all)")
+    pe.add_argument("--labkit", default=None,
+                    help="labkit paths to time, comma-separated (default: all where the CPU has bf16 and int8 matrix "
+                         "units, else fp32,int8-dynamic-legacy,int4-rtn)")
     pe.add_argument("--check", action="store_true",
                     help="first check that each peer computes the same model (greedy tokens of the embedded one)")
     pe.add_argument("--profile", action="store_true",

@@ -119,6 +119,20 @@ def test_peers_record_ranks_the_runtimes_side_by_side(tmp_path, peer_decode, run
         assert "not measured here for llama.cpp q4_0" in text
 
 
+def test_a_peers_prefill_floor_uses_the_fastest_matmul_rate(tmp_path):
+    """A peer's kernels are unknown: its TTFT floor divides by the card's fastest rate (int8 here), never by a slow
+    one it may not run (a 4-bit row priced at the bf16 rate gave a floor 5.7x above its measured TTFT)."""
+    _save_peers(tmp_path, 150.0)
+    _save(tmp_path, "hardware_profile", {}, PROFILE)
+    a = advise.advise("tinyllama-1.1b", root=tmp_path)
+    assert a.choice["runtime"] == "llama.cpp"
+    spec = models.shape("tinyllama-1.1b")
+    floor_ms = 1e3 * roofline.forward_flops(spec, 512) / 1600e9
+    assert f"floor {floor_ms:,.1f} ms" in "\n".join(a.lines)
+    opt = advise.options_peers(records.latest("peers", tmp_path))
+    assert {o.runtime: o.compute for o in opt} == {"labkit": "int8", "llama.cpp": advise.FASTEST}
+
+
 @pytest.mark.parametrize("engine, static, pick", [(100.0, 50.0, "engine"), (50.0, 100.0, "static")])
 def test_many_users_pick_the_batching_with_more_throughput(tmp_path, engine, static, pick):
     _save_02(tmp_path)

@@ -21,31 +21,17 @@ def test_missing_peer_names_the_install_command(monkeypatch):
 
 
 def test_skipped_peers_are_rows_with_the_reason(monkeypatch, tmp_path):
-    monkeypatch.setattr(peers, "missing", lambda engine: f"{engine} is not installed; install it with: x")
+    from labkit.lessons import peers_genai
+
+    for module in (peers, peers_genai):
+        monkeypatch.setattr(module, "missing", lambda engine: f"{engine} is not installed; install it with: x")
     rows = peers.peer_paths(None, tmp_path, progress=False)
     assert [r.name for r in rows] == ["llama.cpp bf16", "llama.cpp q8_0", "llama.cpp q4_0", "ctranslate2 int8",
                                       "ctranslate2 bfloat16", "openvino-genai fp32", "openvino-genai int8",
-                                      "openvino-genai int4", "onnxruntime-genai int4", "onnxruntime-genai int8"]
+                                      "openvino-genai int4", "onnxruntime-genai int4", "onnxruntime-genai int8",
+                                      "onnxruntime-genai fp32"]
     assert all(r.skipped and r.run is None for r in rows)
     assert all(r.skipped.startswith(f"{r.engine} is not installed") for r in rows)
-
-
-@pytest.mark.parametrize("engine, module, command", [("openvino-genai", "openvino_genai", "pip install openvino-genai"),
-                                                     ("onnxruntime-genai", "onnxruntime_genai",
-                                                      "pip install onnxruntime-genai")])
-def test_openvino_and_onnxruntime_rows_say_how_to_install_or_that_they_are_not_timed(engine, module, command,
-                                                                                     monkeypatch, tmp_path):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
-    why = peers.missing(engine)
-    assert module in why and command in why and "requirements" not in why
-    monkeypatch.setattr(peers, "missing", lambda e: None if e == engine else "x is not installed")
-    rows = [r for r in peers.peer_paths(None, tmp_path, gguf_kinds=(), ct2_kinds=(), progress=False)
-            if r.engine == engine]
-    assert [r.name.split()[-1] for r in rows] == list(peers.NOT_CONVERTED[engine])
-    assert all("does not convert models for it yet" in r.skipped and r.run is None for r in rows)
 
 
 def test_peer_runtimes_stay_out_of_requirements():
@@ -62,12 +48,13 @@ def test_gguf_permutation_is_llama_cpps_interleaving():
     assert torch.equal(p[8:, 0] // 3, torch.tensor([8, 12, 9, 13, 10, 14, 11, 15]))
 
 
-@pytest.mark.parametrize("engine", [e for e in peers.INSTALL if e not in peers.NOT_CONVERTED])
+@pytest.mark.parametrize("engine", list(peers.INSTALL))
 def test_converted_model_gives_transformers_greedy_tokens(engine, tmp_path):
     why = peers.missing(engine)
     if why:
         pytest.skip(why)
-    got = peers.check_tokens(models.load(), models.load_tokenizer(), "def main(args):\n    ", 16, tmp_path)
+    got = peers.check_tokens(models.load(), models.load_tokenizer(), "def main(args):\n    ", 16, tmp_path,
+                             engines=(engine,))
     assert got[engine] == (True, None), got
 
 
@@ -97,6 +84,18 @@ def test_target_lines_pick_labkits_fastest_path_and_say_the_ratio():
     assert lines[0] == "decode: labkit int4-rtn is 2.00x faster than llama.cpp q4_0 (meets the >= 1.0x target)"
     assert lines[1] == "decode: labkit bf16 is 2.00x slower than llama.cpp bf16 (misses the >= 1.0x target)"
     assert "not measured (the peer did not run)" in lines[2]
+    assert lines[-2] == ("prefill, best against best: labkit int4-rtn is no different from llama.cpp q4_0: "
+                         "inconclusive (1.00x, rounds 1.00-1.00x, noise floor ±5%) (neither wins here)")
+    assert lines[-1] == ("decode, best against best: labkit int4-rtn is 2.00x faster than llama.cpp q4_0 "
+                         "(labkit's wins here)")
+    slow = run_rounds({"labkit bf16": lambda: {"ttft": 1.0, "tpot": 0.05}, "ort int4": lambda: {"ttft": 2.0,
+                                                                                                 "tpot": 0.01}},
+                      3, progress=False)
+    two = pd.DataFrame([{"path": "labkit bf16", "status": "ok"}, {"path": "ort int4", "status": "ok"}])
+    assert peers.best_lines(slow, two) == [
+        "prefill, best against best: labkit bf16 is 2.00x faster than ort int4 (labkit's wins here)",
+        "decode, best against best: labkit bf16 is 5.00x slower than ort int4 (the peer's wins here)"]
+    assert "not measured (no peer ran)" in peers.best_lines(slow, two[:1])[0]
 
 
 @pytest.mark.parametrize("argv, message", [(["--labkit", "bf16,nope"], "unknown labkit path(s) ['nope']"),
@@ -108,6 +107,26 @@ def test_peers_command_refuses_bad_options_before_building_anything(argv, messag
     monkeypatch.setattr(peers, "compare", lambda *a, **k: pytest.fail("compare ran on bad options"))
     assert main(["peers", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_default_labkit_paths_follow_the_cpus_matrix_units():
+    from labkit.lessons import peer_runtimes
+
+    every, why = peer_runtimes.default_paths({"bf16": True, "int8": True})
+    assert every == peers.LABKIT_PATHS and "every labkit path" in why
+    for units, lacks in (({"bf16": False, "int8": False}, "no bf16 and int8"), ({"bf16": True, "int8": False},
+                                                                                 "no int8")):
+        paths, why = peer_runtimes.default_paths(units)
+        assert paths == peer_runtimes.NO_UNITS_PATHS and lacks in why and "--labkit" in why
+        assert set(paths) <= set(peers.KNOWN_PATHS) and not any(p.startswith("bf16") for p in paths)
+
+
+def test_labkit_fp32_is_a_timed_reference_path(tiny_llama):
+    ids = torch.randint(0, tiny_llama.config.vocab_size, (1, 8))
+    got = peers.labkit_paths(tiny_llama, ids, 3, names=("fp32",), progress=False)
+    assert [c.name for c in got] == ["labkit fp32"] and got[0].skipped is None and got[0].bits == 32
+    rt, tokens = got[0].run(ids, 3)
+    assert len(tokens) == 3 and rt.ttft > 0
 
 
 def _contender(name: str, engine: str, nbytes: float) -> peers.Contender:

@@ -22,7 +22,9 @@ SKIPPED = {  # how a README command starts -> why it is not run here
     "vllm serve": "vLLM is an optional peer, not installed here (and it downloads a model)",
     ".venv/bin/python -m labkit bench --url http://127.0.0.1:8001": "needs the vLLM or llama-server that the line "
                                                                     "above starts on port 8001",
-    ".venv/bin/pip install": "installs the optional peers (ctranslate2, gguf) from the network",
+    ".venv/bin/pip install": "installs the optional peers (ctranslate2, gguf, the GenAI runtimes) from the network",
+    "python3.11 -m venv .peer-venvs": "makes OpenVINO's converter its own venv and installs it from the network",
+    ".peer-venvs/openvino/bin/pip": "changes OpenVINO's converter venv (an optional peer)",
     "CMAKE_ARGS=": "compiles llama.cpp's Python binding (~15 min on 2 cores), an optional peer",
     ".venv/bin/python -m labkit peers": "times every labkit path next to the peers on TinyLlama's shape: a "
                                         "benchmark of minutes, not a check of the command",

@@ -66,6 +66,9 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
 
 
+FASTEST = "fastest"  # a peer's prefill floor: the card's fastest matmul rate (which kernel it runs is unknown)
+
+
 def _dtype(bits: float) -> str:
     """The roofline's number type a kernel at `bits` per weight computes its prefill in (for the FLOP floor)."""
     return "fp32" if bits >= 24 else "bf16" if bits >= 12 else "int8" if bits >= 6 else "int4"
@@ -123,8 +126,9 @@ def options_peers(rec: dict) -> list[Option]:
         if r.get("status") == "ok" and pre and dec and bits and c.get("shape") in models.SHAPES:
             engine = r.get("engine") or r["path"].split(" ")[0]
             fmt = r["path"].removeprefix(f"{engine} ")
+            compute = _dtype(bits) if engine == "labkit" else FASTEST  # a peer's kernels are not known
             out.append(Option(engine, fmt, peers.EXPERIMENT, models.shape(c["shape"]), c["layers"],
-                              c["prompt_len"], c["prompt_len"] / pre, 1 / dec, bits, _dtype(bits),
+                              c["prompt_len"], c["prompt_len"] / pre, 1 / dec, bits, compute,
                               4 if bits >= 24 else 2))
     return out
 
@@ -141,7 +145,8 @@ def project(opt: Option, spec: models.ShapeSpec, hw: roofline.Card | None) -> di
            "read_gib": read_full / 2**30}
     if hw is not None:
         out["tpot_floor_ms"] = 1e3 * read_full / (hw.bandwidth_gbps * 1e9)
-        peak = hw.peak(opt.compute)
+        rates = [r for r in (hw.peak(d) for d in ("fp32", "bf16", "fp16", "int8")) if r]
+        peak = (max(rates) if rates else None) if opt.compute == FASTEST else hw.peak(opt.compute)
         out["ttft_floor_ms"] = 1e3 * flops_full / peak if peak else None
     return out
 
@@ -162,6 +167,8 @@ def _floor_words(p: dict, key: str) -> str:
     f = p.get(f"{key}_floor_ms")
     if f is None:
         return "floor: no profile (run notebook 01)" if f"{key}_floor_ms" not in p else "floor: no matmul rate"
+    if f > 1.05 * p[f"{key}_ms"]:  # beaten: the rate it divides by is not the one this path's kernels reached
+        return f"floor {f:,.1f} ms, beaten: this path computes faster than the matmul rate the floor assumes"
     return f"floor {f:,.1f} ms, {f / p[f'{key}_ms']:.0%} of it"
 
 

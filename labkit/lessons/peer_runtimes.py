@@ -1,28 +1,45 @@
-"""The CPU runtimes `python -m labkit peers` puts beside labkit's paths: their install commands and whether each is
-installed here.
+"""The CPU runtimes `python -m labkit peers` puts beside labkit's paths: their install commands, whether each is
+installed here, and the row (`Contender`) each engine x number format becomes.
 
-Every peer is an optional extra, never in requirements.txt: its pins clash with the course's, and CI must pass
-without it. A peer that is not installed is a row "skipped: <reason>" naming the command that installs it, never a
-guess. llama.cpp and CTranslate2 are converted and timed (labkit.lessons.peers); OpenVINO GenAI and ONNX Runtime
-GenAI are rows only so far (`NOT_CONVERTED`): labkit has no conversion path for them yet, and their rows say how to
-install them or, when installed, that they are not timed by labkit.
+Every peer is an optional extra, never in requirements.txt, and CI must pass without it. A peer that is not
+installed is a row "skipped: <reason>" naming the command that installs it, never a guess. llama.cpp and CTranslate2
+are converted and timed by labkit.lessons.peers, OpenVINO GenAI and ONNX Runtime GenAI by labkit.lessons.peers_genai.
+The four runtimes import in the course's environment; OpenVINO's converter (optimum-intel) pins transformers < 5.6,
+so it is installed in a virtual environment of its own under `peer_venvs()` and run from there (`side_tool`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 INSTALL = {
     "llama.cpp": 'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python gguf   (builds ggml, ~15 min on 2 cores)',
     "ctranslate2": "pip install ctranslate2",
-    "openvino-genai": "pip install openvino-genai optimum-intel nncf",
-    "onnxruntime-genai": "pip install onnxruntime-genai onnx",
+    "openvino-genai": ("pip install openvino-genai; and its converter apart (it pins transformers<5.6): python3.11 -m "
+                       "venv .peer-venvs/openvino && .peer-venvs/openvino/bin/pip install 'optimum-intel[openvino]' "
+                       "nncf && .peer-venvs/openvino/bin/pip uninstall -y torchvision"),
+    "onnxruntime-genai": "pip install onnxruntime-genai onnx onnx-ir",
 }
-CONVERTERS = {"openvino-genai": "optimum-cli export openvino --weight-format fp32|int8|int4",
-              "onnxruntime-genai": "python -m onnxruntime_genai.models.builder -p int4|int8 -e cpu"}
 MODULES = {"llama.cpp": ("llama_cpp", "gguf"), "ctranslate2": ("ctranslate2",),
-           "openvino-genai": ("openvino_genai",), "onnxruntime-genai": ("onnxruntime_genai",)}
-NOT_CONVERTED = {"openvino-genai": ("fp32", "int8", "int4"), "onnxruntime-genai": ("int4", "int8")}
+           "openvino-genai": ("openvino_genai", "openvino"),
+           "onnxruntime-genai": ("onnxruntime_genai", "onnx", "onnx_ir")}  # the model builder imports onnx_ir
+SIDE_TOOLS = {"openvino-genai": ("openvino", "optimum-cli")}  # engine -> (its venv under peer_venvs(), converter)
+
+
+def peer_venvs() -> Path:
+    """Where the peers' own virtual environments live: $LABKIT_PEER_VENVS, else .peer-venvs in the repository."""
+    from labkit import ROOT
+
+    return Path(os.environ.get("LABKIT_PEER_VENVS") or ROOT / ".peer-venvs").expanduser()
+
+
+def side_tool(engine: str) -> Path:
+    """The converter `engine` runs from its own virtual environment."""
+    venv, tool = SIDE_TOOLS[engine]
+    return peer_venvs() / venv / "bin" / tool
 
 
 def missing(engine: str) -> str | None:
@@ -32,11 +49,50 @@ def missing(engine: str) -> str | None:
     absent = [m for m in MODULES[engine] if importlib.util.find_spec(m) is None]
     if absent:
         return f"{engine} is not installed ({', '.join(absent)} missing); install it with: {INSTALL[engine]}"
+    if engine in SIDE_TOOLS and not side_tool(engine).exists():
+        return (f"{engine} is installed but its converter is not ({side_tool(engine)} missing; set LABKIT_PEER_VENVS "
+                f"if its venvs are elsewhere); install it with: {INSTALL[engine]}")
     return None
 
 
-def not_converted(engine: str, why: str | None) -> str:
-    """The skip reason of a NOT_CONVERTED runtime's row: not installed (`why`, with the command), or installed but
-    not converted or timed by labkit yet."""
-    return why or (f"{engine} is installed, but `labkit peers` does not convert models for it yet (issue #31); "
-                   f"convert with `{CONVERTERS[engine]}` and time it apart")
+@dataclass
+class Contender:
+    """One engine x number format to time: `name` ("llama.cpp q4_0"), bits per weight of its layers, and a
+    callable(ids, n) -> (RequestTiming, tokens); or `skipped` with the reason."""
+
+    name: str
+    engine: str
+    bits: float | None = None
+    bytes_read: float | None = None
+    run: object = None
+    skipped: str | None = None
+    cold_s: float | None = None
+
+
+def agree(ref: list[int], got: list[int]) -> tuple[bool, int | None]:
+    """(`got` equals `ref`, the index of their first difference or None): a peer's greedy tokens against
+    transformers'."""
+    first = next((i for i, (a, b) in enumerate(zip(ref, got, strict=False)) if a != b), None)
+    return ref == got, first if first is not None else (None if len(ref) == len(got) else min(len(ref), len(got)))
+
+
+LABKIT_PATHS = ("bf16", "bf16+compile", "int8-dynamic-legacy", "int8-weight-only+compile", "int8-dynamic+compile",
+                "int4-rtn", "int4-rtn+compile", "bnb-nf4")  # labkit's side of `peers` (labkit.lessons.peers)
+# Without bf16 and int8 matrix units (an AVX2-only CPU) bf16 and torchao's int8 paths run far from any floor (bf16
+# prefill ~4.5x slower than fp32, torch._int_mm at ~6 GFLOP/s, notebook 02): timing them at a 512-token prompt took
+# over 12 minutes before the first round on an AVX2-only EPYC. There the default is fp32 (the reference) and the
+# paths with a kernel for this CPU: fbgemm's int8 (int8-dynamic-legacy) and torch's int4 weight-only kernel.
+NO_UNITS_PATHS = ("fp32", "int8-dynamic-legacy", "int4-rtn")
+
+
+def default_paths(units: dict | None = None) -> tuple[tuple[str, ...], str]:
+    """labkit's paths `peers` times by default on this CPU, and why: all of LABKIT_PATHS where the CPU has bf16 and
+    int8 matrix units (`units`: labkit.core.hardware.matrix_units()), else NO_UNITS_PATHS."""
+    from labkit.core import hardware
+
+    units = hardware.matrix_units() if units is None else units
+    if units["bf16"] and units["int8"]:
+        return LABKIT_PATHS, "this CPU has bf16 and int8 matrix units: every labkit path"
+    lacks = " and ".join(k for k in ("bf16", "int8") if not units[k])
+    return NO_UNITS_PATHS, (f"this CPU has no {lacks} matrix units: labkit's paths with a kernel for it "
+                            f"({', '.join(NO_UNITS_PATHS)}); --labkit {','.join(LABKIT_PATHS[:2])},... times others")

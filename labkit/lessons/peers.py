@@ -1,13 +1,10 @@
-"""Peers: the same model through llama.cpp and CTranslate2, timed side by side with labkit's own fast paths.
+"""Peers: the same model through llama.cpp, CTranslate2, OpenVINO GenAI and ONNX Runtime GenAI, timed side by side
+with labkit's own fast paths in rotating rounds (labkit.core.bench.run_rounds), after a check that each conversion
+computes the same model (greedy tokens of the trained embedded model equal transformers').
 
-A CPU user who wants one answer streamed fast would run llama.cpp (GGUF, q8_0 / q4_0) or CTranslate2 (int8).
-This module converts one model for each, checks that the conversion computes the same model (greedy tokens of the
-trained embedded model equal transformers'), and times batch-1 prefill and decode of every engine in rotating
-rounds (labkit.core.bench.run_rounds), so each ratio comes from runs made side by side on one machine.
-
-Every peer is an optional extra (README, "Peers"; the table and `missing` live in labkit.lessons.peer_runtimes
-and are importable from here): a peer that is not installed is a row "skipped: <reason>" with the command that
-installs it, never a guess. OpenVINO GenAI and ONNX Runtime GenAI are such rows only: not converted or timed yet.
+Every peer is an optional extra (README, "Peers"; install commands and `missing` in labkit.lessons.peer_runtimes): a
+peer that is not installed is a row "skipped: <reason>" with the command that installs it, never a guess. OpenVINO
+GenAI and ONNX Runtime GenAI are converted and run by labkit.lessons.peers_genai.
 
 - `to_gguf` writes the model as a GGUF file with the `gguf` package (llama.cpp's own file library): the tensors
   under llama.cpp's names, the query and key rows permuted as llama.cpp's converter does, and no tokenizer (the
@@ -21,7 +18,6 @@ installs it, never a guess. OpenVINO GenAI and ONNX Runtime GenAI are such rows 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +25,8 @@ from torch import nn
 
 from labkit.core.bench import RequestTiming
 from labkit.core.units import mib, than
-from labkit.lessons.peer_runtimes import INSTALL, NOT_CONVERTED, missing, not_converted
+from labkit.lessons import peers_genai
+from labkit.lessons.peer_runtimes import INSTALL, LABKIT_PATHS, Contender, agree, missing
 
 EXPERIMENT = "peers"  # the record `python -m labkit peers` writes; notebook 02 shows the latest
 GGUF_TYPES = {"f32": 0, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.h's LLAMA_FTYPE_* for llama_model_quantize
@@ -198,20 +195,6 @@ class CT2Runner:
 
 # ---------------------------------------------------------------- the comparison
 
-@dataclass
-class Contender:
-    """One engine x number format to time: `name` ("llama.cpp q4_0"), bits per weight of its layers, and a
-    callable(ids, n) -> (RequestTiming, tokens); or `skipped` with the reason."""
-
-    name: str
-    engine: str
-    bits: float | None = None
-    bytes_read: float | None = None
-    run: object = None
-    skipped: str | None = None
-    cold_s: float | None = None
-
-
 def _gguf_bytes(path: Path) -> float:
     """Bytes a decode step reads from a GGUF file: every tensor but the token embedding (a lookup)."""
     import gguf
@@ -228,14 +211,21 @@ def _ct2_bytes(folder: Path) -> float:
 
 
 def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0", "q4_0"),
-               ct2_kinds=("int8", "bfloat16"), n_ctx: int = 1024, progress: bool = True) -> list[Contender]:
+               ct2_kinds=("int8", "bfloat16"), n_ctx: int = 1024, progress: bool = True,
+               genai_kinds: dict | None = None) -> list[Contender]:
     """Convert `model` for every installed peer (skipped rows for the others) and open a runner per format. A
-    format the peer refuses here (CTranslate2's bfloat16 without efficient bf16 kernels) is a skipped row."""
+    format the peer refuses here (CTranslate2's bfloat16 without efficient bf16 kernels) is a skipped row.
+    `genai_kinds`: {engine: formats} for OpenVINO GenAI and ONNX Runtime GenAI (default peers_genai.KINDS)."""
     from labkit.core.progress import tqdm
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cache: dict[str, Path] = {}
+
+    def hf() -> Path:
+        if "hf" not in cache:
+            cache["hf"] = save_hf(model, workdir / "hf")
+        return cache["hf"]
 
     def gguf_path(kind: str) -> Contender:
         if "f32" not in cache:
@@ -244,9 +234,7 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
         return Contender("", "", GGUF_BITS[kind], _gguf_bytes(dst), LlamaCppRunner(dst, n_ctx=n_ctx).generate)
 
     def ct2_path(kind: str) -> Contender:
-        if "hf" not in cache:
-            cache["hf"] = save_hf(model, workdir / "hf")
-        dst = to_ct2(cache["hf"], workdir / f"ct2-{kind}", kind)
+        dst = to_ct2(hf(), workdir / f"ct2-{kind}", kind)
         bits = {"int8": 8, "bfloat16": 16, "float32": 32}.get(kind)
         return Contender("", "", bits, _ct2_bytes(dst), CT2Runner(dst, compute_type=kind).generate)
 
@@ -266,14 +254,10 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
                 continue
             c.name, c.engine, c.cold_s = name, engine, time.perf_counter() - t0
             paths.append(c)
-    for engine, kinds in NOT_CONVERTED.items():  # rows only: each says how to install it, or that it is not timed
-        why = not_converted(engine, missing(engine))
-        paths += [Contender(f"{engine} {kind}", engine, skipped=why) for kind in kinds]
-    return paths
+    return paths + peers_genai.genai_paths(hf, workdir, genai_kinds, progress)
 
 
-LABKIT_PATHS = ("bf16", "bf16+compile", "int8-dynamic-legacy", "int8-weight-only+compile", "int8-dynamic+compile",
-                "int4-rtn", "int4-rtn+compile", "bnb-nf4")
+KNOWN_PATHS = ("fp32", *LABKIT_PATHS)
 
 
 def labkit_paths(model: nn.Module, ids: torch.Tensor, new_tokens: int, names=LABKIT_PATHS,
@@ -288,7 +272,8 @@ def labkit_paths(model: nn.Module, ids: torch.Tensor, new_tokens: int, names=LAB
     from labkit.lessons.quantization import COMPILE_OPTIONS, _compiled_disagrees, _speed_runners
     from labkit.techniques.decode import StaticDecoder
 
-    methods = list(dict.fromkeys(n.removesuffix("+compile") for n in names if n.removesuffix("+compile") != "bf16"))
+    methods = list(dict.fromkeys(n.removesuffix("+compile") for n in names
+                                 if n.removesuffix("+compile") not in ("bf16", "fp32")))  # those two are always made
     runners, rows = _speed_runners(model, methods, progress)  # notebook 02's copies: base dtype, head included
     out = []
     for name in names:
@@ -421,37 +406,53 @@ def target_lines(rounds, table) -> list[str]:
         verdict = ("at parity within the noise for" if not ratio.conclusive else
                    "meets" if ratio.value >= 1.0 else "misses")
         lines.append(f"{phase}: {best} is {than(ratio.words(), peer)} ({verdict} the >= 1.0x target)")
+    return lines + best_lines(rounds, table)
+
+
+def best_lines(rounds, table) -> list[str]:
+    """Per phase, labkit's fastest path against the fastest peer of any engine, from the same rounds (median of the
+    per-round ratios: inside the noise it says inconclusive): who wins here, by how much."""
+    ok = table[table["status"] == "ok"]
+    lines = []
+    for phase, key in (("prefill", "ttft"), ("decode", "tpot")):
+        mine = [n for n in ok["path"] if n.startswith("labkit ")]
+        theirs = [n for n in ok["path"] if not n.startswith("labkit ")]
+        if not mine or not theirs:
+            lines.append(f"{phase}, best against best: not measured ({'no peer' if mine else 'no labkit path'} ran)")
+            continue
+        ours, peer = (min(names, key=lambda n: rounds.median(n, key)) for names in (mine, theirs))
+        ratio = rounds.ratio(peer, ours, key)
+        lead = ("labkit's" if ratio.value >= 1.0 else "the peer's") if ratio.conclusive else "neither"
+        lines.append(f"{phase}, best against best: {ours} is {than(ratio.words(), peer)} ({lead} wins here)")
     return lines
 
 
-def check_tokens(model: nn.Module, tokenizer, prompt: str, new_tokens: int, workdir: str | Path) -> dict:
+def check_tokens(model: nn.Module, tokenizer, prompt: str, new_tokens: int, workdir: str | Path,
+                 engines=tuple(INSTALL)) -> dict:
     """Does each installed peer compute the same model? Greedy tokens of `model` (fp32, a trained one: its top
-    tokens are not near-ties) from transformers and from llama.cpp (f32 GGUF) and CTranslate2 (float32). Returns
-    {engine: (tokens equal, first difference or None)} for the peers that ran, and "skipped: ..." for the rest."""
+    tokens are not near-ties) from transformers and from each of `engines` at fp32 (llama.cpp: an f32 GGUF,
+    CTranslate2: float32, the GenAI runtimes: labkit.lessons.peers_genai.same_tokens). Returns {engine: (tokens
+    equal, first difference or None)} for the peers that ran, and "skipped: ..." for the rest."""
     from labkit.core.bench import generate_timed
 
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     ref = generate_timed(model, ids, new_tokens)[1][0, ids.shape[1]:].tolist()
     workdir = Path(workdir)
-    out: dict[str, object] = {}
-    if missing("llama.cpp"):
-        out["llama.cpp"] = f"skipped: {missing('llama.cpp')}"
-    else:
-        got = LlamaCppRunner(to_gguf(model, workdir / "check-f32.gguf"), n_ctx=ids.shape[1] + new_tokens + 8)
-        out["llama.cpp"] = _agree(ref, got.generate(ids, new_tokens)[1])
-    if missing("ctranslate2"):
-        out["ctranslate2"] = f"skipped: {missing('ctranslate2')}"
-    else:
-        hf = save_hf(model, workdir / "check-hf", tokenizer_from=getattr(tokenizer, "name_or_path", None))
-        got = CT2Runner(to_ct2(hf, workdir / "check-ct2", "float32"), compute_type="float32")
-        out["ctranslate2"] = _agree(ref, got.generate(ids, new_tokens)[1])
+    out: dict[str, object] = {e: f"skipped: {missing(e)}" for e in engines if missing(e)}
+    hf = None
+    for engine in (e for e in engines if e not in out):
+        if engine == "llama.cpp":
+            got = LlamaCppRunner(to_gguf(model, workdir / "check-f32.gguf"), n_ctx=ids.shape[1] + new_tokens + 8)
+            out[engine] = agree(ref, got.generate(ids, new_tokens)[1])
+            continue
+        hf = hf or save_hf(model, workdir / "check-hf", tokenizer_from=getattr(tokenizer, "name_or_path", None))
+        if engine == "ctranslate2":
+            got = CT2Runner(to_ct2(hf, workdir / "check-ct2", "float32"), compute_type="float32")
+            out[engine] = agree(ref, got.generate(ids, new_tokens)[1])
+        else:
+            out[engine] = peers_genai.same_tokens(engine, hf, ids, ref, workdir)
     out["reference"] = ref
     return out
-
-
-def _agree(ref: list[int], got: list[int]) -> tuple[bool, int | None]:
-    first = next((i for i, (a, b) in enumerate(zip(ref, got, strict=False)) if a != b), None)
-    return ref == got, first if first is not None else (None if len(ref) == len(got) else min(len(ref), len(got)))
 
 
 def latest_lines(root=None) -> tuple[object, list[str]]:

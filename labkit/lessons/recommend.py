@@ -134,7 +134,8 @@ def for_notebook(speed, quality, root=None) -> list[str]:
     table, head = peer_lesson.latest_lines(root)
     out = lines(speed, quality, table, noise_floor(root))
     if table is None:
-        out.append("  peers: no record yet; `python -m labkit peers` puts llama.cpp and CTranslate2 beside these")
+        out.append("  peers: no record yet; `python -m labkit peers` puts llama.cpp, CTranslate2, OpenVINO GenAI and "
+                   "ONNX Runtime GenAI beside these")
     else:
         out.append(f"  peers record: {head[len(peer_lesson.INSTALL)]}")
     return out
