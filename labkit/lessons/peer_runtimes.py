@@ -79,9 +79,9 @@ def agree(ref: list[int], got: list[int]) -> tuple[bool, int | None]:
 LABKIT_PATHS = ("bf16", "bf16+compile", "int8-dynamic-legacy", "int8-weight-only+compile", "int8-dynamic+compile",
                 "int4-rtn", "int4-rtn+compile", "bnb-nf4")  # labkit's side of `peers` (labkit.lessons.peers)
 # Without bf16 and int8 matrix units (an AVX2-only CPU) bf16 and torchao's int8 paths run far from any floor (bf16
-# prefill ~4.5x slower than fp32, torch._int_mm at ~6 GFLOP/s, notebook 02): timing them at a 512-token prompt took
-# over 12 minutes before the first round on an AVX2-only EPYC. There the default is fp32 (the reference) and the
-# paths with a kernel for this CPU: fbgemm's int8 (int8-dynamic-legacy) and torch's int4 weight-only kernel.
+# prefill ~4.5x slower than fp32, torch._int_mm at ~6 GFLOP/s, notebook 02): with them, `peers` at a 512-token prompt
+# had not reached its first round after 12 minutes on an AVX2-only EPYC. There the default is fp32 (the reference)
+# and the paths with a kernel for this CPU: fbgemm's int8 (int8-dynamic-legacy) and torch's int4 weight-only kernel.
 NO_UNITS_PATHS = ("fp32", "int8-dynamic-legacy", "int4-rtn")
 
 
