@@ -69,6 +69,32 @@ class Contender:
     cold_s: float | None = None
 
 
+def convert_rows(engine: str, kinds, make, why: str | None, progress: bool = True) -> list[Contender]:
+    """A row per format in `kinds` of `engine`: `make(kind)` (converting and opening a runner: a Contender with its
+    bits, bytes and run), timed as its cold start; every row skipped with `why` when it is not None (the engine is
+    missing, or disagrees), and a format whose conversion fails a skipped row with the error."""
+    import subprocess
+    import time
+
+    from labkit.core.progress import tqdm
+
+    rows = []
+    for kind in tqdm(kinds, desc=f"{engine} convert", disable=not progress or bool(why)):
+        name = f"{engine} {kind}"
+        if why:
+            rows.append(Contender(name, engine, skipped=why))
+            continue
+        t0 = time.perf_counter()
+        try:
+            c = make(kind)
+        except (ValueError, RuntimeError, subprocess.TimeoutExpired) as e:
+            rows.append(Contender(name, engine, skipped=f"{type(e).__name__}: {e}"[:300]))
+            continue
+        c.name, c.engine, c.cold_s = name, engine, time.perf_counter() - t0
+        rows.append(c)
+    return rows
+
+
 def agree(ref: list[int], got: list[int]) -> tuple[bool, int | None]:
     """(`got` equals `ref`, the index of their first difference or None): a peer's greedy tokens against
     transformers'."""

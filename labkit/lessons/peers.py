@@ -26,7 +26,7 @@ from torch import nn
 from labkit.core.bench import RequestTiming
 from labkit.core.units import mib, than
 from labkit.lessons import peers_genai
-from labkit.lessons.peer_runtimes import INSTALL, LABKIT_PATHS, Contender, agree, missing
+from labkit.lessons.peer_runtimes import INSTALL, LABKIT_PATHS, Contender, agree, convert_rows, missing
 
 EXPERIMENT = "peers"  # the record `python -m labkit peers` writes; notebook 02 shows the latest
 GGUF_TYPES = {"f32": 0, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.h's LLAMA_FTYPE_* for llama_model_quantize
@@ -216,7 +216,6 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
     """Convert `model` for every installed peer (skipped rows for the others) and open a runner per format. A
     format the peer refuses here (CTranslate2's bfloat16 without efficient bf16 kernels) is a skipped row.
     `genai_kinds`: {engine: formats} for OpenVINO GenAI and ONNX Runtime GenAI (default peers_genai.KINDS)."""
-    from labkit.core.progress import tqdm
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -238,22 +237,8 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
         bits = {"int8": 8, "bfloat16": 16, "float32": 32}.get(kind)
         return Contender("", "", bits, _ct2_bytes(dst), CT2Runner(dst, compute_type=kind).generate)
 
-    paths: list[Contender] = []
-    for engine, kinds, make in (("llama.cpp", gguf_kinds, gguf_path), ("ctranslate2", ct2_kinds, ct2_path)):
-        why = missing(engine)
-        for kind in tqdm(kinds, desc=f"{engine} convert", disable=not progress or bool(why)):
-            name = f"{engine} {kind}"
-            if why:
-                paths.append(Contender(name, engine, skipped=why))
-                continue
-            t0 = time.perf_counter()
-            try:
-                c = make(kind)
-            except (ValueError, RuntimeError) as e:
-                paths.append(Contender(name, engine, skipped=f"{type(e).__name__}: {e}"[:300]))
-                continue
-            c.name, c.engine, c.cold_s = name, engine, time.perf_counter() - t0
-            paths.append(c)
+    paths = convert_rows("llama.cpp", gguf_kinds, gguf_path, missing("llama.cpp"), progress)
+    paths += convert_rows("ctranslate2", ct2_kinds, ct2_path, missing("ctranslate2"), progress)
     return paths + peers_genai.genai_paths(hf, workdir, genai_kinds, progress)
 
 

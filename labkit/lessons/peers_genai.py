@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from labkit.core.bench import RequestTiming
-from labkit.lessons.peer_runtimes import Contender, agree, missing, side_tool
+from labkit.lessons.peer_runtimes import Contender, agree, convert_rows, missing, side_tool
 
 ENGINES = ("openvino-genai", "onnxruntime-genai")
 KINDS = {"openvino-genai": ("fp32", "int8", "int4"), "onnxruntime-genai": ("int4", "int8", "fp32")}
@@ -202,7 +202,6 @@ def genai_paths(hf_folder, workdir: str | Path, kinds: dict | None = None, progr
     missing, with the measured difference where its fp32 tokens disagree with transformers' on the embedded model,
     with the error where a conversion fails; else timed-ready (runner, bytes per token, cold start: converting
     and loading). `hf_folder`: the model to time as a Hugging Face folder, or a callable that saves it once."""
-    from labkit.core.progress import tqdm
 
     workdir = Path(workdir)
     rows: list[Contender] = []
@@ -216,18 +215,11 @@ def genai_paths(hf_folder, workdir: str | Path, kinds: dict | None = None, progr
                            f"token {first} on, so it is not timed")
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 why = f"its check did not run: {e}"[:300]
-        for kind in tqdm(todo, desc=f"{engine} convert", disable=not progress or bool(why)):
-            name = f"{engine} {kind}"
-            if why:
-                rows.append(Contender(name, engine, skipped=why))
-                continue
-            t0 = time.perf_counter()
-            try:
-                folder = hf_folder() if callable(hf_folder) else Path(hf_folder)
-                runner, nbytes = convert(engine, folder, workdir / f"{engine}-{kind}", kind)
-            except (ValueError, RuntimeError, subprocess.TimeoutExpired) as e:
-                rows.append(Contender(name, engine, skipped=f"{type(e).__name__}: {e}"[:300]))
-                continue
-            rows.append(Contender(name, engine, BITS[kind], nbytes, runner.generate,
-                                  cold_s=time.perf_counter() - t0))
+
+        def make(kind, engine=engine) -> Contender:
+            folder = hf_folder() if callable(hf_folder) else Path(hf_folder)
+            runner, nbytes = convert(engine, folder, workdir / f"{engine}-{kind}", kind)
+            return Contender("", "", BITS[kind], nbytes, runner.generate)
+
+        rows += convert_rows(engine, todo, make, why, progress)
     return rows
