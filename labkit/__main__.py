@@ -9,7 +9,7 @@
   python -m labkit bench --url URL [--model NAME] [--rate R] [--requests N] [--prompt-len N] [--output-len LO,HI]
                          [--vocab-size V | --text] [--timeout S] [--max-concurrency N]
   python -m labkit peers [--shape tinyllama-1.1b] [--layers 8] [--prompt-len 512] [--new-tokens 32] [--repeats 3]
-                         [--labkit bf16,int4-rtn+compile,...] [--check] [--profile]
+                         [--labkit bf16,int4-rtn+compile,...] [--check] [--profile] [--no-memory]
   python -m labkit advise [--model NAME|PATH] [--users N] [--ttft-ms X]
 """
 
@@ -245,13 +245,17 @@ def _peers(args) -> int:
         return 0
     hw, source = planner.machine_card("cpu")
     table, rounds = peers.compare(args.shape, args.layers, args.prompt_len, args.new_tokens, args.repeats,
-                                  labkit=paths, hw=hw, hw_source=source)
+                                  labkit=paths, hw=hw, hw_source=source, measure_memory=not args.no_memory)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         print(floors.shown(table.drop(columns=["engine"])).round(3).to_string(index=False))
     for line in floors.reasons(table, "path"):  # every floor a path beat, and why (labkit.core.floors)
         print(line)
     print(f"floors: {hw.bandwidth_gbps:.1f} GB/s from {source}; {table.attrs['threads']} thread(s); load: "
           f"{table.attrs['load']}")
+    if "peak MiB" in table:
+        from labkit.lessons import peer_memory
+
+        print(peer_memory.NOTE)
     lines = peers.target_lines(rounds, table)
     print("\n".join(lines))
     config = {k: table.attrs[k] for k in ("shape", "layers", "prompt_len", "new_tokens", "threads")}
@@ -356,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="first check that each peer computes the same model (greedy tokens of the embedded one)")
     pe.add_argument("--profile", action="store_true",
                     help="instead of timing: where each --labkit path's decode step spends its time, op by op")
+    pe.add_argument("--no-memory", action="store_true",
+                    help="skip the memory columns (each row reopened in a process of its own after the rounds)")
     ad = sub.add_parser("advise", help="what to run here: runtime, number format, batching and the expected TTFT / "
                                         "TPOT / throughput, from this machine's records (never a guess)")
     ad.add_argument("--model", default=None,

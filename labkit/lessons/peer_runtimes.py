@@ -58,7 +58,8 @@ def missing(engine: str) -> str | None:
 @dataclass
 class Contender:
     """One engine x number format to time: `name` ("llama.cpp q4_0"), bits per weight of its layers, and a
-    callable(ids, n) -> (RequestTiming, tokens); or `skipped` with the reason."""
+    callable(ids, n) -> (RequestTiming, tokens); or `skipped` with the reason. `reopen`: how a fresh process opens
+    the same row again (labkit.lessons.peer_memory: {"engine", "path", "kwargs"}), None where it cannot."""
 
     name: str
     engine: str
@@ -67,6 +68,7 @@ class Contender:
     run: object = None
     skipped: str | None = None
     cold_s: float | None = None
+    reopen: dict | None = None
 
 
 def convert_rows(engine: str, kinds, make, why: str | None, progress: bool = True) -> list[Contender]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from labkit.core.bench import RequestTiming
 from labkit.core.units import mib, than
-from labkit.lessons import peers_genai
+from labkit.lessons import peer_memory, peers_genai
 from labkit.lessons.peer_runtimes import INSTALL, LABKIT_PATHS, Contender, agree, convert_rows, missing
 
 EXPERIMENT = "peers"  # the record `python -m labkit peers` writes; notebook 02 shows the latest
@@ -230,12 +230,14 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
         if "f32" not in cache:
             cache["f32"] = to_gguf(model, workdir / "model-f32.gguf")
         dst = cache["f32"] if kind == "f32" else quantize_gguf(cache["f32"], workdir / f"model-{kind}.gguf", kind)
-        return Contender("", "", GGUF_BITS[kind], _gguf_bytes(dst), LlamaCppRunner(dst, n_ctx=n_ctx).generate)
+        return Contender("", "", GGUF_BITS[kind], _gguf_bytes(dst), LlamaCppRunner(dst, n_ctx=n_ctx).generate,
+                         reopen={"engine": "llama.cpp", "path": str(dst), "kwargs": {"n_ctx": n_ctx}})
 
     def ct2_path(kind: str) -> Contender:
         dst = to_ct2(hf(), workdir / f"ct2-{kind}", kind)
         bits = {"int8": 8, "bfloat16": 16, "float32": 32}.get(kind)
-        return Contender("", "", bits, _ct2_bytes(dst), CT2Runner(dst, compute_type=kind).generate)
+        return Contender("", "", bits, _ct2_bytes(dst), CT2Runner(dst, compute_type=kind).generate,
+                         reopen={"engine": "ctranslate2", "path": str(dst), "kwargs": {"compute_type": kind}})
 
     paths = convert_rows("llama.cpp", gguf_kinds, gguf_path, missing("llama.cpp"), progress)
     paths += convert_rows("ctranslate2", ct2_kinds, ct2_path, missing("ctranslate2"), progress)
@@ -292,12 +294,14 @@ def _tokens(result) -> tuple[RequestTiming, list[int]]:
 
 def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 512, new_tokens: int = 32,
             repeats: int = 3, seed: int = 0, labkit: tuple[str, ...] = LABKIT_PATHS, workdir: str | Path | None = None,
-            hw=None, progress: bool = True, hw_source: str = "notebook 01's profile"):
+            hw=None, progress: bool = True, hw_source: str = "notebook 01's profile", measure_memory: bool = True):
     """Every labkit path and every installed peer on the same `shape` model (seeded random weights), batch 1:
     prefill of `prompt_len` tokens (tok/s) and decode (tok/s), timed in rotating rounds; the first call of each
     path (compilation, kernel set-up) is its cold start, apart. With `hw` (a roofline Card) each row also gets
     its decode floor (its own bytes / the card's bandwidth) and the fraction reached (`floor_fields`: a floor that
-    was beaten is re-derived, its reason beside the fraction; `hw_source` names the card's). Returns (table, rounds)."""
+    was beaten is re-derived, its reason beside the fraction; `hw_source` names the card's). With `measure_memory`,
+    after the rounds, each row's memory serving one request in a process of its own (labkit.lessons.peer_memory:
+    `loaded MiB`, `peak MiB`; a row it could not measure has a `memory` cell saying why). Returns (table, rounds)."""
     import tempfile
 
     import pandas as pd
@@ -323,6 +327,9 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
         callers = {name: (lambda p=p: timed(p)) for name, p in live.items()}
         with torch.inference_mode():
             r = run_rounds(callers, repeats, progress=progress)
+        spec = {"shape": shape, "layers": layers, "seed": seed}
+        memory = peer_memory.of_rows([p for p in paths if p.name in callers], spec, prompt_len, new_tokens,
+                                     model.config.vocab_size, progress) if measure_memory else {}
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -335,7 +342,8 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
         if p.name in callers:
             ttft, tpot = r.median(p.name, "ttft"), r.median(p.name, "tpot")
             row.update({"prefill tok/s": prompt_len / ttft, "decode tok/s": 1 / tpot,
-                        "MiB read per token": mib(p.bytes_read), "cold start s": p.cold_s, **floors.get(p.name, {})})
+                        "MiB read per token": mib(p.bytes_read), "cold start s": p.cold_s, **floors.get(p.name, {}),
+                        **{k: v for k, v in memory.get(p.name, {}).items() if k != "peak from"}})
         rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update({"shape": shape, "layers": layers, "prompt_len": prompt_len, "new_tokens": new_tokens,
@@ -391,7 +399,7 @@ def target_lines(rounds, table) -> list[str]:
         verdict = ("at parity within the noise for" if not ratio.conclusive else
                    "meets" if ratio.value >= 1.0 else "misses")
         lines.append(f"{phase}: {best} is {than(ratio.words(), peer)} ({verdict} the >= 1.0x target)")
-    return lines + best_lines(rounds, table)
+    return lines + best_lines(rounds, table) + [x for x in [peer_memory.least_line(table)] if x]
 
 
 def best_lines(rounds, table) -> list[str]:

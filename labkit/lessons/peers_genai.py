@@ -219,7 +219,10 @@ def genai_paths(hf_folder, workdir: str | Path, kinds: dict | None = None, progr
         def make(kind, engine=engine) -> Contender:
             folder = hf_folder() if callable(hf_folder) else Path(hf_folder)
             runner, nbytes = convert(engine, folder, workdir / f"{engine}-{kind}", kind)
-            return Contender("", "", BITS[kind], nbytes, runner.generate)
+            kwargs = {"precision": "f32"} if engine == "openvino-genai" and kind == "fp32" else {}
+            path = getattr(runner, "path", None)  # where a fresh process opens it again (labkit.lessons.peer_memory)
+            return Contender("", "", BITS[kind], nbytes, runner.generate,
+                             reopen={"engine": engine, "path": str(path), "kwargs": kwargs} if path else None)
 
         rows += convert_rows(engine, todo, make, why, progress)
     return rows
