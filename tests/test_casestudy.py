@@ -168,6 +168,23 @@ def test_pick_int8_times_each_method_in_every_dtype_it_accepts(tiny_llama, monke
     assert method == best["method"] and all(r["picked"] == (r["method"] == method) for r in rows)
 
 
+def test_a_candidate_whose_kernel_is_far_too_slow_is_never_quantized(tiny_llama, monkeypatch):
+    monkeypatch.setattr(casestudy.int8, "kernel_rates", lambda model, candidates, dev: {
+        "int8-dynamic-legacy": (2e11, "fbgemm"), "int8-dynamic": (1e6, "torch._int_mm")})
+    real, quantized = quant.quantize, []
+    monkeypatch.setattr(quant, "quantize", lambda model, method: quantized.append(method) or real(model, method))
+    prompt = torch.randint(3, 256, (1, 16), generator=torch.Generator().manual_seed(0))
+    method, rows = casestudy.pick_int8(tiny_llama, prompt, ["int8-dynamic", "int8-dynamic-legacy"], new_tokens=3,
+                                       output_len=8, rounds=1, progress=False)
+    assert method == "int8-dynamic-legacy" and quantized == ["int8-dynamic-legacy"]  # fastest kernel first, alone
+    out = [r for r in rows if r["method"] == "int8-dynamic"]
+    assert {r["dtype"] for r in out} == {"fp32", "bf16"} and all(r["status"] == "probed only" for r in out)
+    assert all(r["why_not"].startswith("out before quantizing") and "torch._int_mm" in r["why_not"] for r in out)
+    # the estimate in the row is the prefill FLOPs at the kernel's measured rate
+    est = casestudy.int8.linear_flops(tiny_llama) * 16 / 1e6
+    assert f"~{est:,.0f} s" in out[0]["why_not"]
+
+
 def test_a_stage_at_its_ceiling_projects_to_the_full_ceiling(measured):
     """Prefill scaled by FLOPs and decode by bytes, apart: a stage measured exactly at its floors projects exactly
     to the full model's floors (scaling a whole replay by the byte ratio, as before, gave fractions up to 3.4)."""

@@ -45,31 +45,28 @@ class Lesson:
 
 
 # The machine whose ci times are each lesson's `reference_s`: the estimate of a lesson on a machine where it has not
-# run yet (labkit.course.plan). The times are a fresh clone's `make lab` on a 2-core AMD EPYC of the Zen 3 kind
-# (2026-12-06, the slowest kind the course has met; 02 and 07 rerun after issue 29's changes to them: 02's budget
-# probes, 07's best-here left out of ci; 01, 06 and 07 from the make lab of 2026-12-07 on the same kind, after 01's
-# MoE cell went to 2 layers and its int8 probe to fbgemm's kernel, and 07's INT8 probes and replay budget; 00, 05 and
-# 06 from their runs of 2026-12-07 after 00's ci model went to 1 layer, 05's outputs to 16-64 tokens and 06's
-# precision study to one cold request), and the
-# rates are the 2026-12-06 run's notebook-01 profile (its fp32 matmul and best bandwidth), by which the plan scales
-# each time to another machine's profile.
+# run yet (labkit.course.plan). The times are a `make lab` on a 2-core AMD EPYC of the Zen 3 kind (the slowest kind
+# the course has met), of 2026-12-07 after 01's MoE cell went to 1 layer in ci, 03's ci to one recovery fine-tune
+# and 07's INT8 pick to timing each candidate's int8 kernel before quantizing it (issue 29); the same code's runs
+# on that machine varied by up to ~20% a lesson (others' load). The rates are the 2026-12-06 run's notebook-01
+# profile (its fp32 matmul and best bandwidth), by which the plan scales each time to another machine's profile.
 REFERENCE = {"machine": "a 2-core AMD EPYC of the Zen 3 kind (AVX2 and FMA; no AVX-512, VNNI, AVX512-BF16 or AMX)",
              "preset": "ci", "source": "make lab on a fresh clone, 2026-12-06",
              "fp32_gflops": 152.0, "bandwidth_gbps": 31.3}
 
 LESSONS: tuple[Lesson, ...] = (
-    Lesson("00", "How to measure an LLM's speed", "00_methodology", ("00_baseline",), s.methodology, 51),
-    Lesson("01", "What this machine can do", "01_hardware_profiling", (HARDWARE_PROFILE,), s.hardware, 156),
-    Lesson("02", "Quantization", "02_quantization", ("02_quantization",), s.quantization, 222, budget_s=240),
-    Lesson("03", "Pruning", "03_pruning", ("03_pruning", "03_pruning/verdicts"), s.pruning, 192),
-    Lesson("04", "Parallelism", "04_parallelism", ("04_parallelism",), s.parallelism, 116),
+    Lesson("00", "How to measure an LLM's speed", "00_methodology", ("00_baseline",), s.methodology, 54),
+    Lesson("01", "What this machine can do", "01_hardware_profiling", (HARDWARE_PROFILE,), s.hardware, 150),
+    Lesson("02", "Quantization", "02_quantization", ("02_quantization",), s.quantization, 227, budget_s=240),
+    Lesson("03", "Pruning", "03_pruning", ("03_pruning", "03_pruning/verdicts"), s.pruning, 158),
+    Lesson("04", "Parallelism", "04_parallelism", ("04_parallelism",), s.parallelism, 108),
     Lesson("05", "Continuous batching", "05_continuous_batching", ("05_continuous_batching",), s.batching, 164),
     Lesson("06", "Kernel swaps and memory", "06_kernels_and_memory",
-           ("06_kernels_and_memory", "06_kernels_and_memory/verdicts"), s.kernels, 200),
+           ("06_kernels_and_memory", "06_kernels_and_memory/verdicts"), s.kernels, 197),
     Lesson("07", "Case study: the guide's 13B stack", "07_case_study", ("07_case_study",), s.case_study,
-           reference_s=277, budget_s=300),
-    Lesson("08", "The claims ledger", "08_claims_ledger", ("08_claims_ledger",), s.ledger, reference_s=7),
-    Lesson("09", "Serving over HTTP", "09_serving_over_http", ("09_serving_over_http",), s.serving, 44),
+           reference_s=231, budget_s=300),
+    Lesson("08", "The claims ledger", "08_claims_ledger", ("08_claims_ledger",), s.ledger, reference_s=6),
+    Lesson("09", "Serving over HTTP", "09_serving_over_http", ("09_serving_over_http",), s.serving, 40),
 )
 
 

@@ -46,6 +46,39 @@ NOT_A_CANDIDATE = {"bnb-int8": "batch-dependent (LLM.int8 picks its outlier colu
 
 
 ELIMINATE_ABOVE = 3.0  # a variant whose probe estimates over 3x the fastest one's request is out before the rounds
+KERNEL_TOKENS = 32  # the rows of the one-matrix product that times each candidate's int8 kernel before quantizing
+
+
+def linear_flops(model) -> float:
+    """FLOPs per prompt token of `model`'s decoder linears (the output head runs for the last token only)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+
+
+def kernel_rates(model, candidates: Sequence[str], device: str) -> dict[str, tuple[float, str]]:
+    """{method: (FLOP/s, kernel)} of the int8 matmul each candidate calls (labkit.core.probes.METHOD_KERNELS), timed
+    on one KERNEL_TOKENS x hidden by (hidden x hidden)^T product, the fastest of 2 calls; a method with no entry (a
+    weight-only path) is not in it. Measured before anything is quantized: on an AVX2-only EPYC torchao's per-token
+    int8 calls torch._int_mm at ~6 GFLOP/s against fbgemm's ~240, and quantizing and probing it (in fp32 and bf16)
+    took ~45 s of notebook 07 only to find it out (issue 29)."""
+    from labkit.core import probes
+
+    h = getattr(getattr(model, "config", None), "hidden_size", None)
+    out = {}
+    for method in candidates:
+        if h is None or method not in probes.METHOD_KERNELS:
+            continue
+        call, flops, kernel = probes.matrix_kernel("int8", KERNEL_TOKENS, h, h, device, repeats=2, method=method)
+        out[method] = (flops / call()["kernel_s"], kernel)
+    return out
+
+
+def _kernel_why(method: str, rates: dict, est: float, best: float) -> str:
+    rate, kernel = rates[method]
+    top = max(rates.values())
+    return (f"out before quantizing: its int8 matmul ({kernel}) ran at {rate / 1e9:,.1f} GFLOP/s here "
+            f"({top[1]}: {top[0] / 1e9:,.0f}), so its prefill alone would take ~{est:,.0f} s, over {ELIMINATE_ABOVE}x "
+            f"the fastest request's estimate (~{best:,.1f} s); not quantized, not timed")
 
 
 def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens: int = 8,
@@ -59,30 +92,17 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     picked. Every variant is first probed at a PROBE_PROMPT-token prompt (a cold call, then a warm one whose
     prefill is scaled to the full prompt): one whose estimated request takes over ELIMINATE_ABOVE x the fastest
     estimate is out before its first full request (its row says so, with the estimate; issue 29: torchao's
-    per-token int8 took 68 s for one 512-token prefill on an AVX2-only EPYC, twice over in two dtypes).
+    per-token int8 took 68 s for one 512-token prefill on an AVX2-only EPYC, twice over in two dtypes). Before
+    that, each candidate's int8 kernel is timed on one matrix (`kernel_rates`) and the candidates are quantized
+    fastest kernel first: one whose prefill alone, at its kernel's measured rate, would take over ELIMINATE_ABOVE x
+    the fastest estimate so far is out before it is quantized (its row gives the rates and the estimate).
     Returns (method, rows): a method this machine cannot run is a row "skipped: <reason>".
     `keep`: a dict that receives the picked method's quantized models by (method, dtype), for `measure`."""
     from labkit.core.bench import run_rounds
     from labkit.core.progress import tqdm
 
     dev = str(next(model.parameters()).device).split(":")[0]
-    rows, runners = [], {}
-    bf16 = None
-    for method in tqdm(list(candidates), desc="INT8 paths", disable=not progress):
-        for dtype in ("fp32", "bf16"):
-            if dtype == "bf16" and quant.unsupported(method, dev, torch.bfloat16):
-                continue
-            if dtype == "bf16" and bf16 is None:
-                bf16 = copy.deepcopy(model).to(torch.bfloat16)
-            try:
-                runners[(method, dtype)] = quant.quantize(model if dtype == "fp32" else bf16, method)
-            except quant.QuantSkipped as e:
-                rows.append({"method": method, "dtype": dtype, "status": f"skipped: {e}"})
-                break
-    del bf16
-    if not runners:
-        raise quant.QuantSkipped("no INT8 path runs here: " + "; ".join(f"{r['method']}: {r['status']}"
-                                                                        for r in rows))
+    rows, runners, cost = [], {}, {}
 
     def request(q, ids=prompt, n=new_tokens):
         def run() -> dict:
@@ -93,9 +113,36 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     short, scale = prompt, 1.0
     if prompt is not None and prompt.shape[1] > PROBE_PROMPT:
         short, scale = prompt[:, :PROBE_PROMPT], prompt.shape[1] / PROBE_PROMPT
-    with torch.inference_mode():  # 02's probe: a cold call kept apart, then the warm one, its prefill scaled
-        cost = {key: probe(lambda n, q=q: request(q, short, n)(), scale)[1].call_s(output_len)
-                for key, q in tqdm(list(runners.items()), desc="INT8 probes", disable=not progress)}
+    rates = kernel_rates(model, candidates, dev) if prompt is not None else {}
+    order = sorted(candidates, key=lambda m: -rates[m][0] if m in rates else float("-inf"))  # fastest kernel first
+    bf16 = None
+    with torch.inference_mode():
+        for method in tqdm(order, desc="INT8 paths", disable=not progress):
+            if cost and method in rates:  # its prefill alone, at its kernel's rate, against the fastest request
+                est = linear_flops(model) * prompt.shape[1] / rates[method][0]
+                if est > ELIMINATE_ABOVE * min(cost.values()):
+                    rows += [{"method": method, "dtype": dt, "status": "probed only",
+                              "why_not": _kernel_why(method, rates, est, min(cost.values()))}
+                             for dt in ("fp32", "bf16") if dt == "fp32" or not quant.unsupported(method, dev,
+                                                                                              torch.bfloat16)]
+                    continue
+            for dtype in ("fp32", "bf16"):
+                if dtype == "bf16" and quant.unsupported(method, dev, torch.bfloat16):
+                    continue
+                if dtype == "bf16" and bf16 is None:
+                    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+                try:
+                    q = runners[(method, dtype)] = quant.quantize(model if dtype == "fp32" else bf16, method)
+                except quant.QuantSkipped as e:
+                    rows.append({"method": method, "dtype": dtype, "status": f"skipped: {e}"})
+                    break
+                # 02's probe: a cold call kept apart, then the warm one, its prefill scaled to the full prompt
+                cost[(method, dtype)] = probe(lambda n, q=q: request(q, short, n)(), scale)[1].call_s(output_len)
+    del bf16
+    if not runners:
+        raise quant.QuantSkipped("no INT8 path runs here: " + "; ".join(f"{r['method']}: {r['status']}"
+                                                                        for r in rows))
+    with torch.inference_mode():
         for key in [k for k, c in cost.items() if c > ELIMINATE_ABOVE * min(cost.values())]:
             rows.append({"method": key[0], "dtype": key[1], "status": "probed only", "estimate_s": cost[key],
                          "probe_prompt": short.shape[1] if short is not None else None, "scale": scale})
@@ -113,7 +160,7 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     if best_inv is not None and best_inv["request_s"] <= INVARIANT_SLACK * best["request_s"]:
         best = best_inv  # a request's answer should not depend on its batch neighbours: worth a little speed
     for row in rows:
-        if row["status"] == "probed only":
+        if row["status"] == "probed only" and "estimate_s" in row:
             est, n = row.pop("estimate_s"), row.pop("probe_prompt")
             at = f"a {n}-token prompt, prefill scaled {row.pop('scale'):.0f}x" if n else "the full prompt"
             row["why_not"] = (f"out after its probe: its request estimated at ~{est:.0f} s ({at}), over "
