@@ -1,5 +1,7 @@
 """The probes run and return sane, positive numbers on tiny sizes. Speeds are never asserted here."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -165,6 +167,21 @@ def test_a_busy_neighbour_makes_the_profile_unreliable_and_it_is_stored_so():
                                 roofline.this_machine(summary, "cpu"), agreement=got.agreement,
                                 runs=len(got.runs), bar=got.bar)
     assert card["reliable"] is False and "UNRELIABLE" in planner.profile_note(card)
+
+
+def test_an_unreliable_profile_says_whether_others_were_busy(monkeypatch):
+    runs = iter([10.0, 4.0, 9.0])
+    got = probes.run_until_agree(max_runs=3, run=lambda **_: [_probe(next(runs))])
+    assert got.load is not None and "seconds" in got.load  # others' share was watched over the runs
+    quiet, busy = dataclasses.replace(got, load={"others_cpu_share": 0.01}), dataclasses.replace(
+        got, load={"others_cpu_share": 0.4})
+    assert "used only 1% of the CPU" in quiet.words() and "a rerun may not help" in quiet.words()
+    assert "used 40% of the CPU" in busy.words() and "rerun notebook 01 on a quiet machine" in busy.words()
+    summary = probes.summarize_probes(got.all())
+    card = planner.profile_card(summary, _baseline(), models.shape("tinyllama-1.1b"), "fp32", 1,
+                                roofline.this_machine(summary, "cpu"), agreement=got.agreement,
+                                runs=len(got.runs), bar=got.bar, others_cpu_share=0.01)
+    assert "used only 1% of the CPU" in planner.profile_note(card)
 
 
 def test_probes_rerun_until_two_runs_agree():

@@ -282,7 +282,7 @@ def load_profile(root=None) -> dict:
 def profile_card(probes: dict, baseline: dict, spec: ShapeSpec, dtype: str, layers: int, hw: Card,
                  disk: dict | None = None, loads: list[dict] | None = None,
                  agreement: list[dict] | None = None, device: str = "cpu", runs: int = 2,
-                 bar: float = 0.15) -> dict:
+                 bar: float = 0.15, others_cpu_share: float | None = None) -> dict:
     """The profile stored as the 'hardware_profile' record: probe summary, the baseline's measured speed
     against its floors (fractions), what that predicts per dtype, disk and loading results, and the two-run
     agreement of the probes (`runs` of them, the last two compared against `bar`): `reliable` is False when
@@ -309,7 +309,8 @@ def profile_card(probes: dict, baseline: dict, spec: ShapeSpec, dtype: str, laye
         card["loads"] = loads
     if agreement:
         worst = max(abs(r["ratio"] - 1) for r in agreement)
-        card["agreement"] = {"max_deviation": worst, "rows": agreement, "runs": runs, "bar": bar}
+        card["agreement"] = {"max_deviation": worst, "rows": agreement, "runs": runs, "bar": bar,
+                             "others_cpu_share": others_cpu_share}
         card["reliable"] = worst <= bar
     return card
 
@@ -319,10 +320,12 @@ def profile_note(profile: dict) -> str | None:
     probe runs disagreed (a neighbour was busy) gives floors that later measurements may beat."""
     if profile.get("reliable", True):
         return None
+    from labkit.core.probes import unreliable_cause
+
     ag = profile.get("agreement", {})
     return (f"note: notebook 01's profile is marked UNRELIABLE (its last two probe runs of {ag.get('runs', '?')} "
             f"differed by up to {ag.get('max_deviation', float('nan')):.0%}, the bar is {ag.get('bar', 0.15):.0%}): "
-            "floors from it may be beaten; rerun notebook 01 on a quiet machine")
+            f"floors from it may be beaten; {unreliable_cause(ag.get('others_cpu_share'))}")
 
 
 def expectations(profile: dict, spec: ShapeSpec, base_dtype: str, context: int = 512,

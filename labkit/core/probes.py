@@ -279,6 +279,7 @@ class ProbeRuns:
     runs: list[list[Probe]]
     agreement: list[dict]  # the last two runs, probe by probe
     bar: float
+    load: dict | None = None  # others' share of the CPU over all the runs (labkit.core.load.LoadWatch)
 
     @property
     def max_deviation(self) -> float:
@@ -309,9 +310,24 @@ class ProbeRuns:
                     "is stored as reliable")
         worst = max(self.agreement, key=lambda r: abs(r["ratio"] - 1))
         return (f"UNRELIABLE: after {n} runs the last two still differ by up to {dev:.1%} (the bar: {self.bar:.0%}; "
-                f"worst: {worst['probe']} {worst['dtype'] or ''} on {worst['device']}): something else was using the "
-                "machine. The profile is stored marked unreliable, and later lessons say so next to each floor; "
-                "rerun notebook 01 on a quiet machine.")
+                f"worst: {worst['probe']} {worst['dtype'] or ''} on {worst['device']}): "
+                f"{unreliable_cause((self.load or {}).get('others_cpu_share'))}. The profile is stored marked "
+                "unreliable, and later lessons say so next to each floor.")
+
+
+def unreliable_cause(others_share: float | None) -> str:
+    """Why probe runs disagreed, from others' share of the CPU while they ran: other processes here (rerun on a
+    quiet machine), or, with the CPU otherwise idle, something this machine cannot see (seen on a 2-core cloud VM
+    whose memory-bandwidth probes moved 47-100% between runs with others at 1% of the CPU)."""
+    from labkit.core.load import LoadWatch
+
+    if others_share is None:
+        return "something else was using the machine; rerun notebook 01 on a quiet machine"
+    if others_share > LoadWatch.BUSY_ABOVE:
+        return f"other processes used {others_share:.0%} of the CPU meanwhile; rerun notebook 01 on a quiet machine"
+    return (f"other processes here used only {others_share:.0%} of the CPU meanwhile, so the variation came from "
+            "outside what this machine sees (a neighbour on the same host's memory bus, or the CPU's clock): a rerun "
+            "may not help; ratios measured side by side still hold")
 
 
 def run_until_agree(max_runs: int = 3, bar: float = AGREEMENT_BAR, run=None, **kw) -> ProbeRuns:
@@ -320,13 +336,16 @@ def run_until_agree(max_runs: int = 3, bar: float = AGREEMENT_BAR, run=None, **k
     be). `run`: the function that runs the probes once (tests pass a fake neighbour)."""
     if max_runs < 2:
         raise ValueError(f"max_runs must be at least 2 (two runs are compared), got {max_runs}")
+    from labkit.core.load import LoadWatch
+
     run = run or run_probes
-    runs = [run(**kw), run(**kw)]
-    agreement = probe_agreement(runs[-2], runs[-1], bar)
-    while len(runs) < max_runs and any(abs(r["ratio"] - 1) > bar for r in agreement):
-        runs.append(run(**kw))
+    with LoadWatch() as watch:
+        runs = [run(**kw), run(**kw)]
         agreement = probe_agreement(runs[-2], runs[-1], bar)
-    return ProbeRuns(runs, agreement, bar)
+        while len(runs) < max_runs and any(abs(r["ratio"] - 1) > bar for r in agreement):
+            runs.append(run(**kw))
+            agreement = probe_agreement(runs[-2], runs[-1], bar)
+    return ProbeRuns(runs, agreement, bar, watch.result)
 
 
 def summarize_probes(probes: list[Probe]) -> dict:
