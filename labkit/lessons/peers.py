@@ -391,8 +391,8 @@ def target_lines(rounds, table) -> list[str]:
         mine = [f"labkit {n}" if not n.startswith("labkit ") else n for n in ours]
         mine = [n for n in mine if n in timed]
         if peer not in timed or not mine:
-            lines.append(f"{phase}: {', '.join(mine) or 'no labkit path'} vs {peer}: not measured "
-                         f"({'the peer did not run' if peer not in timed else 'no labkit path ran'})")
+            lines.append(f"{phase}: {', '.join(mine) + ' vs ' if mine else ''}{peer}: not measured "
+                         f"({'the peer did not run' if peer not in timed else 'no labkit path of its kind ran'})")
             continue
         best = min(mine, key=lambda n: rounds.median(n, metric[phase]))
         ratio = rounds.ratio(peer, best, metric[phase])

@@ -84,9 +84,11 @@ def phase_line(speed, quality, phase: str, noise: float = NOISE_FLOOR) -> str:
     return f"{head}, {ratio:.2f}x faster than the next, {second['method']}; {quality_words(best['method'], quality)}."
 
 
-def peer_line(peers, phase: str, noise: float = NOISE_FLOOR) -> str | None:
+def peer_line(peers, phase: str, noise: float = NOISE_FLOOR, said: list[str] | None = None) -> str | None:
     """The peers record's fastest row for `phase` beside labkit's fastest in the same record (timed in the same
-    rotating rounds, ratio of their medians), or None without a peers table."""
+    rotating rounds, ratio of their medians), or None without a peers table. `said`: the record's own sentences;
+    where one compares the same best against best (labkit.lessons.peers.best_lines: the median of per-round
+    ratios, its noise call), that verdict is the one given, so notebook 02 and `labkit peers` say the same."""
     col = PEER_COLUMNS[phase]
     ok = [r for r in _rows(peers) if r.get("status") == "ok" and _num(r.get(col))]
     if not ok:
@@ -100,6 +102,10 @@ def peer_line(peers, phase: str, noise: float = NOISE_FLOOR) -> str | None:
         return f"peers, {phase}: only {only['path']} ran ({only[col]:,.1f} tok/s); nothing to compare it with"
     ratio, conclusive = margin(best_peer[col], best_ours[col], noise)
     pair = f"{best_peer['path']} {best_peer[col]:,.1f} tok/s, {best_ours['path']} {best_ours[col]:,.1f} tok/s"
+    head = f"{phase}, best against best: "
+    own = next((x[len(head):] for x in said or () if x.startswith(head)), None)
+    if own is not None and best_ours["path"] in own and best_peer["path"] in own:
+        return f"peers, {phase}: {own}: the median of the peers run's per-round ratios; its medians: {pair}"
     if not conclusive:
         return f"peers, {phase}: inconclusive ({pair}: {ratio:.2f}x apart, inside ±{noise:.0%})"
     lead, by = (best_peer, ratio) if ratio > 1 else (best_ours, 1 / ratio)
@@ -115,13 +121,13 @@ def noise_floor(root=None) -> float:
     return max(NOISE_FLOOR, measured or 0.0)
 
 
-def lines(speed, quality=None, peers=None, noise: float = NOISE_FLOOR) -> list[str]:
+def lines(speed, quality=None, peers=None, noise: float = NOISE_FLOOR, said: list[str] | None = None) -> list[str]:
     """Notebook 02's answer, decode-bound then prefill-bound, each followed by the peers' line when a peers table
-    is given."""
+    is given (`said`: the peers record's sentences, `peer_line`)."""
     out = []
     for phase in PHASES:
         out.append(phase_line(speed, quality, phase, noise))
-        if (p := peer_line(peers, phase, noise)) is not None:
+        if (p := peer_line(peers, phase, noise, said)) is not None:
             out.append(f"  {p}")
     return out
 
@@ -132,7 +138,7 @@ def for_notebook(speed, quality, root=None) -> list[str]:
     from labkit.lessons import peers as peer_lesson
 
     table, head = peer_lesson.latest_lines(root)
-    out = lines(speed, quality, table, noise_floor(root))
+    out = lines(speed, quality, table, noise_floor(root), said=head)
     if table is None:
         out.append("  peers: no record yet; `python -m labkit peers` puts llama.cpp, CTranslate2, OpenVINO GenAI and "
                    "ONNX Runtime GenAI beside these")
