@@ -167,7 +167,9 @@ def test_05_static_best_case_prediction_follows_both_traces(trace2, says):
 
 @pytest.mark.parametrize("hi_tput, hi_ttft, says", [(39.0, 500.0, "throughput followed the rate"),
                                                     (15.0, 5000.0, "while requests queued"),
-                                                    (15.0, 510.0, "TTFT did not rise")])
+                                                    (15.0, 510.0, "TTFT did not rise"),
+                                                    (8.6, 700.0, "throughput fell while requests queued"),
+                                                    (10.2, 700.0, "did not grow (inside the noise)")])
 def test_05_sweep_lines_say_which_side_of_capacity_each_server_was(hi_tput, hi_ttft, says):
     rows = [{"rate": 1.0, "server": "engine", "status": "ok", "output_throughput": 10.0, "ttft_p99_ms": 500.0},
             {"rate": 4.0, "server": "engine", "status": "ok", "output_throughput": hi_tput, "ttft_p99_ms": hi_ttft},

@@ -149,13 +149,16 @@ def sweep_lines(rows: list[dict]) -> list[str]:
         ttft = hi["ttft_p99_ms"] / lo["ttft_p99_ms"]
         head = (f"{name}: {load:g}x the rate ({lo['rate']:g} to {hi['rate']:g} requests/s) gave {thr:.2f}x the "
                 f"output throughput and a p99 TTFT {one_ratio_words(ttft, 'higher', 'lower')}")
+        grew = ("grew less than the rate" if thr > 1 + NOISE_FLOOR else
+                "did not grow (inside the noise)" if thr >= 1 - NOISE_FLOOR else "fell")
         if thr >= load * (1 - NOISE_FLOOR):
             out.append(f"{head}: throughput followed the rate, so it kept up at {hi['rate']:g} requests/s.")
         elif Ratio([ttft]).conclusive and ttft > 1:
-            out.append(f"{head}: throughput grew less than the rate while requests queued, as predicted above its "
-                       "capacity.")
+            out.append(f"{head}: throughput {grew} while requests queued, as predicted above its capacity"
+                       + ("" if thr > 1 + NOISE_FLOOR else ": it was already at its capacity at the lower rate")
+                       + ".")
         else:
-            out.append(f"{head}: throughput grew less than the rate, but TTFT did not rise, so no queue built up; in "
+            out.append(f"{head}: throughput {grew}, but TTFT did not rise, so no queue built up; in "
                        "a trace of a few requests the last ones' drain can hold throughput down.")
     return out
 
