@@ -239,3 +239,15 @@ def test_prepack_linears_swaps_fp32_linears_of_a_copy(tiny_llama):
     assert "x86 CPUs, not meta" in kernels.prepack_unsupported(meta)
     with pytest.raises(kernels.KernelSkipped, match="not meta"):
         kernels.prepack_linears(meta)
+
+
+def test_try_this_gives_only_the_fused_kernels_estimates_beside_eagers_refusal():
+    import pandas as pd
+
+    from labkit.lessons.kernels import summary
+
+    plan = pd.DataFrame([{"n": 8192, "backend": "eager", "plan": "refused", "estimate_GiB": 20.8},
+                         {"n": 8192, "backend": "sdpa-math", "plan": "ok", "estimate_GiB": 20.2},  # n x n too
+                         {"n": 8192, "backend": "sdpa-flash", "plan": "ok", "estimate_GiB": 0.30},
+                         {"n": 8192, "backend": "flex", "plan": "ok", "estimate_GiB": 0.31}])
+    assert "the fused kernels' estimates there are 0.30-0.31 GiB" in summary.plan_line(plan)

@@ -228,25 +228,30 @@ def autocast_line(p, ac: str) -> str:
     return text + "; no GradScaler is needed either way."
 
 
+def plan_line(plan: pd.DataFrame | None) -> str | None:
+    """The Try-this line on the planner's refusal: eager's estimate at the length it refused, and the fused kernels'
+    (kernels.FUSED: never holding the n x n scores; sdpa-math does) at that length."""
+    if plan is None or plan.empty:
+        return None
+    eager = plan[plan["backend"] == "eager"]
+    refused = eager[eager["plan"] == "refused"]
+    if refused.empty:
+        n = int(eager["n"].max()) if not eager.empty else int(plan["n"].max())
+        return (f"`-p lengths='[1024,4096,{n}]'`: even at {n:,} tokens eager's estimate fits the memory usable "
+                "here; watch its peak against the fused kernels' as the length grows.")
+    r = refused.iloc[0]
+    fused = plan[(plan["n"] == r["n"]) & plan["backend"].isin(kernels.FUSED)]
+    backends = '"eager","sdpa-flash","flex"'
+    return (f"`-p lengths='[1024,2048,4096,{int(r['n'])}]' -p backends='[{backends}]'`:"
+            f" at {int(r['n']):,} tokens eager's estimate ({r['estimate_GiB']:,.1f} GiB) is over the memory "
+            f"usable here, so the planner refuses it with the estimate; the fused kernels' estimates there "
+            f"are {fused['estimate_GiB'].min():,.2f}-{fused['estimate_GiB'].max():,.2f} GiB.")
+
+
 def try_this(attn_dtype: str, sweep: pd.DataFrame, plan: pd.DataFrame | None, comp: pd.DataFrame) -> list[str]:
     """The lesson's Try this, each expectation stated with this run's own figure to compare against (so none can
     promise what this machine did not show)."""
-    out = []
-    if plan is not None and not plan.empty:
-        eager = plan[plan["backend"] == "eager"]
-        refused = eager[eager["plan"] == "refused"]
-        if not refused.empty:
-            r = refused.iloc[0]
-            fused = plan[(plan["n"] == r["n"]) & (plan["backend"] != "eager")]
-            backends = '"eager","sdpa-flash","flex"'
-            out.append(f"`-p lengths='[1024,2048,4096,{int(r['n'])}]' -p backends='[{backends}]'`:"
-                       f" at {int(r['n']):,} tokens eager's estimate ({r['estimate_GiB']:,.1f} GiB) is over the memory "
-                       f"usable here, so the planner refuses it with the estimate; the fused kernels' estimates there "
-                       f"are {fused['estimate_GiB'].min():,.2f}-{fused['estimate_GiB'].max():,.2f} GiB.")
-        else:
-            n = int(eager["n"].max()) if not eager.empty else int(plan["n"].max())
-            out.append(f"`-p lengths='[1024,4096,{n}]'`: even at {n:,} tokens eager's estimate fits the memory usable "
-                       "here; watch its peak against the fused kernels' as the length grows.")
+    out = [line] if (line := plan_line(plan)) else []
     ok = sweep[(sweep["status"] == "ok") & (sweep["n"] == sweep["n"].max())]
     fused = ok[ok["backend"].isin(kernels.FUSED) & ok["ms"].notna()]
     other = "bf16" if attn_dtype == "fp32" else "fp32"
