@@ -266,6 +266,11 @@ def test_a_ratio_is_asserted_only_where_the_machines_ceiling_clears_the_bar_with
     assert ("The measured idle TTFT ratio (4.17x) is above its ceiling (3.0x): the rates the ceiling divides by were "
             "timed at other moments than the stages") in r["message"]
     assert "above its ceiling" not in casestudy.check([b, f], ppl, units, "cpu", proj)["message"]
+    # the baseline further from its prefill floor than the final stage (30% against 42%): that is the reason given
+    proj[0]["ttft_fraction_of_floor"] = 0.3
+    r = casestudy.check([b, f], ppl, units, "cpu", proj, kernels)
+    assert ("is above its ceiling (3.0x): the ceiling takes both stages at the same fraction of their prefill floors, "
+            "but the baseline reached 30% of its floor and + fast attention 42%") in r["message"]
 
 
 def test_pick_drops_a_hopeless_variant_after_its_first_request_and_keeps_the_picked_models(monkeypatch):
