@@ -113,7 +113,7 @@ def test_peers_record_ranks_the_runtimes_side_by_side(tmp_path, peer_decode, run
     assert a.choice["runtime"] == runtime
     text = "\n".join(a.lines)
     assert "ctranslate2 int8: skipped: ctranslate2 is not installed" in text
-    assert "02's fastest decode (labkit int8-dynamic, not timed beside the peers)" in text
+    assert "notebook 02's fastest decode (labkit int8-dynamic, from 02's own rounds on its own shape" in text
     assert "peers was measured on test cpu, not this machine" in text  # the fabricated records' CPU
     if runtime == "llama.cpp":
         assert "not measured here for llama.cpp q4_0" in text

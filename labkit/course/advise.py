@@ -273,8 +273,9 @@ def advise(model: str | None = None, users: int = 1, ttft_ms: float | None = Non
         _single(advice, pool, spec, hw, ttft_ms, noise, q["metrics"].get("quality") if q else None)
         if pool[0].source == peers.EXPERIMENT and q and (own := options_02(q)):
             best = min(own, key=lambda o: project(o, spec, None)["tpot_ms"])
-            advice.lines.append(f"  02's fastest decode ({best.name}, not timed beside the peers): TPOT "
-                                f"{project(best, spec, None)['tpot_ms']:,.1f} ms projected")
+            advice.lines.append(f"  notebook 02's fastest decode ({best.name}, from 02's own rounds on its own shape, "
+                                f"not the peers' rounds): TPOT {project(best, spec, None)['tpot_ms']:,.1f} ms "
+                                "projected")
     if users > 1:
         _batched(advice, recs["05_continuous_batching"], spec, users, noise)
         if line := case_study_line(recs["07_case_study"], spec):
