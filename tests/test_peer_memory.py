@@ -28,9 +28,10 @@ def test_memory_follows_the_weights_fp32_against_int4():
 
 
 def test_a_row_that_cannot_open_says_why(tmp_path):
-    got = peer_memory.measure({"engine": "no-such-engine", "path": str(tmp_path), "threads": 1, "prompt_len": 4,
-                               "new_tokens": 2, "vocab_size": 32})
+    got = peer_memory.measure({"engine": "no-such-engine", "runner": "os:system", "path": str(tmp_path),
+                               "threads": 1, "prompt_len": 4, "new_tokens": 2, "vocab_size": 32})
     assert list(got) == ["memory"] and got["memory"].startswith("not measured: its process failed")
+    assert "unknown runner 'os:system'" in got["memory"]  # only the peers' runner classes are opened
 
 
 def test_without_proc_nothing_is_measured(monkeypatch, tmp_path):
@@ -57,7 +58,8 @@ def test_a_peer_row_holds_its_converted_weights(tmp_path):
         pytest.skip(why)
     model = models.build("tinyllama-1.1b", layers=1).float()
     ct2 = peers.to_ct2(peers.save_hf(model, tmp_path / "hf"), tmp_path / "ct2", "int8")
-    spec = {**_spec("fp32"), "engine": "ctranslate2", "path": str(ct2), "kwargs": {"compute_type": "int8"}}
+    spec = {**_spec("fp32"), "engine": "ctranslate2", "runner": "labkit.lessons.peers:CT2Runner", "path": str(ct2),
+            "kwargs": {"compute_type": "int8"}}
     got = peer_memory.measure(spec)
     on_disk = (ct2 / "model.bin").stat().st_size / 2**20
     assert 0.9 * on_disk <= got["loaded MiB"] and got["peak MiB"] >= got["loaded MiB"], (got, on_disk)
@@ -74,3 +76,11 @@ def test_least_line_compares_the_leanest_of_each_side():
                                          "request, the leanest peer (ctranslate2 int8) at 650 MiB: 1.30x labkit's")
     assert "not measured (no peer ran)" in peer_memory.least_line(t[t["engine"] == "labkit"])
     assert peer_memory.least_line(t.drop(columns=["peak MiB"])) is None
+
+
+def test_every_peer_runner_can_be_reopened():
+    from labkit.lessons import peers, peers_genai
+
+    for cls in (peers.LlamaCppRunner, peers.CT2Runner, peers_genai.OpenVINORunner, peers_genai.ORTGenAIRunner):
+        got = peer_memory.reopen("e", cls, "/x", a=1)
+        assert got["runner"] in peer_memory.RUNNERS and got["path"] == "/x" and got["kwargs"] == {"a": 1}

@@ -26,7 +26,8 @@ def test_skipped_peers_are_rows_with_the_reason(monkeypatch, tmp_path):
     for module in (peers, peers_genai):
         monkeypatch.setattr(module, "missing", lambda engine: f"{engine} is not installed; install it with: x")
     rows = peers.peer_paths(None, tmp_path, progress=False)
-    assert [r.name for r in rows] == ["llama.cpp bf16", "llama.cpp q8_0", "llama.cpp q4_0", "ctranslate2 int8",
+    assert [r.name for r in rows] == ["llama.cpp bf16", "llama.cpp q8_0", "llama.cpp q4_0", "llama.cpp q4_K_M",
+                                      "ctranslate2 int8",
                                       "ctranslate2 bfloat16", "openvino-genai fp32", "openvino-genai int8",
                                       "openvino-genai int4", "onnxruntime-genai int4", "onnxruntime-genai int8",
                                       "onnxruntime-genai fp32"]

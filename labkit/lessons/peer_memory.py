@@ -15,6 +15,7 @@ Run as `python -m labkit.lessons.peer_memory '<json>'` by `measure` (an argument
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -59,6 +60,17 @@ def _reset_peak() -> bool:
         return False
 
 
+# The runner classes a child may open, by "module:class" (named, not imported, so that labkit.lessons.peers, which
+# calls this module, is not imported by it: no import circle).
+RUNNERS = frozenset({"labkit.lessons.peers:LlamaCppRunner", "labkit.lessons.peers:CT2Runner",
+                     "labkit.lessons.peers_genai:OpenVINORunner", "labkit.lessons.peers_genai:ORTGenAIRunner"})
+
+
+def reopen(engine: str, runner: type, path, **kwargs) -> dict:
+    """How a child process opens a peer's row again: its engine, runner class (one of RUNNERS), files and options."""
+    return {"engine": engine, "runner": f"{runner.__module__}:{runner.__name__}", "path": str(path), "kwargs": kwargs}
+
+
 def _open(spec: dict):
     """The runner `spec` names, in this process: (generate callable, modules to import before the baseline)."""
     engine, kw = spec["engine"], dict(spec.get("kwargs") or {})
@@ -78,17 +90,15 @@ def _open(spec: dict):
         if method not in ("fp32", "bf16"):  # every linear, the head included, as `labkit_paths` quantizes them
             model = quantize(model, method, skip=(), inplace=not method.startswith("bnb"))
         return lambda ids, n: generate_timed(model, ids, n)
-    from labkit.lessons import peers, peers_genai
-
-    cls = {"llama.cpp": peers.LlamaCppRunner, "ctranslate2": peers.CT2Runner,
-           "openvino-genai": peers_genai.OpenVINORunner, "onnxruntime-genai": peers_genai.ORTGenAIRunner}[engine]
-    return cls(spec["path"], **kw).generate
+    if spec.get("runner") not in RUNNERS:
+        raise ValueError(f"unknown runner {spec.get('runner')!r} for {engine}; one of {sorted(RUNNERS)}")
+    module, name = spec["runner"].split(":")
+    return getattr(importlib.import_module(module), name)(spec["path"], **kw).generate
 
 
 def child(spec: dict) -> dict:
     """In the child: import, open, serve one request; the resident memory at each point (MiB)."""
     import gc
-    import importlib
 
     import torch
 

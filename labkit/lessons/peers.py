@@ -8,7 +8,7 @@ GenAI and ONNX Runtime GenAI are converted and run by labkit.lessons.peers_genai
 
 - `to_gguf` writes the model as a GGUF file with the `gguf` package (llama.cpp's own file library): the tensors
   under llama.cpp's names, the query and key rows permuted as llama.cpp's converter does, and no tokenizer (the
-  course feeds token ids). `quantize_gguf` makes bf16 / q8_0 / q4_0 from it with llama.cpp's quantizer.
+  course feeds token ids). `quantize_gguf` makes bf16 / q8_0 / q4_0 / q4_K_M from it with llama.cpp's quantizer.
 - `to_ct2` converts a saved Hugging Face folder with CTranslate2's converter.
 - `LlamaCppRunner` and `CT2Runner` generate exactly n greedy tokens with a timestamp per token, like
   `labkit.core.bench.generate_timed`.
@@ -29,8 +29,8 @@ from labkit.lessons import peer_memory, peers_genai
 from labkit.lessons.peer_runtimes import INSTALL, LABKIT_PATHS, Contender, agree, convert_rows, missing
 
 EXPERIMENT = "peers"  # the record `python -m labkit peers` writes; notebook 02 shows the latest
-GGUF_TYPES = {"f32": 0, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.h's LLAMA_FTYPE_* for llama_model_quantize
-GGUF_BITS = {"f32": 32, "bf16": 16, "q8_0": 8.5, "q4_0": 4.5}  # per weight, block scales included
+GGUF_TYPES = {"f32": 0, "q4_0": 2, "q8_0": 7, "q4_K_M": 15, "bf16": 32}  # llama.h's LLAMA_FTYPE_* (quantize)
+GGUF_BITS = {"f32": 32, "bf16": 16, "q8_0": 8.5, "q4_0": 4.5}  # per weight, scales included; q4_K_M's: the file's
 
 
 # ---------------------------------------------------------------- conversion
@@ -203,6 +203,15 @@ def _gguf_bytes(path: Path) -> float:
     return float(sum(int(t.n_bytes) for t in r.tensors if t.name != "token_embd.weight"))
 
 
+def _gguf_bits(path: Path) -> float:
+    """Bits per weight of a GGUF file's tensors but the token embedding, scales included (a mixed format's
+    average)."""
+    import gguf
+
+    ts = [t for t in gguf.GGUFReader(str(path)).tensors if t.name != "token_embd.weight"]
+    return 8.0 * sum(int(t.n_bytes) for t in ts) / sum(int(t.n_elements) for t in ts)
+
+
 def _ct2_bytes(folder: Path) -> float:
     """Bytes a decode step reads from a CTranslate2 model, as an upper bound: the whole model file, its embedding
     table included (a decode step only looks up one row of it), so its floor and fraction of the floor are upper
@@ -210,7 +219,7 @@ def _ct2_bytes(folder: Path) -> float:
     return float((folder / "model.bin").stat().st_size)
 
 
-def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0", "q4_0"),
+def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0", "q4_0", "q4_K_M"),
                ct2_kinds=("int8", "bfloat16"), n_ctx: int = 1024, progress: bool = True,
                genai_kinds: dict | None = None) -> list[Contender]:
     """Convert `model` for every installed peer (skipped rows for the others) and open a runner per format. A
@@ -230,14 +239,15 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
         if "f32" not in cache:
             cache["f32"] = to_gguf(model, workdir / "model-f32.gguf")
         dst = cache["f32"] if kind == "f32" else quantize_gguf(cache["f32"], workdir / f"model-{kind}.gguf", kind)
-        return Contender("", "", GGUF_BITS[kind], _gguf_bytes(dst), LlamaCppRunner(dst, n_ctx=n_ctx).generate,
-                         reopen={"engine": "llama.cpp", "path": str(dst), "kwargs": {"n_ctx": n_ctx}})
+        return Contender("", "", GGUF_BITS.get(kind) or _gguf_bits(dst), _gguf_bytes(dst),
+                         LlamaCppRunner(dst, n_ctx=n_ctx).generate,
+                         reopen=peer_memory.reopen("llama.cpp", LlamaCppRunner, dst, n_ctx=n_ctx))
 
     def ct2_path(kind: str) -> Contender:
         dst = to_ct2(hf(), workdir / f"ct2-{kind}", kind)
         bits = {"int8": 8, "bfloat16": 16, "float32": 32}.get(kind)
         return Contender("", "", bits, _ct2_bytes(dst), CT2Runner(dst, compute_type=kind).generate,
-                         reopen={"engine": "ctranslate2", "path": str(dst), "kwargs": {"compute_type": kind}})
+                         reopen=peer_memory.reopen("ctranslate2", CT2Runner, dst, compute_type=kind))
 
     paths = convert_rows("llama.cpp", gguf_kinds, gguf_path, missing("llama.cpp"), progress)
     paths += convert_rows("ctranslate2", ct2_kinds, ct2_path, missing("ctranslate2"), progress)
