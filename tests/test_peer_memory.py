@@ -73,7 +73,7 @@ def test_least_line_compares_the_leanest_of_each_side():
                       {"path": "ctranslate2 int8", "engine": "ctranslate2", "peak MiB": 650.0},
                       {"path": "openvino-genai int4", "engine": "openvino-genai", "peak MiB": None}])
     assert peer_memory.least_line(t) == ("memory, least against least: labkit int4-rtn peaks at 500 MiB serving one "
-                                         "request, the leanest peer (ctranslate2 int8) at 650 MiB: 1.30x labkit's")
+                                         "request, the leanest peer (ctranslate2 int8) at 650 MiB (1.30x labkit's)")
     assert "not measured (no peer ran)" in peer_memory.least_line(t[t["engine"] == "labkit"])
     assert peer_memory.least_line(t.drop(columns=["peak MiB"])) is None
 

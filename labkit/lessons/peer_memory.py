@@ -176,8 +176,7 @@ def least_line(table) -> str | None:
     a, b = (rows.loc[rows["peak MiB"].idxmin()] for rows in (mine, theirs))
     x = b["peak MiB"] / a["peak MiB"]
     return (f"memory, least against least: {a['path']} peaks at {a['peak MiB']:,.0f} MiB serving one request, the "
-            f"leanest peer ({b['path']}) at {b['peak MiB']:,.0f} MiB: "
-            + (f"{x:.2f}x labkit's" if x >= 1 else f"{1 / x:.2f}x less than labkit's"))
+            f"leanest peer ({b['path']}) at {b['peak MiB']:,.0f} MiB ({x:.2f}x labkit's)")
 
 
 if __name__ == "__main__":
