@@ -46,7 +46,7 @@ def _save_peers(root, peer_decode):
     rows = [{"path": "labkit int8-dynamic+compile", "engine": "labkit", "bits/weight": 8, "status": "ok",
              "prefill tok/s": 500.0, "decode tok/s": 50.0},
             {"path": "llama.cpp q4_0", "engine": "llama.cpp", "bits/weight": 4.5, "status": "ok",
-             "prefill tok/s": 300.0, "decode tok/s": peer_decode},
+             "prefill tok/s": 300.0, "decode tok/s": peer_decode, "peak MiB": 541.0},
             {"path": "ctranslate2 int8", "engine": "ctranslate2", "status": "skipped: ctranslate2 is not installed; "
              "install it with: pip install ctranslate2"}]
     _save(root, "peers", {"shape": "tinyllama-1.1b", "layers": 8, "prompt_len": 512, "new_tokens": 32, "threads": 2},
@@ -126,6 +126,8 @@ def test_a_peers_prefill_floor_uses_the_fastest_matmul_rate(tmp_path):
     _save(tmp_path, "hardware_profile", {}, PROFILE)
     a = advise.advise("tinyllama-1.1b", root=tmp_path)
     assert a.choice["runtime"] == "llama.cpp"
+    assert ("memory: at most 541 MiB held while serving one 512-token request, measured at 8 layer(s) of "
+            "tinyllama-1.1b") in "\n".join(a.lines)  # the peers record's memory column, not projected
     spec = models.shape("tinyllama-1.1b")
     floor_ms = 1e3 * roofline.forward_flops(spec, 512) / 1600e9
     assert f"floor {floor_ms:,.1f} ms" in "\n".join(a.lines)

@@ -89,6 +89,7 @@ class Option:
     bits: float
     compute: str
     act_bytes: int = 2
+    peak_mib: float | None = None  # the peers record's memory column (labkit.lessons.peer_memory), where measured
 
     @property
     def name(self) -> str:
@@ -129,7 +130,7 @@ def options_peers(rec: dict) -> list[Option]:
             compute = _dtype(bits) if engine == "labkit" else FASTEST  # a peer's kernels are not known
             out.append(Option(engine, fmt, peers.EXPERIMENT, models.shape(c["shape"]), c["layers"],
                               c["prompt_len"], c["prompt_len"] / pre, 1 / dec, bits, compute,
-                              4 if bits >= 24 else 2))
+                              4 if bits >= 24 else 2, _num(r.get("peak MiB"))))
     return out
 
 
@@ -194,6 +195,10 @@ def _single(advice: Advice, pool: list[Option], spec, hw, ttft_ms: float | None,
         f"projected from {best.layers} measured layer(s) of {best.spec.name}):",
         f"  TTFT {p['ttft_ms']:,.0f} ms ({_floor_words(p, 'ttft')}); TPOT {p['tpot_ms']:,.1f} ms = "
         f"{1e3 / p['tpot_ms']:,.1f} tok/s ({_floor_words(p, 'tpot')}); {p['read_gib']:,.2f} GiB read per token"]
+    if best.peak_mib:
+        advice.lines.append(f"  memory: at most {best.peak_mib:,.0f} MiB held while serving one {best.prompt_len}-"
+                            f"token request, measured at {best.layers} layer(s) of {best.spec.name} (its weights grow "
+                            "with the layers at full depth; not projected)")
     if best.runtime == "labkit" and quality is not None:
         advice.lines.append(f"  quality: {recommend.quality_words(best.fmt, quality)}")
     elif best.runtime == "labkit":

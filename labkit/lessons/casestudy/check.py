@@ -5,6 +5,7 @@ it (`ceilings`) leaves room to decide it by the stack rather than by the machine
 
 from __future__ import annotations
 
+from labkit.core.bench import NOISE_FLOOR
 from labkit.lessons.casestudy.measure import kernel_ratio, matmul_tflops
 from labkit.lessons.casestudy.prose import best_here_line
 from labkit.lessons.casestudy.stages import GUIDE, compute_dtype, final_stage
@@ -93,9 +94,12 @@ def check(rows: list[dict], ppl_rows: list[dict], matrix_units: dict, device: st
                     "no CUDA GPU), so INT8 and bf16 have no fast kernels to run on; the factors above are what it "
                     "measured")
     for k, (key, label) in names.items():
-        if out[key] > c.get(k, float("inf")):
+        if out[key] > c.get(k, float("inf")) * (1 + NOISE_FLOOR):
             summary += (f". The measured {label} ratio ({out[key]:.2f}x) is above its ceiling ({c[k]:.1f}x): "
                         + above_ceiling_why(k, rows, proj, kernels))
+        elif out[key] > c.get(k, float("inf")):
+            summary += (f". The measured {label} ratio ({out[key]:.2f}x) reached its ceiling ({c[k]:.2f}x), inside "
+                        f"the ±{NOISE_FLOOR:.0%} noise floor: the stack got all the roofline allows here")
         if units and not asserted[k]:
             summary += (f". {label[0].upper() + label[1:]} not asserted: this machine's ceiling for it is "
                         f"{out['ceilings'][k]:.1f}x (the final stage and the baseline both at their roofline floors), "
