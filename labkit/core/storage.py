@@ -83,13 +83,15 @@ def _proc_status_kib(field: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _reset_peak_rss() -> None:
+def _reset_peak_rss() -> bool:
     """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); ru_maxrss cannot be reset
-    and, after fork + exec, still holds the parent's peak."""
+    and, after fork + exec, still holds the parent's peak. False where it could not (then VmHWM counts from
+    process start: still a peak, only less tight)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
+        return True
     except OSError:
-        pass  # then VmHWM counts from process start: still a peak, only less tight
+        return False
 
 
 def _touch(tensors: dict) -> None:

@@ -33,13 +33,6 @@ def unmeasured() -> str | None:
     return None if STATUS.exists() else "not measured: needs Linux's /proc (resident memory of a process)"
 
 
-def _kib(field: str) -> float:
-    for line in STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return float(line.split()[1])
-    raise RuntimeError(f"{field} not in {STATUS}")
-
-
 def _trim() -> None:
     """Hand the allocator's freed pages back to the system (glibc's malloc_trim), so that what a row freed while
     opening (an fp32 copy it quantized, a converter's buffers) is not counted as held; nothing elsewhere."""
@@ -50,14 +43,6 @@ def _trim() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 # The runner classes a child may open, by "module:class" (named, not imported, so that labkit.lessons.peers, which
@@ -103,6 +88,8 @@ def child(spec: dict) -> dict:
     import torch
 
     from labkit.core.models import prompt_ids
+    from labkit.core.storage import _proc_status_kib as kib
+    from labkit.core.storage import _reset_peak_rss
     from labkit.lessons.peer_runtimes import MODULES
 
     torch.set_num_threads(spec["threads"])
@@ -111,16 +98,16 @@ def child(spec: dict) -> dict:
     import transformers  # noqa: F401  (labkit's own runtime; the peers' checks import it too)
 
     _trim()
-    base = _kib("VmRSS")
+    base = kib("VmRSS")
     run = _open(spec)
     gc.collect()
     _trim()
-    loaded = _kib("VmRSS")
-    reset = _reset_peak()
+    loaded = kib("VmRSS")
+    reset = _reset_peak_rss()
     ids = prompt_ids(spec["prompt_len"], vocab_size=spec["vocab_size"], seed=spec.get("seed", 0))
     with torch.inference_mode():
         run(ids, spec["new_tokens"])
-    peak = _kib("VmHWM")
+    peak = kib("VmHWM")
     return {"loaded MiB": (loaded - base) / 1024, "peak MiB": (peak - base) / 1024,
             "peak from": "the request" if reset else "process start (its peak could not be reset)"}
 
