@@ -104,7 +104,7 @@ def peer_line(peers, phase: str, noise: float = NOISE_FLOOR, said: list[str] | N
     pair = f"{best_peer['path']} {best_peer[col]:,.1f} tok/s, {best_ours['path']} {best_ours[col]:,.1f} tok/s"
     head = f"{phase}, best against best: "
     own = next((x[len(head):] for x in said or () if x.startswith(head)), None)
-    if own is not None and best_ours["path"] in own and best_peer["path"] in own:
+    if own is not None and own.startswith(f"{best_ours['path']} is ") and f" {best_peer['path']}" in own:
         return f"peers, {phase}: {own}: the median of the peers run's per-round ratios; its medians: {pair}"
     if not conclusive:
         return f"peers, {phase}: inconclusive ({pair}: {ratio:.2f}x apart, inside ±{noise:.0%})"
