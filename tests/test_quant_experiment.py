@@ -259,3 +259,42 @@ def test_a_compiled_row_is_set_up_only_when_its_prefills_fit_what_is_left():
     note = qt.compile_cost("int8-dynamic", cost, time.perf_counter() + 100, 200)
     assert note.startswith("not run here") and f"{qt.SETUP_PREFILLS} full-prompt prefills" in note
     assert "~100 s" in note and "budget_s=300" in note and "~20.0 s each" in note
+
+
+def test_an_int8_row_whose_kernel_is_far_too_slow_for_the_time_left_is_not_quantized(tiny_llama, monkeypatch):
+    """Under a budget, notebook 02 times each INT8 row's int8 kernel first: a row whose kernel is over KERNEL_GAP x
+    slower than another's and whose prefills would take over KERNEL_SHARE of the time left is not quantized; its
+    row (and its compiled row) says so, with the estimate from the kernel's rate. Close kernels, or enough time,
+    and every row is quantized and timed."""
+    import time
+
+    from labkit.lessons import quantization_timing as qt
+    from labkit.techniques import quant
+
+    flops = qt.linear_flops(tiny_llama) * 8
+    slow_rate = flops / 50.0  # a 50-s prefill at this rate
+    rates = {"int8-dynamic-legacy": (1e3 * slow_rate, "fbgemm"), "int8-dynamic": (slow_rate, "torch._int_mm")}
+    deadline = time.perf_counter() + 100
+    out = qt.slow_kernels(tiny_llama, list(rates), 8, 2, deadline, 240, "cpu", rates=rates)
+    assert list(out) == ["int8-dynamic"] and "~50 s a call" in out["int8-dynamic"]
+    assert "torch._int_mm" in out["int8-dynamic"] and "1,000x slower than fbgemm" in out["int8-dynamic"]
+    assert "run with -p budget_s=" in out["int8-dynamic"]
+    more = int(out["int8-dynamic"].rsplit("=", 1)[1])
+    # the suggested budget runs it: 2 x 50 s within KERNEL_SHARE of the time then left
+    assert qt.slow_kernels(tiny_llama, list(rates), 8, 2, deadline + more - 240, more, "cpu", rates=rates) == {}
+    close = {"int8-dynamic-legacy": (2 * slow_rate, "fbgemm"), "int8-dynamic": (slow_rate, "torch._int_mm")}
+    assert qt.slow_kernels(tiny_llama, list(close), 8, 2, deadline, 240, "cpu", rates=close) == {}
+    assert qt.slow_kernels(tiny_llama, list(rates), 8, 2, deadline + 1e4, 240, "cpu", rates=rates) == {}
+
+    monkeypatch.setattr(qt, "kernel_rates", lambda model, methods, dev: rates)
+    real, quantized = quant.quantize, []
+    monkeypatch.setattr(qe, "quantize", lambda model, method, **kw: quantized.append(method) or real(model, method,
+                                                                                                       **kw))
+    df = qe.benchmark_methods(tiny_llama, list(rates), prompt_len=8, new_tokens=4, repeats=2, progress=False,
+                              compiled=("int8-dynamic",), deadline=time.perf_counter() + 100, budget_s=240)
+    rows = {r["method"]: r for _, r in df.iterrows()}
+    assert quantized == ["int8-dynamic-legacy"]
+    assert rows["int8-dynamic"]["status"].startswith("not run here: its int8 matmul (torch._int_mm)")
+    assert pd_isna(rows["int8-dynamic"].get("decode_ms_per_token"))
+    assert rows["int8-dynamic+compile"]["status"].startswith("not run here: its eager row")
+    assert rows["int8-dynamic-legacy"]["status"] == "ok" and rows["int8-dynamic-legacy"]["decode_ms_per_token"] > 0

@@ -187,9 +187,11 @@ def _quality_row(q: nn.Module, fp32: nn.Module, tokenizer, text: str, max_tokens
     return row
 
 
-def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool) -> tuple[dict, dict]:
+def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool,
+                   not_run: dict[str, str] | None = None) -> tuple[dict, dict]:
     """fp32, bf16 and each method's quantized copy of the speed model (every linear, head included: with few
-    layers the head would otherwise be a far larger share of the bytes than in the full model)."""
+    layers the head would otherwise be a far larger share of the bytes than in the full model); a method in
+    `not_run` is not quantized, its row's status the reason given there."""
     from labkit.core.progress import tqdm
 
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
@@ -200,7 +202,9 @@ def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool) -> tuple
     for method in tqdm(methods, desc="quantize", disable=not progress):
         base = base_dtype(method, dev, "bf16" if method in SPEED_PREFERS_BF16 else "fp32")
         row = {"method": method, "base_dtype": base}
-        if method in FAKE_QUANT:
+        if method in (not_run or {}):
+            row["status"] = not_run[method]
+        elif method in FAKE_QUANT:
             row["status"] = "not timed: fake-quantized (dequantized fp weights); see int4-rtn for a packed kernel"
         else:
             q, row["status"] = _status(lambda: quantize(bf16 if base == "bf16" else fp32, method, skip=()))
@@ -234,10 +238,11 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
 
     With a `deadline` (a time.perf_counter() value, `speed_deadline`: the lesson's `budget_s`) each row is first
     probed with 2 tokens (its cold call; an eager row at a PROBE_PROMPT-token prompt, twice, its prefill scaled to
-    the prompt: labkit.lessons.quantization_timing), and labkit.core.budget.choose decides from those costs what the
-    rounds run: rows that would blow the budget are timed with fewer tokens, in one round beside fp32 and bf16, or
-    not run, their status then "not run here: would take ~N s ...; run with -p budget_s=M". Each cut row says so
-    in `timed`; `out.attrs["budget"]` holds the plan."""
+    the prompt: labkit.lessons.quantization_timing; an INT8 row whose kernel is far too slow here for the time left
+    is not even quantized: quantization_timing.slow_kernels), and labkit.core.budget.choose decides from those costs
+    what the rounds run: rows that would blow the budget are timed with fewer tokens, in one round beside fp32 and
+    bf16, or not run, their status then "not run here: would take ~N s ...; run with -p budget_s=M". Each cut row
+    says so in `timed`; `out.attrs["budget"]` holds the plan."""
     import pandas as pd
 
     from labkit.core.bench import generate_timed
@@ -246,7 +251,9 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
 
     fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
     ids = prompt_ids(prompt_len, vocab_size=fp32.config.vocab_size, seed=seed).to(fp32.device)
-    runners, rows = _speed_runners(fp32, methods, progress)
+    slow = {} if deadline is None else qtiming.slow_kernels(fp32, methods, prompt_len, repeats, deadline, budget_s,
+                                                            _device(fp32))
+    runners, rows = _speed_runners(fp32, methods, progress, slow)
 
     def timed(rt) -> dict:
         return {"ttft": rt.ttft, "tpot": rt.tpot}
@@ -261,8 +268,11 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
         key = f"{name}+compile"
         order.append(key)
         if name not in runners:
-            rows[key] = {"method": key, "base_dtype": rows.get(name, {}).get("base_dtype"),
-                         "status": rows.get(name, {}).get("status", f"skipped: {name} was not run")}
+            status = rows.get(name, {}).get("status", f"skipped: {name} was not run")
+            if name in slow:
+                why = status.removeprefix("not run here: ")
+                status = f"not run here: its eager row, which its tokens are checked against, was not run ({why})"
+            rows[key] = {"method": key, "base_dtype": rows.get(name, {}).get("base_dtype"), "status": status}
             continue
         if deadline is not None:  # under a budget: set the compiled row up only if its prefills fit what is left
             probed[name] = qtiming.probe(probes[name], scale)

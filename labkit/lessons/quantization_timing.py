@@ -6,19 +6,80 @@ prompt (twice: its cold call, then its warm cost, the prefill scaled to the full
 decides what the rounds can run. `compile_cost` says, from the same probe, whether a compiled row's set-up (its
 check against eager and its prefill choice, SETUP_PREFILLS full-prompt prefills, plus compiling) fits what is
 left: on a CPU with no fast kernel for the path, those prefills alone can take minutes (issue 29: int8-dynamic's
-256-token prefill took ~20 s on an AVX2-only EPYC).
+256-token prefill took ~20 s on an AVX2-only EPYC). Before any of that, `slow_kernels` times the int8 kernel of
+each INT8 row (`kernel_rates`, one matrix each, also what notebook 07 uses to order its INT8 candidates): a row
+whose kernel is far slower than another INT8 row's and whose rounds would take a large share of what is left is
+not even quantized; its status gives the rates, the estimate and the budget that runs it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from labkit.core.budget import MIN_TOKENS, RowCost, choose, suggest_budget
 
 PROBE_PROMPT = 32  # the budget's probe of an eager row runs at this many prompt tokens (its prefill is scaled up)
 SETUP_PREFILLS = 5  # a compiled row's set-up: the eager reference's prefill and choose_prefill's 2 x 2 prefills
 SETUP_SHARE = 0.5  # a compiled row is set up only if that takes at most this share of the time left
+KERNEL_TOKENS = 32  # the rows of the one-matrix product that times an INT8 row's int8 kernel before quantizing
+KERNEL_GAP = 10.0  # an INT8 row whose kernel runs over this many times slower than another INT8 row's ...
+KERNEL_SHARE = 0.25  # ... and whose rounds' prefills would take over this share of the time left is not quantized
+
+
+def linear_flops(model) -> float:
+    """FLOPs per prompt token of `model`'s decoder linears (the output head runs for the last token only)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+
+
+def kernel_rates(model, candidates: Sequence[str], device: str) -> dict[str, tuple[float, str]]:
+    """{method: (FLOP/s, kernel)} of the int8 matmul each candidate calls (labkit.core.probes.METHOD_KERNELS), timed
+    on one KERNEL_TOKENS x hidden by (hidden x hidden)^T product, the fastest of 2 calls; a method with no entry (a
+    weight-only path) is not in it. Measured before anything is quantized: on an AVX2-only EPYC torchao's per-token
+    int8 calls torch._int_mm at ~6 GFLOP/s against fbgemm's ~240, and quantizing and probing it (in fp32 and bf16)
+    took ~45 s of notebook 07 only to find it out (issue 29)."""
+    from labkit.core import probes
+
+    h = getattr(getattr(model, "config", None), "hidden_size", None)
+    out = {}
+    for method in candidates:
+        if h is None or method not in probes.METHOD_KERNELS:
+            continue
+        call, flops, kernel = probes.matrix_kernel("int8", KERNEL_TOKENS, h, h, device, repeats=2, method=method)
+        out[method] = (flops / call()["kernel_s"], kernel)
+    return out
+
+
+def slow_kernels(model, methods: Sequence[str], prompt_len: int, repeats: int, deadline: float,
+                 budget_s: float | None, device: str, rates: dict | None = None) -> dict[str, str]:
+    """{method: status} of the INT8 rows of `methods` not to quantize or time under a budget: a row whose int8 kernel
+    (`kernel_rates`, or `rates` already timed) runs over KERNEL_GAP x slower than another INT8 row's and whose
+    `repeats` prefills of `prompt_len` tokens, at that kernel's rate, would take over KERNEL_SHARE of the time left
+    before `deadline`. On an AVX2-only EPYC torchao's per-token int8 (torch._int_mm, ~5 GFLOP/s against fbgemm's
+    ~240) cost ~10 s of notebook 02 to quantize and probe before the budget left it out anyway (issue 29). A CPU
+    whose kernels are close (VNNI, AMX) or a larger budget quantizes and times every row as before."""
+    rates = kernel_rates(model, methods, device) if rates is None else rates
+    if len(rates) < 2:
+        return {}
+    top, top_kernel = max(rates.values())
+    h = model.config.hidden_size
+    left = max(deadline - time.perf_counter(), 0.0)
+    out = {}
+    for method, (rate, kernel) in rates.items():
+        est = linear_flops(model) * prompt_len / rate
+        if rate * KERNEL_GAP >= top or repeats * est <= KERNEL_SHARE * left:
+            continue
+        more = suggest_budget((budget_s or 0.0) + repeats * est / KERNEL_SHARE - left)
+        out[method] = (f"not run here: its int8 matmul ({kernel}) ran at {rate / 1e9:,.1f} GFLOP/s on one "
+                       f"{KERNEL_TOKENS} x {h} by ({h} x {h})^T product, {top / rate:,.0f}x slower than {top_kernel} "
+                       f"({top / 1e9:,.0f} GFLOP/s), so its {prompt_len}-token prefill's matmuls alone would take "
+                       f"~{est:,.0f} s a call here, {repeats} of them more than {KERNEL_SHARE:.0%} of the {left:.0f} s "
+                       f"left of the budget; not quantized, not timed; run with -p budget_s={more}")
+    return out
 
 
 def probe(f, scale: float) -> tuple[dict, RowCost]:

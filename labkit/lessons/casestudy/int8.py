@@ -12,7 +12,7 @@ import torch
 
 from labkit.core import hardware
 from labkit.core.bench import generate_timed
-from labkit.lessons.quantization_timing import PROBE_PROMPT, probe
+from labkit.lessons.quantization_timing import PROBE_PROMPT, kernel_rates, linear_flops, probe
 from labkit.techniques import quant
 
 INVARIANT_SLACK = 1.5  # a batch-invariant INT8 path is preferred unless the fastest other one is 1.5x faster
@@ -46,33 +46,6 @@ NOT_A_CANDIDATE = {"bnb-int8": "batch-dependent (LLM.int8 picks its outlier colu
 
 
 ELIMINATE_ABOVE = 3.0  # a variant whose probe estimates over 3x the fastest one's request is out before the rounds
-KERNEL_TOKENS = 32  # the rows of the one-matrix product that times each candidate's int8 kernel before quantizing
-
-
-def linear_flops(model) -> float:
-    """FLOPs per prompt token of `model`'s decoder linears (the output head runs for the last token only)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
-
-
-def kernel_rates(model, candidates: Sequence[str], device: str) -> dict[str, tuple[float, str]]:
-    """{method: (FLOP/s, kernel)} of the int8 matmul each candidate calls (labkit.core.probes.METHOD_KERNELS), timed
-    on one KERNEL_TOKENS x hidden by (hidden x hidden)^T product, the fastest of 2 calls; a method with no entry (a
-    weight-only path) is not in it. Measured before anything is quantized: on an AVX2-only EPYC torchao's per-token
-    int8 calls torch._int_mm at ~6 GFLOP/s against fbgemm's ~240, and quantizing and probing it (in fp32 and bf16)
-    took ~45 s of notebook 07 only to find it out (issue 29)."""
-    from labkit.core import probes
-
-    h = getattr(getattr(model, "config", None), "hidden_size", None)
-    out = {}
-    for method in candidates:
-        if h is None or method not in probes.METHOD_KERNELS:
-            continue
-        call, flops, kernel = probes.matrix_kernel("int8", KERNEL_TOKENS, h, h, device, repeats=2, method=method)
-        out[method] = (flops / call()["kernel_s"], kernel)
-    return out
-
-
 def _kernel_why(method: str, rates: dict, est: float, best: float) -> str:
     rate, kernel = rates[method]
     top = max(rates.values())
