@@ -10,7 +10,7 @@
                          [--vocab-size V | --text] [--timeout S] [--max-concurrency N]
   python -m labkit peers [--shape tinyllama-1.1b] [--layers 8] [--prompt-len 512] [--new-tokens 32] [--repeats 3]
                          [--labkit bf16,int4-rtn+compile,...] [--check] [--profile] [--no-memory]
-  python -m labkit advise [--model NAME|PATH] [--users N] [--ttft-ms X]
+  python -m labkit advise [--model NAME|PATH] [--users N] [--ttft-ms X] [--check]
 """
 
 from __future__ import annotations
@@ -266,6 +266,7 @@ def _peers(args) -> int:
 
 
 def _advise(args) -> int:
+    from labkit.core import models
     from labkit.core.models import ModelError
     from labkit.course import advise
 
@@ -275,6 +276,17 @@ def _advise(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(advice.lines))
+    if not args.check:
+        return 0
+    if "tpot_ms" not in advice.choice:
+        print("check not run: there is no pick to run (see above for the records that make one)")
+        return 1
+    from labkit.course import advise_check
+
+    spec = advice.spec
+    source = args.model if args.model and spec.name not in models.SHAPES else spec.name
+    lines, _ = advise_check.check(advice.choice, spec, source, repeats=args.repeats)
+    print("\n".join(lines))
     return 0
 
 
@@ -368,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a shape name or a model folder (default: the shape notebook 02 measured)")
     ad.add_argument("--users", type=int, default=1, help="users at once (more than 1: batching decides)")
     ad.add_argument("--ttft-ms", type=float, default=None, help="a time-to-first-token target, ms")
+    ad.add_argument("--check", action="store_true",
+                    help="then run the pick once on the model at full depth and print predicted against measured "
+                         "(minutes; refused when the model would not fit in memory here)")
+    ad.add_argument("--repeats", type=int, default=3, help="rounds of the --check run")
     _one_line_errors(ad)
     args = ap.parse_args(argv)
 

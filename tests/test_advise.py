@@ -227,3 +227,30 @@ def test_for_notebook_says_how_to_add_the_peers(tmp_path):
     _save_peers(tmp_path, 150.0)
     out = recommend.for_notebook(_speed_rows(), QUALITY, root=tmp_path)
     assert "llama.cpp q4_0 leads" in "\n".join(out) and "tinyllama-1.1b with 8 layer(s)" in out[-1]
+
+
+def test_check_runs_the_pick_at_full_depth_and_says_whether_the_prediction_holds(tmp_path, tiny_llama):
+    """`advise --check` builds the model at full depth, runs the picked path in rounds and compares: a prediction
+    near the measurement is within 1.5x, one 1,000x off is not; a model too large for the memory here is refused
+    before anything is built."""
+    from labkit.course import advise_check
+
+    folder = tmp_path / "tiny"
+    tiny_llama.save_pretrained(folder)
+    spec = models.folder_spec(folder)
+    choice = {"runtime": "labkit", "format": "int8-dynamic-legacy", "prompt_len": 16, "ttft_ms": 1.0, "tpot_ms": 1.0}
+    lines, measured = advise_check.check(choice, spec, str(folder), new_tokens=4, repeats=2)
+    assert measured["tpot_ms"] > 0 and measured["ttft_ms"] > 0 and measured["rounds"] == 2
+    assert lines[0].startswith("check: labkit int8-dynamic-legacy run on")
+    assert f"({spec.num_hidden_layers} layers, its own weights)" in lines[0]
+    near = dict(choice, tpot_ms=measured["tpot_ms"] * 1.2, ttft_ms=measured["ttft_ms"] / 1.2)
+    assert "within 1.5x" in advise_check.verdict("TPOT", near["tpot_ms"], measured["tpot_ms"])
+    assert "1.20x over" in advise_check.verdict("TPOT", near["tpot_ms"], measured["tpot_ms"])
+    assert "1.20x under" in advise_check.verdict("TTFT", near["ttft_ms"], measured["ttft_ms"])
+    off = advise_check.verdict("TPOT", 1000 * measured["tpot_ms"], measured["tpot_ms"])
+    assert "NOT within 1.5x" in off
+    refused, nothing = advise_check.check(choice, spec, str(folder), available=advise_check.need_bytes(spec) / 2)
+    assert nothing == {} and refused[0].startswith("check not run:") and "GiB" in refused[0]
+    missing, _ = advise_check.check(dict(choice, runtime="nosuch"), spec, str(folder), new_tokens=4, repeats=1,
+                                    workdir=tmp_path / "w")
+    assert missing[0].startswith("check not run: nosuch int8-dynamic-legacy: unknown runtime")

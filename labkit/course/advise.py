@@ -162,6 +162,7 @@ class Advice:
     lines: list[str] = field(default_factory=list)
     choice: dict = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
+    spec: models.ShapeSpec | None = None  # the model the numbers are projected to
 
 
 def _floor_words(p: dict, key: str) -> str:
@@ -183,7 +184,8 @@ def _single(advice: Advice, pool: list[Option], spec, hw, ttft_ms: float | None,
     fits.sort(key=lambda o: proj[o.name]["tpot_ms"])
     best, p = fits[0], proj[fits[0].name]
     advice.choice.update({"runtime": best.runtime, "format": best.fmt, "source": best.source,
-                          "ttft_ms": p["ttft_ms"], "tpot_ms": p["tpot_ms"], "tokens_per_s": 1e3 / p["tpot_ms"]})
+                          "prompt_len": best.prompt_len, "ttft_ms": p["ttft_ms"], "tpot_ms": p["tpot_ms"],
+                          "tokens_per_s": 1e3 / p["tpot_ms"]})
     lead = ""
     if len(fits) > 1:
         ratio, sure = recommend.margin(proj[fits[1].name]["tpot_ms"], p["tpot_ms"], noise)
@@ -259,6 +261,7 @@ def advise(model: str | None = None, users: int = 1, ttft_ms: float | None = Non
     advice = Advice()
     advice.missing = {n: how_to_make(n) for n, r in recs.items() if r is None}
     spec = target_spec(model, recs)
+    advice.spec = spec
     hw = None
     if recs[catalog.HARDWARE_PROFILE] is not None:
         prof = recs[catalog.HARDWARE_PROFILE]["metrics"]
@@ -307,8 +310,10 @@ def not_measured(recs: dict, advice: Advice) -> list[str]:
         out.append("  the other CPU runtimes (llama.cpp, CTranslate2, OpenVINO, ONNX Runtime): the advice compares "
                    f"labkit's paths only; run {how_to_make(peers.EXPERIMENT)}")
     if advice.choice:
+        name = advice.spec.name if advice.spec and advice.spec.name in models.SHAPES else "PATH"
         out.append("  the full-depth numbers themselves: the course times a few layers of random weights and "
-                   "projects; run the chosen configuration once at full depth to check them")
+                   f"projects; `python -m labkit advise --model {name} --check` runs the pick once at full depth "
+                   "and prints predicted against measured (where the model fits in memory here)")
     return out
 
 

@@ -81,7 +81,7 @@ def convert_rows(engine: str, kinds, make, why: str | None, progress: bool = Tru
     from labkit.core.progress import tqdm
 
     rows = []
-    for kind in tqdm(kinds, desc=f"{engine} convert", disable=not progress or bool(why)):
+    for kind in tqdm(kinds, desc=f"{engine} convert", disable=not progress or bool(why) or not kinds):
         name = f"{engine} {kind}"
         if why:
             rows.append(Contender(name, engine, skipped=why))
