@@ -210,15 +210,17 @@ def _peers(args) -> int:
     import pandas as pd
 
     from labkit.core import floors, models, planner, records
-    from labkit.lessons import peer_runtimes, peers
+    from labkit.lessons import peer_runtimes, peer_verdicts, peers
 
     paths, chosen = peer_runtimes.default_paths()
     if args.labkit:
         paths, chosen = tuple(p.strip() for p in args.labkit.split(",") if p.strip()), "chosen by --labkit"
     bad = [p for p in paths if p not in peers.KNOWN_PATHS]
-    if bad or args.layers < 1 or args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1:
+    if (bad or args.layers < 1 or args.prompt_len < 1 or args.new_tokens < 2 or args.repeats < 1
+            or args.batch == 1 or args.batch < 0 or args.batch_prompt_len < 1):
         why = (f"unknown labkit path(s) {bad}; choose from {list(peers.KNOWN_PATHS)}" if bad else
-               "--layers, --prompt-len and --repeats must be >= 1 and --new-tokens >= 2")
+               "--layers, --prompt-len, --batch-prompt-len and --repeats must be >= 1, --new-tokens >= 2 and "
+               "--batch 0 (none) or >= 2")
         print(f"error: {why}", file=sys.stderr)
         return 2
     try:
@@ -245,9 +247,11 @@ def _peers(args) -> int:
         return 0
     hw, source = planner.machine_card("cpu")
     table, rounds = peers.compare(args.shape, args.layers, args.prompt_len, args.new_tokens, args.repeats,
-                                  labkit=paths, hw=hw, hw_source=source, measure_memory=not args.no_memory)
+                                  labkit=paths, hw=hw, hw_source=source, measure_memory=not args.no_memory,
+                                  batch=args.batch, batch_prompt=args.batch_prompt_len)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        print(floors.shown(table.drop(columns=["engine"])).round(3).to_string(index=False))
+        shown = table.drop(columns=[c for c in ("engine", "batching gain rounds") if c in table])
+        print(floors.shown(shown).round(3).to_string(index=False))
     for line in floors.reasons(table, "path"):  # every floor a path beat, and why (labkit.core.floors)
         print(line)
     print(f"floors: {hw.bandwidth_gbps:.1f} GB/s from {source}; {table.attrs['threads']} thread(s); load: "
@@ -256,9 +260,14 @@ def _peers(args) -> int:
         from labkit.lessons import peer_memory
 
         print(peer_memory.NOTE)
-    lines = peers.target_lines(rounds, table)
+    if table.attrs.get("batch"):
+        from labkit.lessons import peer_batch
+
+        print(peer_batch.note(table.attrs["batch"], table.attrs["batch_prompt"], table.attrs["new_tokens"]))
+    lines = peer_verdicts.target_lines(rounds, table)
     print("\n".join(lines))
-    config = {k: table.attrs[k] for k in ("shape", "layers", "prompt_len", "new_tokens", "threads")}
+    config = {k: table.attrs[k] for k in ("shape", "layers", "prompt_len", "new_tokens", "threads", "batch",
+                                          "batch_prompt")}
     rec = records.save(peers.EXPERIMENT, {**config, "repeats": args.repeats, "roofline_source": source},
                        {"table": table.to_dict("records"), "targets": lines, "load": table.attrs["load"]})
     print(f"record: {rec['_path']}")
@@ -365,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--prompt-len", type=int, default=512)
     pe.add_argument("--new-tokens", type=int, default=32)
     pe.add_argument("--repeats", type=int, default=3)
+    pe.add_argument("--batch", type=int, default=8,
+                    help="also time each runtime that batches serving this many requests at once (0: do not)")
+    pe.add_argument("--batch-prompt-len", type=int, default=64, help="the prompt length of those requests")
     pe.add_argument("--labkit", default=None,
                     help="labkit paths to time, comma-separated (default: all where the CPU has bf16 and int8 matrix "
                          "units, else fp32,int8-dynamic-legacy,int4-rtn)")

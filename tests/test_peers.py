@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labkit.core import models
-from labkit.lessons import peers
+from labkit.lessons import peer_verdicts, peers
 
 
 def test_missing_peer_names_the_install_command(monkeypatch):
@@ -81,7 +81,7 @@ def test_target_lines_pick_labkits_fastest_path_and_say_the_ratio():
             "llama.cpp bf16": 0.025}
     r = run_rounds({k: (lambda v=v: {"ttft": 1.0, "tpot": v}) for k, v in tpot.items()}, 3, progress=False)
     table = pd.DataFrame([{"path": k, "status": "ok"} for k in tpot] + [{"path": "llama.cpp q8_0", "status": "no"}])
-    lines = peers.target_lines(r, table)
+    lines = peer_verdicts.target_lines(r, table)
     assert lines[0] == "decode: labkit int4-rtn is 2.00x faster than llama.cpp q4_0 (meets the >= 1.0x target)"
     assert lines[1] == "decode: labkit bf16 is 2.00x slower than llama.cpp bf16 (misses the >= 1.0x target)"
     assert "not measured (the peer did not run)" in lines[2]
@@ -93,15 +93,16 @@ def test_target_lines_pick_labkits_fastest_path_and_say_the_ratio():
                                                                                                  "tpot": 0.01}},
                       3, progress=False)
     two = pd.DataFrame([{"path": "labkit bf16", "status": "ok"}, {"path": "ort int4", "status": "ok"}])
-    assert peers.best_lines(slow, two) == [
+    assert peer_verdicts.best_lines(slow, two) == [
         "prefill, best against best: labkit bf16 is 2.00x faster than ort int4 (labkit's wins here)",
         "decode, best against best: labkit bf16 is 5.00x slower than ort int4 (the peer's wins here)"]
-    assert "not measured (no peer ran)" in peers.best_lines(slow, two[:1])[0]
+    assert "not measured (no peer ran)" in peer_verdicts.best_lines(slow, two[:1])[0]
 
 
 @pytest.mark.parametrize("argv, message", [(["--labkit", "bf16,nope"], "unknown labkit path(s) ['nope']"),
                                            (["--layers", "0"], "must be >= 1"),
-                                           (["--shape", "llama2-7b"], "llama-2-7b")])
+                                           (["--shape", "llama2-7b"], "llama-2-7b"),
+                                           (["--batch", "1"], "--batch 0 (none) or >= 2")])
 def test_peers_command_refuses_bad_options_before_building_anything(argv, message, capsys, monkeypatch):
     from labkit.__main__ import main
 
@@ -140,7 +141,7 @@ def test_a_beaten_floor_is_re_derived_and_says_why():
     timed = [(_contender("labkit bf16", "labkit", 1e8), 0.010),  # 100 MB in 10 ms: 10 GB/s against a 5 GB/s card
              (_contender("llama.cpp q8_0", "llama.cpp", 5e7), 0.020),  # 2.5 GB/s: within the card's bandwidth
              (_contender("ctranslate2 int8", "ctranslate2", 4e8), 0.010)]  # 40 GB/s, but its bytes are an upper bound
-    got = peers.floor_fields(timed, Card("t", 16.0, 5.0, {"fp32": 1.0}, measured=True), "a test profile")
+    got = peer_verdicts.floor_fields(timed, Card("t", 16.0, 5.0, {"fp32": 1.0}, measured=True), "a test profile")
     ours, ggml, ct2 = got["labkit bf16"], got["llama.cpp q8_0"], got["ctranslate2 int8"]
     # re-derived from the fastest path with exact bytes (labkit's own 10 GB/s), not from CTranslate2's upper bound
     assert ours["decode floor ms"] == pytest.approx(10.0) and ours["fraction of floor"] == pytest.approx(1.0)
@@ -163,3 +164,63 @@ def test_latest_lines_print_the_reason_of_every_beaten_floor(monkeypatch):
     _, lines = peers.latest_lines()
     assert lines[-2:] == ["decode: a target line",
                           "labkit bf16, fraction of floor: measured 10 ms beat its floor of 20 ms"]
+
+
+def test_batched_rows_time_one_request_against_b_at_once_and_flag_batch_dependence(tiny_llama):
+    """peer_batch.measure: a row with a batched call is timed alone and B at once in the same rounds; its gain is
+    B x (one request's time / the batch's), its tokens compared with its tokens alone; a row without a batched
+    call keeps its reason. Real batched calls: transformers' generate gives each row its tokens alone (fp32)."""
+    import time
+
+    import pandas as pd
+
+    from labkit.core.bench import RequestTiming
+    from labkit.lessons import peer_batch
+    from labkit.lessons.peer_runtimes import Contender
+
+    def fake(name, alone_s, batch_s, first):
+        def run(ids, n):
+            time.sleep(alone_s)
+            return RequestTiming(start=0.0, token_times=[0.1] * n, prompt_tokens=ids.shape[1]), [1] * n
+
+        def batch(ids, n):
+            time.sleep(batch_s)
+            return [[first] * n] + [[1] * n] * (ids.shape[0] - 1)
+        return Contender(name, name.split()[0], run=run, batch=batch)
+
+    rows = [fake("labkit a", 0.01, 0.02, 1), fake("peer b", 0.01, 0.04, 9),
+            Contender("llama.cpp q4_0", "llama.cpp", run=lambda ids, n: None, batch=peer_batch.NO_BATCH["llama.cpp"])]
+    got, r = peer_batch.measure(rows, 4, 8, 3, 3, 256, progress=False)
+    assert got["labkit a"]["batching gain"] == pytest.approx(2.0, rel=0.3)  # 4 x 0.01 / 0.02
+    assert got["peer b"]["batching gain"] == pytest.approx(1.0, rel=0.3)
+    assert got["labkit a"]["batch-4 tok/s"] == pytest.approx(4 * 3 / 0.02, rel=0.3)
+    assert got["labkit a"]["batched"] == "ok" and "batch-dependent" in got["peer b"]["batched"]
+    assert got["llama.cpp q4_0"] == {"batched": peer_batch.NO_BATCH["llama.cpp"]}
+    table = pd.DataFrame([{"path": n, **v} for n, v in got.items()])
+    table.attrs.update(batch=4, batch_rounds=r)
+    lines = peer_verdicts.batch_lines(table)
+    assert lines[0].startswith("batch-4 throughput, best against best: labkit a (")
+    assert "x faster than peer b (" in lines[0] and lines[0].endswith("(labkit's wins here)")
+    assert lines[1].startswith("batching 4 requests gains most in labkit a") and "least in peer b" in lines[1]
+    with pytest.raises(ValueError, match="at least 2"):
+        peer_batch.measure(rows, 1, 8, 3, 1, 256)
+
+    ids = models.prompt_ids(8, batch=3, vocab_size=256, seed=1)
+    batched = peer_batch.hf(tiny_llama)(ids, 5)
+    with torch.inference_mode():
+        alone = [tiny_llama.generate(input_ids=ids[i:i + 1], do_sample=False, min_new_tokens=5, max_new_tokens=5)
+                 [0, 8:].tolist() for i in range(3)]
+    assert batched == alone
+
+
+def test_ctranslate2_batched_call_gives_each_request_its_tokens_alone(tmp_path):
+    why = peers.missing("ctranslate2")
+    if why:
+        pytest.skip(why)
+    from labkit.lessons import peer_batch
+
+    model = models.load()
+    runner = peers.CT2Runner(peers.to_ct2(peers.save_hf(model, tmp_path / "hf"), tmp_path / "ct2", "int8"), "int8")
+    ids = models.prompt_ids(12, batch=3, vocab_size=model.config.vocab_size, seed=2)
+    batched = peer_batch.of(runner)(ids, 4)
+    assert batched == [runner.generate(ids[i:i + 1], 4)[1] for i in range(3)] and len(batched[0]) == 4

@@ -86,6 +86,10 @@ def test_converted_int4_model_generates_exactly_n_tokens_with_timings(engine, tm
         assert len(tokens) == n == rt.output_tokens and rt.prompt_tokens == ids.shape[1]
         assert all(0 <= t < model.config.vocab_size for t in tokens)
         assert rt.ttft > 0 and rt.tpot > 0 and rt.token_times == sorted(rt.token_times)
+    three = torch.cat([ids, ids.flip(1), (ids + 11) % model.config.vocab_size])  # its batched call: 3 at once
+    batched = row.batch(three, 4)
+    assert [len(t) for t in batched] == [4, 4, 4]
+    assert batched == [row.run(three[i:i + 1], 4)[1] for i in range(3)]  # each request as it is alone
 
 
 def test_agree_names_the_first_difference():

@@ -253,6 +253,17 @@ def _batched(advice: Advice, rec: dict | None, spec, users: int, noise: float) -
                             "the rest queue")
 
 
+def peers_batched(rec: dict | None) -> list[str]:
+    """The peers run's own sentences on batched throughput (labkit.lessons.peer_verdicts.batch_lines), with where
+    they were measured: at the peers' shape, not projected to full depth."""
+    if not rec or not rec["config"].get("batch"):
+        return []
+    c = rec["config"]
+    said = [x for x in rec["metrics"].get("targets", []) if x.startswith(("batch-", "batching "))]
+    return [f"  the runtimes at batch {c['batch']} (peers record: {c['batch_prompt']}-token prompts, {c['layers']} "
+            f"layer(s) of {c['shape']}, not projected):", *(f"    {x}" for x in said)]
+
+
 def advise(model: str | None = None, users: int = 1, ttft_ms: float | None = None, root=None) -> Advice:
     """The recommendation for this machine from the latest records under `root` (default reports/results)."""
     if users < 1 or (ttft_ms is not None and not ttft_ms > 0):
@@ -286,6 +297,7 @@ def advise(model: str | None = None, users: int = 1, ttft_ms: float | None = Non
                                 "projected")
     if users > 1:
         _batched(advice, recs["05_continuous_batching"], spec, users, noise)
+        advice.lines += peers_batched(recs[peers.EXPERIMENT])
         if line := case_study_line(recs["07_case_study"], spec):
             advice.lines.append(line)
     advice.lines += not_measured(recs, advice)
@@ -305,7 +317,9 @@ def not_measured(recs: dict, advice: Advice) -> list[str]:
         skipped = {r["path"]: r["status"] for r in recs[peers.EXPERIMENT]["metrics"].get("table", [])
                    if str(r.get("status", "")).startswith("skipped")}
         out += [f"  {path}: {why[:160]}" for path, why in skipped.items()]
-        out.append("  the peers' batched throughput (`labkit peers` times batch 1 only)")
+        if not recs[peers.EXPERIMENT]["config"].get("batch"):
+            out.append("  the peers' batched throughput: this peers record times batch 1 only; rerun "
+                       f"{how_to_make(peers.EXPERIMENT)} (it times batch 8 too)")
     elif recs["02_quantization"]:
         out.append("  the other CPU runtimes (llama.cpp, CTranslate2, OpenVINO, ONNX Runtime): the advice compares "
                    f"labkit's paths only; run {how_to_make(peers.EXPERIMENT)}")

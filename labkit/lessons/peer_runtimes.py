@@ -59,7 +59,8 @@ def missing(engine: str) -> str | None:
 class Contender:
     """One engine x number format to time: `name` ("llama.cpp q4_0"), bits per weight of its layers, and a
     callable(ids, n) -> (RequestTiming, tokens); or `skipped` with the reason. `reopen`: how a fresh process opens
-    the same row again (labkit.lessons.peer_memory: {"engine", "path", "kwargs"}), None where it cannot."""
+    the same row again (labkit.lessons.peer_memory: {"engine", "path", "kwargs"}), None where it cannot; `batch`:
+    its batched call (labkit.lessons.peer_batch), or a sentence saying why it has none."""
 
     name: str
     engine: str
@@ -69,6 +70,7 @@ class Contender:
     skipped: str | None = None
     cold_s: float | None = None
     reopen: dict | None = None
+    batch: object = None  # callable(ids [B, L], n) -> B token lists (labkit.lessons.peer_batch.of), or why not
 
 
 def convert_rows(engine: str, kinds, make, why: str | None, progress: bool = True) -> list[Contender]:

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from labkit.core.bench import RequestTiming
-from labkit.core.units import mib, than
-from labkit.lessons import peer_memory, peers_genai
+from labkit.core.units import mib
+from labkit.lessons import peer_batch, peer_memory, peer_verdicts, peers_genai
 from labkit.lessons.peer_runtimes import INSTALL, LABKIT_PATHS, Contender, agree, convert_rows, missing
 
 EXPERIMENT = "peers"  # the record `python -m labkit peers` writes; notebook 02 shows the latest
@@ -239,15 +239,18 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
         if "f32" not in cache:
             cache["f32"] = to_gguf(model, workdir / "model-f32.gguf")
         dst = cache["f32"] if kind == "f32" else quantize_gguf(cache["f32"], workdir / f"model-{kind}.gguf", kind)
-        return Contender("", "", GGUF_BITS.get(kind) or _gguf_bits(dst), _gguf_bytes(dst),
-                         LlamaCppRunner(dst, n_ctx=n_ctx).generate,
-                         reopen=peer_memory.reopen("llama.cpp", LlamaCppRunner, dst, n_ctx=n_ctx))
+        runner = LlamaCppRunner(dst, n_ctx=n_ctx)
+        return Contender("", "", GGUF_BITS.get(kind) or _gguf_bits(dst), _gguf_bytes(dst), runner.generate,
+                         reopen=peer_memory.reopen("llama.cpp", LlamaCppRunner, dst, n_ctx=n_ctx),
+                         batch=peer_batch.of(runner))
 
     def ct2_path(kind: str) -> Contender:
         dst = to_ct2(hf(), workdir / f"ct2-{kind}", kind)
         bits = {"int8": 8, "bfloat16": 16, "float32": 32}.get(kind)
-        return Contender("", "", bits, _ct2_bytes(dst), CT2Runner(dst, compute_type=kind).generate,
-                         reopen=peer_memory.reopen("ctranslate2", CT2Runner, dst, compute_type=kind))
+        runner = CT2Runner(dst, compute_type=kind)
+        return Contender("", "", bits, _ct2_bytes(dst), runner.generate,
+                         reopen=peer_memory.reopen("ctranslate2", CT2Runner, dst, compute_type=kind),
+                         batch=peer_batch.of(runner))
 
     paths = convert_rows("llama.cpp", gguf_kinds, gguf_path, missing("llama.cpp"), progress)
     paths += convert_rows("ctranslate2", ct2_kinds, ct2_path, missing("ctranslate2"), progress)
@@ -290,10 +293,12 @@ def labkit_paths(model: nn.Module, ids: torch.Tensor, new_tokens: int, names=LAB
                 continue
             dec.choose_prefill(ids)
             run = (lambda d: (lambda ids, n: _tokens(d.generate(ids, n))))(dec)
+            batch = peer_batch.NO_BATCH["labkit+compile"]
         else:
             run = (lambda mod: (lambda ids, n: _tokens(generate_timed(mod, ids, n))))(m)
+            batch = peer_batch.hf(m)
         cold = rows[method].get("quant_seconds", 0.0) + time.perf_counter() - t0  # quantizing, compiling
-        out.append(Contender(f"labkit {name}", "labkit", bits, read, run, cold_s=cold))
+        out.append(Contender(f"labkit {name}", "labkit", bits, read, run, cold_s=cold, batch=batch))
     return out
 
 
@@ -304,14 +309,18 @@ def _tokens(result) -> tuple[RequestTiming, list[int]]:
 
 def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 512, new_tokens: int = 32,
             repeats: int = 3, seed: int = 0, labkit: tuple[str, ...] = LABKIT_PATHS, workdir: str | Path | None = None,
-            hw=None, progress: bool = True, hw_source: str = "notebook 01's profile", measure_memory: bool = True):
+            hw=None, progress: bool = True, hw_source: str = "notebook 01's profile", measure_memory: bool = True,
+            batch: int = 8, batch_prompt: int = 64):
     """Every labkit path and every installed peer on the same `shape` model (seeded random weights), batch 1:
     prefill of `prompt_len` tokens (tok/s) and decode (tok/s), timed in rotating rounds; the first call of each
     path (compilation, kernel set-up) is its cold start, apart. With `hw` (a roofline Card) each row also gets
     its decode floor (its own bytes / the card's bandwidth) and the fraction reached (`floor_fields`: a floor that
     was beaten is re-derived, its reason beside the fraction; `hw_source` names the card's). With `measure_memory`,
     after the rounds, each row's memory serving one request in a process of its own (labkit.lessons.peer_memory:
-    `loaded MiB`, `peak MiB`; a row it could not measure has a `memory` cell saying why). Returns (table, rounds)."""
+    `loaded MiB`, `peak MiB`; a row it could not measure has a `memory` cell saying why). With `batch` > 1, each
+    runtime that batches is also timed serving `batch` requests of `batch_prompt` tokens at once against one of them
+    (labkit.lessons.peer_batch: `batch-B tok/s`, `batching gain`; those rounds in `table.attrs["batch_rounds"]`).
+    Returns (table, rounds)."""
     import tempfile
 
     import pandas as pd
@@ -337,6 +346,10 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
         callers = {name: (lambda p=p: timed(p)) for name, p in live.items()}
         with torch.inference_mode():
             r = run_rounds(callers, repeats, progress=progress)
+        batched, batch_rounds = {}, None
+        if batch > 1:
+            batched, batch_rounds = peer_batch.measure([p for p in paths if p.name in callers], batch, batch_prompt,
+                                                       new_tokens, repeats, model.config.vocab_size, seed, progress)
         spec = {"shape": shape, "layers": layers, "seed": seed}
         memory = peer_memory.of_rows([p for p in paths if p.name in callers], spec, prompt_len, new_tokens,
                                      model.config.vocab_size, progress) if measure_memory else {}
@@ -344,8 +357,8 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
         if tmp is not None:
             tmp.cleanup()
     rows = []
-    floors = floor_fields([(p, r.median(p.name, "tpot")) for p in paths if p.name in callers and p.bytes_read],
-                          hw, hw_source) if hw is not None else {}
+    timed = [(p, r.median(p.name, "tpot")) for p in paths if p.name in callers and p.bytes_read]
+    floors = peer_verdicts.floor_fields(timed, hw, hw_source) if hw is not None else {}
     for p in paths:
         row = {"path": p.name, "engine": p.engine, "bits/weight": p.bits,
                "status": f"skipped: {p.skipped}" if p.skipped else "ok"}
@@ -353,81 +366,14 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
             ttft, tpot = r.median(p.name, "ttft"), r.median(p.name, "tpot")
             row.update({"prefill tok/s": prompt_len / ttft, "decode tok/s": 1 / tpot,
                         "MiB read per token": mib(p.bytes_read), "cold start s": p.cold_s, **floors.get(p.name, {}),
-                        **{k: v for k, v in memory.get(p.name, {}).items() if k != "peak from"}})
+                        **{k: v for k, v in memory.get(p.name, {}).items() if k != "peak from"},
+                        **batched.get(p.name, {})})
         rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update({"shape": shape, "layers": layers, "prompt_len": prompt_len, "new_tokens": new_tokens,
-                        "threads": torch.get_num_threads(), "load": r.load})
+                        "threads": torch.get_num_threads(), "load": r.load, "batch": batch if batched else None,
+                        "batch_prompt": batch_prompt, "batch_rounds": batch_rounds})
     return table, r
-
-
-UPPER_BOUND_BYTES = ("ctranslate2",)  # engines whose bytes per token are an upper bound (`_ct2_bytes`)
-
-
-def floor_fields(timed: list[tuple[Contender, float]], hw, source: str = "notebook 01's profile") -> dict[str, dict]:
-    """{path: its decode floor (its bytes at the card's bandwidth) and the fraction of it its median time per token
-    reached}, through labkit.core.floors.of_floor: a floor beaten by more than 5% names the bandwidth as wrong and
-    is re-derived from the fastest any path with exact bytes streamed (a CTranslate2 row's bytes are an upper
-    bound, so its own rate is left out and its reason says so), "fraction of floor_reason" beside the fraction."""
-    from labkit.core.floors import Rate, fastest_rates, of_floor
-
-    best = fastest_rates(("memory bandwidth", p.bytes_read, t) for p, t in timed if p.engine not in UPPER_BOUND_BYTES)
-    out = {}
-    for p, t in timed:
-        note = ("its bytes are an upper bound: the whole model file, embedding table included"
-                if p.engine in UPPER_BOUND_BYTES else None)
-        f = of_floor(t, [Rate("memory bandwidth", hw.bandwidth_gbps * 1e9, p.bytes_read, "B/s", source)],
-                     fastest=best, note=note)
-        out[p.name] = {"decode floor ms": f.floor_s * 1e3, **f.fields("fraction of floor")}
-    return out
-
-
-TARGETS = (  # (labkit's best among, the peer it must match, phase) as issue #18 states them
-    (("labkit int4-rtn", "labkit int4-rtn+compile", "labkit bnb-nf4"), "llama.cpp q4_0", "decode"),
-    (("labkit bf16", "labkit bf16+compile"), "llama.cpp bf16", "decode"),
-    (("labkit int8-dynamic-legacy", "labkit int8-weight-only+compile", "labkit int8-dynamic+compile"),
-     "llama.cpp q8_0", "decode"),
-    (LABKIT_PATHS, "ctranslate2 int8", "prefill"),
-)
-
-
-def target_lines(rounds, table) -> list[str]:
-    """One sentence per target: labkit's fastest path of a kind against the peer, as the median of per-round
-    ratios (labkit.core.bench.Rounds.ratio: inside the noise it says inconclusive)."""
-    timed = set(table.loc[table["status"] == "ok", "path"])
-    metric = {"decode": "tpot", "prefill": "ttft"}
-    lines = []
-    for ours, peer, phase in TARGETS:
-        mine = [f"labkit {n}" if not n.startswith("labkit ") else n for n in ours]
-        mine = [n for n in mine if n in timed]
-        if peer not in timed or not mine:
-            lines.append(f"{phase}: {', '.join(mine) + ' vs ' if mine else ''}{peer}: not measured "
-                         f"({'the peer did not run' if peer not in timed else 'no labkit path of its kind ran'})")
-            continue
-        best = min(mine, key=lambda n: rounds.median(n, metric[phase]))
-        ratio = rounds.ratio(peer, best, metric[phase])
-        verdict = ("at parity within the noise for" if not ratio.conclusive else
-                   "meets" if ratio.value >= 1.0 else "misses")
-        lines.append(f"{phase}: {best} is {than(ratio.words(), peer)} ({verdict} the >= 1.0x target)")
-    return lines + best_lines(rounds, table) + [x for x in [peer_memory.least_line(table)] if x]
-
-
-def best_lines(rounds, table) -> list[str]:
-    """Per phase, labkit's fastest path against the fastest peer of any engine, from the same rounds (median of the
-    per-round ratios: inside the noise it says inconclusive): who wins here, by how much."""
-    ok = table[table["status"] == "ok"]
-    lines = []
-    for phase, key in (("prefill", "ttft"), ("decode", "tpot")):
-        mine = [n for n in ok["path"] if n.startswith("labkit ")]
-        theirs = [n for n in ok["path"] if not n.startswith("labkit ")]
-        if not mine or not theirs:
-            lines.append(f"{phase}, best against best: not measured ({'no peer' if mine else 'no labkit path'} ran)")
-            continue
-        ours, peer = (min(names, key=lambda n: rounds.median(n, key)) for names in (mine, theirs))
-        ratio = rounds.ratio(peer, ours, key)
-        lead = ("labkit's" if ratio.value >= 1.0 else "the peer's") if ratio.conclusive else "neither"
-        lines.append(f"{phase}, best against best: {ours} is {than(ratio.words(), peer)} ({lead} wins here)")
-    return lines
 
 
 def check_tokens(model: nn.Module, tokenizer, prompt: str, new_tokens: int, workdir: str | Path,

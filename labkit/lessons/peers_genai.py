@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from labkit.core.bench import RequestTiming
-from labkit.lessons import peer_memory
+from labkit.lessons import peer_batch, peer_memory
 from labkit.lessons.peer_runtimes import Contender, agree, convert_rows, missing, side_tool
 
 ENGINES = ("openvino-genai", "onnxruntime-genai")
@@ -223,7 +223,8 @@ def genai_paths(hf_folder, workdir: str | Path, kinds: dict | None = None, progr
             kwargs = {"precision": "f32"} if engine == "openvino-genai" and kind == "fp32" else {}
             path = getattr(runner, "path", None)  # where a fresh process opens it again (labkit.lessons.peer_memory)
             return Contender("", "", BITS[kind], nbytes, runner.generate,
-                             reopen=peer_memory.reopen(engine, type(runner), path, **kwargs) if path else None)
+                             reopen=peer_memory.reopen(engine, type(runner), path, **kwargs) if path else None,
+                             batch=peer_batch.of(runner))
 
         rows += convert_rows(engine, todo, make, why, progress)
     return rows
