@@ -222,5 +222,5 @@ def test_ctranslate2_batched_call_gives_each_request_its_tokens_alone(tmp_path):
     model = models.load()
     runner = peers.CT2Runner(peers.to_ct2(peers.save_hf(model, tmp_path / "hf"), tmp_path / "ct2", "int8"), "int8")
     ids = models.prompt_ids(12, batch=3, vocab_size=model.config.vocab_size, seed=2)
-    batched = peer_batch.of(runner)(ids, 4)
+    batched = peer_batch.of(runner, "ctranslate2")(ids, 4)
     assert batched == [runner.generate(ids[i:i + 1], 4)[1] for i in range(3)] and len(batched[0]) == 4

@@ -7,8 +7,9 @@ on the runtime's kernels, so it is measured, per runtime, in rotating rounds:
 
 - `@1`: one request (a `prompt`-token prompt, `new_tokens` greedy tokens), through the row's batch-1 call;
 - `@B`: B requests of the same length at once (B different prompts, the first one `@1`'s), through the runtime's
-  own batched call (`of`): transformers' `generate` on the B rows, CTranslate2's `generate_batch`, ONNX Runtime
-  GenAI's Generator with `batch_size`, OpenVINO GenAI's LLMPipeline on tokenized inputs of B rows.
+  own batched call (`of`: each runner's `generate_batch`): transformers' `generate` on the B rows (`hf`),
+  CTranslate2's `generate_batch`, ONNX Runtime GenAI's Generator with `batch_size`, OpenVINO GenAI's LLMPipeline on
+  tokenized inputs of B rows.
 
 Columns: `batch-B tok/s` (the B x new_tokens output tokens over the batched call's wall time, its prefill included)
 and `batching gain` (that against one request's output tokens/s, the median of the per-round ratios), and whether
@@ -30,19 +31,10 @@ NO_BATCH = {
 }
 
 
-def of(runner) -> object:
-    """The batched call of `runner` (callable(ids [B, L], new_tokens) -> B token lists), or why there is none."""
-    from labkit.lessons import peers, peers_genai
-
-    if isinstance(runner, peers.CT2Runner):
-        return lambda ids, n: _ct2(runner, ids, n)
-    if isinstance(runner, peers_genai.ORTGenAIRunner):
-        return lambda ids, n: _ort(runner, ids, n)
-    if isinstance(runner, peers_genai.OpenVINORunner):
-        return lambda ids, n: _openvino(runner, ids, n)
-    if isinstance(runner, peers.LlamaCppRunner):
-        return NO_BATCH["llama.cpp"]
-    return f"not measured: no batched call for {type(runner).__name__}"
+def of(runner, engine: str) -> object:
+    """The batched call of `runner` (its `generate_batch`: callable(ids [B, L], new_tokens) -> B token lists), or
+    why there is none."""
+    return getattr(runner, "generate_batch", None) or NO_BATCH.get(engine, f"not measured: no batched call in {engine}")
 
 
 def hf(model) -> object:
@@ -54,38 +46,6 @@ def hf(model) -> object:
         return out[:, ids.shape[1]:].tolist()
 
     return run
-
-
-def _ct2(runner, ids: torch.Tensor, n: int) -> list[list[int]]:
-    prompts = [[runner.vocab[int(t)] for t in row] for row in ids.tolist()]
-    res = runner.gen.generate_batch(prompts, max_length=n, min_length=n, sampling_topk=1, end_token=[],
-                                    include_prompt_in_result=False)
-    return [[int(t) for t in r.sequences_ids[0]] for r in res]
-
-
-def _ort(runner, ids: torch.Tensor, n: int) -> list[list[int]]:
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(runner.model)
-    length = ids.shape[1] + n
-    params.set_search_options(do_sample=False, max_length=length, min_length=length, batch_size=ids.shape[0])
-    gen = og.Generator(runner.model, params)
-    gen.append_tokens(ids.to(torch.int32).numpy())
-    for _ in range(n):
-        gen.generate_next_token()
-    return [[int(t) for t in gen.get_sequence(i)][ids.shape[1]:] for i in range(ids.shape[0])]
-
-
-def _openvino(runner, ids: torch.Tensor, n: int) -> list[list[int]]:
-    import openvino as ov
-    import openvino_genai
-
-    cfg = openvino_genai.GenerationConfig()
-    cfg.max_new_tokens = cfg.min_new_tokens = n
-    cfg.do_sample = False
-    ids64 = ids.to(torch.int64)
-    inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids64.numpy()), ov.Tensor(torch.ones_like(ids64).numpy()))
-    return [[int(t) for t in row] for row in runner.pipe.generate(inputs, cfg).tokens]
 
 
 def measure(paths, batch: int, prompt: int, new_tokens: int, repeats: int, vocab_size: int, seed: int = 0,

@@ -192,6 +192,13 @@ class CT2Runner:
             times.append(time.perf_counter())
         return RequestTiming(start=start, token_times=times, prompt_tokens=len(prompt)), out
 
+    def generate_batch(self, ids: torch.Tensor, new_tokens: int) -> list[list[int]]:
+        """B prompts of the same length at once (generate_batch), exactly n greedy tokens each."""
+        prompts = [[self.vocab[int(t)] for t in row] for row in ids.tolist()]
+        res = self.gen.generate_batch(prompts, max_length=new_tokens, min_length=new_tokens, sampling_topk=1,
+                                      end_token=[], include_prompt_in_result=False)
+        return [[int(t) for t in r.sequences_ids[0]] for r in res]
+
 
 # ---------------------------------------------------------------- the comparison
 
@@ -242,7 +249,7 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
         runner = LlamaCppRunner(dst, n_ctx=n_ctx)
         return Contender("", "", GGUF_BITS.get(kind) or _gguf_bits(dst), _gguf_bytes(dst), runner.generate,
                          reopen=peer_memory.reopen("llama.cpp", LlamaCppRunner, dst, n_ctx=n_ctx),
-                         batch=peer_batch.of(runner))
+                         batch=peer_batch.of(runner, "llama.cpp"))
 
     def ct2_path(kind: str) -> Contender:
         dst = to_ct2(hf(), workdir / f"ct2-{kind}", kind)
@@ -250,7 +257,7 @@ def peer_paths(model: nn.Module, workdir: str | Path, gguf_kinds=("bf16", "q8_0"
         runner = CT2Runner(dst, compute_type=kind)
         return Contender("", "", bits, _ct2_bytes(dst), runner.generate,
                          reopen=peer_memory.reopen("ctranslate2", CT2Runner, dst, compute_type=kind),
-                         batch=peer_batch.of(runner))
+                         batch=peer_batch.of(runner, "ctranslate2"))
 
     paths = convert_rows("llama.cpp", gguf_kinds, gguf_path, missing("llama.cpp"), progress)
     paths += convert_rows("ctranslate2", ct2_kinds, ct2_path, missing("ctranslate2"), progress)

@@ -137,6 +137,18 @@ class OpenVINORunner:
         self.pipe.generate(prompt, cfg, stamps)
         return RequestTiming(start=start, token_times=stamps.times, prompt_tokens=ids.shape[1]), stamps.tokens
 
+    def generate_batch(self, ids: torch.Tensor, new_tokens: int) -> list[list[int]]:
+        """B prompts of the same length at once (tokenized inputs of B rows), exactly n greedy tokens each."""
+        import openvino as ov
+        import openvino_genai
+
+        cfg = openvino_genai.GenerationConfig()
+        cfg.max_new_tokens = cfg.min_new_tokens = new_tokens
+        cfg.do_sample = False
+        ids64 = ids.to(torch.int64)
+        inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids64.numpy()), ov.Tensor(torch.ones_like(ids64).numpy()))
+        return [[int(t) for t in row] for row in self.pipe.generate(inputs, cfg).tokens]
+
 
 class ORTGenAIRunner:
     """Greedy generation through onnxruntime_genai's Generator: append_tokens runs the prefill, each
@@ -166,6 +178,19 @@ class ORTGenAIRunner:
             out.append(int(gen.get_next_tokens()[0]))
             times.append(time.perf_counter())
         return RequestTiming(start=start, token_times=times, prompt_tokens=ids.shape[1]), out
+
+    def generate_batch(self, ids: torch.Tensor, new_tokens: int) -> list[list[int]]:
+        """B prompts of the same length at once (the Generator's batch_size), exactly n greedy tokens each."""
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        length = ids.shape[1] + new_tokens
+        params.set_search_options(do_sample=False, max_length=length, min_length=length, batch_size=ids.shape[0])
+        gen = og.Generator(self.model, params)
+        gen.append_tokens(ids.to(torch.int32).numpy())
+        for _ in range(new_tokens):
+            gen.generate_next_token()
+        return [[int(t) for t in gen.get_sequence(i)][ids.shape[1]:] for i in range(ids.shape[0])]
 
 
 def convert(engine: str, hf_folder: Path, out: Path, kind: str) -> tuple[object, float]:
@@ -224,7 +249,7 @@ def genai_paths(hf_folder, workdir: str | Path, kinds: dict | None = None, progr
             path = getattr(runner, "path", None)  # where a fresh process opens it again (labkit.lessons.peer_memory)
             return Contender("", "", BITS[kind], nbytes, runner.generate,
                              reopen=peer_memory.reopen(engine, type(runner), path, **kwargs) if path else None,
-                             batch=peer_batch.of(runner))
+                             batch=peer_batch.of(runner, engine))
 
         rows += convert_rows(engine, todo, make, why, progress)
     return rows
