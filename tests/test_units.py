@@ -50,3 +50,15 @@ def test_log_ticks_are_plain_numbers():
     with pytest.raises(ValueError, match="axis"):
         units.plain_log_ticks(ax, axis="z")
     plt.close(fig)
+
+
+def test_a_percentage_beside_its_bar_never_prints_equal_to_it_when_it_is_not():
+    from labkit.core.units import pct_beside
+    from labkit.course.claims import compression
+
+    assert pct_beside(0.0124, 0.012) == "+1.24%" and pct_beside(0.0116, 0.012) == "+1.16%"
+    assert pct_beside(0.044, 0.012) == "+4.4%" and pct_beside(0.012, 0.012) == "+1.2%"
+    assert pct_beside(0.01201, 0.012, sign=False) == "1.201%"
+    v = compression.c7({"label": "magnitude 40%", "decode_x": 1.0, "decode_words": "inconclusive (1.00x)",
+                        "ppl_change": 0.0124, "conclusive": False})
+    assert "held-out perplexity +1.24%" in v.evidence and "+1.24% perplexity" in v.measured

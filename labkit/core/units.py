@@ -55,6 +55,16 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:,.0f} B"
 
 
+def pct_beside(value: float, bar: float, sign: bool = True) -> str:
+    """`value` as a percentage with one decimal, or more where one would print it equal to `bar` while it is not
+    (+1.24% against "at most 1.2%" would read "+1.2% ... not met")."""
+    plus = "+" if sign else ""
+    for digits in (1, 2, 3):
+        if value == bar or f"{value:.{digits}%}" != f"{bar:.{digits}%}":
+            break
+    return f"{value:{plus}.{digits}%}"
+
+
 def than(words: str, ref: str, ms: float | None = None) -> str:
     """A `Ratio.words()` against `ref`, for a sentence: "2.50x faster than eager", "1.27x slower than one process
     (89.2 ms)"; inside the noise "no different from eager: inconclusive (...)", never "inconclusive than"."""

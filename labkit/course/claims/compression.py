@@ -7,6 +7,7 @@ prose takes the thresholds from the constants here.
 
 from __future__ import annotations
 
+from labkit.core.units import pct_beside
 from labkit.course.claims.verdict import (
     INCONCLUSIVE,
     NOT_MEASURABLE,
@@ -101,7 +102,7 @@ C7_SPEED_TOLERANCE = 0.10  # a measured speed-up up to 10% below 2.1x still coun
 
 def _c7_part(d: dict) -> str:
     """What was measured of one cut, beside its checks: its ratio in the lesson's words and its quality."""
-    words = f"{d['label']}: decode {d['decode_words']}, held-out perplexity {d['ppl_change']:+.1%}"
+    words = f"{d['label']}: decode {d['decode_words']}, held-out perplexity {pct_beside(d['ppl_change'], C7_LOSS)}"
     if d.get("agreement") is not None:
         words += f", greedy tokens agreeing with dense {d['agreement']:.1%}"
     if d.get("ppl_change_recovered") is not None:
@@ -149,12 +150,13 @@ def c7(magnitude: dict | None, structured: dict | None = None, record: dict | No
     checks = []
     if magnitude is not None:
         checks += [_c7_speed(magnitude, f"{magnitude['label']} decode"),
-                   check(f"{magnitude['label']} held-out perplexity", f"{magnitude['ppl_change']:+.1%}",
+                   check(f"{magnitude['label']} held-out perplexity", pct_beside(magnitude["ppl_change"], C7_LOSS),
                          f"guide at most {C7_LOSS:.1%} lost", magnitude["ppl_change"] <= C7_LOSS)]
     if structured is not None:
         checks.append(_c7_speed(structured, f"another 40% cut, {structured['label']}, decode"))
     main = magnitude or structured
     head = "; ".join(_c7_part(d) for d in (magnitude, structured) if d is not None)
     return judged("C7", checks, head=head, rule=_c7_rule,
-                  measured=f"{main['label']}: {main['decode_x']:.2f}x decode, {main['ppl_change']:+.1%} perplexity",
+                  measured=f"{main['label']}: {main['decode_x']:.2f}x decode, "
+                           f"{pct_beside(main['ppl_change'], C7_LOSS)} perplexity",
                   record=record)
