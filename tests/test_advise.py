@@ -254,3 +254,28 @@ def test_check_runs_the_pick_at_full_depth_and_says_whether_the_prediction_holds
     missing, _ = advise_check.check(dict(choice, runtime="nosuch"), spec, str(folder), new_tokens=4, repeats=1,
                                     workdir=tmp_path / "w")
     assert missing[0].startswith("check not run: nosuch int8-dynamic-legacy: unknown runtime")
+
+
+def test_many_users_get_the_peers_batched_sentences_and_the_batch_dependent_rows(tmp_path):
+    """With a peers record that timed batch 8, `advise --users N` prints the run's own batched sentences and names
+    the rows whose answers changed in the batch; a record of batch 1 only says to rerun the peers."""
+    _save_02(tmp_path)
+    _save_peers(tmp_path, 150.0)
+    old = "\n".join(advise.advise(root=tmp_path, users=4).lines)
+    assert "this peers record times batch 1 only; rerun" in old and "the runtimes at batch" not in old
+    rows = [{"path": "labkit int8-dynamic-legacy", "engine": "labkit", "bits/weight": 8, "status": "ok",
+             "prefill tok/s": 300.0, "decode tok/s": 22.0, "batch-8 tok/s": 81.0, "batched": "ok, but its first "
+             "request's tokens differ from its tokens alone (batch-dependent)"},
+            {"path": "ctranslate2 int8", "engine": "ctranslate2", "bits/weight": 8, "status": "ok",
+             "prefill tok/s": 287.0, "decode tok/s": 16.0, "batch-8 tok/s": 63.0, "batched": "ok"}]
+    said = "batch-8 throughput, best against best: labkit int8-dynamic-legacy (81 tok/s) is 1.23x faster than " \
+           "ctranslate2 int8 (63 tok/s) (labkit's wins here)"
+    _save(tmp_path, "peers", {"shape": "tinyllama-1.1b", "layers": 8, "prompt_len": 512, "new_tokens": 32,
+                              "threads": 2, "batch": 8, "batch_prompt": 64}, {"table": rows, "targets": [said]})
+    lines = advise.advise(root=tmp_path, users=4).lines
+    at = lines.index("  the runtimes at batch 8 (peers record: 64-token prompts, 8 layer(s) of tinyllama-1.1b, not "
+                     "projected):")
+    assert lines[at + 1] == f"    {said}"
+    assert lines[at + 2].startswith("    batch-dependent here: labkit int8-dynamic-legacy (")
+    assert not any("batch 1 only" in x for x in lines)
+    assert not any("the runtimes at batch" in x for x in advise.advise(root=tmp_path, users=1).lines)

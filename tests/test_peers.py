@@ -200,7 +200,10 @@ def test_batched_rows_time_one_request_against_b_at_once_and_flag_batch_dependen
     table.attrs.update(batch=4, batch_rounds=r)
     lines = peer_verdicts.batch_lines(table)
     assert lines[0].startswith("batch-4 throughput, best against best: labkit a (")
-    assert "x faster than peer b (" in lines[0] and lines[0].endswith("(labkit's wins here)")
+    assert "x faster than peer b (" in lines[0] and lines[0].endswith("answered a request differently in the batch "
+                                                                      "than alone (batch-dependent: its answers "
+                                                                      "change with their neighbours)")
+    assert "(labkit's wins here); but peer b answered" in lines[0]
     assert lines[1].startswith("batching 4 requests gains most in labkit a") and "least in peer b" in lines[1]
     with pytest.raises(ValueError, match="at least 2"):
         peer_batch.measure(rows, 1, 8, 3, 1, 256)

@@ -260,6 +260,11 @@ def peers_batched(rec: dict | None) -> list[str]:
         return []
     c = rec["config"]
     said = [x for x in rec["metrics"].get("targets", []) if x.startswith(("batch-", "batching "))]
+    odd = [r["path"] for r in rec["metrics"].get("table", [])
+           if str(r.get("batched") or "").startswith("ok, but")]
+    if odd:
+        said.append(f"batch-dependent here: {', '.join(odd)} (a request's tokens in the batch differ from its tokens "
+                    "alone: its answer changes with its neighbours)")
     return [f"  the runtimes at batch {c['batch']} (peers record: {c['batch_prompt']}-token prompts, {c['layers']} "
             f"layer(s) of {c['shape']}, not projected):", *(f"    {x}" for x in said)]
 

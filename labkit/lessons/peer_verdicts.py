@@ -102,8 +102,12 @@ def batch_lines(table) -> list[str]:
         ours, peer = (max(names, key=tps.get) for names in (mine, theirs))
         ratio = r.ratio(f"{peer} @{b}", f"{ours} @{b}")
         lead = ("labkit's" if ratio.value >= 1.0 else "the peer's") if ratio.conclusive else "neither"
+        state = dict(zip(ok["path"], ok["batched"], strict=True)) if "batched" in ok else {}
+        odd = [n for n in (ours, peer) if str(state.get(n, "ok")) != "ok"]
         lines.append(f"batch-{b} throughput, best against best: {ours} ({tps[ours]:,.0f} tok/s) is "
-                     f"{than(ratio.words(), peer)} ({tps[peer]:,.0f} tok/s) ({lead} wins here)")
+                     f"{than(ratio.words(), peer)} ({tps[peer]:,.0f} tok/s) ({lead} wins here)"
+                     + (f"; but {' and '.join(odd)} answered a request differently in the batch than alone "
+                        "(batch-dependent: its answers change with their neighbours)" if odd else ""))
     else:
         lines.append(f"batch-{b} throughput, best against best: not measured "
                      f"({'no peer' if mine else 'no labkit path'} batched)")
