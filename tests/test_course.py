@@ -235,13 +235,16 @@ def test_the_plan_names_the_machine_kind_and_the_features_that_decide_speed():
 def test_the_estimate_is_the_last_run_on_this_machine_with_these_parameters(reports, monkeypatch):
     monkeypatch.setattr(catalog, "REFERENCE", REF)
     here, other = _fp(), _fp(cpu="Other CPU")
+    _time(reports, here, "03", 500.0)  # older than the last 3: not counted
     _time(reports, here, "03", 50.0)
-    _time(reports, here, "03", 70.0)  # the latest counts
+    _time(reports, here, "03", 90.0)
+    _time(reports, here, "03", 70.0)  # the median of the last 3 counts
     _time(reports, here, "03", 900.0, params={"layers": 4})  # other parameters: another lesson's time
     _time(reports, other, "03", 10.0)  # another machine kind says nothing about this one
     plan = course_plan.make_plan(["03", "04"], "ci", {}, reports, fp=here)
     e = plan.estimates["03"]
-    assert (e.seconds, e.basis) == (70.0, "measured here") and "last run on this machine" in e.source
+    assert (e.seconds, e.basis) == (70.0, "measured here") and "median of its last 3 runs on this machine" in e.source
+    assert "(50-90 s, the last " in e.source
     assert plan.estimates["04"].basis == "reference"  # never run here, no profile: the reference as it is
     assert plan.estimates["04"].seconds == catalog.lesson("04").reference_s
     assert "no notebook-01 profile" in plan.estimates["04"].source
@@ -276,7 +279,7 @@ def test_a_lesson_with_a_budget_is_expected_to_take_at_most_its_budget(reports, 
     ran = [{"config": {"lesson": "02", "preset": "ci", "machine_key": "key", "params": {}},
             "time": "2026-12-07T00:00:00", "metrics": {"seconds": 2.0 * les.budget_s}}]
     e = course_plan.estimate(les, "ci", {}, "key", ran, None)
-    assert e.seconds == les.budget_s and "capping its last run" in e.source
+    assert e.seconds == les.budget_s and "capping its last run" in e.source  # one run: that run
     ran[0]["metrics"]["seconds"] = 0.5 * les.budget_s
     assert course_plan.estimate(les, "ci", {}, "key", ran, None).seconds == 0.5 * les.budget_s
 

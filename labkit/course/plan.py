@@ -3,9 +3,9 @@ before the first notebook starts, then each lesson's time set against its estima
 
 A fixed preset takes 16 minutes on one CPU and 44 on another (issue 29), so a learner needs the expected time of
 *this* machine. Each lesson's estimate comes from the best source there is, in this order:
-1. its last run on this machine (same CPU kind, speed-deciding features, usable cores and GPUs), preset and
-   parameters: the runner stores every successful lesson's seconds as a record `course_times` (with the
-   fingerprint, the estimate it had and where that came from);
+1. its runs on this machine (same CPU kind, speed-deciding features, usable cores and GPUs), preset and
+   parameters, the median of the last RECENT_RUNS: the runner stores every successful lesson's seconds as a record
+   `course_times` (with the fingerprint, the estimate it had and where that came from);
 2. the catalog's reference time (`Lesson.reference_s`, the ci preset on `catalog.REFERENCE`'s machine) scaled by
    notebook 01's profile of this machine: half of it by the fp32 matmul rate, half by the memory bandwidth, each
    against the reference's (when both sides' rates are known);
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from labkit.course import catalog
 
 TIMES = "course_times"  # the record of one lesson's run: its seconds, the machine and the estimate it had
 OVER_FACTOR = 1.5  # a lesson that takes longer than this many times its estimate says so
+RECENT_RUNS = 3  # a lesson's estimate here is the median of its last 3 runs: one run on a shared machine varies by
+# up to 1.6x (notebook 01: 96 s in one make lab, 157 s in the next, same code, on an AVX2-only EPYC)
 COMPUTE_SHARE = 0.5  # the share of a lesson's time that scales with the fp32 matmul rate (the rest: bandwidth)
 FEATURES = (("avx2", "AVX2"), ("avx512", "AVX-512"), ("vnni", "VNNI"), ("avx512_bf16", "AVX512-BF16"), ("amx", "AMX"))
 
@@ -102,7 +105,11 @@ def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str,
     budget = params.get("budget_s", lesson.budget_s if preset == "ci" else None)
     if mine:
         when = _dt.datetime.fromisoformat(mine[-1]["time"]).strftime("%Y-%m-%d %H:%M")
-        secs, source = float(mine[-1]["metrics"]["seconds"]), f"its last run on this machine ({when} UTC)"
+        recent = sorted(float(t["metrics"]["seconds"]) for t in mine[-RECENT_RUNS:])
+        secs = statistics.median(recent)
+        source = (f"its last run on this machine ({when} UTC)" if len(recent) == 1 else
+                  f"the median of its last {len(recent)} runs on this machine ({recent[0]:.0f}-{recent[-1]:.0f} s, "
+                  f"the last {when} UTC)")
         if isinstance(budget, (int, float)) and secs > budget:  # a run from before its budget, or over it
             return Estimate(lesson.id, lesson.notebook, float(budget), f"its budget_s={budget:.0f} (capping {source})",
                             "measured here", f"its budget_s={budget:.0f}")
