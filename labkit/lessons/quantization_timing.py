@@ -27,7 +27,9 @@ SETUP_PREFILLS = 5  # a compiled row's set-up: the eager reference's prefill and
 SETUP_SHARE = 0.5  # a compiled row is set up only if that takes at most this share of the time left
 KERNEL_TOKENS = 32  # the rows of the one-matrix product that times an INT8 row's int8 kernel before quantizing
 KERNEL_GAP = 10.0  # an INT8 row whose kernel runs over this many times slower than another INT8 row's ...
-KERNEL_SHARE = 0.25  # ... and whose rounds' prefills would take over this share of the time left is not quantized
+KERNEL_SHARE = 0.10  # ... and one of whose prefills would take over this share of the time left is not quantized:
+# the time left pays for every row's quantizing and probe before the rounds (on an AVX2-only EPYC ~75 of ~145 s), so
+# a row whose one call takes a tenth of it would not fit the rounds beside the others (budget.choose drops it there)
 
 
 def linear_flops(model) -> float:
@@ -57,9 +59,9 @@ def kernel_rates(model, candidates: Sequence[str], device: str) -> dict[str, tup
 def slow_kernels(model, methods: Sequence[str], prompt_len: int, repeats: int, deadline: float,
                  budget_s: float | None, device: str, rates: dict | None = None) -> dict[str, str]:
     """{method: status} of the INT8 rows of `methods` not to quantize or time under a budget: a row whose int8 kernel
-    (`kernel_rates`, or `rates` already timed) runs over KERNEL_GAP x slower than another INT8 row's and whose
-    `repeats` prefills of `prompt_len` tokens, at that kernel's rate, would take over KERNEL_SHARE of the time left
-    before `deadline`. On an AVX2-only EPYC torchao's per-token int8 (torch._int_mm, ~5 GFLOP/s against fbgemm's
+    (`kernel_rates`, or `rates` already timed) runs over KERNEL_GAP x slower than another INT8 row's and one of whose
+    prefills of `prompt_len` tokens, at that kernel's rate, would take over KERNEL_SHARE of the time left before
+    `deadline`. On an AVX2-only EPYC torchao's per-token int8 (torch._int_mm, ~5 GFLOP/s against fbgemm's
     ~240) cost ~10 s of notebook 02 to quantize and probe before the budget left it out anyway (issue 29). A CPU
     whose kernels are close (VNNI, AMX) or a larger budget quantizes and times every row as before."""
     rates = kernel_rates(model, methods, device) if rates is None else rates
@@ -71,14 +73,16 @@ def slow_kernels(model, methods: Sequence[str], prompt_len: int, repeats: int, d
     out = {}
     for method, (rate, kernel) in rates.items():
         est = linear_flops(model) * prompt_len / rate
-        if rate * KERNEL_GAP >= top or repeats * est <= KERNEL_SHARE * left:
+        if rate * KERNEL_GAP >= top or est <= KERNEL_SHARE * left:
             continue
-        more = suggest_budget((budget_s or 0.0) + repeats * est / KERNEL_SHARE - left)
+        more = suggest_budget((budget_s or 0.0) + est / KERNEL_SHARE - left)
         out[method] = (f"not run here: its int8 matmul ({kernel}) ran at {rate / 1e9:,.1f} GFLOP/s on one "
                        f"{KERNEL_TOKENS} x {h} by ({h} x {h})^T product, {top / rate:,.0f}x slower than {top_kernel} "
                        f"({top / 1e9:,.0f} GFLOP/s), so its {prompt_len}-token prefill's matmuls alone would take "
-                       f"~{est:,.0f} s a call here, {repeats} of them more than {KERNEL_SHARE:.0%} of the {left:.0f} s "
-                       f"left of the budget; not quantized, not timed; run with -p budget_s={more}")
+                       f"~{est:,.0f} s a call here, more than {KERNEL_SHARE:.0%} of the {left:.0f} s left of the "
+                       f"budget for quantizing, probing and timing every row ({repeats} rounds); not quantized, not "
+                       "timed; "
+                       f"run with -p budget_s={more}")
     return out
 
 
