@@ -228,13 +228,17 @@ def meaning(side: SideBySide, cores: int) -> list[str]:
     rows = {r["metric"]: r for r in side.table()}
     tpot, thr, eng = rows[ROWS[0][1]], rows[ROWS[4][1]], rows[ROWS[5][1]]
     tpot_in, tpot_http = med(IN, "tpot_median_ms"), med(HTTP, "tpot_median_ms")
-    out = [f"Over HTTP a request waited {tpot['HTTP minus in process (median of rounds)']:+.2f} ms per output token "
-           f"against the same engine in process (TPOT {tpot_in:.2f} -> {tpot_http:.2f} ms: {tpot['over HTTP it is']}), "
-           f"{(tpot_http - tpot_in) / tpot_in:+.0%} of the in-process time per token. Output throughput over HTTP: "
-           f"{thr['over HTTP it is']}."]
     e_in, e_http = med(IN, "engine_ms_per_token"), med(HTTP, "engine_ms_per_token")
     k_in, k_http = med(IN, "tokens_per_step"), med(HTTP, "tokens_per_step")
     r_eng, r_tpot = side.rounds.ratio(IN, HTTP, "engine_ms_per_token"), side.rounds.ratio(IN, HTTP, "tpot_median_ms")
+    # every number of this sentence is taken round by round (the medians of each side apart can tell another story
+    # when rounds vary: 15.90 -> 31.92 ms read as 2.01x beside a per-round 1.84x and +13.59 ms)
+    n = len(side.rounds.values[IN]["tpot_median_ms"])
+    out = [f"Over HTTP a request waited {tpot['HTTP minus in process (median of rounds)']:+.2f} ms more per output "
+           f"token than the same engine in process ({tpot['over HTTP it is']}, {1 / r_tpot.value - 1:+.0%} of the "
+           f"in-process time per token; each the median of {n} rounds' own difference or ratio; the medians of TPOT "
+           f"apart: {tpot_in:.2f} ms in process, {tpot_http:.2f} ms over HTTP). Output throughput over HTTP: "
+           f"{thr['over HTTP it is']}."]
     engine_slower = r_eng.conclusive and r_eng.value < 1
     if engine_slower:
         why = "part of the cost is the engine itself running slower next to the HTTP layer, not only the layer's work."

@@ -49,12 +49,17 @@ def _rounds(tpot_in, tpot_http, engine_in=2.0, engine_http=2.0, cores_in=1.9, co
 
 def test_meaning_follows_the_numbers():
     slower = hx.meaning(_rounds([10.0] * 3, [15.0] * 3, engine_http=2.6), cores=2)
-    assert "+5.00 ms per output token" in slower[0] and "1.50x slower" in slower[0] and "+50%" in slower[0]
+    assert "+5.00 ms more per output token" in slower[0] and "1.50x slower" in slower[0] and "+50%" in slower[0]
     assert "engine itself running slower" in slower[1] and "waiting rather than computing" in slower[2]
     assert "per FLOP" in slower[-1]
     same = hx.meaning(_rounds([10.0, 10.1, 9.9], [10.0, 9.9, 10.1], cores_http=1.8), cores=2)
     assert "inconclusive" in same[0] and same[1].endswith("the engine ran no slower than in process.")
     assert "waiting" not in same[2] and not any("per FLOP" in s for s in same)
+    # rounds that vary: the sentence's difference, ratio and share all come round by round (the medians of each side
+    # apart, 10 and 30 ms, would read 3x and +200% beside a per-round 2x)
+    varied = hx.meaning(_rounds([10.0, 20.0, 10.0], [15.0, 40.0, 30.0], engine_http=2.6), cores=2)
+    assert "+20.00 ms more per output token" in varied[0] and "2.00x slower, +100% of the in-process" in varied[0]
+    assert "+200%" not in varied[0] and "medians of TPOT apart: 10.00 ms in process, 30.00 ms over HTTP" in varied[0]
     outside = hx.meaning(_rounds([10.0] * 3, [15.0] * 3, engine_http=2.0), cores=2)
     assert "spent outside its steps" in outside[1] and "waiting" not in outside[2]
 
