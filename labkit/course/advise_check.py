@@ -57,15 +57,15 @@ def check(choice: dict, spec: models.ShapeSpec, source: str, new_tokens: int = 3
     compare. `source`: what models.build takes for it (the shape name or the model folder). Returns (lines, the
     measured numbers; empty where nothing ran)."""
     from labkit.core.bench import run_rounds
-    from labkit.core.hardware import memory_bytes
+    from labkit.techniques.kernels import available_bytes
 
     need = need_bytes(spec)
-    have = memory_bytes()["available"] if available is None else available
+    have = available_bytes("cpu") if available is None else available  # the planner's usable share of free RAM
     name = f"{choice['runtime']} {choice['format']}"
     if need > have:
         return [f"check not run: {name} on {spec.name} at full depth ({spec.num_hidden_layers} layers, "
                 f"{spec.params() / 1e9:,.2f} B parameters) needs ~{need / 2**30:,.1f} GiB here ({MEMORY_COPIES} fp32 "
-                f"copies: the model, its saved folder, its conversion) and {have / 2**30:,.1f} GiB are free; check "
+                f"copies: the model, its saved folder, its conversion) and {have / 2**30:,.1f} GiB are usable; check "
                 "on a smaller model, e.g. `python -m labkit advise --model tinyllama-1.1b --check`"], {}
     prompt = int(choice["prompt_len"])
     model = models.build(source, layers=spec.num_hidden_layers, seed=seed).float().eval()
