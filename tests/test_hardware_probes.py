@@ -144,7 +144,6 @@ def test_hardware_still_offers_the_names_other_modules_import_from_it():
     assert hardware.Probe is probes.Probe and hardware.matrix_kernel is probes.matrix_kernel
     assert hardware.onednn_unsupported is onednn.onednn_unsupported
     assert hardware.onednn_op_unsupported is onednn.onednn_op_unsupported
-    assert hardware._proc_status_kib is storage._proc_status_kib and hardware._reset_peak_rss is storage._reset_peak_rss
 
 
 def _probe(rate_gbps: float) -> probes.Probe:

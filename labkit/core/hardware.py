@@ -18,11 +18,9 @@ import torch
 
 # Moved to their own modules, importable from here for the callers that still use them: onednn_* (techniques.kernels,
 # lessons.casestudy, tests/test_casestudy.py), matrix_kernel (lessons.casestudy), Probe / run_probes /
-# summarize_probes (core.roofline, core.planner), _proc_status_kib / _reset_peak_rss (techniques.memory). New code
-# imports them from where they live.
+# summarize_probes (core.roofline, core.planner). New code imports them from where they live.
 from labkit.core.onednn import onednn_op_unsupported, onednn_unsupported  # noqa: F401
 from labkit.core.probes import Probe, matrix_kernel, run_probes, summarize_probes  # noqa: F401
-from labkit.core.storage import _proc_status_kib, _reset_peak_rss  # noqa: F401
 from labkit.core.units import gib
 
 # ISA features that decide CPU LLM speed, as Linux /proc/cpuinfo names them.

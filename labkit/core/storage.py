@@ -78,12 +78,12 @@ def probe_disk(folder: Path, mib: int = 256, repeats: int = 3) -> dict:
 LOAD_METHODS = ("mmap", "pread", "read")
 
 
-def _proc_status_kib(field: str) -> int:
+def proc_status_kib(field: str) -> int:
     m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
     return int(m.group(1)) if m else 0
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); ru_maxrss cannot be reset
     and, after fork + exec, still holds the parent's peak. False where it could not (then VmHWM counts from
     process start: still a peak, only less tight)."""
@@ -121,8 +121,8 @@ def load_in_this_process(path: str, method: str, repeats: int = 3) -> dict:
                 return load(f.read())
         raise ValueError(f"unknown load method {method!r}; choose one of {list(LOAD_METHODS)}")
 
-    _reset_peak_rss()
-    rss0, anon0, file0 = _proc_status_kib("VmRSS"), _proc_status_kib("RssAnon"), _proc_status_kib("RssFile")
+    reset_peak_rss()
+    rss0, anon0, file0 = proc_status_kib("VmRSS"), proc_status_kib("RssAnon"), proc_status_kib("RssFile")
     times = []
     for i in range(repeats + 1):
         if i == 0:
@@ -132,10 +132,10 @@ def load_in_this_process(path: str, method: str, repeats: int = 3) -> dict:
         _touch(sd)
         times.append(time.perf_counter() - t0)
         if i == 0:
-            anon, filem = _proc_status_kib("RssAnon") - anon0, _proc_status_kib("RssFile") - file0
+            anon, filem = proc_status_kib("RssAnon") - anon0, proc_status_kib("RssFile") - file0
         del sd
         gc.collect()
-    peak = _proc_status_kib("VmHWM") - rss0
+    peak = proc_status_kib("VmHWM") - rss0
     return {"method": method, "file_bytes": os.path.getsize(path), "first_s": times[0],
             "repeat_s": float(np.median(times[1:])), "anon_growth_bytes": anon * 1024,
             "file_mapped_bytes": filem * 1024, "peak_rss_growth_bytes": peak * 1024}

@@ -88,8 +88,8 @@ def child(spec: dict) -> dict:
     import torch
 
     from labkit.core.models import prompt_ids
-    from labkit.core.storage import _proc_status_kib as kib
-    from labkit.core.storage import _reset_peak_rss
+    from labkit.core.storage import proc_status_kib as kib
+    from labkit.core.storage import reset_peak_rss
     from labkit.lessons.peer_runtimes import MODULES
 
     torch.set_num_threads(spec["threads"])
@@ -103,7 +103,7 @@ def child(spec: dict) -> dict:
     gc.collect()
     _trim()
     loaded = kib("VmRSS")
-    reset = _reset_peak_rss()
+    reset = reset_peak_rss()
     ids = prompt_ids(spec["prompt_len"], vocab_size=spec["vocab_size"], seed=spec.get("seed", 0))
     with torch.inference_mode():
         run(ids, spec["new_tokens"])

@@ -84,21 +84,21 @@ def rss_peak_during(fn: Callable[[], object]) -> tuple[object, int | None]:
     """Run `fn()` and return (its result, growth of the process's peak resident memory above its resident
     memory at the start, bytes). Linux only (None elsewhere). Pages that glibc kept from earlier frees are
     reused without growing the RSS, so this can read lower than `peak_during`, never the allocator's view."""
-    from labkit.core.hardware import _proc_status_kib, _reset_peak_rss
+    from labkit.core.storage import proc_status_kib, reset_peak_rss
 
     if not os.path.exists("/proc/self/status"):
         return fn(), None
-    _reset_peak_rss()
-    rss0 = _proc_status_kib("VmRSS")
+    reset_peak_rss()
+    rss0 = proc_status_kib("VmRSS")
     out = fn()
-    return out, max(0, _proc_status_kib("VmHWM") - rss0) * 1024
+    return out, max(0, proc_status_kib("VmHWM") - rss0) * 1024
 
 
 def rss_bytes() -> int | None:
     """This process's resident memory now (Linux), bytes."""
-    from labkit.core.hardware import _proc_status_kib
+    from labkit.core.storage import proc_status_kib
 
-    return _proc_status_kib("VmRSS") * 1024 if os.path.exists("/proc/self/status") else None
+    return proc_status_kib("VmRSS") * 1024 if os.path.exists("/proc/self/status") else None
 
 
 # ---------------------------------------------------------------- CUDA: what empty_cache() does
