@@ -73,6 +73,13 @@ def _wait(condition, timeout_s: float = 60.0, what: str = "") -> None:
         time.sleep(0.02)
 
 
+def _held(url: str) -> int:
+    """Requests the server has taken in (running or waiting): a request it has not yet read when SIGTERM lands
+    gets 503, which is the late request's part of the test, not the in-flight ones'."""
+    m = parse_metrics(httpx.get(f"{url}/metrics", timeout=TIMEOUT).text)
+    return int(m["labkit:num_requests_running"] + m["labkit:num_requests_waiting"])
+
+
 class Lines(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -138,6 +145,7 @@ def test_sigterm_drains_the_server_process_and_it_exits_0():
         clients = [Client(server.url, [10 + i] * 8, 1000) for i in range(4)]  # two run, two wait for a slot
         clients.append(Client(server.url, [20] * 8, 1000, stream=False))
         _wait(lambda: sum(c.tokens > 0 for c in clients) >= 2, timeout_s=120, what="two streams' first tokens")
+        _wait(lambda: _held(server.url) == len(clients), timeout_s=60, what="the server holding all five requests")
         sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
