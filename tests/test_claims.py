@@ -529,3 +529,12 @@ def test_ledger_judges_lesson_06s_claims_and_c15_from_06_and_00_together(tmp_pat
     _decided(got["C15"], P, "13.80x (guide 3-5x: partly met, above the range", "notebook 00: eager generate (E2E) "
              "0.84x (guide 3-5x: not met")
     assert got["C15"].record.endswith(".json")
+
+
+def test_c11_names_each_lengths_kernel_where_the_fastest_differs():
+    rows = [_att(256, 3.36, 0.68, kernel="sdpa -> flash"), _att(1024, 9.01, 0.92, kernel="flex_attention")]
+    v = claims.c11(rows, "cpu")
+    assert "the fastest fused kernel against eager attention on cpu (n=256: sdpa -> flash 3.36x" in v.evidence
+    assert "n=1,024: flex_attention 9.01x" in v.evidence
+    same = claims.c11([_att(256, 3.0, 0.6), _att(1024, 9.0, 0.9)], "cpu").evidence
+    assert "sdpa -> flash against eager attention on cpu (n=256: 3.00x" in same

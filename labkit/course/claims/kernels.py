@@ -84,10 +84,13 @@ def c11(rows: list[dict], device: str, a100_length: int | None = None, skipped: 
         return not_measured("C11")
     rows = sorted(rows, key=lambda r: r["n"])
     last = rows[-1]
-    trend = ", ".join(f"n={r['n']:,}: {r['speedup']:.2f}x, {-r['memory_saving']:+.0%} memory" for r in rows)
+    mixed = len({r["kernel"] for r in rows}) > 1  # the fastest fused kernel differs between lengths: name each
+    trend = ", ".join(f"n={r['n']:,}: {r['kernel'] + ' ' if mixed else ''}{r['speedup']:.2f}x, "
+                      f"{-r['memory_saving']:+.0%} memory" for r in rows)
     measured = f"{last['speedup']:.2f}x faster, {-last['memory_saving']:+.0%} memory at n={last['n']:,}"
     names = [gpu] if gpu else gpus(record)
-    head = f"{last['kernel']} against eager attention on {device} ({trend})"
+    head = (f"the fastest fused kernel against eager attention on {device} ({trend})" if mixed else
+            f"{last['kernel']} against eager attention on {device} ({trend})")
     if not (str(device).startswith("cuda") and "flash" in str(last["kernel"]).lower() and on_hardware("C11", names)):
         here = ", ".join(names) or "no GPU"
         return judged("C11", [Check("FlashAttention-2 on an A100", "", "guide 3x, -40% memory", NOT_MEASURABLE,
