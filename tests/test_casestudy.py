@@ -217,6 +217,10 @@ def test_pick_prefers_a_batch_invariant_path_within_the_slack(monkeypatch):
     method, rows = casestudy.pick_int8(model, None, list(times), rounds=1, progress=False)
     assert method == "int8-dynamic-legacy"
     assert "batch-dependent" in next(r for r in rows if r["picked"])["note"]
+    note = next(r for r in rows if r["picked"])["note"]
+    assert "every batch-invariant path timed here is more than 1.5x slower" in note
+    method, rows = casestudy.pick_int8(model, None, ["int8-dynamic-legacy"], rounds=1, progress=False)
+    assert "no batch-invariant path was timed here (int8-weight-only not among" in rows[0]["note"]
 
 
 def test_a_ratio_is_asserted_only_where_the_machines_ceiling_clears_the_bar_with_margin():

@@ -148,8 +148,13 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
     if keep is not None:
         keep.update({key: q for key, q in runners.items() if key[0] == best["method"]})
     if best["method"] not in quant.BATCH_INVARIANT:
+        if invariant:
+            why = f"every batch-invariant path timed here is more than {INVARIANT_SLACK}x slower"
+        else:  # say so rather than imply a comparison that was not made
+            absent = [m for m in quant.BATCH_INVARIANT if m.startswith("int8")]
+            why = (f"no batch-invariant path was timed here ({', '.join(absent)} not among the timed candidates; "
+                   "-p int8_candidates adds them)")
         for row in ok:
             if row["picked"]:
-                row["note"] = ("batch-dependent (answers can change with batch neighbours): every batch-invariant "
-                               f"path here is more than {INVARIANT_SLACK}x slower")
+                row["note"] = f"batch-dependent (answers can change with batch neighbours): {why}"
     return best["method"], rows
