@@ -267,6 +267,67 @@ def test_the_reference_time_is_scaled_by_this_machines_profile(reports, monkeypa
     assert e.basis == "reference" and "rates are not recorded" in e.source
 
 
+def test_a_machine_with_no_profile_is_scaled_by_a_quick_probe_until_notebook_01_replaces_it(reports, monkeypatch):
+    monkeypatch.setattr(catalog, "REFERENCE", REF)
+    here, calls = _fp(), []
+
+    def quick():  # a machine twice as fast in both rates
+        calls.append(1)
+        return {"fp32_gflops": 2 * REF["fp32_gflops"], "bandwidth_gbps": 2 * REF["bandwidth_gbps"],
+                "from": course_plan.QUICK}
+
+    plan = course_plan.make_plan(["01", "04"], "ci", {}, reports, fp=here, quick=quick)
+    assert calls == [1] and plan.estimates["04"].basis == "scaled"
+    assert plan.estimates["04"].seconds == pytest.approx(catalog.lesson("04").reference_s / 2)
+    assert "a quick probe before the first lesson here against the reference's" in plan.estimates["04"].source
+    assert "(quick probe)" in plan.estimates["01"].brief and "notebook 01 measures them again" in plan.lines()[1]
+    _profile(reports, here, REF["fp32_gflops"], REF["bandwidth_gbps"])  # 01 measures: as fast as the reference
+    lines = course_plan.replan(plan, reports, "01")
+    assert lines[0].startswith("Re-planned from notebook 01's profile")
+    assert plan.estimates["04"].seconds == pytest.approx(catalog.lesson("04").reference_s)
+    course_plan.make_plan(["04"], "ci", {}, reports, fp=here, quick=quick)
+    assert calls == [1]  # with a profile stored, nothing is probed
+    _time(reports, _fp(cpu="Other"), "04", 1.0)
+    other = _fp(cpu="Other")
+    course_plan.make_plan(["04"], "ci", {}, reports, fp=other, quick=quick)
+    assert calls == [1]  # every lesson measured on that machine: nothing to scale, nothing probed
+
+
+def test_the_reference_is_the_machine_closest_in_the_features_that_change_the_kernels(reports, monkeypatch):
+    amx = {"machine": "an AMX box", "preset": "ci", "source": "test", "fp32_gflops": 400.0, "bandwidth_gbps": 40.0,
+           "features": {"avx2": True, "avx512": True, "vnni": True, "avx512_bf16": True, "amx": True},
+           "times": {"04": 30.0}}
+    zen = {**REF, "features": {"avx2": True}}
+    monkeypatch.setattr(catalog, "REFERENCE", zen)
+    monkeypatch.setattr(catalog, "OTHER_REFERENCES", (amx,))
+    xeon = _fp()
+    xeon["isa"].update(avx512_bf16=True, amx_bf16=True)
+    assert course_plan.reference_for(course_plan.machine(xeon)) is amx
+    assert course_plan.reference_for(course_plan.machine(_fp())) is zen  # AVX-512 without AMX: AMX decides first
+    assert course_plan.reference_for(course_plan.machine(_fp(avx512=False))) is zen
+    _profile(reports, xeon, 200.0, 20.0)  # half the AMX reference's rates: twice its time
+    plan = course_plan.make_plan(["04", "09"], "ci", {}, reports, fp=xeon)
+    assert plan.reference is amx and plan.estimates["04"].seconds == pytest.approx(60.0)
+    assert plan.estimates["09"].basis == "none"  # a lesson the reference did not time has no estimate from it
+    assert any("an AMX box" in line for line in plan.lines())
+
+
+def test_quick_rates_reads_the_probes_fp32_matmul_and_best_bandwidth():
+    from labkit.core.bench import Timing
+    from labkit.core.probes import Probe
+
+    def t(s):
+        return Timing(s, [s])
+
+    def run(**kw):
+        assert kw["dtypes"] == ("fp32",) and kw["devices"] == ("cpu",)
+        return [Probe("read", "cpu", "fp32", "x", 10 * 10**9, 0, t(1.0)),
+                Probe("matvec", "cpu", "fp32", "x", 30 * 10**9, 0, t(1.0)),
+                Probe("matmul", "cpu", "fp32", "x", 0, 500 * 10**9, t(1.0))]
+
+    assert course_plan.quick_rates(run) == {"fp32_gflops": 500.0, "bandwidth_gbps": 30.0, "from": course_plan.QUICK}
+
+
 def test_a_lesson_with_a_budget_is_expected_to_take_at_most_its_budget(reports, monkeypatch):
     monkeypatch.setattr(catalog, "REFERENCE", REF)
     from dataclasses import replace

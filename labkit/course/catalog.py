@@ -52,7 +52,19 @@ class Lesson:
 # profile (its fp32 matmul and best bandwidth), by which the plan scales each time to another machine's profile.
 REFERENCE = {"machine": "a 2-core AMD EPYC of the Zen 3 kind (AVX2 and FMA; no AVX-512, VNNI, AVX512-BF16 or AMX)",
              "preset": "ci", "source": "make lab on a fresh clone, 2026-12-06",
+             "features": {"avx2": True, "avx512": False, "vnni": False, "avx512_bf16": False, "amx": False},
              "fp32_gflops": 152.0, "bandwidth_gbps": 31.3}
+# Other kinds' ci times, each with its features, its notebook-01 rates and its seconds per lesson: a machine closer
+# to one of them than to REFERENCE (labkit.course.plan.reference_for: the same AMX first, then AVX512-BF16, VNNI,
+# AVX-512) starts from its times. The AMX Xeon's lessons ran 0.42-0.86x the Zen 3 times, not the 0.70x its fp32
+# and bandwidth alone predict (bf16 and int8 matrix units, which the two rates do not see).
+OTHER_REFERENCES: tuple[dict, ...] = (
+    {"machine": "a 2-core Intel Xeon with AMX (AVX-512, VNNI, AVX512-BF16, AMX-BF16 and AMX-INT8)", "preset": "ci",
+     "source": "make lab, 2026-12-07",
+     "features": {"avx2": True, "avx512": True, "vnni": True, "avx512_bf16": True, "amx": True},
+     "fp32_gflops": 325.0, "bandwidth_gbps": 33.6,
+     "times": {"00": 52, "01": 71, "02": 150, "03": 86, "04": 67, "05": 80, "06": 83, "07": 200, "08": 4, "09": 26}},
+)
 
 LESSONS: tuple[Lesson, ...] = (
     Lesson("00", "How to measure an LLM's speed", "00_methodology", ("00_baseline",), s.methodology, 54),

@@ -6,9 +6,12 @@ A fixed preset takes 16 minutes on one CPU and 44 on another (issue 29), so a le
 1. its runs on this machine (same CPU kind, speed-deciding features, usable cores and GPUs), preset and
    parameters, the median of the last RECENT_RUNS: the runner stores every successful lesson's seconds as a record
    `course_times` (with the fingerprint, the estimate it had and where that came from);
-2. the catalog's reference time (`Lesson.reference_s`, the ci preset on `catalog.REFERENCE`'s machine) scaled by
+2. the catalog's reference time (the ci preset on the reference machine closest to this one: catalog.REFERENCE's,
+   a Zen 3 EPYC, whose times are `Lesson.reference_s`, or one of catalog.OTHER_REFERENCES, e.g. an AMX Xeon) scaled by
    notebook 01's profile of this machine: half of it by the fp32 matmul rate, half by the memory bandwidth, each
-   against the reference's (when both sides' rates are known);
+   against the reference's (when both sides' rates are known); on a machine with no profile yet, by the same
+   probes run once before the first lesson (`quick_rates`, a few seconds), until notebook 01's profile replaces
+   them (`replan`);
 3. the reference time as it is, with a note saying it is not scaled and why.
 A lesson with a time budget (`budget_s`, e.g. notebook 02) is expected to take at most its budget. A lesson that
 runs over OVER_FACTOR times its estimate says so in the runner's last line for it.
@@ -67,7 +70,23 @@ def profile_rates(reports: Path, key: str) -> dict | None:
     probes = rec["metrics"].get("probes", {})
     p = probes.get(rec["metrics"].get("device", "cpu")) or probes.get("cpu") or {}
     fp32, bw = p.get("matmul_gflops", {}).get("fp32"), p.get("bandwidth_gbps", {}).get("best")
-    return {"fp32_gflops": fp32, "bandwidth_gbps": bw} if fp32 and bw else None
+    return {"fp32_gflops": fp32, "bandwidth_gbps": bw, "from": PROFILE} if fp32 and bw else None
+
+
+PROFILE = "notebook 01's profile"
+QUICK = "a quick probe before the first lesson"
+
+
+def quick_rates(run=None) -> dict | None:
+    """This machine's fp32 matmul GFLOP/s and best bandwidth GB/s from notebook 01's probes run once at their
+    default sizes (a few seconds), for a plan on a machine with no profile yet; None if they did not run.
+    `run`: the probes' function (labkit.core.probes.run_probes; tests pass a fake)."""
+    from labkit.core import probes
+
+    run = run or probes.run_probes
+    got = probes.summarize_probes(run(devices=("cpu",), dtypes=("fp32",), repeats=2, progress=False)).get("cpu", {})
+    fp32, bw = got.get("matmul_gflops", {}).get("fp32"), got.get("bandwidth_gbps", {}).get("best")
+    return {"fp32_gflops": fp32, "bandwidth_gbps": bw, "from": QUICK} if fp32 and bw else None
 
 
 @dataclass
@@ -94,10 +113,33 @@ def _same(params: dict | None) -> str:
     return json.dumps(params or {}, sort_keys=True, default=str)
 
 
+def reference_for(m: dict) -> dict:
+    """The reference machine closest to `m` (machine()): the one with the same AMX, then AVX512-BF16, VNNI and
+    AVX-512 (what changes a lesson's kernels most, in that order); catalog.REFERENCE unless another matches better."""
+    order = [k for k, _ in reversed(FEATURES)]
+
+    def score(ref: dict) -> tuple:
+        feats = ref.get("features") or {}
+        return tuple(bool(feats.get(k)) == bool(m.get(k)) for k in order)
+
+    best = catalog.REFERENCE
+    for ref in catalog.OTHER_REFERENCES:
+        if score(ref) > score(best):
+            best = ref
+    return best
+
+
+def reference_time(lesson: catalog.Lesson, reference: dict) -> float | None:
+    """`lesson`'s seconds on `reference`: its own table of times, or the lesson's reference_s (catalog.REFERENCE)."""
+    times = reference.get("times")
+    return lesson.reference_s if times is None else times.get(lesson.id)
+
+
 def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str, times: list[dict],
              rates: dict | None, reference: dict | None = None) -> Estimate:
     """The estimate of one lesson (see the module's docstring): `times` are the `course_times` records (oldest
-    first), `rates` this machine's profile rates (profile_rates), `reference` catalog.REFERENCE."""
+    first), `rates` this machine's profile rates (profile_rates), `reference` the machine whose time is scaled
+    (reference_for; default catalog.REFERENCE)."""
     reference = catalog.REFERENCE if reference is None else reference
     params = params or {}
     mine = [t for t in times if t["config"].get("lesson") == lesson.id and t["config"].get("preset") == preset
@@ -114,18 +156,21 @@ def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str,
             return Estimate(lesson.id, lesson.notebook, float(budget), f"its budget_s={budget:.0f} (capping {source})",
                             "measured here", f"its budget_s={budget:.0f}")
         return Estimate(lesson.id, lesson.notebook, secs, source, "measured here", f"last run here, {when}")
-    if lesson.reference_s is None or preset != reference.get("preset"):
+    ref_s = reference_time(lesson, reference)
+    if ref_s is None or preset != reference.get("preset"):
         return Estimate(lesson.id, lesson.notebook, None, f"no run on this machine and no {preset} reference time",
                         "none", "no run here, no reference")
-    ref = float(lesson.reference_s)
+    ref = float(ref_s)
     known = rates and reference.get("fp32_gflops") and reference.get("bandwidth_gbps")
     if known:
         factor = (COMPUTE_SHARE * reference["fp32_gflops"] / rates["fp32_gflops"]
                   + (1 - COMPUTE_SHARE) * reference["bandwidth_gbps"] / rates["bandwidth_gbps"])
-        secs, basis, brief = ref * factor, "scaled", f"reference x {factor:.2f} (profile)"
+        secs, basis, brief = ref * factor, "scaled", (f"reference x {factor:.2f} "
+                                                      f"({'quick probe' if rates.get('from') == QUICK else 'profile'})")
         source = (f"the reference time {ref:.0f} s x {factor:.2f} (fp32 matmul {rates['fp32_gflops']:.0f} vs "
                   f"{reference['fp32_gflops']:.0f} GFLOP/s, bandwidth {rates['bandwidth_gbps']:.0f} vs "
-                  f"{reference['bandwidth_gbps']:.0f} GB/s: notebook 01's profile here against the reference's)")
+                  f"{reference['bandwidth_gbps']:.0f} GB/s: {rates.get('from', PROFILE)} here against the "
+                  "reference's)")
     else:
         secs, basis, brief = ref, "reference", "reference, not scaled"
         why = ("no notebook-01 profile of this machine yet" if not rates else
@@ -146,6 +191,7 @@ class Plan:
     estimates: dict[str, Estimate] = field(default_factory=dict)
     rates: dict | None = None
     params: dict[str, dict] = field(default_factory=dict)  # each lesson's parameters, as the estimates took them
+    reference: dict = field(default_factory=lambda: catalog.REFERENCE)  # the machine whose times are scaled
 
     @property
     def total_s(self) -> float:
@@ -153,9 +199,11 @@ class Plan:
 
     def lines(self) -> list[str]:
         """The plan as the runner prints it before the first notebook."""
+        again = "; notebook 01 measures them again, in full" if (self.rates or {}).get("from") == QUICK else ""
         out = [f"Plan for preset {self.preset} on this machine: {describe_machine(self.machine)}",
                "  rates: " + (f"fp32 matmul {self.rates['fp32_gflops']:.0f} GFLOP/s, bandwidth "
-                              f"{self.rates['bandwidth_gbps']:.0f} GB/s (notebook 01's profile)" if self.rates else
+                              f"{self.rates['bandwidth_gbps']:.0f} GB/s ({self.rates.get('from', PROFILE)}{again})"
+                              if self.rates else
                               "no notebook-01 profile of this machine yet")]
         for e in self.estimates.values():
             t = "       ?" if e.seconds is None else f"{_span(e.seconds):>8}"
@@ -163,7 +211,7 @@ class Plan:
         unknown = sum(e.seconds is None for e in self.estimates.values())
         out.append(f"  in all ~{_span(self.total_s)}" + (f", and {unknown} with no estimate" if unknown else ""))
         if any(e.basis in ("reference", "scaled") for e in self.estimates.values()):
-            ref = catalog.REFERENCE
+            ref = self.reference
             out.append(f"  reference: the {ref['preset']} preset's times on {ref['machine']} ({ref['source']})")
         unscaled = next((e.source for e in self.estimates.values() if e.basis == "reference"), None)
         if unscaled:
@@ -172,8 +220,10 @@ class Plan:
 
 
 def make_plan(ids: list[str], preset: str, params_by_id: dict[str, dict], reports: Path,
-              fp: dict | None = None) -> Plan:
-    """The plan of the lessons `ids` (catalog ids) with their parameters, from what `reports` holds."""
+              fp: dict | None = None, quick=None) -> Plan:
+    """The plan of the lessons `ids` (catalog ids) with their parameters, from what `reports` holds. `quick`: a
+    function giving this machine's rates (quick_rates) where no profile of it is stored and a lesson would be
+    scaled by them; None: such lessons keep the reference time as it is."""
     if fp is None:
         from labkit.core.hardware import fingerprint
 
@@ -181,10 +231,14 @@ def make_plan(ids: list[str], preset: str, params_by_id: dict[str, dict], report
     m = machine(fp)
     key = machine_key(m)
     times = records.read_records(Path(reports) / "results", TIMES)
-    rates = profile_rates(reports, key)
-    plan = Plan(preset, m, key, fp, rates=rates, params={i: params_by_id.get(i) or {} for i in ids})
+    rates, ref = profile_rates(reports, key), reference_for(m)
+    if rates is None and quick is not None and any(
+            estimate(catalog.lesson(i), preset, params_by_id.get(i), key, times, None, ref).basis == "reference"
+            for i in ids):
+        rates = quick()
+    plan = Plan(preset, m, key, fp, rates=rates, params={i: params_by_id.get(i) or {} for i in ids}, reference=ref)
     for i in ids:
-        plan.estimates[i] = estimate(catalog.lesson(i), preset, params_by_id.get(i), key, times, rates)
+        plan.estimates[i] = estimate(catalog.lesson(i), preset, params_by_id.get(i), key, times, rates, ref)
     return plan
 
 
@@ -203,7 +257,7 @@ def replan(plan: Plan, reports: Path, after: str) -> list[str]:
         old = plan.estimates[i]
         if old.basis not in ("reference", "scaled"):
             continue
-        new = estimate(catalog.lesson(i), plan.preset, plan.params.get(i), plan.key, [], rates)
+        new = estimate(catalog.lesson(i), plan.preset, plan.params.get(i), plan.key, [], rates, plan.reference)
         plan.estimates[i] = new
         if new.seconds != old.seconds:
             out.append(f"  {new.notebook:<26}{_span(new.seconds):>8}  ({new.brief}; was {_span(old.seconds)})")

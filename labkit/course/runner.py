@@ -310,7 +310,9 @@ def course_plan_for(preset: str = "ci", only: str | list[str] | None = None, par
     for nb_id in ids:  # every name checked before the first notebook starts
         check_parameters(nb_id, {"preset": preset, **params_for(nb_id, params)})
     reports = Path(reports) if reports is not None else reports_dir()
-    return course_plan.make_plan(ids, preset, {i: params_for(i, params) for i in ids}, reports, fp)
+    # the machine's own rates are probed only when the fingerprint is this machine's, taken now
+    return course_plan.make_plan(ids, preset, {i: params_for(i, params) for i in ids}, reports, fp,
+                                 quick=course_plan.quick_rates if fp is None else None)
 
 
 def run_course(preset: str = "ci", only: str | list[str] | None = None, params: dict | None = None,
