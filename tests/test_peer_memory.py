@@ -84,3 +84,36 @@ def test_every_peer_runner_can_be_reopened():
     for cls in (peers.LlamaCppRunner, peers.CT2Runner, peers_genai.OpenVINORunner, peers_genai.ORTGenAIRunner):
         got = peer_memory.reopen("e", cls, "/x", a=1)
         assert got["runner"] in peer_memory.RUNNERS and got["path"] == "/x" and got["kwargs"] == {"a": 1}
+
+
+def test_a_row_whose_process_dies_of_a_signal_is_named_and_the_rest_are_kept(monkeypatch):
+    import subprocess
+
+    import torch
+
+    from labkit.lessons import peer_memory, peers
+    from labkit.lessons.peer_runtimes import Contender
+
+    spec = {"engine": "llama.cpp", "runner": "labkit.lessons.peers:LlamaCppRunner", "path": "x.gguf", "kwargs": {},
+            "threads": 1, "prompt_len": 16, "vocab_size": 32, "seed": 0}
+    codes = iter([-11, 1, 0])
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(
+        argv, next(codes), "", "Traceback\nValueError: bad file"))
+    assert peer_memory.crashes(spec) == ("its process died of SIGSEGV serving a 16-token prompt (a crash in native "
+                                         "code)")
+    assert peer_memory.crashes(spec) == "its process failed: ValueError: bad file"
+    assert peer_memory.crashes(spec) is None
+
+    seen = []
+    monkeypatch.setattr(peer_memory, "crashes", lambda s: seen.append(s["path"]) or (
+        "its process died of SIGSEGV" if s["path"] == "q4.gguf" else None))
+    rows = [Contender("llama.cpp q4_0", "llama.cpp", 4.5, 1.0, lambda ids, n: None,
+                      reopen=peer_memory.reopen("llama.cpp", peers.LlamaCppRunner, "q4.gguf")),
+            Contender("llama.cpp bf16", "llama.cpp", 16, 1.0, lambda ids, n: None,
+                      reopen=peer_memory.reopen("llama.cpp", peers.LlamaCppRunner, "bf16.gguf")),
+            Contender("labkit fp32", "labkit", 32, 1.0, lambda ids, n: None),  # in this process already: not re-run
+            Contender("ctranslate2 int8", "ctranslate2", skipped="not installed")]
+    got = peers.survivors(rows, 16, 32, 0, progress=False)
+    assert seen == ["q4.gguf", "bf16.gguf"] and torch.get_num_threads() >= 1
+    assert got[0].skipped.startswith("its process died of SIGSEGV; on a CPU with AMX") and got[0].bits == 4.5
+    assert got[1] is rows[1] and got[2] is rows[2] and got[3] is rows[3]

@@ -129,6 +129,26 @@ def measure(spec: dict, timeout_s: float = 600) -> dict:
     return json.loads(last)
 
 
+def crashes(spec: dict, timeout_s: float = 600) -> str | None:
+    """Why the row `spec` (reopen's, with threads, prompt_len, vocab_size) cannot serve one request of its prompt
+    and 2 new tokens in a process of its own, or None when it can. A native runtime can kill its process (a
+    segmentation fault is no Python error to catch), and the rows of `labkit peers` share one: a row that dies here
+    is skipped with this reason instead of ending the whole run (llama.cpp's AMX backend on a Xeon with AMX)."""
+    import signal
+
+    argv = [sys.executable, "-m", "labkit.lessons.peer_memory", json.dumps({**spec, "new_tokens": 2})]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return f"its process did not serve one request within {timeout_s:.0f} s"
+    if p.returncode < 0:
+        name = signal.Signals(-p.returncode).name if -p.returncode in signal.valid_signals() else -p.returncode
+        return f"its process died of {name} serving a {spec['prompt_len']}-token prompt (a crash in native code)"
+    if p.returncode != 0:
+        return f"its process failed: {(p.stderr.strip().splitlines() or ['no output'])[-1][:200]}"
+    return None
+
+
 def of_rows(timed: list, spec: dict, prompt_len: int, new_tokens: int, vocab_size: int,
             progress: bool) -> dict[str, dict]:
     """{path: its memory serving one request in a fresh process (`measure`)} for the timed rows, one at a time,

@@ -23,6 +23,14 @@ INSTALL = {
                        "nncf && .peer-venvs/openvino/bin/pip uninstall -y torchvision"),
     "onnxruntime-genai": "pip install onnxruntime-genai onnx onnx-ir",
 }
+# What to do when a peer's row crashes its process (labkit.lessons.peers.survivors), where the cause is known.
+NO_AMX = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON '
+          '-DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" pip install --force-reinstall --no-deps --no-cache-dir '
+          'llama-cpp-python')
+CRASH_HINTS = {
+    "llama.cpp": ("on a CPU with AMX, GGML_NATIVE=ON builds ggml's AMX backend, which crashed with quantized formats "
+                  f"on this course's Xeon (llama.cpp issue 20824); rebuild without it: {NO_AMX}"),
+}
 MODULES = {"llama.cpp": ("llama_cpp", "gguf"), "ctranslate2": ("ctranslate2",),
            "openvino-genai": ("openvino_genai", "openvino"),
            "onnxruntime-genai": ("onnxruntime_genai", "onnx", "onnx_ir")}  # the model builder imports onnx_ir

@@ -314,6 +314,25 @@ def _tokens(result) -> tuple[RequestTiming, list[int]]:
     return rt, ids[0, rt.prompt_tokens:].tolist()
 
 
+def survivors(paths: list[Contender], prompt_len: int, vocab_size: int, seed: int, progress: bool) -> list[Contender]:
+    """`paths` with each peer row that crashes its process (peer_memory.crashes: one request in a process of its
+    own, before it is ever called in this one) turned into a skipped row saying so, with what to do about it
+    (peer_runtimes.CRASH_HINTS)."""
+    from labkit.core.progress import tqdm
+    from labkit.lessons.peer_runtimes import CRASH_HINTS
+
+    out = []
+    for p in tqdm(paths, desc="each peer row once, in a process of its own", disable=not progress):
+        why = None
+        if not p.skipped and p.reopen is not None:
+            why = peer_memory.crashes({**p.reopen, "threads": torch.get_num_threads(), "prompt_len": prompt_len,
+                                       "vocab_size": vocab_size, "seed": seed})
+        hint = CRASH_HINTS.get(p.engine)
+        out.append(p if why is None else
+                   Contender(p.name, p.engine, p.bits, p.bytes_read, skipped=why + (f"; {hint}" if hint else "")))
+    return out
+
+
 def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 512, new_tokens: int = 32,
             repeats: int = 3, seed: int = 0, labkit: tuple[str, ...] = LABKIT_PATHS, workdir: str | Path | None = None,
             hw=None, progress: bool = True, hw_source: str = "notebook 01's profile", measure_memory: bool = True,
@@ -344,6 +363,7 @@ def compare(shape: str = "tinyllama-1.1b", layers: int = 8, prompt_len: int = 51
         with torch.inference_mode():
             paths = labkit_paths(model, ids, new_tokens, labkit, progress=progress)
         paths += peer_paths(model, work, n_ctx=prompt_len + new_tokens + 8, progress=progress)
+        paths = survivors(paths, prompt_len, model.config.vocab_size, seed, progress)
         live = {p.name: p for p in paths if not p.skipped}
 
         def timed(p):
