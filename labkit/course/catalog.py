@@ -60,10 +60,11 @@ REFERENCE = {"machine": "a 2-core AMD EPYC of the Zen 3 kind (AVX2 and FMA; no A
 # and bandwidth alone predict (bf16 and int8 matrix units, which the two rates do not see).
 OTHER_REFERENCES: tuple[dict, ...] = (
     {"machine": "a 2-core Intel Xeon with AMX (AVX-512, VNNI, AVX512-BF16, AMX-BF16 and AMX-INT8)", "preset": "ci",
-     "source": "make lab, 2026-12-07",
+     "source": "two make lab runs, 2026-12-07 (818 and 663 s): each lesson their mean, 00 the second run's (the first "
+               "ran beside another load)",
      "features": {"avx2": True, "avx512": True, "vnni": True, "avx512_bf16": True, "amx": True},
      "fp32_gflops": 325.0, "bandwidth_gbps": 33.6,
-     "times": {"00": 52, "01": 71, "02": 150, "03": 86, "04": 67, "05": 80, "06": 83, "07": 200, "08": 4, "09": 26}},
+     "times": {"00": 30, "01": 65, "02": 128, "03": 78, "04": 63, "05": 78, "06": 68, "07": 190, "08": 4, "09": 26}},
 )
 
 LESSONS: tuple[Lesson, ...] = (
