@@ -189,8 +189,9 @@ def _single(advice: Advice, pool: list[Option], spec, hw, ttft_ms: float | None,
     lead = ""
     if len(fits) > 1:
         ratio, sure = recommend.margin(proj[fits[1].name]["tpot_ms"], p["tpot_ms"], noise)
-        lead = (f", {ratio:.2f}x faster per token than {fits[1].name}" if sure else
-                f"; inconclusive against {fits[1].name} ({ratio:.2f}x, inside ±{noise:.0%}): either will do")
+        lead = (f", {ratio:.2f}x faster per token than {fits[1].name} at full depth, projected" if sure else
+                f"; inconclusive against {fits[1].name} ({ratio:.2f}x at full depth, projected, inside ±{noise:.0%}): "
+                "either will do")
     advice.lines += [
         f"runtime and format: {best.name} (from the {best.source} record{lead})",
         f"  expected at full depth ({spec.name}, {spec.num_hidden_layers} layers, {best.prompt_len}-token prompt, "
