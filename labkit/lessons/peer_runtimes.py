@@ -114,8 +114,9 @@ def agree(ref: list[int], got: list[int]) -> tuple[bool, int | None]:
     return ref == got, first if first is not None else (None if len(ref) == len(got) else min(len(ref), len(got)))
 
 
-LABKIT_PATHS = ("bf16", "bf16+compile", "int8-dynamic-legacy", "int8-weight-only+compile", "int8-dynamic+compile",
-                "int4-rtn", "int4-rtn+compile", "bnb-nf4")  # labkit's side of `peers` (labkit.lessons.peers)
+LABKIT_PATHS = ("bf16", "bf16+compile", "int8-dynamic-legacy", "int8-dynamic-onednn", "int8-weight-only+compile",
+                "int8-dynamic+compile", "int4-rtn", "int4-rtn+compile", "bnb-nf4")  # labkit's side of `peers`
+# (labkit.lessons.peers); int8-dynamic-onednn: notebook 02's fastest prefill on an AMX Xeon (5.5x fp32)
 # Without bf16 and int8 matrix units (an AVX2-only CPU) bf16 and torchao's int8 paths run far from any floor (bf16
 # prefill ~4.5x slower than fp32, torch._int_mm at ~6 GFLOP/s, notebook 02): with them, `peers` at a 512-token prompt
 # had not reached its first round after 12 minutes on an AVX2-only EPYC. There the default is fp32 (the reference)

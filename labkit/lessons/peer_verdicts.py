@@ -40,7 +40,8 @@ def floor_fields(timed: list[tuple[Contender, float]], hw, source: str = "notebo
 TARGETS = (  # (labkit's best among, the peer it must match, phase) as issue #18 states them
     (("labkit int4-rtn", "labkit int4-rtn+compile", "labkit bnb-nf4"), "llama.cpp q4_0", "decode"),
     (("labkit bf16", "labkit bf16+compile"), "llama.cpp bf16", "decode"),
-    (("labkit int8-dynamic-legacy", "labkit int8-weight-only+compile", "labkit int8-dynamic+compile"),
+    (("labkit int8-dynamic-legacy", "labkit int8-dynamic-onednn", "labkit int8-weight-only+compile",
+      "labkit int8-dynamic+compile"),
      "llama.cpp q8_0", "decode"),
     (LABKIT_PATHS, "ctranslate2 int8", "prefill"),
 )
