@@ -89,8 +89,6 @@ def test_every_peer_runner_can_be_reopened():
 def test_a_row_whose_process_dies_of_a_signal_is_named_and_the_rest_are_kept(monkeypatch):
     import subprocess
 
-    import torch
-
     from labkit.lessons import peer_memory, peers
     from labkit.lessons.peer_runtimes import Contender
 
@@ -114,6 +112,6 @@ def test_a_row_whose_process_dies_of_a_signal_is_named_and_the_rest_are_kept(mon
             Contender("labkit fp32", "labkit", 32, 1.0, lambda ids, n: None),  # in this process already: not re-run
             Contender("ctranslate2 int8", "ctranslate2", skipped="not installed")]
     got = peers.survivors(rows, 16, 32, 0, progress=False)
-    assert seen == ["q4.gguf", "bf16.gguf"] and torch.get_num_threads() >= 1
+    assert seen == ["q4.gguf", "bf16.gguf"]  # rows skipped already, or labkit's own, are not opened again
     assert got[0].skipped.startswith("its process died of SIGSEGV; on a CPU with AMX") and got[0].bits == 4.5
     assert got[1] is rows[1] and got[2] is rows[2] and got[3] is rows[3]

@@ -56,8 +56,8 @@ REFERENCE = {"machine": "a 2-core AMD EPYC of the Zen 3 kind (AVX2 and FMA; no A
              "fp32_gflops": 152.0, "bandwidth_gbps": 31.3}
 # Other kinds' ci times, each with its features, its notebook-01 rates and its seconds per lesson: a machine closer
 # to one of them than to REFERENCE (labkit.course.plan.reference_for: the same AMX first, then AVX512-BF16, VNNI,
-# AVX-512) starts from its times. The AMX Xeon's lessons ran 0.42-0.86x the Zen 3 times, not the 0.70x its fp32
-# and bandwidth alone predict (bf16 and int8 matrix units, which the two rates do not see).
+# AVX-512) starts from its times. The AMX Xeon's lessons (below) ran 0.35-0.82x the Zen 3 times, where its fp32
+# and bandwidth alone predict 0.70x (bf16 and int8 matrix units, which the two rates do not see).
 OTHER_REFERENCES: tuple[dict, ...] = (
     {"machine": "a 2-core Intel Xeon with AMX (AVX-512, VNNI, AVX512-BF16, AMX-BF16 and AMX-INT8)", "preset": "ci",
      "source": "two make lab runs, 2026-12-07 (818 and 663 s): each lesson their mean, 00 the second run's (the first "

@@ -112,15 +112,22 @@ def child(spec: dict) -> dict:
             "peak from": "the request" if reset else "process start (its peak could not be reset)"}
 
 
+def _serve_once(spec: dict, timeout_s: float) -> subprocess.CompletedProcess | None:
+    """`child(spec)` in a fresh process (an argument list, never a shell string); None if it ran over `timeout_s`."""
+    argv = [sys.executable, "-m", "labkit.lessons.peer_memory", json.dumps(spec)]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def measure(spec: dict, timeout_s: float = 600) -> dict:
     """`spec` ({engine, path or kwargs, threads, prompt_len, new_tokens, vocab_size}) served once in a fresh process:
     {"loaded MiB", "peak MiB", "peak from"}, or {"memory": "not measured: <why>"}."""
     if (why := unmeasured()) is not None:
         return {"memory": why}
-    argv = [sys.executable, "-m", "labkit.lessons.peer_memory", json.dumps(spec)]
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
+    p = _serve_once(spec, timeout_s)
+    if p is None:
         return {"memory": f"not measured: its process ran over {timeout_s:.0f} s"}
     last = (p.stdout.strip().splitlines() or [""])[-1]
     if p.returncode != 0 or not last.startswith("{"):
@@ -136,10 +143,8 @@ def crashes(spec: dict, timeout_s: float = 600) -> str | None:
     is skipped with this reason instead of ending the whole run (llama.cpp's AMX backend on a Xeon with AMX)."""
     import signal
 
-    argv = [sys.executable, "-m", "labkit.lessons.peer_memory", json.dumps({**spec, "new_tokens": 2})]
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
+    p = _serve_once({**spec, "new_tokens": 2}, timeout_s)
+    if p is None:
         return f"its process did not serve one request within {timeout_s:.0f} s"
     if p.returncode < 0:
         name = signal.Signals(-p.returncode).name if -p.returncode in signal.valid_signals() else -p.returncode
