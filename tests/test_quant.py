@@ -107,6 +107,30 @@ def test_onednn_int8_linear_is_the_per_token_w8a8_formula_and_batch_invariant():
         assert _rel(y, lin(x)) < 1.5 * _rel(ao(x), lin(x))
 
 
+def test_onednn_small_calls_are_padded_past_the_reference_kernel_on_amx(monkeypatch):
+    """On AMX, oneDNN runs an int8 matmul of at most 256 rows x outputs in its slow reference kernel (a decode
+    step's GQA k/v projection): such a call gets zero rows up to 257 and more, and returns its own rows unchanged,
+    bit-identical to the unpadded call; without AMX, and for a call past 256, nothing is padded."""
+    _onednn_or_skip()
+    g = torch.Generator().manual_seed(2)
+    lin = nn.Linear(96, 128)
+    q = quant_onednn.OneDNNInt8Linear.from_linear(lin)
+    seen = []
+    real = quant_onednn._qlinear
+    monkeypatch.setattr(quant_onednn, "_qlinear", lambda xq, *a: (seen.append(xq.shape[0]), real(xq, *a))[1])
+    x = torch.randn(3, 96, generator=g)
+    with torch.no_grad():
+        for amx, rows, called in ((False, 1, 1), (False, 2, 2), (True, 1, 3), (True, 2, 3), (True, 3, 3)):
+            monkeypatch.setattr(quant_onednn, "cpu_features", lambda amx=amx: {"amx_int8": amx})
+            seen.clear()
+            quant_onednn._last_tokens = (lambda: None, None, None, None)
+            y = q(x[:rows])
+            assert seen == [called] and y.shape == (rows, 128)
+            monkeypatch.setattr(quant_onednn, "cpu_features", lambda: {"amx_int8": False})
+            quant_onednn._last_tokens = (lambda: None, None, None, None)
+            assert torch.equal(y, q(x[:rows]))
+
+
 def test_onednn_siblings_fed_one_tensor_quantize_it_once():
     """q/k/v (gate/up) projections receive the same tensor: the second layer reuses the int8 rows of the first
     instead of quantizing again, with outputs bit-identical to quantizing afresh; another tensor with the same

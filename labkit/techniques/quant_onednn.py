@@ -15,6 +15,14 @@ import weakref
 import torch
 from torch import nn
 
+from labkit.core.hardware import cpu_features
+
+# oneDNN (3.x, in torch 2.13) on a CPU with AMX sends an int8 matmul of at most SMALL_PROBLEM rows x outputs to its
+# reference kernel (ref_int8) instead of the AMX one: a decode step's k/v projection of a GQA model (1 row x 256
+# outputs, TinyLlama) took 7.4 ms there against 0.05 ms for 2 rows (ONEDNN_VERBOSE=1 names the kernel; rows x outputs
+# 256 -> ref_int8, 257 -> brg_matmul, for 16 to 272 outputs and 1,024 to 4,096 inputs). So such a call is padded
+# with zero rows past it: integer sums are per row, the real rows' outputs are unchanged.
+SMALL_PROBLEM = 256
 # The last activation quantized, so that sibling linears given the very same tensor (q/k/v, gate/up) quantize it
 # once: (weak reference, its version counter or None, int8 rows, per-token scales).
 _last_tokens: tuple = (lambda: None, None, None, None)
@@ -38,6 +46,12 @@ def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xq = xs.round_().clamp_(-127, 127).to(torch.int8)
     _last_tokens = (weakref.ref(x), current, xq, s)
     return xq, s
+
+
+def _qlinear(xq: torch.Tensor, packed, weight_scale: torch.Tensor, zero_points: torch.Tensor) -> torch.Tensor:
+    """oneDNN's int8 linear on int8 rows `xq` (activation scale 1, zero point 0): fp32 sums x weight scales."""
+    return torch.ops.onednn.qlinear_pointwise(xq, 1.0, 0, packed, weight_scale, zero_points, None, 1.0, 0,
+                                              torch.float32, "none", [], "")
 
 
 class OneDNNInt8Linear(nn.Module):
@@ -85,8 +99,10 @@ class OneDNNInt8Linear(nn.Module):
         if self._packed is None:
             self._pack()
         xq, s = quantize_tokens(x)
-        y = torch.ops.onednn.qlinear_pointwise(xq, 1.0, 0, self._packed, self.weight_scale.float(),
-                                               self._zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+        rows = xq.shape[0]
+        if rows * self.out_features <= SMALL_PROBLEM and cpu_features().get("amx_int8"):
+            xq = torch.cat([xq, xq.new_zeros(SMALL_PROBLEM // self.out_features + 1 - rows, xq.shape[1])])
+        y = _qlinear(xq, self._packed, self.weight_scale.float(), self._zero_points)[:rows]
         y = y.mul_(s)
         if self.bias is not None:
             y = y.add_(self.bias.float())
