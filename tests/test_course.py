@@ -293,6 +293,18 @@ def test_a_machine_with_no_profile_is_scaled_by_a_quick_probe_until_notebook_01_
     assert calls == [1]  # every lesson measured on that machine: nothing to scale, nothing probed
 
 
+def test_a_quick_probe_that_fails_leaves_the_reference_unscaled_and_the_plan_says_why(reports, monkeypatch):
+    monkeypatch.setattr(catalog, "REFERENCE", REF)
+
+    def quick():
+        raise RuntimeError("no memory for the buffers")
+
+    plan = course_plan.make_plan(["04"], "ci", {}, reports, fp=_fp(), quick=quick)
+    e = plan.estimates["04"]
+    assert e.basis == "reference" and e.seconds == pytest.approx(catalog.lesson("04").reference_s)
+    assert "the quick probe failed (RuntimeError: no memory for the buffers)" in plan.lines()[1]
+
+
 def test_the_reference_is_the_machine_closest_in_the_features_that_change_the_kernels(reports, monkeypatch):
     amx = {"machine": "an AMX box", "preset": "ci", "source": "test", "fp32_gflops": 400.0, "bandwidth_gbps": 40.0,
            "features": {"avx2": True, "avx512": True, "vnni": True, "avx512_bf16": True, "amx": True},

@@ -192,6 +192,7 @@ class Plan:
     rates: dict | None = None
     params: dict[str, dict] = field(default_factory=dict)  # each lesson's parameters, as the estimates took them
     reference: dict = field(default_factory=lambda: catalog.REFERENCE)  # the machine whose times are scaled
+    quick_error: str | None = None  # why the quick probe gave no rates, when it failed
 
     @property
     def total_s(self) -> float:
@@ -204,7 +205,8 @@ class Plan:
                "  rates: " + (f"fp32 matmul {self.rates['fp32_gflops']:.0f} GFLOP/s, bandwidth "
                               f"{self.rates['bandwidth_gbps']:.0f} GB/s ({self.rates.get('from', PROFILE)}{again})"
                               if self.rates else
-                              "no notebook-01 profile of this machine yet")]
+                              "no notebook-01 profile of this machine yet"
+                              + (f"; {self.quick_error}" if self.quick_error else ""))]
         for e in self.estimates.values():
             t = "       ?" if e.seconds is None else f"{_span(e.seconds):>8}"
             out.append(f"  {e.notebook:<26}{t}  ({e.brief})")
@@ -231,12 +233,16 @@ def make_plan(ids: list[str], preset: str, params_by_id: dict[str, dict], report
     m = machine(fp)
     key = machine_key(m)
     times = records.read_records(Path(reports) / "results", TIMES)
-    rates, ref = profile_rates(reports, key), reference_for(m)
+    rates, ref, quick_error = profile_rates(reports, key), reference_for(m), None
     if rates is None and quick is not None and any(
             estimate(catalog.lesson(i), preset, params_by_id.get(i), key, times, None, ref).basis == "reference"
             for i in ids):
-        rates = quick()
-    plan = Plan(preset, m, key, fp, rates=rates, params={i: params_by_id.get(i) or {} for i in ids}, reference=ref)
+        try:
+            rates = quick()
+        except Exception as e:  # a plan is advice: a probe that fails leaves the reference times unscaled, it says so
+            quick_error = f"the quick probe failed ({type(e).__name__}: {e})"
+    plan = Plan(preset, m, key, fp, rates=rates, params={i: params_by_id.get(i) or {} for i in ids}, reference=ref,
+                quick_error=quick_error)
     for i in ids:
         plan.estimates[i] = estimate(catalog.lesson(i), preset, params_by_id.get(i), key, times, rates, ref)
     return plan
