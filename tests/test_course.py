@@ -372,6 +372,33 @@ def test_a_lesson_over_its_estimate_says_so():
     assert "no estimate" in course_plan.outcome_line(course_plan.Estimate("03", "03_x", None, "none", "none"), 5)
 
 
+def test_the_outcome_names_the_load_a_lesson_ran_beside():
+    e = course_plan.Estimate("03", "03_x", 100.0, "its last run on this machine", "measured here")
+    idle, busy = {"others_cpu_share": 0.01, "busy": False}, {"others_cpu_share": 0.35, "busy": True}
+    assert course_plan.outcome_line(e, 90.0, idle).endswith("(0.90x); the machine was otherwise idle")
+    assert course_plan.outcome_line(e, 120.0, busy).endswith("(1.20x); others used 35% of the CPU meanwhile")
+    over = course_plan.outcome_line(e, 160.0, busy)
+    assert over.startswith("OVER ITS ESTIMATE") and over.endswith(
+        "others used 35% of the CPU meanwhile: the likely cause, as the estimate assumes an idle machine")
+    assert "likely cause" not in course_plan.outcome_line(e, 160.0, idle)  # over on an idle machine: no excuse given
+    assert course_plan.outcome_line(e, 90.0, {"others_cpu_share": None}).endswith("(0.90x)")  # not measurable
+
+
+def test_runs_beside_other_load_count_only_where_no_quiet_run_is_stored():
+    les = catalog.lesson("03")
+
+    def ran(seconds, busy, day):
+        return {"config": {"lesson": "03", "preset": "ci", "machine_key": "key", "params": {}},
+                "time": f"2026-12-0{day}T00:00:00", "metrics": {"seconds": seconds, "busy": busy}}
+
+    e = course_plan.estimate(les, "ci", {}, "key", [ran(52.0, True, 1), ran(27.0, False, 2)], None)
+    assert e.seconds == 27.0 and "1 run(s) beside other load left out" in e.source and "1 beside other" in e.brief
+    e = course_plan.estimate(les, "ci", {}, "key", [ran(52.0, True, 1), ran(60.0, True, 2)], None)
+    assert e.seconds == 56.0 and "left out" not in e.source  # only loaded runs: they are what there is
+    old = {"config": ran(40.0, False, 1)["config"], "time": "2026-12-01T00:00:00", "metrics": {"seconds": 40.0}}
+    assert course_plan.estimate(les, "ci", {}, "key", [old], None).seconds == 40.0  # a record from before the field
+
+
 def test_once_notebook_01_has_profiled_the_machine_the_lessons_still_to_run_are_rescaled(reports, monkeypatch):
     monkeypatch.setattr(catalog, "REFERENCE", REF)
     here = _fp()
@@ -399,10 +426,11 @@ def test_the_runner_prints_the_plan_stores_each_time_and_the_next_plan_starts_fr
     assert out.rstrip().splitlines()[-1].strip().startswith("took ")  # what it took, as the lesson's last line
     (rec,) = records.read_records(reports / "results", course_plan.TIMES)
     assert rec["config"]["params"] == {"n": 3} and rec["metrics"]["seconds"] == pytest.approx(run.runs[0].seconds)
+    assert "busy" in rec["metrics"] and "others_cpu_share" in rec["metrics"]  # the load it ran beside, measured
     again = course.course_plan_for("ci", "00", {"n": 3}, reports, fp=fp).estimates["00"]
     assert again.basis == "measured here" and again.seconds == pytest.approx(run.runs[0].seconds)
     assert course.course_plan_for("ci", "00", {"n": 4}, reports, fp=fp).estimates["00"].basis == "none"
-    assert "estimated from" in (reports / "index.html").read_text()
+    assert "estimated from" in (page := (reports / "index.html").read_text()) and "CPU used by others" in page
     assert main(["course", "--only", "00", "--plan", "--reports", str(reports)]) == 0
     assert "Plan for preset ci" in capsys.readouterr().out
     assert len(records.read_records(reports / "results", course_plan.TIMES)) == 1  # --plan ran nothing

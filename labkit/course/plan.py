@@ -5,7 +5,8 @@ A fixed preset takes 16 minutes on one CPU and 44 on another (issue 29), so a le
 *this* machine. Each lesson's estimate comes from the best source there is, in this order:
 1. its runs on this machine (same CPU kind, speed-deciding features, usable cores and GPUs), preset and
    parameters, the median of the last RECENT_RUNS: the runner stores every successful lesson's seconds as a record
-   `course_times` (with the fingerprint, the estimate it had and where that came from);
+   `course_times` (with the fingerprint, the estimate it had and where that came from, and the share of the CPU
+   other processes used meanwhile); runs beside other load count only where no quiet run is stored;
 2. the catalog's reference time (the ci preset on the reference machine closest to this one: catalog.REFERENCE's,
    a Zen 3 EPYC, whose times are `Lesson.reference_s`, or one of catalog.OTHER_REFERENCES, e.g. an AMX Xeon) scaled by
    notebook 01's profile of this machine: half of it by the fp32 matmul rate, half by the memory bandwidth, each
@@ -145,6 +146,9 @@ def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str,
     mine = [t for t in times if t["config"].get("lesson") == lesson.id and t["config"].get("preset") == preset
             and t["config"].get("machine_key") == key and _same(t["config"].get("params")) == _same(params)]
     budget = params.get("budget_s", lesson.budget_s if preset == "ci" else None)
+    quiet = [t for t in mine if not t["metrics"].get("busy")]
+    left_out = len(mine) - len(quiet) if quiet else 0
+    mine = quiet or mine  # runs beside other load only where no quiet run is stored
     if mine:
         when = _dt.datetime.fromisoformat(mine[-1]["time"]).strftime("%Y-%m-%d %H:%M")
         recent = sorted(float(t["metrics"]["seconds"]) for t in mine[-RECENT_RUNS:])
@@ -152,10 +156,13 @@ def estimate(lesson: catalog.Lesson, preset: str, params: dict | None, key: str,
         source = (f"its last run on this machine ({when} UTC)" if len(recent) == 1 else
                   f"the median of its last {len(recent)} runs on this machine ({recent[0]:.0f}-{recent[-1]:.0f} s, "
                   f"the last {when} UTC)")
+        if left_out:
+            source += f"; {left_out} run(s) beside other load left out"
         if isinstance(budget, (int, float)) and secs > budget:  # a run from before its budget, or over it
             return Estimate(lesson.id, lesson.notebook, float(budget), f"its budget_s={budget:.0f} (capping {source})",
                             "measured here", f"its budget_s={budget:.0f}")
-        return Estimate(lesson.id, lesson.notebook, secs, source, "measured here", f"last run here, {when}")
+        return Estimate(lesson.id, lesson.notebook, secs, source, "measured here", f"last run here, {when}"
+                        + (f"; {left_out} beside other load left out" if left_out else ""))
     ref_s = reference_time(lesson, reference)
     if ref_s is None or preset != reference.get("preset"):
         return Estimate(lesson.id, lesson.notebook, None, f"no run on this machine and no {preset} reference time",
@@ -274,23 +281,40 @@ def replan(plan: Plan, reports: Path, after: str) -> list[str]:
     return out
 
 
-def outcome_line(est: Estimate, seconds: float) -> str:
-    """What a lesson took against its estimate; over OVER_FACTOR times it, the line says so in capitals."""
+def load_words(load: dict | None) -> str:
+    """Others' share of the CPU while a lesson ran (labkit.core.load.LoadWatch.read), in words; "" if unknown."""
+    share = (load or {}).get("others_cpu_share")
+    if share is None:
+        return ""
+    return (f"others used {share:.0%} of the CPU meanwhile" if load.get("busy") else
+            "the machine was otherwise idle")
+
+
+def outcome_line(est: Estimate, seconds: float, load: dict | None = None) -> str:
+    """What a lesson took against its estimate, and the load it ran beside (`load`: LoadWatch.read of the run);
+    over OVER_FACTOR times the estimate, the line says so in capitals, and names the load when it was busy."""
+    beside = load_words(load)
     if est.seconds is None or est.seconds <= 0:
-        return f"took {seconds:.0f} s (no estimate: {est.source})"
+        return f"took {seconds:.0f} s (no estimate: {est.source})" + (f"; {beside}" if beside else "")
     ratio = seconds / est.seconds
     line = f"took {seconds:.0f} s against an estimate of {est.seconds:.0f} s ({ratio:.2f}x)"
     if ratio > OVER_FACTOR:
-        line = (f"OVER ITS ESTIMATE: {line}, more than {OVER_FACTOR}x; the estimate came from {est.source}")
-    return line
+        why = (f"; {beside}: the likely cause, as the estimate assumes an idle machine" if (load or {}).get("busy")
+               else "")
+        return f"OVER ITS ESTIMATE: {line}, more than {OVER_FACTOR}x; the estimate came from {est.source}{why}"
+    return line + (f"; {beside}" if beside else "")
 
 
-def record_time(plan: Plan, est: Estimate, seconds: float, params: dict | None, reports: Path) -> Path:
-    """Store one successful lesson's seconds with the machine and the estimate it had (the record `course_times`):
-    the next plan on this machine starts from it."""
+def record_time(plan: Plan, est: Estimate, seconds: float, params: dict | None, reports: Path,
+                load: dict | None = None) -> Path:
+    """Store one successful lesson's seconds with the machine, the estimate it had and the load it ran beside
+    (`load`: LoadWatch.read; the record `course_times`): the next plan on this machine starts from it, from the
+    runs on a quiet machine where there are any."""
     config = {"lesson": est.id, "notebook": est.notebook, "preset": plan.preset, "params": params or {},
               "machine_key": plan.key, "machine": plan.machine}
+    load = load or {}
     metrics = {"seconds": seconds, "estimate_s": est.seconds, "estimate_source": est.source,
-               "estimate_basis": est.basis, "x_estimate": seconds / est.seconds if est.seconds else None}
+               "estimate_basis": est.basis, "x_estimate": seconds / est.seconds if est.seconds else None,
+               "others_cpu_share": load.get("others_cpu_share"), "busy": bool(load.get("busy"))}
     return records.write_record(records.make_record(TIMES, config, metrics, fingerprint=plan.fingerprint),
                                 Path(reports) / "results")

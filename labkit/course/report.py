@@ -233,12 +233,17 @@ def _page(reports: Path, run) -> str:
 
     status = ""
     if run is not None:
+        def others(r) -> str:
+            share = getattr(r, "others_cpu_share", None)
+            return "" if share is None else f"{share:.0%}"
+
         rows = [[html.escape(r.name), "ok" if not r.error else "FAILED", fmt(r.seconds, "s"),
                  fmt(getattr(r, "estimate_s", None), "s"), html.escape(getattr(r, "estimate_source", "") or ""),
-                 html.escape(r.error or "")] for r in run.runs]
+                 others(r), html.escape(r.error or "")] for r in run.runs]
         total = sum(r.seconds for r in run.runs)
         status = (f"<h2>This run (preset {html.escape(run.preset)}, {fmt(total / 60, 'min')})</h2>"
-                  + _table(rows, ["notebook", "state", "time", "estimate", "estimated from", "error"]))
+                  + _table(rows, ["notebook", "state", "time", "estimate", "estimated from", "CPU used by others",
+                                  "error"]))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>labkit course report</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;line-height:1.4}}
 table{{border-collapse:collapse;margin:.5em 0;display:block;overflow-x:auto;font-size:.92em}}

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import ROOT
+from labkit.core.load import LoadWatch
 from labkit.core.params import PRESETS, ParamError, check_preset
 from labkit.core.records import atomic_write, reports_dir
 from labkit.course import catalog
@@ -52,6 +53,7 @@ class NotebookRun:
     failed_copy: Path | None = None
     estimate_s: float | None = None  # what the plan expected here (labkit.course.plan), and from what
     estimate_source: str = ""
+    others_cpu_share: float | None = None  # other processes' share of the CPU while it ran (LoadWatch)
 
 
 @dataclass
@@ -328,8 +330,10 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
         name = notebooks()[nb_id].stem
         est = plan.estimates[nb_id]
         print(f"[{k}/{len(ids)}] {name} (preset {preset}; {est.short()}) ...", flush=True)
+        watch = LoadWatch().start()  # others' share of the CPU while it runs: the first suspect when it runs over
         r = run_notebook(nb_id, preset, params_for(nb_id, params), reports)
-        r.estimate_s, r.estimate_source = est.seconds, est.source
+        load = watch.read()
+        r.estimate_s, r.estimate_source, r.others_cpu_share = est.seconds, est.source, load.get("others_cpu_share")
         run.runs.append(r)
         if r.error:
             print(f"      FAILED after {r.seconds:.0f} s: {r.error}", flush=True)
@@ -340,8 +344,8 @@ def run_course(preset: str = "ci", only: str | list[str] | None = None, params: 
                 break
         else:
             print(f"      done in {r.seconds:.0f} s -> {r.output}", flush=True)
-            course_plan.record_time(plan, est, r.seconds, params_for(nb_id, params), reports)
-            print(f"      {course_plan.outcome_line(est, r.seconds)}", flush=True)
+            course_plan.record_time(plan, est, r.seconds, params_for(nb_id, params), reports, load)
+            print(f"      {course_plan.outcome_line(est, r.seconds, load)}", flush=True)
             if catalog.HARDWARE_PROFILE in catalog.lesson(nb_id).records:  # the profile is there now: scale by it
                 for line in course_plan.replan(plan, reports, nb_id):
                     print(line, flush=True)
