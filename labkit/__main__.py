@@ -23,6 +23,7 @@ from pathlib import Path
 
 def _course(args) -> int:
     from labkit.core.params import ParamError
+    from labkit.course import plan as course_plan
     from labkit.course.runner import CourseError, course_plan_for, load_params_file, parse_param, run_course
 
     try:
@@ -38,8 +39,7 @@ def _course(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = [r for r in run.runs if r.error]
-    total = sum(r.seconds for r in run.runs)
-    print(f"{len(run.runs) - len(failed)} notebook(s) ran, {len(failed)} failed, {total:.0f} s in all")
+    print(course_plan.summary_line(run.runs))
     from labkit.core.records import reports_dir
 
     print(f"report: {(Path(args.reports) if args.reports else reports_dir()) / 'index.html'}")

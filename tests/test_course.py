@@ -384,6 +384,22 @@ def test_the_outcome_names_the_load_a_lesson_ran_beside():
     assert course_plan.outcome_line(e, 90.0, {"others_cpu_share": None}).endswith("(0.90x)")  # not measurable
 
 
+def test_the_course_ends_with_its_time_against_the_estimates_and_the_busiest_lessons_load():
+    from labkit.course.runner import NotebookRun
+
+    runs = [NotebookRun("00", "00_a", 30.0, estimate_s=40.0, others_cpu_share=0.01),
+            NotebookRun("01", "01_b", 90.0, estimate_s=60.0, others_cpu_share=0.02)]
+    line = course_plan.summary_line(runs)
+    assert line == ("2 notebook(s) ran, 0 failed, 120 s in all (2.0 min); 120 s against an estimate of 100 s (1.20x); "
+                    "the machine was otherwise idle throughout")
+    runs += [NotebookRun("02", "02_c", 10.0, others_cpu_share=0.5),  # no estimate, and beside a busy process
+             NotebookRun("03", "03_d", 5.0, error="boom", estimate_s=50.0)]
+    line = course_plan.summary_line(runs)
+    assert line.startswith("3 notebook(s) ran, 1 failed, 135 s in all (2.2 min); 120 s against an estimate of 100 s "
+                           "for the 2 with an estimate (1.20x)")
+    assert line.endswith("others used up to 50% of the CPU during a lesson (02_c)")
+
+
 def test_runs_beside_other_load_count_only_where_no_quiet_run_is_stored():
     les = catalog.lesson("03")
 

@@ -305,6 +305,32 @@ def outcome_line(est: Estimate, seconds: float, load: dict | None = None) -> str
     return line + (f"; {beside}" if beside else "")
 
 
+def summary_line(runs) -> str:
+    """The course's last line: how many lessons ran and failed, the time in all against the estimates of the lessons
+    that had one, and the busiest lesson's load. `runs`: the runner's NotebookRun list."""
+    failed = sum(bool(r.error) for r in runs)
+    total = sum(r.seconds for r in runs)
+    line = f"{len(runs) - failed} notebook(s) ran, {failed} failed, {total:.0f} s in all" + (
+        f" ({total / 60:.1f} min)" if total >= 90 else "")
+    known = [r for r in runs if not r.error and r.estimate_s]
+    if known:
+        took, est = sum(r.seconds for r in known), sum(r.estimate_s for r in known)
+        part = "" if len(known) == len(runs) else f" for the {len(known)} with an estimate"
+        line += f"; {took:.0f} s against an estimate of {est:.0f} s{part} ({took / est:.2f}x)"
+    shares = [(r.others_cpu_share, r.name) for r in runs if r.others_cpu_share is not None]
+    if shares:
+        share, name = max(shares)
+        line += ("; the machine was otherwise idle throughout" if share <= _busy_above() else
+                 f"; others used up to {share:.0%} of the CPU during a lesson ({name})")
+    return line
+
+
+def _busy_above() -> float:
+    from labkit.core.load import LoadWatch
+
+    return LoadWatch.BUSY_ABOVE
+
+
 def record_time(plan: Plan, est: Estimate, seconds: float, params: dict | None, reports: Path,
                 load: dict | None = None) -> Path:
     """Store one successful lesson's seconds with the machine, the estimate it had and the load it ran beside
