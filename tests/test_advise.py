@@ -211,13 +211,17 @@ def test_notebook_02_puts_the_peers_rows_beside_it(peer, lead):
 
 
 def test_notebook_02_gives_the_peers_runs_own_verdict_where_it_compared_the_same_pair():
-    peers = [{"path": "labkit int8-dynamic+compile", "status": "ok", "prefill tok/s": 500.0, "decode tok/s": 50.0},
-             {"path": "llama.cpp q4_0", "status": "ok", "prefill tok/s": 510.0, "decode tok/s": 150.0}]
+    peers = [{"path": "labkit int8-dynamic+compile", "status": "ok", "prefill tok/s": 500.0, "decode tok/s": 50.0,
+              "fraction of floor": 0.2},
+             {"path": "llama.cpp q4_0", "status": "ok", "prefill tok/s": 510.0, "decode tok/s": 150.0,
+              "fraction of floor": 0.6}]
     said = ["decode, best against best: labkit int8-dynamic+compile is 2.80x slower than llama.cpp q4_0 (the peer's "
             "wins here)"]
     out = recommend.lines(_speed_rows(), QUALITY, peers, said=said)
     assert out[1].strip().startswith("peers, decode: labkit int8-dynamic+compile is 2.80x slower than llama.cpp q4_0")
-    assert "per-round ratios" in out[1] and "llama.cpp q4_0 150.0 tok/s" in out[1]
+    assert "per-round ratios" in out[1] and "llama.cpp q4_0 150.0 tok/s (60% of its decode floor)" in out[1]
+    assert "labkit int8-dynamic+compile 50.0 tok/s (20% of its decode floor)" in out[1]
+    assert "of its decode floor" not in out[3]  # the peers record has no prefill floor
     assert "peers, prefill: inconclusive" in out[3]  # no sentence of the run for that phase: the medians' ratio
 
 

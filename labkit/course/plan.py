@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.core import records
+from labkit.core.load import LoadWatch
 from labkit.course import catalog
 
 TIMES = "course_times"  # the record of one lesson's run: its seconds, the machine and the estimate it had
@@ -320,15 +321,9 @@ def summary_line(runs) -> str:
     shares = [(r.others_cpu_share, r.name) for r in runs if r.others_cpu_share is not None]
     if shares:
         share, name = max(shares)
-        line += ("; the machine was otherwise idle throughout" if share <= _busy_above() else
+        line += ("; the machine was otherwise idle throughout" if share <= LoadWatch.BUSY_ABOVE else
                  f"; others used up to {share:.0%} of the CPU during a lesson ({name})")
     return line
-
-
-def _busy_above() -> float:
-    from labkit.core.load import LoadWatch
-
-    return LoadWatch.BUSY_ABOVE
 
 
 def record_time(plan: Plan, est: Estimate, seconds: float, params: dict | None, reports: Path,

@@ -101,7 +101,11 @@ def peer_line(peers, phase: str, noise: float = NOISE_FLOOR, said: list[str] | N
         only = best_ours or best_peer
         return f"peers, {phase}: only {only['path']} ran ({only[col]:,.1f} tok/s); nothing to compare it with"
     ratio, conclusive = margin(best_peer[col], best_ours[col], noise)
-    pair = f"{best_peer['path']} {best_peer[col]:,.1f} tok/s, {best_ours['path']} {best_ours[col]:,.1f} tok/s"
+    def speed(r) -> str:  # the decode rows carry their floor (labkit.lessons.peer_verdicts.floor_fields)
+        frac = _num(r.get("fraction of floor")) if phase == "decode" else None
+        return f"{r['path']} {r[col]:,.1f} tok/s" + (f" ({frac:.0%} of its decode floor)" if frac else "")
+
+    pair = f"{speed(best_peer)}, {speed(best_ours)}"
     head = f"{phase}, best against best: "
     own = next((x[len(head):] for x in said or () if x.startswith(head)), None)
     if own is not None and own.startswith(f"{best_ours['path']} is ") and f" {best_peer['path']}" in own:
