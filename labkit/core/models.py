@@ -141,6 +141,18 @@ def _no_torch_reset():
             cls.reset_parameters = f
 
 
+def attention_for(config, attn_implementation: str) -> str:
+    """The attention implementation to ask transformers for: the one asked, except "sdpa" for a model class
+    that has no SDPA path (gpt-oss: its attention sinks run in the eager or flash paths), which gets "eager"
+    instead of transformers' refusal to load. Only what `generate` runs changes: the engine has its own."""
+    from transformers import AutoModelForCausalLM
+
+    if attn_implementation != "sdpa":
+        return attn_implementation
+    cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    return "sdpa" if getattr(cls, "_supports_sdpa", True) else "eager"
+
+
 def build(name: str | ShapeSpec, layers: int | None = None, dtype="fp32", device="cpu", seed: int = 0,
           attn_implementation: str = "sdpa", experts_implementation: str | None = None):
     """A shape-faithful model: `name`'s published dimensions (a shape name, or a ShapeSpec such as
@@ -163,7 +175,7 @@ def build(name: str | ShapeSpec, layers: int | None = None, dtype="fp32", device
     torch.manual_seed(seed)
     with torch.device(device), _no_torch_reset():
         model = AutoModelForCausalLM.from_config(cfg, dtype=as_dtype(dtype),
-                                                 attn_implementation=attn_implementation)
+                                                 attn_implementation=attention_for(cfg, attn_implementation))
     model.eval()
     model.labkit_shape = spec  # so callers can project to the full model
     return model
@@ -271,6 +283,11 @@ def load(name_or_path: str = EMBEDDED, dtype="fp32", device="cpu", attn_implemen
         kw["use_safetensors"] = bool(st)
         if cut and layers is not None:
             kw["config"] = _first_layers(where, int(layers), trust_remote_code)
+        if attn_implementation == "sdpa":
+            from transformers import AutoConfig
+
+            cfg = kw.get("config") or AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+            kw["attn_implementation"] = attention_for(cfg, attn_implementation)
         with _quiet_if(cut and layers is not None):  # the layers left out would be listed as unexpected keys
             model = AutoModelForCausalLM.from_pretrained(where, **kw)
         if cut and layers is not None:

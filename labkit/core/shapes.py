@@ -39,6 +39,9 @@ class ShapeSpec:
     qk_norm: bool = False  # an RMS norm on each head's q and k (Qwen3, Gemma 3)
     norms_per_layer: int = 2  # RMS norms of hidden size per layer (Gemma 3: 4)
     sliding_window: int | None = None
+    o_bias: bool = False  # a bias on the output projection too (gpt-oss)
+    sinks: bool = False  # one attention-sink logit per head (gpt-oss)
+    moe_bias: bool = False  # biases on each expert's projections and on the router (gpt-oss)
     extra: tuple = ()  # other config.json fields, (key, value) pairs: rope scaling, Gemma's layer pattern
 
     @property
@@ -64,9 +67,12 @@ class ShapeSpec:
         attn = 2 * h * q + 2 * h * kv
         if self.attention_bias:
             attn += q + 2 * kv
+        attn += (h if self.o_bias else 0) + (self.num_attention_heads if self.sinks else 0)
         if self.num_experts:
             n = self.num_experts if experts is None else experts
             mlp = n * 3 * h * self.moe_intermediate_size + h * self.num_experts
+            if self.moe_bias:  # gate and up (2 x width), down (hidden) per expert; one per expert on the router
+                mlp += n * (2 * self.moe_intermediate_size + h) + self.num_experts
         else:
             mlp = 3 * h * self.intermediate_size
         return attn + mlp + self.norm_params()
@@ -127,9 +133,10 @@ SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
 def spec_of_config(config, name: str | None = None) -> ShapeSpec:
     """A model's dimensions from its config (a config.json as a dict, or a transformers config) as a ShapeSpec:
     what the floors of a learner's own model folder are computed from. Reads the fields each family names
-    differently: a MoE's experts (Qwen3-MoE's `num_experts` and `moe_intermediate_size`, Mixtral's
+    differently: a MoE's experts (Qwen3-MoE's `num_experts` and `moe_intermediate_size`, Mixtral's and gpt-oss's
     `num_local_experts`, whose experts are `intermediate_size` wide), an explicit `head_dim`, q/k norms (Qwen3,
-    Gemma 3), Gemma 3's four norms per layer and its text_config inside a multimodal config."""
+    Gemma 3), Gemma 3's four norms per layer, gpt-oss's biases and sinks, and the text_config inside a multimodal
+    config."""
     c = config if isinstance(config, dict) else config.to_dict()
     c = c.get("text_config") or c
     need = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -149,7 +156,9 @@ def spec_of_config(config, name: str | None = None) -> ShapeSpec:
                      head_size=head if head and head != c["hidden_size"] // heads else 0,
                      num_experts=experts, experts_per_token=c.get("num_experts_per_tok", 0) if experts else 0,
                      moe_intermediate_size=moe, qk_norm=kind.startswith(("qwen3", "gemma3")),
-                     norms_per_layer=4 if kind.startswith("gemma") else 2, sliding_window=window or None)
+                     norms_per_layer=4 if kind.startswith("gemma") else 2, sliding_window=window or None,
+                     o_bias=kind == "gpt_oss" and bool(c.get("attention_bias", True)), sinks=kind == "gpt_oss",
+                     moe_bias=kind == "gpt_oss")
 
 
 def dense_equivalent(spec: ShapeSpec) -> ShapeSpec:

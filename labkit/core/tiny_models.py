@@ -2,15 +2,17 @@
 vocabulary. Why: a family's attention details (q/k norms, fused projections, sliding windows, MoE routing,
 Gemma's norms) are tested token for token against `model.generate` in seconds on a CPU, and a learner can try
 the engine or the bring-your-own-model path offline. Each config turns the family's distinctive feature ON
-(Llama's "llama3" RoPE scaling, a sliding window shorter than the test prompts, partial rotary, softcapping),
-so a test passes only if the runner reproduces it.
+(Llama's "llama3" RoPE scaling, a sliding window shorter than the test prompts, partial rotary, softcapping,
+SmolLM3's NoPE layer, Ministral 3's query scale past an original context shorter than the prompts, gpt-oss's
+sinks and alternating windows), so a test passes only if the runner reproduces it.
 """
 
 from __future__ import annotations
 
 import torch
 
-FAMILIES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral", "mistral", "phi3", "gemma3_text")
+FAMILIES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral", "mistral", "phi3", "gemma3_text", "smollm3",
+            "ministral3", "gpt_oss")
 WINDOW = 16  # sliding window of the windowed tiny configs: shorter than the test prompts, so it masks keys
 
 
@@ -38,6 +40,15 @@ def tiny_config(kind: str, vocab_size: int = 256):
         "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
                             layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=30.0,
                             tie_word_embeddings=True),
+        "smollm3": dict(no_rope_layers=[1, 0], use_sliding_window=False),  # layer 1 is a NoPE layer
+        # YaRN over an original context of 32 positions, and the Llama-4 query scale that grows past it
+        "ministral3": dict(head_dim=16, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 16.0, "original_max_position_embeddings": 32,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0, "llama_4_scaling_beta": 0.1}),
+        "gpt_oss": dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
+                        layer_types=["sliding_attention", "full_attention"], rope_parameters={
+                            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 16.0, "beta_fast": 32.0,
+                            "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 32}),
     }[kind]
     return AutoConfig.for_model(kind, **{**common, **extra})
 
@@ -46,6 +57,10 @@ def tiny_model(kind: str, seed: int = 0, vocab_size: int = 256, attn_implementat
     """A tiny `kind` model with seeded random weights (as transformers initialises them), fp32, eval mode."""
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(kind, vocab_size), attn_implementation=attn_implementation)
+    from labkit.core.models import attention_for
+
+    cfg = tiny_config(kind, vocab_size)
+    torch.manual_seed(seed)  # gpt-oss has no SDPA path in transformers: its reference runs eager
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention_for(cfg, attn_implementation))
     return model.eval()
+

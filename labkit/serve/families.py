@@ -5,9 +5,12 @@ paged KV cache, so everything a family does differently around attention has to 
 from transformers' modeling code of that family (transformers 5.x): a fused q/k/v projection (Phi-3), RMS norms
 on each head's q and k before RoPE (Qwen3, Gemma 3), a rotary embedding per layer type and partial rotary
 (Gemma 3, Phi-3), sliding-window attention on every layer (Mistral, Mixtral, Phi-3 when configured) or on some
-(Gemma 3, Qwen2/Qwen3 with use_sliding_window), Gemma's norms around each sublayer's output and final logit
-softcapping, and a mixture-of-experts MLP whose module may return a tuple. A family not in `SUPPORTED`, or a
-configuration of one that the runner cannot reproduce token for token, is refused with the reason.
+(Gemma 3, gpt-oss, SmolLM3 and Qwen2/Qwen3 with use_sliding_window), layers without RoPE (SmolLM3's NoPE layers),
+queries scaled by position past the original context (Ministral 3's Llama-4 attention scale), gpt-oss's rotary
+tables of half a head and its attention sinks (a learned logit per head that joins every softmax), Gemma's norms
+around each sublayer's output and final logit softcapping, and a mixture-of-experts MLP whose module may return a
+tuple. A family not in `SUPPORTED`, or a configuration of one that the runner cannot reproduce token for token, is
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 # model_type -> where its sliding window lives: "module" (the attention module's own `sliding_window`, set per
 # layer from config.layer_types), "config" (config.sliding_window on every layer, None: full), None (no window).
 SUPPORTED = {"llama": None, "qwen2": "module", "qwen3": "module", "qwen3_moe": "module", "mixtral": "config",
-             "mistral": "config", "phi3": "config", "gemma3_text": "module"}
+             "mistral": "config", "phi3": "config", "gemma3_text": "module", "smollm3": "module",
+             "ministral3": "config", "gpt_oss": "module"}
 # RoPE variants whose frequencies depend on the longest position in the forward pass: one step of the engine
 # holds several sequences, so their cos/sin would depend on the batch, unlike generate on one sequence.
 BATCH_DEPENDENT_ROPE = ("dynamic", "longrope")
@@ -33,6 +37,10 @@ class Family:
     windows: tuple[int | None, ...]  # per layer: keys older than this many positions are masked (None: all)
     rope_keys: tuple[str | None, ...]  # per layer: which rotary table it uses (Gemma 3: one per layer type)
     final_softcap: float | None = None
+    rope_on: tuple[bool, ...] = ()  # per layer: False for a layer without RoPE (SmolLM3); () means all have it
+    half_rope: bool = False  # gpt-oss: cos/sin cover half a head and rotate its two halves (doubled here)
+    q_scale: tuple[float, int] | None = None  # Ministral 3: (beta, original context) of the Llama-4 query scale
+    sinks: bool = False  # gpt-oss: each attention module's `sinks`, one logit per head, joins the softmax
 
 
 def _rope_types(cfg) -> list[str]:
@@ -82,7 +90,13 @@ def family(model) -> Family:
         windows = (None,) * len(layers)
     per_type = cfg.model_type == "gemma3_text"
     keys = tuple(cfg.layer_types[i] if per_type else None for i in range(len(layers)))
-    return Family(cfg.model_type, windows, keys, getattr(cfg, "final_logit_softcapping", None))
+    rope_on = tuple(bool(getattr(layer.self_attn, "use_rope", True)) for layer in layers)
+    q_scale = None
+    if cfg.model_type == "ministral3":
+        params = cfg.rope_parameters
+        q_scale = (float(params["llama_4_scaling_beta"]), int(params["original_max_position_embeddings"]))
+    return Family(cfg.model_type, windows, keys, getattr(cfg, "final_logit_softcapping", None), rope_on=rope_on,
+                  half_rope=cfg.model_type == "gpt_oss", q_scale=q_scale, sinks=cfg.model_type == "gpt_oss")
 
 
 def rotary(fam: Family, base, h: torch.Tensor, pos: torch.Tensor) -> dict:
@@ -90,8 +104,19 @@ def rotary(fam: Family, base, h: torch.Tensor, pos: torch.Tensor) -> dict:
     out = {}
     for key in dict.fromkeys(fam.rope_keys):
         cos, sin = base.rotary_emb(h, pos[None]) if key is None else base.rotary_emb(h, pos[None], key)
+        if fam.half_rope:  # x1 c - x2 s, x2 c + x1 s: rotate_half's form with the table repeated for both halves
+            cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
         out[key] = cos[0, :, None, :], sin[0, :, None, :]
     return out
+
+
+def query_scale(fam: Family, pos: torch.Tensor) -> torch.Tensor | None:
+    """Ministral 3's per-position query scale, [T, 1, 1] (None for the other families): 1 + beta * log(1 +
+    floor(position / original context)), so it is 1 inside the original context and grows past it."""
+    if fam.q_scale is None:
+        return None
+    beta, original = fam.q_scale
+    return (1 + beta * torch.log(1 + torch.floor(pos / original)))[:, None, None]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -148,6 +173,25 @@ def logits(model, fam: Family, h: torch.Tensor) -> torch.Tensor:
     if fam.final_softcap:
         out = torch.tanh(out / fam.final_softcap) * fam.final_softcap
     return out
+
+
+def with_sinks(q, k, v, mask, causal: bool, sinks: torch.Tensor):
+    """gpt-oss's attention sinks through an ordinary attention call: one extra key and value of zeros per
+    sequence, whose score is forced to the head's sink logit by a float mask (q . 0 + sink). The softmax then
+    spreads over the real keys and the sink, and the sink adds nothing to the output: exactly the modeling code's
+    softmax over [scores, sink] with the sink's column dropped. Returns q, k, v, mask, causal for the call."""
+    b, heads, n, _ = q.shape
+    end = k.shape[2]
+    if causal:  # query i (of the last n positions) sees keys up to end - n + i
+        mask = torch.ones(n, end, dtype=torch.bool, device=q.device).tril(diagonal=end - n)
+    elif mask is None:
+        mask = torch.ones(n, end, dtype=torch.bool, device=q.device)
+    mask = mask.expand(b, heads, n, end)  # [n, end] of a prefill or [b, 1, 1, end] of the decode batch
+    add = torch.zeros(b, heads, n, end + 1, dtype=q.dtype, device=q.device)
+    add[..., :end].masked_fill_(~mask, float("-inf"))
+    add[..., end] = sinks.to(q.dtype)[None, :, None]
+    zero = k.new_zeros(k.shape[0], k.shape[1], 1, k.shape[3])
+    return q, torch.cat((k, zero), dim=2), torch.cat((v, zero), dim=2), add, False
 
 
 def visible(qpos: torch.Tensor, kpos: torch.Tensor, window: int | None) -> torch.Tensor:

@@ -69,7 +69,9 @@ class ModelRunner:
         slots = (bt[:, None] * self.block_size + torch.arange(self.block_size, device=self.device)).flatten()
         return slots[:length]
 
-    def _attend(self, q, k, v, mask, causal: bool, scale: float) -> torch.Tensor:
+    def _attend(self, q, k, v, mask, causal: bool, scale: float, sinks: torch.Tensor | None = None) -> torch.Tensor:
+        if sinks is not None:  # gpt-oss: a zero key per sequence whose score is the head's sink logit
+            q, k, v, mask, causal = families.with_sinks(q, k, v, mask, causal, sinks)
         if self.attention == "eager":
             return eager_attention(q, k, v, mask, causal, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
@@ -126,19 +128,25 @@ class ModelRunner:
         base = self.model.model
         h = base.embed_tokens(ids[None])  # [1, T, hidden]
         rope = families.rotary(self.family, base, h, pos)  # cos, sin [T, 1, rotary dim] per rotary table
+        q_scale = families.query_scale(self.family, pos)  # Ministral 3's per-position query scale, or None
+        rope_on = self.family.rope_on or (True,) * len(base.layers)
         T = ids.numel()
         for li, layer in enumerate(base.layers):  # record_function marks what a step profile sorts time into
             attn = layer.self_attn
             x = layer.input_layernorm(h)
             with record_function("labkit::linears"):
                 q, k, v = families.qkv(attn, x, self.num_heads, self.num_kv_heads, self.head_dim)
-            cos, sin = rope[self.family.rope_keys[li]]
-            q, k = families.apply_rope(q, cos, sin), families.apply_rope(k, cos, sin)
+            if rope_on[li]:  # SmolLM3's NoPE layers skip it
+                cos, sin = rope[self.family.rope_keys[li]]
+                q, k = families.apply_rope(q, cos, sin), families.apply_rope(k, cos, sin)
+            if q_scale is not None:
+                q = q * q_scale.to(q.dtype)
             with record_function("labkit::kv_write"):
                 self.k_cache[li, slots] = k.to(self.dtype)
                 self.v_cache[li, slots] = v.to(self.dtype)
             with record_function("labkit::attention"):
-                o = self._attention_layer(li, q, work, offsets, decode, prefill, attn.scaling, T)
+                o = self._attention_layer(li, q, work, offsets, decode, prefill, attn.scaling, T,
+                                          attn.sinks if self.family.sinks else None)
             with record_function("labkit::linears"):
                 h = families.finish_layer(layer, h, attn.o_proj(o.reshape(1, T, self.num_heads * self.head_dim)))
         self._prompt_logprobs(work, offsets, h[0])
@@ -170,7 +178,7 @@ class ModelRunner:
             seq.prompt_logprobs[w.start + 1 : last + 1] = lp.gather(1, tgt[:, None])[:, 0].tolist()
 
     def _attention_layer(self, li: int, q: torch.Tensor, work, offsets: list[int], decode, prefill, scale: float,
-                         T: int) -> torch.Tensor:
+                         T: int, sinks: torch.Tensor | None = None) -> torch.Tensor:
         """Layer `li`'s attention output [T, heads, head_dim] for every token of the step: all decode sequences in
         one call against their padded contexts, each prefill (or chunk of one) on its own."""
         o = torch.empty(T, self.num_heads, self.head_dim, dtype=q.dtype, device=self.device)
@@ -179,7 +187,7 @@ class ModelRunner:
             mask = masks[self.family.windows[li]]
             ks = self._gather(self.k_cache[li], tables, rows.numel(), q.dtype, 0)
             vs = self._gather(self.v_cache[li], tables, rows.numel(), q.dtype, 1)
-            o[rows] = self._attend(q[rows][:, :, None], ks, vs, mask, False, scale)[:, :, 0]
+            o[rows] = self._attend(q[rows][:, :, None], ks, vs, mask, False, scale, sinks)[:, :, 0]
         for i, c in prefill:
             w, off = work[i], offsets[i]
             n = w.num_new_tokens
@@ -193,7 +201,7 @@ class ModelRunner:
                 kpos = torch.arange(w.end, device=self.device)  # start + i, the window's newest only
                 qpos = w.start + torch.arange(n, device=self.device)
                 mask_p, causal = families.visible(qpos, kpos, window), False
-            o[off : off + n] = self._attend(qs, ks, vs, mask_p, causal, scale)[0].transpose(0, 1)
+            o[off : off + n] = self._attend(qs, ks, vs, mask_p, causal, scale, sinks)[0].transpose(0, 1)
         return o
 
     def _sample(self, logits: torch.Tensor, temperatures: list[float]) -> list[int]:

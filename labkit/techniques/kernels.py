@@ -55,8 +55,8 @@ def check_backend(backend: str) -> str:
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                     scale: float) -> torch.Tensor:
     """Attention written out: QK^T, mask, softmax in fp32, times V. q [b, heads, n, d]; k, v [b, kv_heads,
-    end, d] (grouped-query heads are repeated). Materializes the n x end score matrix that SDPA's fused
-    kernels avoid."""
+    end, d] (grouped-query heads are repeated); `mask` as SDPA takes it: bool (True: attend) or float (added to
+    the scores). Materializes the n x end score matrix that SDPA's fused kernels avoid."""
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -65,7 +65,7 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
         n, end = q.shape[2], k.shape[2]
         mask = torch.ones(n, end, dtype=torch.bool, device=q.device).tril(diagonal=end - n)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
 

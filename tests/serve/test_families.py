@@ -83,7 +83,7 @@ def test_prefix_caching_equals_generate(kind):
     assert _identical(model, prompts, outs, 12) == len(prompts)
 
 
-@pytest.mark.parametrize("kind", ["mistral", "gemma3_text", "qwen3_moe"])
+@pytest.mark.parametrize("kind", ["mistral", "gemma3_text", "qwen3_moe", "gpt_oss"])
 def test_eager_attention_equals_generate(kind):
     model = _model(kind)
     prompts = _prompts(3, seed=4, lo=20, hi=50)
@@ -93,14 +93,14 @@ def test_eager_attention_equals_generate(kind):
     assert _identical(model, prompts, outs, 16) == len(prompts)
 
 
-@pytest.mark.parametrize("kind", ["mistral", "phi3", "gemma3_text"])
+@pytest.mark.parametrize("kind", ["mistral", "phi3", "gemma3_text", "gpt_oss"])
 def test_the_sliding_window_is_what_makes_them_equal(kind, monkeypatch):
-    """The windows are read per layer (Gemma 3: sliding layers mixed with full ones), and ignoring them (every
-    key visible) gives other tokens on prompts longer than the window: the equality above tests the window."""
+    """The windows are read per layer (Gemma 3, gpt-oss: sliding layers mixed with full ones), and ignoring them
+    (every key visible) gives other tokens on prompts longer than the window: the equality above tests it."""
     model = _model(kind)
     fam = fam_mod.family(model)
     want = [WINDOW if t == "sliding_attention" else None for t in model.config.layer_types] \
-        if kind == "gemma3_text" else [WINDOW] * model.config.num_hidden_layers
+        if kind in ("gemma3_text", "gpt_oss") else [WINDOW] * model.config.num_hidden_layers
     assert list(fam.windows) == want
     prompts = _prompts(4, seed=5, lo=3 * WINDOW, hi=4 * WINDOW)
     full = dataclasses.replace(fam, windows=(None,) * len(fam.windows))
@@ -108,6 +108,59 @@ def test_the_sliding_window_is_what_makes_them_equal(kind, monkeypatch):
     eng = LLMEngine(model, EngineConfig(max_num_seqs=4, block_size=8, num_blocks=128, max_model_len=256))
     outs = eng.generate(prompts, SamplingParams(max_tokens=16, ignore_eos=True))
     assert _identical(model, prompts, outs, 16) < len(prompts)
+
+
+FEATURES = {  # family: (what the runner reads from the model, the same family with that feature left out)
+    "smollm3": (dict(rope_on=(True, False)), dict(rope_on=(True, True))),  # layer 1 is a NoPE layer
+    "ministral3": (dict(q_scale=(0.1, 32)), dict(q_scale=None)),  # queries scaled past 32 positions
+    "gpt_oss": (dict(sinks=True, half_rope=True), dict(sinks=False)),  # attention sinks
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FEATURES))
+def test_each_newer_familys_feature_is_what_makes_it_equal(kind, monkeypatch):
+    """SmolLM3's NoPE layer, Ministral 3's Llama-4 query scale and gpt-oss's sinks are read from the model (the
+    tiny configs turn each on), and the runner without the feature gives other tokens on the prompts the
+    equality tests use (40-60 tokens: past Ministral 3's original context of 32): so those equalities test it."""
+    model = _model(kind)
+    fam = fam_mod.family(model)
+    read, without = FEATURES[kind]
+    assert {k: getattr(fam, k) for k in read} == read
+    prompts = _prompts(4, seed=7, lo=40, hi=60)
+    config = EngineConfig(max_num_seqs=4, block_size=8, num_blocks=128, max_model_len=256)
+    assert _identical(model, prompts, LLMEngine(model, config).generate(
+        prompts, SamplingParams(max_tokens=12, ignore_eos=True)), 12) == len(prompts)
+    monkeypatch.setattr(fam_mod, "family", lambda m: dataclasses.replace(fam, **without))
+    outs = LLMEngine(model, config).generate(prompts, SamplingParams(max_tokens=12, ignore_eos=True))
+    assert _identical(model, prompts, outs, 12) < len(prompts)
+
+
+def test_gpt_oss_sinks_equal_the_modeling_codes_softmax_with_a_sink_column():
+    """with_sinks turns an ordinary attention call into gpt-oss's: softmax over [scores, sink] with the sink's
+    column dropped, for a causal prefill and for a masked decode batch, through SDPA and the eager kernel."""
+    from torch.nn import functional as F
+
+    from labkit.techniques.kernels import eager_attention
+
+    g = torch.Generator().manual_seed(0)
+    sinks = torch.randn(4, generator=g)
+    for n, end, causal in ((6, 6, True), (1, 9, False)):
+        q, k, v = (torch.randn(2, h, m, 8, generator=g) for h, m in ((4, n), (2, end), (2, end)))
+        mask = None if causal else torch.arange(end)[None, None, None, :] < torch.tensor([9, 5])[:, None, None, None]
+        kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        scores = (q @ kk.transpose(-1, -2)) * 0.3
+        vis = torch.ones(n, end, dtype=torch.bool).tril(end - n) if causal else mask.expand(2, 4, n, end)
+        scores = scores.masked_fill(~vis, float("-inf"))
+        probs = torch.softmax(torch.cat([scores, sinks[None, :, None, None].expand(2, 4, n, 1)], dim=-1), dim=-1)
+        want = probs[..., :-1] @ vv
+        args = fam_mod.with_sinks(q, k, v, mask, causal, sinks)
+        q2, k2, v2, m2, c2 = args
+        torch.testing.assert_close(F.scaled_dot_product_attention(q2, k2, v2, attn_mask=m2, is_causal=c2,
+                                                                  scale=0.3, enable_gqa=True), want)
+        torch.testing.assert_close(eager_attention(q2, k2, v2, m2, c2, 0.3), want)
+        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                               scale=0.3, enable_gqa=True)
+        assert not torch.allclose(plain, want)  # the sink changes the output
 
 
 def test_llama3_rope_scaling_comes_from_the_models_rotary_module():
