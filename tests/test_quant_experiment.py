@@ -298,3 +298,29 @@ def test_an_int8_row_whose_kernel_is_far_too_slow_for_the_time_left_is_not_quant
     assert pd_isna(rows["int8-dynamic"].get("decode_ms_per_token"))
     assert rows["int8-dynamic+compile"]["status"].startswith("not run here: its eager row")
     assert rows["int8-dynamic-legacy"]["status"] == "ok" and rows["int8-dynamic-legacy"]["decode_ms_per_token"] > 0
+
+
+def test_a_copy_that_would_not_fit_the_memory_left_is_not_made_and_says_why(tiny_llama, monkeypatch):
+    """The rounds hold every row's model at once: a quantized copy that would leave less than MEMORY_SPARE free is
+    not made (its row says how much it needs and how much is free), and when even the bf16 reference would not
+    fit, the lesson stops with that reason instead of being killed for memory."""
+    from labkit.core import hardware
+    from labkit.core.models import weight_bytes
+
+    size = weight_bytes(tiny_llama)  # a copy starts as a full fp32 copy (deepcopy, then cast or quantize)
+    free = []  # what memory_bytes reports at each check: the bf16 copy's, then the int8 copy's
+
+    monkeypatch.setattr(hardware, "memory_bytes", lambda: {"total": 2**40, "available": int(free.pop(0))})
+    free[:] = [qe.MEMORY_SPARE + 1.1 * size] * 2
+    runners, rows = qe._speed_runners(tiny_llama, ["int8-weight-only"], progress=False)
+    assert rows["int8-weight-only"]["status"] == "ok" and "int8-weight-only" in runners
+    free[:] = [qe.MEMORY_SPARE + 0.9 * size]
+    with pytest.raises(MemoryError, match="bf16 copy every comparison needs would not fit"):
+        qe._speed_runners(tiny_llama, ["int8-weight-only"], progress=False)
+    free[:] = [qe.MEMORY_SPARE + 1.1 * size, qe.MEMORY_SPARE + 0.3 * size]  # the copies made so far took the rest
+    runners, rows = qe._speed_runners(tiny_llama, ["int8-weight-only"], progress=False)
+    status = rows["int8-weight-only"]["status"]
+    assert "int8-weight-only" not in runners and status.startswith("not run here: quantizing it starts from a copy")
+    base = runners[rows["int8-weight-only"]["base_dtype"]]  # the copy it would start from (fp32 or bf16)
+    assert f"({weight_bytes(base) / 2**30:.1f} GiB)" in status and "beside the 2 copies" in status
+    assert "-p methods=" in status

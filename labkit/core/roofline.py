@@ -57,17 +57,33 @@ def _parts(spec: ShapeSpec, dtype: str, layers: int | None, tokens: int | None =
             "final_norm": h * keep, "embedding": table, "lm_head": 0.0 if spec.tie_word_embeddings else table}
 
 
-def measured_parts(model, layers: int | None = None) -> dict[str, float]:
+def routed_share(config, tokens: int | None) -> float:
+    """The share of a MoE layer's experts a forward over `tokens` tokens reads (top-k per token, distinct across
+    tokens, at most all: ShapeSpec.experts_read's assumption); 1 for a dense model or `tokens` None (all)."""
+    from labkit.core.models import experts_routed
+
+    total, k = experts_routed(config.get_text_config() if hasattr(config, "get_text_config") else config)
+    return 1.0 if tokens is None or not total else min(total, k * max(1, int(tokens))) / total
+
+
+def measured_parts(model, layers: int | None = None, tokens: int | None = None) -> dict[str, float]:
     """The same parts measured from a built model's stored weights (packed quantized tensors and their scales
     counted as stored, labkit.core.models.weight_bytes), with the decoder layers scaled from the first one to
-    `layers` (default: as many as the model has), to project a few-layer model to the full depth."""
-    from labkit.core.models import weight_bytes
+    `layers` (default: as many as the model has), to project a few-layer model to the full depth. `tokens`: the
+    bytes a forward over that many tokens reads, as `_parts` counts them: of a mixture-of-experts model's stored
+    experts only the share the tokens route to (top-k per token, distinct across tokens, at most all); None: all
+    the weights memory holds."""
+    from labkit.core.models import expert_modules, weight_bytes
 
     inner = model.model
     n = len(inner.layers) if layers is None else layers
     head = model.get_output_embeddings()
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    return {"layers": n * weight_bytes(inner.layers[0]), "final_norm": weight_bytes(inner.norm),
+    layer = weight_bytes(inner.layers[0])
+    unread = 1 - routed_share(model.config, tokens)
+    if unread:
+        layer -= sum(weight_bytes(e) for e in expert_modules(inner.layers[0])) * unread
+    return {"layers": n * layer, "final_norm": weight_bytes(inner.norm),
             "embedding": weight_bytes(inner.embed_tokens),
             "lm_head": 0.0 if tied or head is None else weight_bytes(head)}
 

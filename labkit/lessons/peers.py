@@ -290,7 +290,7 @@ def labkit_paths(model: nn.Module, ids: torch.Tensor, new_tokens: int, names=LAB
             continue
         t0 = time.perf_counter()
         m = runners[method]
-        bits, read = 8 * rows[method]["bytes_per_weight"], decode_read_bytes(measured_parts(m))
+        bits, read = 8 * rows[method]["bytes_per_weight"], decode_read_bytes(measured_parts(m, tokens=1))
         if name.endswith("+compile"):
             dec = StaticDecoder(m, max_len=ids.shape[1] + new_tokens, compile=True, options=COMPILE_OPTIONS.get(method))
             base = runners["fp32"] if method == "bf16" else runners[rows[method]["base_dtype"]]

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from labkit.core import models
 from labkit.core.models import saved_bytes, weight_bytes
 from labkit.core.units import TORCH_DTYPES, mib
 from labkit.lessons import quantization_timing as qtiming
+from labkit.techniques import quant_experts
 from labkit.techniques.quant import (
     FAKE_QUANT,
     QuantInfo,
@@ -187,13 +189,33 @@ def _quality_row(q: nn.Module, fp32: nn.Module, tokenizer, text: str, max_tokens
     return row
 
 
+MEMORY_SPARE = 2 * 2**30  # bytes left free beside the copies: activations, KV caches, compiled graphs, the kernel
+
+
+def _no_room(base: nn.Module, name: str, held: int) -> str | None:
+    """Why another copy of `base` (named `name`) should not be made here: the rounds hold every row's model at
+    once, and a quantized copy starts as a full copy of its base. None when it fits with MEMORY_SPARE to spare."""
+    from labkit.core.hardware import memory_bytes
+
+    need, free = weight_bytes(base), memory_bytes()["available"]
+    if free - need >= MEMORY_SPARE:
+        return None
+    return (f"not run here: quantizing it starts from a copy of the {name} speed model ({need / 2**30:.1f} GiB), and "
+            f"{free / 2**30:.1f} GiB of memory is free beside the {held} copies the rounds already hold (at least "
+            f"{MEMORY_SPARE / 2**30:.0f} GiB must stay free); run fewer methods (-p methods=[...]) or fewer layers")
+
+
 def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool,
                    not_run: dict[str, str] | None = None) -> tuple[dict, dict]:
     """fp32, bf16 and each method's quantized copy of the speed model (every linear, head included: with few
     layers the head would otherwise be a far larger share of the bytes than in the full model); a method in
-    `not_run` is not quantized, its row's status the reason given there."""
+    `not_run` is not quantized, its row's status the reason given there, and neither is one whose copy would not
+    fit the memory left (`_no_room`)."""
     from labkit.core.progress import tqdm
 
+    full = _no_room(fp32, "fp32", 1)
+    if full:
+        raise MemoryError(f"the bf16 copy every comparison needs would not fit: {full.removeprefix('not run here: ')}")
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     runners: dict[str, nn.Module] = {"fp32": fp32, "bf16": bf16}
     rows = {m: {"method": m, "base_dtype": m, "status": "ok", "bytes": weight_bytes(r),
@@ -206,6 +228,10 @@ def _speed_runners(fp32: nn.Module, methods: list[str], progress: bool,
             row["status"] = not_run[method]
         elif method in FAKE_QUANT:
             row["status"] = "not timed: fake-quantized (dequantized fp weights); see int4-rtn for a packed kernel"
+        elif experts := quant_experts.unsupported(fp32, method):
+            row["status"] = f"skipped: {experts}"
+        elif room := _no_room(bf16 if base == "bf16" else fp32, base, len(runners)):
+            row["status"] = room
         else:
             q, row["status"] = _status(lambda: quantize(bf16 if base == "bf16" else fp32, method, skip=()))
             if q is not None:
@@ -250,6 +276,7 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     from labkit.techniques.decode import StaticDecoder, count_compiles
 
     fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
+    quant_experts.unfuse(fp32)  # a MoE model's experts as per-expert layers in every row, as quantizing makes them
     ids = prompt_ids(prompt_len, vocab_size=fp32.config.vocab_size, seed=seed).to(fp32.device)
     slow = {} if deadline is None else qtiming.slow_kernels(fp32, methods, prompt_len, repeats, deadline, budget_s,
                                                             _device(fp32))
@@ -264,9 +291,15 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     probes = {name: (lambda t, m=mod: timed(generate_timed(m, short, t)[0])) for name, mod in runners.items()}
     order = ["fp32", "bf16", *methods]
     scale, probed = prompt_len / short.shape[1], {}
+    moe = bool(models.expert_modules(fp32))
     for name in compiled:
         key = f"{name}+compile"
         order.append(key)
+        if moe:  # measured on Qwen3-30B-A3B's layer: 64 recompiles of one int8 linear before dynamo gave up
+            rows[key] = {"method": key, "base_dtype": rows.get(name, {}).get("base_dtype"), "status": (
+                "skipped: a mixture-of-experts model's per-expert layers see a different number of tokens at every "
+                "step, so torch.compile recompiles them again and again; the eager row is this method's speed")}
+            continue
         if name not in runners:
             status = rows.get(name, {}).get("status", f"skipped: {name} was not run")
             if name in slow:
@@ -387,7 +420,7 @@ def _floor_parts(model: nn.Module, name: str, row: dict, prompt_len: int, new_to
     layers = model.config.num_hidden_layers
     elt = model.get_input_embeddings().weight.element_size()
     kv = spec.kv_bytes_per_token(elt, layers=layers) * (prompt_len + new_tokens // 2) if spec is not None else 0
-    parts = measured_parts(model)
+    parts = measured_parts(model, tokens=1)  # batch-1 decode: a MoE model's routed experts only
     read = decode_read_bytes(parts) + kv
     compute = COMPUTE_DTYPE.get(name.removesuffix("+compile"), row.get("base_dtype") or "fp32")
     head = parts["lm_head"] or parts["embedding"]
@@ -395,8 +428,8 @@ def _floor_parts(model: nn.Module, name: str, row: dict, prompt_len: int, new_to
            "peak": hw.peak(compute), "shown": {"decode_read_mib": mib(read), "prefill_compute": compute,
                                                "head_share": head / read}}
     if spec is not None:  # the same weights at the real depth: the head's share shrinks as layers are added
-        out["shown"]["head_share_full_depth"] = head / decode_read_bytes(measured_parts(model,
-                                                                                        layers=spec.num_hidden_layers))
+        out["shown"]["head_share_full_depth"] = head / decode_read_bytes(measured_parts(
+            model, layers=spec.num_hidden_layers, tokens=1))
     return out
 
 

@@ -23,6 +23,10 @@ Methods (see `METHODS`):
   GPTQ and AWQ use calibration activations collected with forward hooks, layer by layer.
 - "gptqmodel": the GPTQModel library, an optional extra; skipped with the reason when it is not installed.
 
+A mixture-of-experts model's experts (3-D tensors in transformers 5, not nn.Linear) are first made per-expert
+linear layers (labkit.techniques.quant_experts.unfuse), so every method above but the calibrated ones and
+bitsandbytes quantizes them with the rest; those refuse a MoE model with the share of weights they would miss.
+
 A method this machine cannot run raises `QuantSkipped(reason)` (`unsupported(method, device, dtype)` says why
 before trying); notebook 02's experiment (labkit.lessons.quantization) records it as "skipped: <reason>" in that
 method's row, never another method's numbers.
@@ -43,6 +47,7 @@ from torch import nn
 
 from labkit.core.models import swap, weight_bytes
 from labkit.core.onednn import onednn_unsupported
+from labkit.techniques import quant_experts
 from labkit.techniques.quant_onednn import OneDNNInt8Linear, quantize_tokens  # noqa: F401 (quant.X callers)
 
 METHODS = ("int8-weight-only", "int8-dynamic", "int8-dynamic-onednn", "int8-dynamic-legacy", "bnb-int8", "bnb-nf4",
@@ -349,7 +354,7 @@ def quantize(model: nn.Module, method: str, *, bits: int = 4, group_size: int | 
     if method in ("gptq", "awq", "gptqmodel") and calib is None:
         raise ValueError(f"{method} needs calibration token ids: calib=labkit.core.models.prompt_ids(256, batch=16, "
                          "tokenizer=tok, source='calibration')")
-    reason = unsupported(method, dev.type, next(model.parameters()).dtype)
+    reason = unsupported(method, dev.type, next(model.parameters()).dtype) or quant_experts.unsupported(model, method)
     if reason:
         raise QuantSkipped(reason)
 
@@ -362,6 +367,10 @@ def quantize(model: nn.Module, method: str, *, bits: int = 4, group_size: int | 
 
     q = model if inplace else copy.deepcopy(model)
     t0 = time.perf_counter()
+    if quant_experts.unfuse(q):  # a MoE model's 3-D experts become per-expert nn.Linear layers, quantized below
+        names = _linear_names(q, skip)
+        params = sum(q.get_submodule(n).weight.numel() for n in names)
+        cfg["experts"] = f"{quant_experts.expert_params(q)} weights as per-expert linear layers (quant_experts)"
     cfg.update(_rewrite(q, method, names, dev, skip, bits=bits, group_size=group_size, calib=calib, damp=damp,
                         n_grid=n_grid, max_tokens=max_tokens))
     seconds = time.perf_counter() - t0

@@ -84,19 +84,21 @@ def _no_native_stderr():
 def step_floors(model, batch: int, context: float, hw) -> dict:
     """A decode step of `batch` sequences at `context` tokens: its compute floor (2 FLOPs per weight per token and
     the attention over the context, at the matmul rate of the model's dtype) and memory floor (every weight and
-    each sequence's KV cache read once), in ms."""
+    each sequence's KV cache read once; of a MoE model's experts those the batch routes to), in ms."""
     import torch
 
-    from labkit.core.models import weight_bytes
-    from labkit.core.roofline import decode_read_bytes, measured_parts
+    from labkit.core.models import expert_modules, weight_bytes
+    from labkit.core.roofline import decode_read_bytes, measured_parts, routed_share
     from labkit.serve.runner import ModelRunner
 
     cfg = model.config
     emb = model.get_input_embeddings().weight
     dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(emb.dtype, "fp32")
     kv = ModelRunner.kv_bytes_per_block(model, 1) * context * batch  # bytes of K and V per token, all layers
-    weights = decode_read_bytes(measured_parts(model))
+    weights = decode_read_bytes(measured_parts(model, tokens=batch))  # a MoE model: the experts routed to
+    experts = sum(p.numel() for e in expert_modules(model) for p in e.parameters())  # each token runs its top-k
     params = sum(p.numel() for p in model.parameters()) - emb.numel() * (0 if cfg.tie_word_embeddings else 1)
+    params -= experts * (1 - routed_share(cfg, 1))
     flops = 2 * batch * params + 4 * batch * cfg.num_hidden_layers * cfg.hidden_size * context
     peak = hw.peak(dtype)
     return {"memory_floor_ms": (weights + kv) / (hw.bandwidth_gbps * 1e9) * 1e3,
