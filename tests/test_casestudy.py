@@ -443,8 +443,8 @@ def test_table_views_keep_the_record_keys_and_only_rename_for_reading():
     assert stack["tok/s"].tolist() == [r["output_throughput"] for r in ok]
     assert stack["ceiling tok/s"].tolist() == [2 * r["output_throughput"] for r in ok]
     assert stack["perplexity %"].tolist() == [p["ppl_delta_pct"] for p in ppl]
-    full = casestudy.full_depth_view(case)
-    assert full["prefill share"].tolist() == [0.5, 0.5] and full["40-layer tok/s"].isna().all()  # not projected
+    full = casestudy.full_depth_view(case, 48)  # headers name the full model's depth
+    assert full["prefill share"].tolist() == [0.5, 0.5] and full["48-layer tok/s"].isna().all()  # not projected
     guide = casestudy.GUIDE
     assert f"{guide['throughput'][0]} -> {guide['throughput'][1]} tok/s" in casestudy.guide_line()
 
@@ -545,7 +545,7 @@ def test_compare_best_on_measured_rows_gives_ceilings_and_a_sentence(best_measur
         assert r["throughput_ceiling"] > 0 and r["throughput_ceiling_full"] > 0 and r["fraction_of_ceiling"] > 0
     line = casestudy.best_here_line(best)
     assert f"{fastest['output_throughput']:.2f} tok/s" in line and "for this trace here is" in line
-    view = casestudy.best_here_view(best)
+    view = casestudy.best_here_view(best, 40)
     assert view["stage"].tolist() == [r["stage"] for r in best["rows"]] and view["run this"].sum() == 1
 
 
@@ -636,7 +636,8 @@ def test_best_here_reaches_the_check_message_what_this_means_and_the_view():
     text = casestudy.what_this_means([b, f], ppl, [], False, best)
     assert "* **Best on this machine**: On this machine, for this trace, run int4-rtn" in text
     assert "Best on this machine" not in casestudy.what_this_means([b, f], ppl, [], False)
-    view = casestudy.best_here_view(best)
+    view = casestudy.best_here_view(best, 40)
+    assert "40-layer tok/s" in view.columns and "{n}-layer tok/s" not in view.columns
     assert view["stage"].tolist() == ["+ fast attention", "A", "B", "C"] and stack[0]["stage"] == "+ fast attention"
     assert view["x guide's stack"].tolist()[:3] == [1.0, 1.45, pytest.approx(1.16)]
     assert view["run this"].tolist()[:3] == [False, True, False]

@@ -110,3 +110,23 @@ def test_a_quantized_moe_serves_generates_tokens():
     outs = eng.generate(prompts, SamplingParams(max_tokens=10, ignore_eos=True))
     refs = [_greedy(q, torch.tensor([p]), 10).tolist() for p in prompts]
     assert outs == refs
+
+
+def test_the_case_studys_ceiling_for_a_moe_reads_the_experts_its_batch_routes_to():
+    """Batching amortises a dense model's weights over the batch; a MoE step of 4 sequences reads the experts
+    all 4 route to (up to 4 x top-k), so its throughput ceiling gains less than 4x over one at a time."""
+    from labkit.lessons import casestudy
+    from labkit.serve.workload import Request
+
+    model = tiny_model("qwen3_moe", seed=0)  # 8 experts, 2 per token: 4 sequences may route to all 8
+    spec = models.spec_of_config(model.config)
+    trace = [Request(i, 0.0, (5,) * 16, 9) for i in range(4)]
+    rows = [{"stage": s, "server": server, "output_throughput": 10.0, "ttft_idle_ms": 5.0}
+            for s, server in (("baseline", "sequential"), ("batched", "engine"))]
+    card = roofline.Card("test", 16.0, 50.0, {}, "test")  # no matmul rate: the ceilings are the bytes' alone
+    proj = casestudy.project(rows, {"baseline": model, "batched": model}, spec, 2, trace, 4, card)
+    one = roofline.decode_read_bytes(roofline.measured_parts(model, tokens=1))
+    four = roofline.decode_read_bytes(roofline.measured_parts(model, tokens=4))
+    assert four > 1.5 * one
+    gain = proj[1]["throughput_ceiling"] / proj[0]["throughput_ceiling"]
+    assert gain == pytest.approx(4 * one / four) and gain < 3

@@ -14,9 +14,9 @@ every stage replays the same seeded trace in the same run:
                            INT8/INT4 and plain fp32 through the engine with SDPA, in the same rounds: the fastest
                            is what to run on this machine, set beside the stack with its ceiling and perplexity
 
-Speed is measured on a shape-faithful Llama-2-13B with few layers and projected to 40 layers from the
-measured model's per-layer cost; quality (held-out perplexity) on the embedded model with the same
-transformations. The check compares ratios of times measured in one run, never absolute times.
+Speed is measured on a shape-faithful Llama-2-13B with few layers and projected to its 40 layers (another model:
+its own depth) from the measured model's per-layer cost; quality (held-out perplexity) on the embedded model with
+the same transformations. The check compares ratios of times measured in one run, never absolute times.
 
 One job per module: `stages` (the stages and how each is built and served), `int8` (picking the INT8 path),
 `measure` (the rounds and the in-run matmul rates), `quality` (perplexity and answers as each stage serves),

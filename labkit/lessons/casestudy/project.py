@@ -30,7 +30,8 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
             trace: Sequence[Request], max_batch: int, hw: roofline.Card | None) -> list[dict]:
     """Each stage projected from `layers` to the full depth, prefill and decode apart: a replay's time is split
     into its prefills (requests x the measured idle TTFT), scaled by the FLOPs of a full prefill (compute-bound),
-    and the rest (decoding), scaled by the bytes a full decode step reads (the stage's own stored weights).
+    and the rest (decoding), scaled by the bytes a full decode step reads (the stage's own stored weights; of a MoE
+    model's experts those a step of its batch routes to, roofline.measured_parts).
     Assumes cost linear in layers. With `hw` (a roofline.Card: notebook 01's profile, or its rates timed in this
     run, `in_run_card`) each row also gets the floors, at the measured depth and at the full one: the idle TTFT
     floor (prefill FLOPs / the matmul rate of the stage's compute type) and the trace's throughput ceiling, and the
@@ -43,9 +44,11 @@ def project(rows: list[dict], stage_models: dict, spec: models.ShapeSpec, layers
     flops_f = roofline.forward_flops(spec, prompt_len)
     out = []
     for r in rows:
-        parts_full = roofline.measured_parts(stage_models[r["stage"]], full)
-        read_l = roofline.decode_read_bytes(roofline.measured_parts(stage_models[r["stage"]], layers))
-        read_f = roofline.decode_read_bytes(parts_full)
+        m = stage_models[r["stage"]]
+        parts_full = roofline.measured_parts(m, full)
+        batch = max_batch if r["server"] == "engine" else 1  # a MoE step reads the experts its batch routes to
+        read_l = roofline.decode_read_bytes(roofline.measured_parts(m, layers, tokens=batch))
+        read_f = roofline.decode_read_bytes(roofline.measured_parts(m, full, tokens=batch))
         total_s = n_out / r["output_throughput"]
         prefill_s = min(total_s, n_req * r["ttft_idle_ms"] / 1e3)
         total_full = prefill_s * flops_f / flops_l + (total_s - prefill_s) * read_f / read_l

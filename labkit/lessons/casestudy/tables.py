@@ -19,10 +19,10 @@ STACK_COLUMNS = {"stage": "stage", "ttft_idle_ms": "idle TTFT ms", "output_throu
                  "throughput_x_prev": "x prev", "guide_factor": "guide x", "ppl_delta_pct": "perplexity %",
                  "throughput_ceiling": "ceiling tok/s", "fraction_of_ceiling": "of ceiling",
                  "ttft_fraction_of_floor": "TTFT of floor"}
-FULL_DEPTH_COLUMNS = {"stage": "stage", "prefill_share": "prefill share", "ttft_idle_ms_full": "40-layer idle TTFT ms",
-                      "ttft_floor_ms_full": "its floor ms", "output_throughput_full": "40-layer tok/s",
+FULL_DEPTH_COLUMNS = {"stage": "stage", "prefill_share": "prefill share", "ttft_idle_ms_full": "{n}-layer idle TTFT ms",
+                      "ttft_floor_ms_full": "its floor ms", "output_throughput_full": "{n}-layer tok/s",
                       "throughput_ceiling_full": "its ceiling tok/s", "fraction_of_ceiling_full": "of ceiling",
-                      "weights_gib_full": "weights GiB"}
+                      "weights_gib_full": "weights GiB"}  # {n}: the full model's layers
 
 
 def _view(table: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
@@ -50,27 +50,31 @@ def stack_view(case: pd.DataFrame) -> pd.DataFrame:
     return _view(case, STACK_COLUMNS)
 
 
-def full_depth_view(case: pd.DataFrame) -> pd.DataFrame:
-    """The stack projected to the full model's 40 layers, with its floors and ceilings."""
-    return _view(case, FULL_DEPTH_COLUMNS)
+def _depth(columns: dict[str, str], layers: int) -> dict[str, str]:
+    return {k: v.format(n=layers) for k, v in columns.items()}
+
+
+def full_depth_view(case: pd.DataFrame, layers: int) -> pd.DataFrame:
+    """The stack projected to the full model's `layers` layers, with its floors and ceilings."""
+    return _view(case, _depth(FULL_DEPTH_COLUMNS, layers))
 
 
 BEST_HERE_COLUMNS = {"stage": "stage", "config": "configuration", "output_throughput": "tok/s",
                      "throughput_x_stack": "x guide's stack", "ttft_idle_ms": "idle TTFT ms",
                      "tpot_p50_ms": "TPOT p50 ms", "throughput_ceiling": "ceiling tok/s",
-                     "fraction_of_ceiling": "of ceiling", "output_throughput_full": "40-layer tok/s",
+                     "fraction_of_ceiling": "of ceiling", "output_throughput_full": "{n}-layer tok/s",
                      "throughput_ceiling_full": "its ceiling tok/s", "ppl_delta_pct": "perplexity %",
                      "picked": "run this", "status": "status"}
 
 
-def best_here_view(best: dict) -> pd.DataFrame:
+def best_here_view(best: dict, layers: int) -> pd.DataFrame:
     """The guide's stack (its final stage, first) beside the best-here candidates (labkit.lessons.casestudy.best
     .compare_best): throughput and its factor over the stack, TTFT, TPOT, the ceiling for the trace and the fraction
-    reached, the projection to 40 layers, the perplexity change, which one to run here; a candidate left out is
-    listed with why."""
+    reached, the projection to the full model's `layers` layers, the perplexity change, which one to run here; a
+    candidate left out is listed with why."""
     import pandas as pd
 
-    return _view(pd.DataFrame(best["rows"]), BEST_HERE_COLUMNS)
+    return _view(pd.DataFrame(best["rows"]), _depth(BEST_HERE_COLUMNS, layers))
 
 
 def guide_line() -> str:
