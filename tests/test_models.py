@@ -169,7 +169,8 @@ def test_embedded_perplexity_reproduces_the_card(embedded):
 
 # The current families: config.json dimensions (Hugging Face pages of meta-llama/Llama-3.1-8B, Qwen/Qwen3-8B,
 # Qwen/Qwen3-30B-A3B, mistralai/Mistral-7B-v0.1, mistralai/Mixtral-8x7B-v0.1, google/gemma-3-12b-pt's
-# text_config) and the parameter counts their model cards state, rounded as they state them (total, active).
+# text_config, HuggingFaceTB/SmolLM3-3B, openai/gpt-oss-20b) and the parameter counts their model cards state,
+# rounded as they state them (total, active).
 PUBLISHED_NEW = {
     # name: (hidden, layers, heads, kv heads, head_dim, vocab, total, active)
     "llama-3.1-8b": (4096, 32, 32, 8, 128, 128256, 8.03e9, 8.03e9),
@@ -178,6 +179,10 @@ PUBLISHED_NEW = {
     "mistral-7b": (4096, 32, 32, 8, 128, 32000, 7.24e9, 7.24e9),
     "mixtral-8x7b": (4096, 32, 32, 8, 128, 32000, 46.7e9, 12.9e9),
     "gemma-3-12b": (3840, 48, 16, 8, 256, 262208, 11.77e9, 11.77e9),  # text model; the card's 12B adds vision
+    "smollm3-3b": (2048, 36, 16, 4, 128, 128256, 3.08e9, 3.08e9),  # HuggingFaceTB/SmolLM3-3B: 3.08B
+    # openai/gpt-oss-20b: 20.9B in all; its card's 3.6B active leaves out the input embedding table (201088 x 2880
+    # = 0.58B, looked up, not multiplied), which active_params() counts: 3.61B + 0.58B
+    "gpt-oss-20b": (2880, 24, 64, 8, 64, 201088, 20.91e9, 3.61e9 + 201088 * 2880),
 }
 
 

@@ -115,7 +115,7 @@ def config_for(spec: ShapeSpec, layers: int):
     if spec.model_type == "qwen3_moe":
         kw.update(num_experts=spec.num_experts, num_experts_per_tok=spec.experts_per_token,
                   moe_intermediate_size=spec.moe_intermediate_size, norm_topk_prob=True)
-    elif spec.model_type == "mixtral":
+    elif spec.model_type in ("mixtral", "gpt_oss"):  # their experts are `intermediate_size` wide
         kw.update(num_local_experts=spec.num_experts, num_experts_per_tok=spec.experts_per_token)
     if spec.model_type == "gemma3_text":
         local = extra.pop("rope_local_base_freq")

@@ -101,6 +101,8 @@ class ShapeSpec:
                 "active_params": self.active_params(), "layer_params": self.layer_params()}
 
 
+_GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                 "original_max_position_embeddings": 4096}
 _LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                  "original_max_position_embeddings": 8192}
 SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
@@ -123,6 +125,13 @@ SHAPES: dict[str, ShapeSpec] = {s.name: s for s in [
     ShapeSpec("mistral-7b", "mistral", 4096, 14336, 32, 32, 8, 32000, 32768, 10000.0, sliding_window=4096),
     ShapeSpec("mixtral-8x7b", "mixtral", 4096, 14336, 32, 32, 8, 32000, 32768, 1000000.0, num_experts=8,
               experts_per_token=2, moe_intermediate_size=14336),
+    # HuggingFaceTB/SmolLM3-3B (NoPE on every 4th layer, the config's default) and openai/gpt-oss-20b (32 experts,
+    # 4 per token, attention sinks, sliding/full layers alternating; published as MXFP4 experts, modelled here at
+    # the dtype the course builds it in)
+    ShapeSpec("smollm3-3b", "smollm3", 2048, 11008, 36, 16, 4, 128256, 65536, 5000000.0, tie_word_embeddings=True),
+    ShapeSpec("gpt-oss-20b", "gpt_oss", 2880, 2880, 24, 64, 8, 201088, 131072, 150000.0, attention_bias=True,
+              head_size=64, num_experts=32, experts_per_token=4, moe_intermediate_size=2880, sliding_window=128,
+              o_bias=True, sinks=True, moe_bias=True, extra=(("rope_scaling", _GPT_OSS_ROPE),)),
     ShapeSpec("gemma-3-12b", "gemma3_text", 3840, 15360, 48, 16, 8, 262208, 131072, 1000000.0,
               tie_word_embeddings=True, head_size=256, qk_norm=True, norms_per_layer=4, sliding_window=1024,
               extra=(("query_pre_attn_scalar", 256), ("sliding_window_pattern", 6),
@@ -171,4 +180,4 @@ def dense_equivalent(spec: ShapeSpec) -> ShapeSpec:
 
     return replace(spec, name=f"{spec.name}-dense-equivalent", model_type="qwen3" if spec.qk_norm else "llama",
                    intermediate_size=spec.num_experts * spec.moe_intermediate_size, num_experts=0,
-                   experts_per_token=0, moe_intermediate_size=0)
+                   experts_per_token=0, moe_intermediate_size=0, sinks=False, moe_bias=False)
