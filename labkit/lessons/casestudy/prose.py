@@ -175,6 +175,9 @@ def try_this(int8: str, int8_rows: list[dict], arrival: str) -> str:
                      "one-at-a-time stages.")
     lines.append("* `--preset full`: 4 layers, 16 requests, 128 output tokens and the whole held-out text for "
                  "perplexity.")
+    lines.append("* `-p model=qwen3-30b-a3b`: the stack on a mixture-of-experts layer. A batched decode step reads "
+                 "the experts all its sequences route to (up to all 128), not one set of weights the batch shares: "
+                 "compare continuous batching's factor and the ceiling column with this run's.")
     lines.append("* `-p best_here=true` (or false): measure, after the guide's stack and in the same rounds, the "
                  "configurations that pay without int8/bf16 matrix units (weight-only INT8 and INT4, plain fp32), "
                  "and see which one this machine should run; by default only where it has no such units, in the "
