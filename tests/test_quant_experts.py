@@ -130,3 +130,20 @@ def test_the_case_studys_ceiling_for_a_moe_reads_the_experts_its_batch_routes_to
     assert four > 1.5 * one
     gain = proj[1]["throughput_ceiling"] / proj[0]["throughput_ceiling"]
     assert gain == pytest.approx(4 * one / four) and gain < 3
+
+
+def test_notebook_02_on_a_moe_says_what_its_floors_count_and_which_code_each_row_runs():
+    from labkit.lessons import quantization as qe
+    from labkit.lessons import quantization_views as qv
+
+    model = tiny_model("qwen3_moe", seed=0)
+    card = roofline.Card("test", 16.0, 40.0, {"fp32": 0.2, "bf16": 0.8, "int8": 1.6}, "test")
+    df = qe.benchmark_methods(model, ["int8-dynamic-onednn"], prompt_len=8, new_tokens=4, repeats=2, progress=False,
+                              hw=card)
+    assert not models.expert_modules(model)[0].__class__.__name__.startswith("Unfused")  # the caller's model as it was
+    rows = {r["method"]: r for _, r in df.iterrows()}
+    assert rows["int8-dynamic-onednn"]["status"] == "ok"
+    line = qv.head_lines(df)[-1]
+    assert "counts the 2 of 8 experts a token routes to" in line and "'grouped_mm'" in line
+    dense = roofline.decode_read_bytes(roofline.measured_parts(model))
+    assert rows["fp32"]["decode_read_mib"] < dense / 2**20  # the routed experts' bytes, not all of them

@@ -276,7 +276,6 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
     from labkit.techniques.decode import StaticDecoder, count_compiles
 
     fp32 = (model if model.dtype == torch.float32 else copy.deepcopy(model).float()).eval()
-    quant_experts.unfuse(fp32)  # a MoE model's experts as per-expert layers in every row, as quantizing makes them
     ids = prompt_ids(prompt_len, vocab_size=fp32.config.vocab_size, seed=seed).to(fp32.device)
     slow = {} if deadline is None else qtiming.slow_kernels(fp32, methods, prompt_len, repeats, deadline, budget_s,
                                                             _device(fp32))
@@ -357,6 +356,9 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
                  for name, row in rows.items() if name in timing.rounds_of}
         _fractions(rows, parts, hw, hw_source)
     out = pd.DataFrame([rows[m] for m in order])
+    if models.expert_modules(fp32):  # a MoE: what the floors count, and which experts code each row runs
+        total, k = models.experts_routed(fp32.config)
+        out.attrs["experts"] = {"total": total, "routed": k, "baseline": fp32.config._experts_implementation}
     out.attrs["load"] = timing.load
     out.attrs["recompiles_while_timed"] = during.stats.frames  # 0: every compiled path stayed on its graphs
     out.attrs["budget"] = timing.summary()

@@ -281,15 +281,23 @@ def compile_lines(speed) -> list[str]:
 
 def head_lines(speed) -> list[str]:
     """How much of a decode step's bytes the output head is, in the fp32 row and a quantized one, at the speed
-    model's depth and at the shape's real depth (the same head over all the layers)."""
+    model's depth and at the shape's real depth (the same head over all the layers); for a MoE model, what its
+    floors count and which experts code each row runs."""
     rows = {r["method"]: r for _, r in speed.iterrows() if r["status"] == "ok" and r.get("head_share") == r.get(
         "head_share")}
     out = []
     for name in ("fp32", "int8-dynamic", "int4-rtn"):
         if name in rows:
             r = rows[name]
-            out.append(f"{name}: the head is {r['head_share']:.0%} of the bytes a decode step reads here, "
-                       f"{r['head_share_full_depth']:.0%} with all the shape's layers")
+            full = r.get("head_share_full_depth")  # None for a model built without a shape to project to
+            out.append(f"{name}: the head is {r['head_share']:.0%} of the bytes a decode step reads here"
+                       + (f", {full:.0%} with all the shape's layers" if full == full and full is not None else ""))
+    moe = speed.attrs.get("experts")
+    if moe:
+        out.append(f"a mixture-of-experts layer: each decode floor counts the {moe['routed']} of {moe['total']} "
+                   f"experts a token routes to; fp32 and bf16 run transformers' own experts code "
+                   f"({moe['baseline']!r}), the quantized rows labkit's per-expert linear layers (quant_experts), so "
+                   "their factors over fp32 include that change of code too")
     return out
 
 

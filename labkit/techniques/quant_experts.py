@@ -11,6 +11,12 @@ tokens routed to it, in the same order). Every method that quantizes nn.Linear l
 too. The calibrated methods (gptq, awq, GPTQModel) and bitsandbytes (which quantizes while transformers loads a
 saved model) do not reach them, so they refuse a MoE model with the reason (QuantSkipped): never a row that
 reports the unquantized experts' speed or quality as the method's.
+
+The lessons leave an unquantized model's experts as transformers runs them (on a CPU its "grouped_mm" kernel),
+so a quantized row's factor over fp32 includes the change to the per-expert loop, and never rests on a baseline
+slowed by it. Measured on one Qwen3-30B-A3B layer (2-core AMX Xeon, 4 alternating rounds, 32-token prompt): the
+per-expert layers decode as fast as grouped_mm in fp32 (12.3 ms/token both) and 7% slower in bf16 (11.2 against
+10.5); their prefill is 8% (fp32) and 15% (bf16) slower. The same greedy tokens in all.
 """
 
 from __future__ import annotations

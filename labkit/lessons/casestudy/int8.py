@@ -13,7 +13,7 @@ import torch
 from labkit.core import hardware
 from labkit.core.bench import generate_timed
 from labkit.lessons.quantization_timing import PROBE_PROMPT, kernel_rates, linear_flops, probe
-from labkit.techniques import quant, quant_experts
+from labkit.techniques import quant
 
 INVARIANT_SLACK = 1.5  # a batch-invariant INT8 path is preferred unless the fastest other one is 1.5x faster
 INT8_CANDIDATES = {"cpu": ("int8-dynamic-onednn", "int8-dynamic-legacy", "int8-dynamic", "int8-weight-only"),
@@ -88,7 +88,6 @@ def pick_int8(model, prompt: torch.Tensor, candidates: Sequence[str], new_tokens
         short, scale = prompt[:, :PROBE_PROMPT], prompt.shape[1] / PROBE_PROMPT
     rates = kernel_rates(model, candidates, dev) if prompt is not None else {}
     order = sorted(candidates, key=lambda m: -rates[m][0] if m in rates else float("-inf"))  # fastest kernel first
-    quant_experts.unfuse(model)  # a MoE model's experts: per-expert layers in every path, as quantizing makes them
     bf16 = None
     with torch.inference_mode():
         for method in tqdm(order, desc="INT8 paths", disable=not progress):

@@ -18,7 +18,7 @@ from labkit.lessons import batching as experiment
 from labkit.serve.baselines import run_engine, run_sequential
 from labkit.serve.sequence import SamplingParams
 from labkit.serve.workload import Request
-from labkit.techniques import quant, quant_experts
+from labkit.techniques import quant
 
 GUIDE = {"ttft_ms": (287.0, 72.0), "throughput": (12.4, 51.3),
          "factors": {"+ INT8": 2.3, "+ continuous batching": 1.8, "+ fast attention": 1.4}}
@@ -65,7 +65,6 @@ def stage_model(stage: Stage, base, cache: dict):
     """The speed model of `stage`, made from the fp32 `base` (quantized and/or cast copies, shared between
     stages that need the same one through `cache`)."""
     key = (stage.int8, stage.dtype)
-    quant_experts.unfuse(base)  # a MoE model's experts: per-expert layers in every stage, as quantizing makes them
     if key not in cache:
         m = base if stage.dtype == "fp32" else copy.deepcopy(base).to(models.as_dtype(stage.dtype))
         cache[key] = quant.quantize(m, stage.int8) if stage.int8 else m
