@@ -276,7 +276,9 @@ def _stages(idle_fa: float, thr_fa: float, idle_cb: float = 1.0) -> list[dict]:
     (1.09, 1.23, "shows more in throughput, where it was a gain"),  # the learner's numbers
     (1.40, 1.10, "shows more in the idle TTFT, where it was a gain"),
     (1.01, 0.98, "neither moved beyond the noise"),
-    (0.70, 1.00, "shows more in the idle TTFT, where it was a loss")])
+    (0.70, 1.00, "shows more in the idle TTFT, where it was a loss"),
+    (1.06, 1.06, "shows about equally in both"),  # a MoE run's numbers: both moved, by the same
+    (1.10, 1.13, "shows about equally in both")])
 def test_07_the_attention_sentence_follows_its_two_factors(idle, thr, says):
     assert says in cs.attention_line(_stages(idle, thr))
 

@@ -67,7 +67,8 @@ def batching_line(rows: list[dict]) -> str | None:
 
 def attention_line(rows: list[dict]) -> str | None:
     """Where the fused attention kernel's gain shows: the larger of its idle-TTFT and throughput factors (by how
-    far each is from 1), or neither when both are inside the noise."""
+    far each is from 1), about equally when both moved by factors inside the noise of each other, or neither when
+    both are inside the noise."""
     a = _stage(rows, "+ fast attention")
     if a is None:
         return None
@@ -75,6 +76,8 @@ def attention_line(rows: list[dict]) -> str | None:
     moved = {k: v for k, v in (("the idle TTFT", idle), ("throughput", thr)) if abs(v - 1) > NOISE}
     most = max(moved, key=lambda k: abs(math.log(moved[k]))) if moved else None
     where = ("neither moved beyond the noise here" if most is None else
+             "its effect shows about equally in both (their factors inside the noise of each other)"
+             if len(moved) == 2 and abs(math.log(idle / thr)) <= math.log(1 + NOISE) else
              f"its effect shows more in {most}, where it was a gain" if moved[most] > 1 else
              f"its effect shows more in {most}, where it was a loss")
     return (f"* **Fast attention**: the fused SDPA kernel changed the idle TTFT "
