@@ -370,25 +370,21 @@ def swap(model, name: str, make) -> None:
 EXPERT_PARAMS = ("gate_up_proj", "down_proj")  # transformers 5's fused experts: one 3-D tensor per projection
 
 
+def _fused(m) -> bool:
+    return any(getattr(m, p, None) is not None and getattr(m, p).dim() == 3 for p in EXPERT_PARAMS)
+
+
 def fused_experts(module) -> list:
     """The mixture-of-experts modules inside `module` that hold all their experts as 3-D tensors (transformers 5's
     Qwen3-MoE, Mixtral and gpt-oss: `gate_up_proj` [experts, ...] and `down_proj`), not as nn.Linear layers."""
-    return [m for m in module.modules() if type(m).__name__.endswith("Experts")
-            and any(getattr(m, p, None) is not None and getattr(m, p).dim() == 3 for p in EXPERT_PARAMS)]
+    return [m for m in module.modules() if type(m).__name__.endswith("Experts") and _fused(m)]
 
 
 def expert_modules(module) -> list:
     """Every experts module inside `module`: fused (`fused_experts`) or made of per-expert layers (labkit's
     techniques.quant_experts.UnfusedExperts, whose `gate_up` and `down` are lists of nn.Linear)."""
     return [m for m in module.modules() if type(m).__name__.endswith("Experts")
-            and (any(getattr(m, p, None) is not None and getattr(m, p).dim() == 3 for p in EXPERT_PARAMS)
-                 or isinstance(getattr(m, "gate_up", None), torch.nn.ModuleList))]
-
-
-def experts_routed(config) -> tuple[int, int]:
-    """(experts per layer, experts each token routes to) of a MoE config; (0, 0) for a dense model."""
-    total = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None) or 0
-    return int(total), (int(getattr(config, "num_experts_per_tok", 0) or 0) if total else 0)
+            and (_fused(m) or isinstance(getattr(m, "gate_up", None), torch.nn.ModuleList))]
 
 
 def weight_bytes(module) -> int:

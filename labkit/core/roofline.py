@@ -60,10 +60,12 @@ def _parts(spec: ShapeSpec, dtype: str, layers: int | None, tokens: int | None =
 def routed_share(config, tokens: int | None) -> float:
     """The share of a MoE layer's experts a forward over `tokens` tokens reads (top-k per token, distinct across
     tokens, at most all: ShapeSpec.experts_read's assumption); 1 for a dense model or `tokens` None (all)."""
-    from labkit.core.models import experts_routed
+    from labkit.core.shapes import spec_of_config
 
-    total, k = experts_routed(config.get_text_config() if hasattr(config, "get_text_config") else config)
-    return 1.0 if tokens is None or not total else min(total, k * max(1, int(tokens))) / total
+    if tokens is None:
+        return 1.0
+    spec = spec_of_config(config)
+    return spec.experts_read(tokens) / spec.num_experts if spec.num_experts else 1.0
 
 
 def measured_parts(model, layers: int | None = None, tokens: int | None = None) -> dict[str, float]:
@@ -80,9 +82,9 @@ def measured_parts(model, layers: int | None = None, tokens: int | None = None) 
     head = model.get_output_embeddings()
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     layer = weight_bytes(inner.layers[0])
-    unread = 1 - routed_share(model.config, tokens)
-    if unread:
-        layer -= sum(weight_bytes(e) for e in expert_modules(inner.layers[0])) * unread
+    experts = expert_modules(inner.layers[0])
+    if experts and tokens is not None:  # a MoE: of its experts, the share `tokens` tokens route to
+        layer -= sum(weight_bytes(e) for e in experts) * (1 - routed_share(model.config, tokens))
     return {"layers": n * layer, "final_norm": weight_bytes(inner.norm),
             "embedding": weight_bytes(inner.embed_tokens),
             "lm_head": 0.0 if tied or head is None else weight_bytes(head)}

@@ -189,7 +189,9 @@ def _quality_row(q: nn.Module, fp32: nn.Module, tokenizer, text: str, max_tokens
     return row
 
 
-MEMORY_SPARE = 2 * 2**30  # bytes left free beside the copies: activations, KV caches, compiled graphs, the kernel
+# bytes left free beside the copies (activations, KV caches, compiled graphs, the kernel): a margin chosen, not
+# measured; the speed models it guards are 1-7 GiB a copy, their activations at ci sizes a few MiB
+MEMORY_SPARE = 2 * 2**30
 
 
 def _no_room(base: nn.Module, name: str, held: int) -> str | None:
@@ -357,8 +359,9 @@ def benchmark_methods(model: nn.Module, methods: list[str], *, prompt_len: int =
         _fractions(rows, parts, hw, hw_source)
     out = pd.DataFrame([rows[m] for m in order])
     if models.expert_modules(fp32):  # a MoE: what the floors count, and which experts code each row runs
-        total, k = models.experts_routed(fp32.config)
-        out.attrs["experts"] = {"total": total, "routed": k, "baseline": fp32.config._experts_implementation}
+        spec = models.spec_of_config(fp32.config)
+        out.attrs["experts"] = {"total": spec.num_experts, "routed": spec.experts_read(1),
+                                "baseline": fp32.config._experts_implementation}
     out.attrs["load"] = timing.load
     out.attrs["recompiles_while_timed"] = during.stats.frames  # 0: every compiled path stayed on its graphs
     out.attrs["budget"] = timing.summary()

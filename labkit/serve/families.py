@@ -183,7 +183,8 @@ def with_sinks(q, k, v, mask, causal: bool, sinks: torch.Tensor):
     b, heads, n, _ = q.shape
     end = k.shape[2]
     if causal:  # query i (of the last n positions) sees keys up to end - n + i
-        mask = torch.ones(n, end, dtype=torch.bool, device=q.device).tril(diagonal=end - n)
+        kpos = torch.arange(end, device=q.device)
+        mask = visible(kpos[end - n:], kpos, None)
     elif mask is None:
         mask = torch.ones(n, end, dtype=torch.bool, device=q.device)
     mask = mask.expand(b, heads, n, end)  # [n, end] of a prefill or [b, 1, 1, end] of the decode batch

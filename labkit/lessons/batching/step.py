@@ -98,7 +98,7 @@ def step_floors(model, batch: int, context: float, hw) -> dict:
     weights = decode_read_bytes(measured_parts(model, tokens=batch))  # a MoE model: the experts routed to
     experts = sum(p.numel() for e in expert_modules(model) for p in e.parameters())  # each token runs its top-k
     params = sum(p.numel() for p in model.parameters()) - emb.numel() * (0 if cfg.tie_word_embeddings else 1)
-    params -= experts * (1 - routed_share(cfg, 1))
+    params -= experts * (1 - routed_share(cfg, 1)) if experts else 0
     flops = 2 * batch * params + 4 * batch * cfg.num_hidden_layers * cfg.hidden_size * context
     peak = hw.peak(dtype)
     return {"memory_floor_ms": (weights + kv) / (hw.bandwidth_gbps * 1e9) * 1e3,
